@@ -1,0 +1,96 @@
+"""`python -m engine` / `lathe-engine`: everything the app can do, from the command line.
+
+Each sub-command lives in its own module that exposes `register(subparsers)`; the handler it sets
+(`parser.set_defaults(handler=...)`) imports heavy modules (MLX) only when it runs, so `--help`
+stays instant. Errors exit non-zero with one clear sentence on stderr, never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+
+# Sub-command modules, in the order `--help` lists them. A module missing from a build is skipped.
+COMMAND_MODULES = (
+    "engine.commands.train",
+    "engine.commands.data",
+    "engine.commands.models",
+    "engine.commands.chat",
+    "engine.commands.export",
+    "engine.commands.eval",
+)
+
+
+class UserError(Exception):
+    """An error whose message is meant for the user as it is (no traceback)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lathe-engine",
+        description="Lathe's engine: fine-tune language models on your own data with MLX.",
+    )
+    parser.add_argument("--version", action="version", version=f"lathe-engine {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="Print machine-readable JSON.")
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns errors into sentences
+        message = _user_message(exc)
+        if os.environ.get("LATHE_DEBUG"):
+            raise
+        print(f"lathe-engine: {message}", file=sys.stderr)
+        return 1
+
+
+def _user_message(exc: Exception) -> str:
+    # Engine error types carry sentences meant for users; anything else gets its type named.
+    from engine.errors import LatheError
+
+    if isinstance(exc, (UserError, LatheError)):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return f"File not found: {exc.filename or exc}. Check the path."
+    if isinstance(exc, PermissionError):
+        return f"Permission denied: {exc.filename or exc}."
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{text} ({type(exc).__name__}; set LATHE_DEBUG=1 for the full traceback)."
+
+
+if __name__ == "__main__":
+    sys.exit(main())

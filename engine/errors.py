@@ -1,0 +1,25 @@
+"""Error types whose messages are written for the user: what is wrong, where, and what to do."""
+
+from __future__ import annotations
+
+
+class LatheError(Exception):
+    """Base of every error the engine raises on purpose. `hint` says what the user can do."""
+
+    kind = "error"
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.hint = hint
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base} {self.hint}".strip() if self.hint and self.hint not in base else base
+
+
+class ModelError(LatheError):
+    kind = "model"
+
+
+class TrainingError(LatheError):
+    kind = "training"

@@ -1,0 +1,46 @@
+"""Shared fixtures: an isolated workspace for every test, the stories260K model, tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STORIES = ROOT.parent / "shared" / "models" / "stories260K"
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def lathe_home(tmp_path, monkeypatch):
+    """Every test writes into its own workspace, never the user's."""
+    home = tmp_path / "lathe-home"
+    monkeypatch.setenv("LATHE_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def stories_path() -> Path:
+    """The real pretrained 260K-parameter Llama from ../shared (skips where it is absent)."""
+    if not (STORIES / "model.safetensors").exists():
+        pytest.skip(f"{STORIES} is absent (it ships beside the repo on dev machines and CI)")
+    return STORIES
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tmp_path_factory) -> Path:
+    """A random-weight 2-layer Llama with a ChatML template and a BPE tokenizer trained here."""
+    from engine.tinymodel import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama-chat")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_model(tmp_path_factory) -> Path:
+    from engine.tinymodel import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-qwen2", arch="qwen2")
