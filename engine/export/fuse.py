@@ -1,0 +1,345 @@
+"""Fuse an adapter into its base model and save an MLX model folder, then check the round trip.
+
+Built on mlx-lm: `load_model`, `tuner.utils.load_adapters`, each LoRA/DoRA layer's own `fuse()`,
+`dequantize_model`, `save_model` and `save_config` (the same steps as `mlx_lm fuse`). What Lathe
+adds: the folder is written under a temporary name and renamed (complete or absent), tokenizer
+files are copied as the base ships them, the run's chat template is written into
+`tokenizer_config.json` when the base has none (or a different one), a model card is written, the
+job reports progress and can be cancelled, and a round-trip check compares the fused model with
+base + adapter, greedily, token for token.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engine.export.job import ExportError, ProgressFn, Reporter
+from engine.export.source import AdapterSource, resolve_adapter, resolve_base_model
+
+# Tokenizer and generation files a model folder carries besides its weights and config.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja",
+    "chat_template.json", "generation_config.json", "tiktoken.model",
+)
+
+DEFAULT_PROMPTS = (
+    "Hello! What can you help me with?",
+    "Once upon a time",
+    "Write one sentence about the sea.",
+)
+
+
+@dataclass
+class RoundTrip:
+    """Greedy generations of the fused model against base + adapter, prompt by prompt."""
+
+    required: bool  # agreement is required (dequantized/float fuse) or only reported (re-quantized)
+    prompts: list[str]
+    agree: list[bool]
+    prompt_tokens_agree: bool
+    tokens_per_prompt: int
+    max_logit_diff: float
+    mismatches: list[dict] = field(default_factory=list)
+
+    @property
+    def all_agree(self) -> bool:
+        return all(self.agree) and self.prompt_tokens_agree
+
+    @property
+    def passed(self) -> bool:
+        return self.all_agree or not self.required
+
+    def summary(self) -> str:
+        n, total = sum(self.agree), len(self.agree)
+        if self.all_agree:
+            verdict = f"agree token for token on all {total} prompts"
+        else:
+            verdict = f"agree on {n} of {total} prompts"
+            if not self.prompt_tokens_agree:
+                verdict += " and format the prompts differently"
+        tail = ""
+        if not self.all_agree:
+            tail = " (expected: the fused weights were re-quantized)" if not self.required else " (they must agree: this fuse is wrong)"
+        return (
+            f"Round trip: the fused model and base + adapter {verdict} ({self.tokens_per_prompt} "
+            f"greedy tokens each; largest first-token logit difference {self.max_logit_diff:.2g}){tail}."
+        )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(all_agree=self.all_agree, passed=self.passed)
+        return d
+
+
+@dataclass
+class FuseResult:
+    path: Path
+    base_model: str
+    adapter_path: Path
+    dequantized: bool
+    quantization: dict | None
+    chat_template: str  # "base" (the base's own), "run" (written from the run) or "none"
+    size_bytes: int
+    round_trip: RoundTrip | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "path": str(self.path), "base_model": self.base_model, "adapter_path": str(self.adapter_path),
+            "dequantized": self.dequantized, "quantization": self.quantization,
+            "chat_template": self.chat_template, "size_bytes": self.size_bytes,
+            "round_trip": self.round_trip.to_dict() if self.round_trip else None,
+        }
+
+
+def default_out_dir(source: AdapterSource, dequantize: bool) -> Path:
+    name = f"{source.label}-fused{'-dequantized' if dequantize else ''}"
+    if source.run_dir is not None:
+        return source.run_dir / "exports" / name
+    return source.adapter_path.parent / name
+
+
+def fuse_in_memory(source: AdapterSource, *, dequantize: bool, rep: Reporter):
+    """Load base + adapter and fuse; returns (model, config, base_path). Nothing is written."""
+    import mlx.core as mx
+    from mlx.utils import tree_unflatten
+    from mlx_lm.tuner.utils import load_adapters
+    from mlx_lm.utils import dequantize_model, load_model
+
+    base_path = resolve_base_model(source.base_model)
+    rep("load", f"Loading base model {source.base_model}", 0.0)
+    try:
+        model, config = load_model(base_path, lazy=True)
+    except ValueError as exc:
+        raise ExportError(f"The base model {source.base_model} cannot be loaded: {exc}") from None
+    rep("load", "Applying the adapter", 0.3)
+    try:
+        model = load_adapters(model, str(source.adapter_path))
+    except (ValueError, KeyError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ExportError(
+            f"The adapter in {source.adapter_path} does not fit the base model {source.base_model} ({first}).",
+            hint="Fuse it with the base model it was trained on.",
+        ) from None
+    layers = [(n, m) for n, m in model.named_modules() if hasattr(m, "fuse")]
+    fused = []
+    for i, (name, module) in enumerate(layers):
+        rep("fuse", f"Fusing {name}", 0.3 + 0.6 * i / max(len(layers), 1))
+        fused.append((name, module.fuse(dequantize=dequantize)))
+        mx.eval(fused[-1][1].parameters())
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    if dequantize:
+        model = dequantize_model(model)
+        config.pop("quantization", None)
+        config.pop("quantization_config", None)
+    mx.eval(model.parameters())
+    rep("fuse", f"Fused {len(fused)} adapter layers", 1.0)
+    return model, config, base_path
+
+
+def base_chat_template(model_dir: Path) -> str | None:
+    """The chat template a model folder ships (chat_template.jinja, or tokenizer_config.json's)."""
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    cfg = _read_json(model_dir / "tokenizer_config.json")
+    template = cfg.get("chat_template")
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    return template or None
+
+
+def copy_tokenizer(base_path: Path, out: Path, run_template: str | None) -> str:
+    """Copy the base's tokenizer files into `out`; write the run's chat template where needed.
+
+    Returns where the folder's chat template comes from: "base", "run" or "none".
+    """
+    for name in TOKENIZER_FILES:
+        if (base_path / name).is_file():
+            shutil.copy2(base_path / name, out / name)
+    own = base_chat_template(base_path)
+    if run_template and (own or "").strip() != run_template.strip():
+        cfg_path = out / "tokenizer_config.json"
+        cfg = _read_json(cfg_path)
+        cfg["chat_template"] = run_template
+        cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if (out / "chat_template.jinja").is_file():  # transformers prefers this file over the key
+            (out / "chat_template.jinja").write_text(run_template, encoding="utf-8")
+        return "run"
+    return "base" if own else "none"
+
+
+def fuse(
+    spec: str | Path | AdapterSource,
+    out: str | Path | None = None,
+    *,
+    dequantize: bool = False,
+    check: bool = True,
+    prompts: list[str] | None = None,
+    max_tokens: int = 16,
+    base_model: str | None = None,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+) -> FuseResult:
+    """Fuse a run's adapter (`RUN[:STEP]` or an adapter folder) into its base; save an MLX folder.
+
+    `dequantize` writes float weights (exact); otherwise a quantized base stays quantized with its
+    own bits and group size. `check` runs the round trip afterwards (`result.round_trip`).
+    """
+    import mlx.core as mx
+    from mlx_lm.utils import save_config, save_model
+
+    rep = Reporter(progress, cancel)
+    source = spec if isinstance(spec, AdapterSource) else resolve_adapter(spec, base_model)
+    out = Path(out).expanduser() if out else default_out_dir(source, dequantize)
+    keep = tuple(p for p in (source.adapter_path, source.run_dir, Path(source.base_model).expanduser()) if p)
+    _check_destination(out, overwrite, keep)
+
+    model, config, base_path = fuse_in_memory(source, dequantize=dequantize, rep=rep.sub(0.0, 0.5))
+    quantization = config.get("quantization")
+    tmp = out.parent / f".{out.name}.partial-{secrets.token_hex(3)}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        rep("save", f"Writing {out.name}", 0.5)
+        save_model(tmp, model, donate_model=True)
+        del model
+        mx.clear_cache()
+        save_config(dict(config), config_path=tmp / "config.json")
+        rep("save", "Copying the tokenizer", 0.6)
+        template_from = copy_tokenizer(base_path, tmp, source.chat_template)
+        from engine.export.card import write_card
+
+        write_card(tmp, source, kind="mlx", dequantized=dequantize, quantization=quantization)
+        rep.check()
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result = FuseResult(
+        path=out, base_model=source.base_model, adapter_path=source.adapter_path,
+        dequantized=dequantize or not quantization, quantization=quantization,
+        chat_template=template_from, size_bytes=_folder_size(out),
+    )
+    rep("save", f"Saved the fused model to {out}", 0.65)
+    if check:
+        # A cancelled check leaves the complete fused folder in place; only the check is lost.
+        result.round_trip = round_trip(
+            out, source, required=result.dequantized, prompts=prompts, max_tokens=max_tokens,
+            rep=rep.sub(0.65, 1.0),
+        )
+    rep("done", f"Fused model ready: {out}", 1.0)
+    return result
+
+
+def round_trip(
+    fused_dir: str | Path,
+    source: AdapterSource,
+    *,
+    required: bool,
+    prompts: list[str] | None = None,
+    max_tokens: int = 16,
+    rep: Reporter | None = None,
+) -> RoundTrip:
+    """Greedy generations from base + adapter and from the fused folder, compared token for token.
+
+    Each side formats the prompts with its own chat template (the run's, and the one the fused
+    folder carries), so the check also covers the tokenizer and template written into the folder.
+    One model is in memory at a time.
+    """
+    import mlx.core as mx
+    from mlx_lm import load
+
+    rep = rep or Reporter()
+    prompts = list(prompts or DEFAULT_PROMPTS)
+    base_path = resolve_base_model(source.base_model)
+
+    rep("check", "Round trip: generating with base + adapter", 0.0)
+    model, tok = load(str(base_path), adapter_path=str(source.adapter_path))
+    ref = [_greedy(model, _encode(tok, p, source.chat_template), max_tokens) for p in prompts]
+    ref_prompts = [_encode(tok, p, source.chat_template) for p in prompts]
+    del model
+    mx.clear_cache()
+
+    rep("check", "Round trip: generating with the fused model", 0.5)
+    model, tok = load(str(fused_dir))
+    got_prompts = [_encode(tok, p, None) for p in prompts]
+    got = [_greedy(model, ids, max_tokens) for ids in got_prompts]
+    del model
+    mx.clear_cache()
+
+    agree, mismatches, diff = [], [], 0.0
+    for prompt, (ref_tokens, ref_logits), (got_tokens, got_logits) in zip(prompts, ref, got, strict=True):
+        agree.append(ref_tokens == got_tokens)
+        diff = max(diff, float(mx.max(mx.abs(ref_logits - got_logits)).item()))
+        if ref_tokens != got_tokens:
+            at = next((i for i, (a, b) in enumerate(zip(ref_tokens, got_tokens, strict=False)) if a != b), len(ref_tokens))
+            mismatches.append({"prompt": prompt, "position": at, "expected": ref_tokens, "got": got_tokens})
+    result = RoundTrip(
+        required=required, prompts=prompts, agree=agree, prompt_tokens_agree=ref_prompts == got_prompts,
+        tokens_per_prompt=max_tokens, max_logit_diff=diff, mismatches=mismatches,
+    )
+    rep("check", result.summary(), 1.0)
+    return result
+
+
+def _encode(tok, prompt: str, template: str | None) -> list[int]:
+    template = template or getattr(tok, "chat_template", None)
+    if template:
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], chat_template=template, add_generation_prompt=True
+        )
+        if isinstance(ids, dict):  # some tokenizers answer a BatchEncoding
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+    return [int(i) for i in tok.encode(prompt)]
+
+
+def _greedy(model, ids: list[int], n: int):
+    """`n` argmax tokens after `ids`, and the logits of the first one (float32)."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    logits = model(mx.array(ids)[None], cache=cache)[0, -1].astype(mx.float32)
+    first = logits
+    tokens = []
+    for _ in range(n):
+        token = int(mx.argmax(logits).item())
+        tokens.append(token)
+        logits = model(mx.array([[token]]), cache=cache)[0, -1].astype(mx.float32)
+    mx.eval(first)
+    return tokens, first
+
+
+def _check_destination(out: Path, overwrite: bool, keep: tuple[Path, ...] = ()) -> None:
+    resolved = out.resolve()
+    for path in keep:
+        path = Path(path).resolve()
+        if resolved == path or path.is_relative_to(resolved):
+            raise ExportError(f"{out} holds the model or adapter being exported.", hint="Choose another output folder.")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder.", hint="Choose another output folder.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"{out} already exists.", hint="Choose another folder or allow overwriting (--force).")
+
+
+def _folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,122 @@
+"""A small, independent GGUF reader: header, metadata and tensor table, and raw tensor data.
+
+Used to check a written GGUF file without trusting the code that wrote it (format: the GGUF spec
+in ggml's docs/gguf.md, versions 2 and 3, little-endian).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# GGUF metadata value types
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+# ggml tensor types this reader can return data for, with their numpy dtype names
+GGML_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 30: "BF16"}
+_NUMPY = {0: "float32", 1: "float16"}
+
+
+@dataclass
+class GgufTensor:
+    name: str
+    shape: tuple[int, ...]  # numpy order (GGUF stores the fastest dimension first; reversed here)
+    type: str
+    offset: int  # from the start of the data section
+
+    @property
+    def n_elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class GgufInfo:
+    path: Path
+    version: int
+    metadata: dict = field(default_factory=dict)
+    tensors: list[GgufTensor] = field(default_factory=list)
+    data_offset: int = 0
+
+    def tensor(self, name: str) -> GgufTensor:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def read(self, name: str):
+        """A tensor's values as a numpy array (F32/F16 only)."""
+        import numpy as np
+
+        t = self.tensor(name)
+        if t.type not in ("F32", "F16"):
+            raise ValueError(f"{name} is {t.type}; only F32/F16 can be read back")
+        dtype = np.dtype("float32" if t.type == "F32" else "float16")
+        data = np.memmap(self.path, dtype=dtype, mode="r", offset=self.data_offset + t.offset,
+                         shape=(t.n_elements,))
+        return np.array(data).reshape(t.shape)
+
+
+class GgufFormatError(ValueError):
+    pass
+
+
+def read_gguf(path: str | Path) -> GgufInfo:
+    path = Path(path)
+    with open(path, "rb") as fh:
+        r = _Reader(fh)
+        if fh.read(4) != b"GGUF":
+            raise GgufFormatError(f"{path} is not a GGUF file (wrong magic).")
+        version = r.unpack("<I")
+        if version not in (2, 3):
+            raise GgufFormatError(f"{path} is GGUF version {version}; this reader knows 2 and 3.")
+        n_tensors, n_kv = r.unpack("<Q"), r.unpack("<Q")
+        info = GgufInfo(path, version)
+        for _ in range(n_kv):
+            key = r.string()
+            info.metadata[key] = r.value(r.unpack("<I"))
+        for _ in range(n_tensors):
+            name = r.string()
+            n_dims = r.unpack("<I")
+            dims = [r.unpack("<Q") for _ in range(n_dims)]
+            ggml_type = r.unpack("<I")
+            offset = r.unpack("<Q")
+            info.tensors.append(GgufTensor(name, tuple(reversed(dims)), GGML_TYPES.get(ggml_type, f"type{ggml_type}"), offset))
+        alignment = int(info.metadata.get("general.alignment", 32))
+        pos = fh.tell()
+        info.data_offset = pos + (-pos % alignment)
+    return info
+
+
+class _Reader:
+    def __init__(self, fh):
+        self.fh = fh
+
+    def unpack(self, fmt: str):
+        size = struct.calcsize(fmt)
+        data = self.fh.read(size)
+        if len(data) != size:
+            raise GgufFormatError("The GGUF file ends early (truncated).")
+        return struct.unpack(fmt, data)[0]
+
+    def string(self) -> str:
+        n = self.unpack("<Q")
+        return self.fh.read(n).decode("utf-8", errors="replace")
+
+    def value(self, vtype: int):
+        if vtype in _SCALARS:
+            return self.unpack(_SCALARS[vtype])
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            etype, n = self.unpack("<I"), self.unpack("<Q")
+            if etype in _SCALARS:
+                fmt = _SCALARS[etype]
+                size = struct.calcsize(fmt)
+                raw = self.fh.read(size * n)
+                return list(struct.unpack(f"<{n}{fmt[1:]}", raw))
+            return [self.value(etype) for _ in range(n)]
+        raise GgufFormatError(f"Unknown GGUF metadata type {vtype}.")
