@@ -201,7 +201,10 @@ class ChatModel:
     def close(self) -> None:
         """Free the model's memory. Cancels and waits for a reply in progress."""
         self._cancel.set()
-        with self._lock:
+        # A reply stream that its caller abandoned without closing holds the lock until it is
+        # garbage collected; do not hang the app on it (the stream keeps its own reference).
+        locked = self._lock.acquire(timeout=10)
+        try:
             self._adapter = None
             self.model = None
             self.tokenizer = None
@@ -209,6 +212,9 @@ class ChatModel:
             import mlx.core as mx
 
             mx.clear_cache()
+        finally:
+            if locked:
+                self._lock.release()
 
     @property
     def closed(self) -> bool:

@@ -217,6 +217,15 @@ def test_template_is_the_runs_else_the_models_else_lathes_default(stories_path, 
     assert chat.tokenizer.decode(chat.prompt_tokens(STORY)).rstrip().endswith("### Answer:")
 
 
+def test_system_prompt_folds_into_the_first_turn_for_templates_without_one(stories_path, tmp_path):
+    strict = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+              "{% endif %}" + RUN_TEMPLATE)
+    chat = ChatModel.load(stories_path, adapter=make_run(stories_path, tmp_path / "run", steps=(), template=strict))
+    messages = [{"role": "system", "content": "Be kind."}] + STORY
+    text = chat.tokenizer.decode(chat.prompt_tokens(messages))
+    assert text.startswith("<<user>> Be kind.\n\nTell me a story")
+
+
 # ---------------------------------------------------------------------------------------------
 # Streaming, cancel, stops, trimming, sampling
 

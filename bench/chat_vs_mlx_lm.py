@@ -1,0 +1,167 @@
+"""Lathe's chat against mlx-lm's own generation: tokens per second and time to first token.
+
+Both sides run the same model, the same adapter and the same prompt tokens, greedy, in one process,
+interleaved (Lathe, mlx-lm, Lathe, ...) so that drift in the machine's speed hits both alike.
+Lathe runs with its adapter switched on in a model it loaded once (the chat page's "tuned" side);
+mlx-lm runs a model loaded with `adapter_path`, as `mlx_lm.generate --adapter-path` does.
+
+    python bench/chat_vs_mlx_lm.py                 # a random-weight Llama, hidden 512, 8 layers
+    python bench/chat_vs_mlx_lm.py --model PATH --adapter RUN[:STEP]
+    python bench/chat_vs_mlx_lm.py --json
+
+Tokens per second is the decoding speed after the first token, (tokens - 1) / (last - first), timed
+the same way on both sides; time to first token runs from the call to the first token and includes
+the prompt (Lathe's also includes applying the chat template).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TARGET = 0.95
+PROMPT = ("You are a helpful assistant for a bank. A customer asks: what is the fee for an "
+          "international transfer, how long does it take, and can I cancel it afterwards?")
+
+
+def build_model_and_adapter(folder: Path, hidden: int, layers: int, rank: int) -> tuple[Path, Path]:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm import load
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    from engine.tinymodel import build_tiny_model
+
+    model_path = build_tiny_model(
+        folder / "model", hidden_size=hidden, num_layers=layers, num_heads=8, num_kv_heads=4,
+        intermediate_size=hidden * 11 // 4, max_position_embeddings=4096,
+    )
+    model, _ = load(str(model_path))
+    model.freeze()
+    params = {"rank": rank, "scale": 20.0, "dropout": 0.0}
+    linear_to_lora_layers(model, layers, params)
+    mx.random.seed(0)
+    for _, module in model.named_modules():
+        if hasattr(module, "lora_b"):  # a trained adapter is not a no-op
+            module.lora_b = mx.random.normal(module.lora_b.shape) * 0.01
+    adapter = folder / "adapter"
+    adapter.mkdir()
+    mx.save_safetensors(str(adapter / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"fine_tune_type": "lora", "num_layers": layers, "lora_parameters": params}))
+    return model_path, adapter
+
+
+def time_mlx_lm(model, tokenizer, tokens: list[int], max_tokens: int) -> dict:
+    from mlx_lm import stream_generate
+
+    start = time.perf_counter()
+    first = last = None
+    n = 0
+    text = []
+    for response in stream_generate(model, tokenizer, tokens, max_tokens=max_tokens):
+        last = time.perf_counter()
+        first = first or last
+        n = response.generation_tokens
+        text.append(response.text)
+    return {"tokens": n, "ttft": first - start, "tps": (n - 1) / (last - first),
+            "seconds": last - start, "text": "".join(text)}
+
+
+def time_lathe(chat, messages: list[dict], settings) -> dict:
+    reply = chat.reply(messages, settings, use_adapter=True)
+    s = reply.stats
+    return {"tokens": s.tokens, "ttft": s.time_to_first_token, "tps": s.tokens_per_second,
+            "seconds": s.seconds, "text": reply.text}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="Model folder or repo id (default: build a random-weight one).")
+    parser.add_argument("--adapter", help="RUN[:STEP] or adapter folder (required with --model).")
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    import mlx.core as mx
+    from mlx_lm import load
+
+    from engine.chat import ChatModel, ChatSettings, resolve_adapter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            if not args.adapter:
+                parser.error("--adapter is required with --model")
+            model_path, adapter_path = args.model, resolve_adapter(args.adapter).path
+            what = f"{args.model} + {adapter_path}"
+        else:
+            model_path, adapter_path = build_model_and_adapter(Path(tmp), args.hidden, args.layers, args.rank)
+            what = (f"random-weight Llama, hidden {args.hidden}, {args.layers} layers, "
+                    f"LoRA rank {args.rank} on every linear layer")
+
+        chat = ChatModel.load(model_path, adapter=adapter_path)
+        ref_model, ref_tokenizer = load(str(model_path), adapter_path=str(adapter_path))
+        # A random model may emit EOS at any point; both sides must generate the same count.
+        chat.tokenizer.eos_token_ids = set()
+        ref_tokenizer.eos_token_ids = set()
+        messages = [{"role": "user", "content": PROMPT}]
+        tokens = chat.prompt_tokens(messages)
+        settings = ChatSettings(temperature=0.0, max_tokens=args.max_tokens, stop=[])
+
+        time_lathe(chat, messages, settings)  # warm-up: first-call allocations on both sides
+        time_mlx_lm(ref_model, ref_tokenizer, tokens, args.max_tokens)
+        lathe, mlx_lm = [], []
+        for _ in range(args.repeats):
+            lathe.append(time_lathe(chat, messages, settings))
+            mlx_lm.append(time_mlx_lm(ref_model, ref_tokenizer, tokens, args.max_tokens))
+
+    def summary(runs):
+        return {"tokens": runs[0]["tokens"],
+                "tokens_per_second": statistics.median(r["tps"] for r in runs),
+                "time_to_first_token_ms": 1000 * statistics.median(r["ttft"] for r in runs),
+                "seconds": statistics.median(r["seconds"] for r in runs)}
+
+    result = {
+        "model": what,
+        "prompt_tokens": len(tokens),
+        "max_tokens": args.max_tokens,
+        "repeats": args.repeats,
+        "device": str(mx.default_device()),
+        "machine": f"{platform.system()} {platform.machine()}",
+        "same_text": all(a["text"] == b["text"] for a, b in zip(lathe, mlx_lm, strict=True)),
+        "lathe": summary(lathe),
+        "mlx_lm": summary(mlx_lm),
+    }
+    ratio = result["lathe"]["tokens_per_second"] / result["mlx_lm"]["tokens_per_second"]
+    result["ratio"] = ratio
+    result["target"] = TARGET
+    result["meets_target"] = ratio >= TARGET
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{what}; {len(tokens)} prompt tokens, {args.max_tokens} generated, "
+              f"median of {args.repeats}, {result['device']} on {result['machine']}")
+        print(f"{'':10}{'tokens/s':>10}{'first token':>14}{'total':>9}")
+        for name in ("lathe", "mlx_lm"):
+            s = result[name]
+            print(f"{name:10}{s['tokens_per_second']:10.1f}{s['time_to_first_token_ms']:11.1f} ms"
+                  f"{s['seconds']:8.2f}s")
+        print(f"Lathe / mlx-lm tokens per second: {ratio:.3f}x (target {TARGET}x: "
+              f"{'met' if result['meets_target'] else 'NOT met'}); same text: {result['same_text']}")
+    return 0 if result["same_text"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
