@@ -1,23 +1,41 @@
 """Datasets: detect, validate, normalise and split user data into the records training reads.
 
-`load_splits` is the one entry point training uses; richer import (formats, reports, storage in the
-workspace) plugs in behind it.
+`load_splits` is the one entry point training uses. The GUI and the CLI use `inspect_dataset`
+(a `Report`), `import_dataset` (the same, stored in `workspace/datasets/<id>/`), `token_view` (one
+example token by token) and `list_datasets`. Every failure is a `DataError` whose message names the
+file, the line and the field, and says what to do.
 """
 
 from __future__ import annotations
 
-import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.errors import LatheError
+import numpy as np
 
+from engine.data.formats import FORMATS
+from engine.data.importer import (
+    DatasetInfo,
+    TokenSettings,
+    dataset_dir,
+    import_dataset,
+    inspect_dataset,
+    list_datasets,
+    load_report,
+    read_imported,
+)
+from engine.data.pipeline import Options, plan_splits
+from engine.data.problems import DataError, Problem
+from engine.data.report import Report, TokenReport, TokenStats
+from engine.data.tokens import load_tokenizer
+from engine.data.view import TokenPiece, TokenView, token_view
 
-class DataError(LatheError):
-    """A dataset problem; the message names the file, line and field, and what to do."""
-
-    kind = "data"
+__all__ = [
+    "FORMATS", "DataError", "DatasetInfo", "Options", "Problem", "Report", "Splits", "TokenPiece",
+    "TokenReport", "TokenSettings", "TokenStats", "TokenView", "dataset_dir", "import_dataset",
+    "inspect_dataset", "list_datasets", "load_report", "load_splits", "load_tokenizer",
+    "read_imported", "token_view",
+]
 
 
 @dataclass
@@ -29,49 +47,47 @@ class Splits:
 
 
 def load_splits(path: str | Path, *, valid_fraction: float = 0.1, seed: int = 0) -> Splits:
-    """Normalised train/valid/test records from a JSONL file or a folder of train/valid/test.jsonl.
+    """Normalised train/valid/test records from any supported dataset: a file in any format, a
+    folder with train/valid/test files, a zip, or an imported dataset (its folder or its id).
 
-    When there is no validation split, `valid_fraction` of train is carved off with `seed`.
+    Bad records are skipped and described in `notes`; repeated examples are kept (training data may
+    repeat on purpose) and counted in `notes`. When there is no validation split,
+    `valid_fraction` of train is held out with `seed` (imported datasets keep the split they were
+    imported with).
     """
-    path = Path(path).expanduser()
-    if not path.exists():
+    p = Path(path).expanduser()
+    folder = dataset_dir(p) if p.is_dir() or not p.exists() else None
+    if folder is not None:
+        return _load_imported(folder, valid_fraction, seed)
+    if not p.exists():
         raise DataError(f"Dataset {path} does not exist.", "Check the path, or drop the file again.")
+    from engine.data.importer import _run
+
+    options = Options(valid_fraction=valid_fraction, seed=seed, dedupe=False)
+    records: list[dict] = []
+    report, final = _run(p, options, None, lambda ex: records.append(ex.record))
+    parts: dict[str, list[dict]] = {"train": [], "valid": [], "test": []}
+    names = ("train", "valid", "test")
+    for code, record in zip(final, records, strict=True):
+        parts[names[code]].append(record)
+    notes = list(report.split_notes)
+    if report.summary:
+        notes.append(report.summary + (f" First: {report.problems[0]['text']}" if report.problems else ""))
+    notes += report.notes
+    return Splits(parts["train"], parts["valid"], parts["test"], notes)
+
+
+def _load_imported(folder: Path, valid_fraction: float, seed: int) -> Splits:
+    parts = read_imported(folder)
     notes: list[str] = []
-    if path.is_dir():
-        parts = {n: _read_jsonl(path / f"{n}.jsonl") if (path / f"{n}.jsonl").exists() else []
-                 for n in ("train", "valid", "test")}
-        if not parts["train"]:
-            raise DataError(f"{path} has no train.jsonl with examples.",
-                            "Put the training examples in train.jsonl inside that folder.")
-    else:
-        parts = {"train": _read_jsonl(path), "valid": [], "test": []}
-    train, valid, test = parts["train"], parts["valid"], parts["test"]
-    if not valid and valid_fraction > 0 and len(train) >= 2:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        n_valid = max(1, int(round(len(train) * valid_fraction)))
-        valid = [train[i] for i in order[:n_valid]]
-        train = [train[i] for i in order[n_valid:]]
-        notes.append(f"No validation split found: held out {n_valid} of the training examples "
-                     f"(seed {seed}).")
-    return Splits(train, valid, test, notes)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    with open(path, encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path.name}, line {lineno}: not valid JSON ({exc.msg}).",
-                                "Fix or remove that line.") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path.name}, line {lineno}: expected a JSON object.",
-                                "Each line must be one example like {\"prompt\": ..., \"completion\": ...}.")
-            records.append(obj)
-    if not records:
-        raise DataError(f"{path.name} has no examples.", "Add at least one example per line.")
-    return records
+    if not parts["train"]:
+        raise DataError(f"The dataset {folder.name} has no training examples.",
+                        "Import the data again.")
+    if not parts["valid"] and valid_fraction > 0:
+        codes = np.zeros(len(parts["train"]), np.int8)
+        final, notes = plan_splits(codes, Options(valid_fraction=valid_fraction, seed=seed),
+                                   {"train": True, "valid": False, "test": True})
+        train = parts["train"]
+        parts["train"] = [r for r, c in zip(train, final, strict=True) if c == 0]
+        parts["valid"] = [r for r, c in zip(train, final, strict=True) if c == 1]
+    return Splits(parts["train"], parts["valid"], parts["test"], notes)

@@ -1,0 +1,304 @@
+"""One streaming pass over a dataset: files -> rows -> normalised, validated, de-duplicated examples.
+
+`Scan` is the shared core of `inspect`, `import_dataset` and `load_splits`. It yields examples one
+at a time and remembers only counts, a bounded list of problems and an 8-byte hash per kept example
+(for duplicates and train/valid overlap), so memory does not grow with the size of the text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.data import formats, readers, sources
+from engine.data.problems import DataError, Problem, ProblemLog, RecordProblem
+
+SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
+SNIFF_ROWS = 50
+
+
+@dataclass
+class Options:
+    """How to read a dataset. Every field has a default that suits a typical drop."""
+
+    format: str | None = None  # override detection: chat, completion, alpaca, sharegpt, text
+    mapping: dict[str, str] = field(default_factory=dict)  # target field -> source column/key
+    strict: bool = False  # stop at the first bad example instead of skipping it
+    valid_fraction: float = 0.1  # held out as valid when the data has no valid split
+    test_fraction: float = 0.0  # held out as test when the data has no test split
+    seed: int = 0  # for the held-out splits
+    dedupe: bool = True  # drop repeated examples (and valid/test examples also in train); when
+    # False they are kept and reported as warnings
+    text_chunk_chars: int = 4000  # .txt/.md files are cut into chunks of up to this many characters
+
+    def __post_init__(self):
+        if isinstance(self.mapping, str) or self.mapping is None:
+            self.mapping = formats.parse_mapping(self.mapping)
+        elif self.mapping:
+            self.mapping = formats.parse_mapping(self.mapping)
+        if self.format:
+            self.format = formats.canonical_format(self.format)
+        for name in ("valid_fraction", "test_fraction"):
+            v = getattr(self, name)
+            if not 0 <= v < 1:
+                raise DataError(f"{name.replace('_', ' ')} must be between 0 and 1, not {v}.",
+                                "Use, for example, 0.1 for 10%.")
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise DataError("The valid and test fractions leave nothing to train on.",
+                            "Keep their sum well below 1.")
+
+    def signature(self) -> dict:
+        """The options that change the imported data (re-import with these finds the same dataset)."""
+        return {"format": self.format, "mapping": dict(sorted(self.mapping.items())),
+                "valid_fraction": self.valid_fraction, "test_fraction": self.test_fraction,
+                "seed": self.seed, "dedupe": self.dedupe, "text_chunk_chars": self.text_chunk_chars}
+
+
+@dataclass
+class FileInfo:
+    name: str
+    split: str
+    container: str = ""
+    container_reason: str = ""
+    format: str = ""
+    format_reason: str = ""
+    mapping: dict[str, str] = field(default_factory=dict)
+    encoding: str = ""
+    rows: int = 0
+    kept: int = 0
+    skipped: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Example:
+    split: str
+    where: str
+    record: dict
+
+
+def record_kind(record: dict) -> str:
+    if "messages" in record:
+        return "chat"
+    if "prompt" in record:
+        return "completion"
+    return "text"
+
+
+class Scan:
+    """A dataset opened for reading. Use as a context manager (a zip is unpacked meanwhile)."""
+
+    def __init__(self, path: str | Path, options: Options | None = None, log: ProblemLog | None = None):
+        self.path = Path(path).expanduser()
+        self.options = options or Options()
+        self.log = log or ProblemLog(strict=self.options.strict)
+        self.files: list[FileInfo] = []
+        self.kinds: Counter = Counter()
+        self.rows = 0
+        self.container = ""
+        self._stack = ExitStack()
+        self._sources: list[sources.SourceFile] = []
+
+    def __enter__(self) -> Scan:
+        path = self.path
+        if not path.exists():
+            raise DataError(f"{path} does not exist.", "Check the path, or drop the file again.")
+        if path.is_file() and path.stat().st_size == 0:
+            raise DataError(f"{path.name} is empty.", "Choose the file that has the examples.")
+        if path.is_file():
+            with open(path, "rb") as fh:
+                head = fh.read(8192)
+            if head.startswith(b"PK\x03\x04") and path.suffix.lower() not in sources._OFFICE:
+                self.container = "zip"
+                root = self._stack.enter_context(sources.unpacked(path))
+                self._sources = sources.discover(root, path.name, self.log.notes)
+                return self
+            what = sources.describe_binary(path, head)
+            if what:
+                raise DataError(f"{path.name} is {what}, not a dataset.",
+                                "Drop a .jsonl, .json, .csv, .tsv, .txt, .md or .parquet file.")
+            self.container = "file"
+        else:
+            self.container = "folder"
+        self._sources = sources.discover(path, None if path.is_file() else path.name, self.log.notes)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    @property
+    def has_split(self) -> dict[str, bool]:
+        present = {s.split for s in self._sources}
+        return {s: s in present for s in sources.SPLITS}
+
+    def examples(self) -> Iterator[Example]:
+        """Every kept example, train files first (so overlap with train is known for valid/test)."""
+        # hash -> where it was first seen, packed in one int (file index, split, row number)
+        # because a dict of small ints is the one structure here that grows with the data.
+        seen: dict[int, int] = {}
+        order = sorted(self._sources, key=lambda s: SPLIT_CODES[s.split])
+        for index, src in enumerate(order):
+            info = FileInfo(src.name, src.split)
+            self.files.append(info)
+            yield from self._file_examples(index, src, info, seen)
+        if self.rows == 0:
+            what = self.path.name
+            raise DataError(f"{what} has no examples (the file is empty or only blank lines).",
+                            "Choose the file that has the examples.")
+
+    # -- internals -------------------------------------------------------------------------
+    def _file_examples(self, index: int, src: sources.SourceFile, info: FileInfo,
+                       seen: dict) -> Iterator[Example]:
+        path = src.path
+        if path.stat().st_size == 0:
+            self.log.note(f"{src.name} is empty.")
+            return
+        with open(path, "rb") as fh:
+            what = sources.describe_binary(path, fh.read(8192))
+        if what:
+            raise DataError(f"{src.name} is {what}, not a dataset file.", "Remove it from the folder.")
+        info.container, info.container_reason = readers.sniff_container(path)
+        rows, text = readers.read(path, info.container, self.options.text_chunk_chars)
+        head = list(itertools.islice(rows, SNIFF_ROWS))
+        info.format, info.format_reason, info.mapping = self._detect(src, info, head)
+        normalise = formats.normaliser(info.format)
+        mapping = info.mapping
+        log = self.log
+        for row in itertools.chain(head, rows):
+            info.rows += 1
+            self.rows += 1
+            split = row.split or src.split
+            where = row.where(src.name)
+            problem = row.problem
+            record = None
+            if problem is None:
+                value = row.value
+                if not isinstance(value, dict):
+                    problem = RecordProblem("not_object", f"is {formats._type_name(value)}, not an object",
+                                            "Each example must be a JSON object like {\"messages\": [...]}.")
+                else:
+                    try:
+                        record = normalise(formats.apply_mapping(value, mapping))
+                    except RecordProblem as exc:
+                        problem = exc
+            if problem is not None:
+                info.skipped += 1
+                log.add(Problem(problem.code, where, problem.message, problem.hint, problem.field))
+                continue
+            key = _digest(record)
+            first = seen.get(key)
+            if first is not None:
+                repeat = self._repeat_problem(where, split, first)
+                if self.options.dedupe:
+                    info.skipped += 1
+                    log.add(repeat)
+                    continue
+                # Kept on purpose (upsampling, memorisation tests): still worth knowing.
+                repeat.severity = "warning"
+                log.add(repeat)
+            else:
+                seen[key] = (index << 42) | (SPLIT_CODES[split] << 40) | min(row.number, (1 << 40) - 1)
+            info.kept += 1
+            self.kinds[record_kind(record)] += 1
+            yield Example(split, where, record)
+        if text is not None:
+            note = text.encoding_note(src.name)
+            if note:
+                log.note(note)
+            info.encoding = "latin-1" if text.latin1_lines else text.encoding
+        if info.rows == 0:
+            log.note(f"{src.name} has no examples.")
+
+    def _repeat_problem(self, where: str, split: str, first: int) -> Problem:
+        info = self.files[first >> 42]
+        first_split = sources.SPLITS[(first >> 40) & 3]
+        unit = {"csv": "row", "tsv": "row", "parquet": "row", "json": "item"}.get(info.container, "line")
+        at = f"{info.name}, {unit} {first & ((1 << 40) - 1)}"
+        if first_split != split:
+            order_split = first_split
+            return Problem("overlap", where, f"the same example is also in {order_split} ({at})",
+                           f"The {split} loss is only honest on examples the model has not trained on; "
+                           "remove it from one of the files.")
+        return Problem("duplicate", where, f"repeats the example at {at}",
+                       "Remove the copy, or keep duplicates on purpose with --keep-duplicates.")
+
+    def _detect(self, src: sources.SourceFile, info: FileInfo, head: list) -> tuple[str, str, dict]:
+        opts = self.options
+        mapping = dict(opts.mapping)
+        values = [r.value for r in head if r.problem is None]
+        if info.container == "text":
+            return "text", f"{info.container_reason}: cut into chunks of up to {opts.text_chunk_chars} " \
+                           "characters at paragraph breaks", {}
+        if not values:
+            if not head:
+                return opts.format or "text", "no examples", mapping
+            # Every sniffed row is broken: the rows themselves will say why.
+            return opts.format or "chat", "the first rows could not be read", mapping
+        keys = list(dict.fromkeys(k for v in values if isinstance(v, dict) for k in v))
+        for target, column in mapping.items():
+            if column not in keys:
+                shown = ", ".join(map(str, keys[:12])) or "none"
+                raise DataError(f"{src.name} has no column or field '{column}' (for {target}); "
+                                f"it has: {shown}.", "Fix the --map option.")
+        mapping_reason = "given with --map" if mapping else ""
+        if not mapping and not opts.format and all(formats._guess(v) is None
+                                                   for v in values if isinstance(v, dict)):
+            auto = formats.auto_mapping([str(k) for k in keys])
+            if auto:
+                mapping, mapping_reason = auto
+        if opts.format:
+            fmt, why = opts.format, "chosen with --format"
+        else:
+            try:
+                fmt, why = formats.detect(values, mapping)
+            except DataError as exc:
+                raise DataError(f"{src.name}: {exc}", exc.hint) from None
+        if mapping_reason:
+            why = f"{why} ({mapping_reason})"
+        return fmt, f"{why}; {info.container_reason}", mapping
+
+
+def _digest(record: dict) -> int:
+    text = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def plan_splits(source: np.ndarray, options: Options, has_split: dict[str, bool]) -> tuple[np.ndarray, list[str]]:
+    """Final split codes (0 train, 1 valid, 2 test) for each kept example, carving valid/test from
+    train with `options.seed` when the data has none. Deterministic for the same inputs."""
+    final = source.astype(np.int8, copy=True)
+    notes: list[str] = []
+    train_idx = np.flatnonzero(final == 0)
+    n = len(train_idx)
+    want = []
+    if not has_split["valid"] and options.valid_fraction > 0:
+        want.append((1, "validation", options.valid_fraction))
+    if not has_split["test"] and options.test_fraction > 0:
+        want.append((2, "test", options.test_fraction))
+    if not want:
+        return final, notes
+    if n < 2:
+        notes.append("Only one training example: no validation split could be held out.")
+        return final, notes
+    perm = np.random.default_rng(options.seed).permutation(n)
+    start = 0
+    for code, label, fraction in want:
+        k = max(1, int(round(n * fraction)))
+        k = min(k, n - start - 1)  # always leave at least one example to train on
+        if k <= 0:
+            continue
+        final[train_idx[perm[start:start + k]]] = code
+        start += k
+        notes.append(f"No {label} split in the data: held out {k} of {n} training examples "
+                     f"({fraction:.0%}, seed {options.seed}).")
+    return final, notes

@@ -1,0 +1,167 @@
+"""Token counts per example with a model's tokenizer and chat template (no weights are loaded).
+
+Encoding goes through `engine.encode.Encoder`, the same code training uses, so the report counts
+exactly the tokens training will see. Big datasets are encoded by a few worker processes, with a
+bounded number of batches in flight, so a large file neither takes minutes on one core nor piles
+up in memory.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from engine.data.problems import DataError, Problem, ProblemLog
+
+UNLIMITED = 1 << 30
+BATCH = 128
+INLINE_EXAMPLES = 1500  # below this many examples, starting worker processes costs more than it saves
+
+
+def resolve_model_dir(model: str | Path) -> Path:
+    """A local model folder: a path, a folder in the workspace's models/, or a Hugging Face repo
+    already in the local cache. Never downloads."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    from engine import workspace
+
+    local = workspace.models_dir() / workspace.safe_name(str(model))
+    if local.is_dir():
+        return local
+    if "/" in str(model) and not path.is_absolute():
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(str(model), local_files_only=True))
+        except Exception:  # noqa: BLE001 - any failure means "not available offline"
+            pass
+    raise DataError(f"Model {model} was not found on this computer.",
+                    "Give the path of a model folder, or download the model first.")
+
+
+def load_tokenizer(model: str | Path):
+    """The tokenizer of a local model folder (mlx-lm's wrapper), without loading weights."""
+    model_dir = resolve_model_dir(model)
+    try:
+        from mlx_lm.utils import load_tokenizer as _load
+
+        return _load(model_dir)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a bad folder
+        raise DataError(f"Cannot load a tokenizer from {model_dir} ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}).",
+                        "Check that the folder has tokenizer.json or tokenizer.model.") from None
+
+
+class TokenCounter:
+    """Measures examples for one model: length, trained tokens, truncation."""
+
+    def __init__(self, model: str | Path, *, chat_template: str | None = None, mask_prompt: bool = True,
+                 max_seq_length: int = 2048, workers: int | None = None, tokenizer=None):
+        from engine.encode import Encoder
+
+        self.model = str(model)
+        self.model_dir = resolve_model_dir(model) if tokenizer is None else Path(model)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_dir)
+        self.chat_template = chat_template
+        self.mask_prompt = mask_prompt
+        self.max_seq_length = max_seq_length
+        # Full length first: truncation is applied here so "over max_seq_length" can be counted.
+        self.encoder = Encoder(self.tokenizer, chat_template=chat_template, mask_prompt=mask_prompt,
+                               max_seq_length=UNLIMITED)
+        self.template_source = self.encoder.template_source
+        self.workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+
+    def encode(self, record: dict):
+        """`Encoded` for one record, truncated to max_seq_length as training does."""
+        from engine.encode import Encoder
+
+        enc = Encoder(self.tokenizer, chat_template=self.chat_template, mask_prompt=self.mask_prompt,
+                      max_seq_length=self.max_seq_length)
+        return enc.encode(record)
+
+    def measure(self, examples: Iterable, log: ProblemLog) -> Iterator[tuple[object, int, int]]:
+        """(example, length, trained tokens after truncation) for each example that trains at least
+        one token; the others are reported to `log` and left out. Order is preserved."""
+        it = iter(examples)
+        inline = []
+        for ex in it:
+            inline.append(ex)
+            if len(inline) >= INLINE_EXAMPLES and self.workers > 1:
+                break
+        else:
+            yield from self._checked(inline, [_measure(self.encoder, self.max_seq_length, ex.record)
+                                              for ex in inline], log)
+            return
+        yield from self._checked(inline, [_measure(self.encoder, self.max_seq_length, ex.record)
+                                          for ex in inline], log)
+        yield from self._parallel(it, log)
+
+    def _parallel(self, it: Iterator, log: ProblemLog) -> Iterator:
+        # spawn, not fork: the parent may hold MLX and tokenizer threads that fork would copy.
+        ctx = multiprocessing.get_context("spawn")
+        window: deque = deque()
+        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(str(self.model_dir), self.chat_template, self.mask_prompt,
+                                           self.max_seq_length)) as pool:
+            while True:
+                batch = [ex for _, ex in zip(range(BATCH), it, strict=False)]
+                if batch:
+                    window.append((batch, pool.submit(_measure_batch, [ex.record for ex in batch])))
+                # Keep a few batches per worker queued; collect the oldest when the window is full.
+                while window and (len(window) >= 3 * self.workers or not batch):
+                    done, future = window.popleft()
+                    yield from self._checked(done, future.result(), log)
+                if not batch and not window:
+                    return
+
+    def _checked(self, batch: list, results: list, log: ProblemLog) -> Iterator:
+        limit = self.max_seq_length
+        for ex, (length, trained, trained_full, error) in zip(batch, results, strict=True):
+            if error is not None:
+                log.add(Problem("template_error", ex.where, f"the chat template rejects this example ({error})",
+                                "Fix the roles or content, or choose another chat template."))
+                continue
+            if trained == 0:
+                if trained_full > 0:
+                    msg = (f"trains 0 tokens: it is {length} tokens long and the answer starts after "
+                           f"token {limit}, so truncation cuts it off")
+                    hint = "Shorten the prompt or raise max_seq_length."
+                else:
+                    msg = "trains 0 tokens after masking (every token is prompt)"
+                    hint = "Check that the answer is not empty, or turn off prompt masking."
+                log.add(Problem("zero_trained", ex.where, msg, hint))
+                continue
+            yield ex, length, trained
+
+
+def _measure(encoder, limit: int, record: dict) -> tuple[int, int, int, str | None]:
+    try:
+        enc = encoder.encode(record)
+    except Exception as exc:  # noqa: BLE001 - jinja's raise_exception and tokenizer errors
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return 0, 0, 0, text[:200]
+    # Token 0 is never a target (nothing predicts it); see Encoded.trained_tokens.
+    trained = sum(enc.weights[1:limit])
+    return len(enc.tokens), trained, sum(enc.weights[1:]), None
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(model_dir: str, chat_template: str | None, mask_prompt: bool, limit: int) -> None:
+    from engine.encode import Encoder
+
+    tokenizer = load_tokenizer(model_dir)
+    _WORKER["encoder"] = Encoder(tokenizer, chat_template=chat_template, mask_prompt=mask_prompt,
+                                 max_seq_length=UNLIMITED)
+    _WORKER["limit"] = limit
+
+
+def _measure_batch(records: list[dict]) -> list[tuple[int, int, int, str | None]]:
+    enc, limit = _WORKER["encoder"], _WORKER["limit"]
+    return [_measure(enc, limit, r) for r in records]
