@@ -24,6 +24,11 @@ COMMAND_MODULES = (
 )
 
 
+# True when main() parses the real command line (the engine is its own process), so a sub-command
+# may restart the process (e.g. with OpenBLAS preloaded); False when called in-process with argv.
+FROM_COMMAND_LINE = False
+
+
 class UserError(Exception):
     """An error whose message is meant for the user as it is (no traceback)."""
 
@@ -57,6 +62,8 @@ def print_json(obj) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global FROM_COMMAND_LINE
+    FROM_COMMAND_LINE = argv is None
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()

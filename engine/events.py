@@ -35,7 +35,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 
-def make(kind: str, **fields: Any) -> dict:
+def make(kind: str, /, **fields: Any) -> dict:
     """An event dict of `kind` with the current time."""
     if kind not in KINDS:
         raise ValueError(f"unknown event kind {kind!r}")

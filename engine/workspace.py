@@ -160,3 +160,14 @@ def load_settings() -> dict:
 
 def save_settings(settings: dict) -> None:
     write_yaml_atomic(settings_path(), settings)
+
+
+def resources_dir() -> Path:
+    """Lathe's bundled resources (sample datasets, presets, model list)."""
+    return Path(__file__).resolve().parents[1] / "resources"
+
+
+def shared_stories_model() -> Path | None:
+    """The stories260K test model in ../shared beside the repo, when present (dev machines, CI)."""
+    path = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
+    return path if (path / "model.safetensors").exists() else None

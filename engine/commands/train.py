@@ -1,0 +1,234 @@
+"""`python -m engine train`: fine-tune a model in a run folder, streaming events."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import stat
+import sys
+import threading
+from pathlib import Path
+
+from engine.config import RunConfig, field_help
+
+# flag -> (section, field, type)
+FLAGS = {
+    "--model": ("model", "path", str),
+    "--chat-template": ("model", "chat_template", str),
+    "--data": ("data", "path", str),
+    "--max-seq-length": ("data", "max_seq_length", int),
+    "--val-batches": ("data", "val_batches", int),
+    "--valid-fraction": ("data", "valid_fraction", float),
+    "--fine-tune-type": ("lora", "fine_tune_type", str),
+    "--num-layers": ("lora", "num_layers", int),
+    "--lora-rank": ("lora", "rank", int),
+    "--lora-scale": ("lora", "scale", float),
+    "--lora-dropout": ("lora", "dropout", float),
+    "--iters": ("training", "iters", int),
+    "--epochs": ("training", "epochs", float),
+    "--batch-size": ("training", "batch_size", int),
+    "--learning-rate": ("training", "learning_rate", float),
+    "--optimizer": ("training", "optimizer", str),
+    "--grad-accumulation-steps": ("training", "grad_accumulation_steps", int),
+    "--steps-per-report": ("training", "steps_per_report", int),
+    "--steps-per-eval": ("training", "steps_per_eval", int),
+    "--save-every": ("training", "save_every", int),
+    "--seed": ("training", "seed", int),
+    "--resume-adapter-file": ("training", "resume_adapter_file", str),
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="Fine-tune a model (LoRA, DoRA, QLoRA or full) on a dataset.",
+        description="Fine-tune a model on a dataset. Reads Lathe configs and the YAML files "
+        "`mlx_lm.lora -c` reads; flags override the config file.",
+    )
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML config (Lathe or mlx_lm.lora format).")
+    for flag, (section, name, tp) in FLAGS.items():
+        p.add_argument(flag, type=tp, default=None, help=field_help(section, name))
+    p.add_argument("--mask-prompt", dest="mask_prompt", action="store_true", default=None,
+                   help=field_help("data", "mask_prompt"))
+    p.add_argument("--no-mask-prompt", dest="mask_prompt", action="store_false",
+                   help="Train on the whole text, prompts included.")
+    p.add_argument("--grad-checkpoint", action="store_true", default=None,
+                   help=field_help("training", "grad_checkpoint"))
+    p.add_argument("--test", action="store_true", default=None, help=field_help("training", "test"))
+    p.add_argument("--name", help="A name for the run (used in its folder name).")
+    p.add_argument("--resume", metavar="RUN", help="Continue a run (id or folder) from its newest checkpoint.")
+    p.add_argument("--demo", action="store_true",
+                   help="Fine-tune a demo model on the bundled bank-support sample, no other arguments needed.")
+    p.add_argument("--events", action="store_true",
+                   help="Write events as JSON lines to stdout (for the app); `stop` on stdin stops the run.")
+    p.add_argument("--write-mlx-lm-config", metavar="FILE",
+                   help="Write the resolved config as an `mlx_lm.lora -c` YAML file and exit.")
+    p.add_argument("--print-config", action="store_true", help="Print the resolved config and exit.")
+    p.set_defaults(handler=handle)
+
+
+def build_config(args: argparse.Namespace, warnings: list[str]) -> RunConfig:
+    cfg = RunConfig.load(args.config, warnings) if args.config else RunConfig()
+    if args.demo:
+        demo_defaults(cfg, warnings)
+    for flag, (section, name, _) in FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            setattr(getattr(cfg, section), name, value)
+    if args.iters is not None:
+        cfg.training.iters = args.iters
+    if args.epochs is not None and args.iters is None:
+        cfg.training.iters = None
+    if args.mask_prompt is not None:
+        cfg.data.mask_prompt = args.mask_prompt
+    if args.grad_checkpoint:
+        cfg.training.grad_checkpoint = True
+    if args.test:
+        cfg.training.test = True
+    if args.name:
+        cfg.name = args.name
+    return cfg
+
+
+def demo_defaults(cfg: RunConfig, notes: list[str]) -> None:
+    """The demo run: the bank-support sample on stories260K when present, else a tiny local model."""
+    from engine.workspace import models_dir, resources_dir, shared_stories_model
+
+    cfg.name = cfg.name or "demo-bank-support"
+    cfg.data.path = str(resources_dir() / "samples" / "bank-support")
+    stories = shared_stories_model()
+    if stories is not None:
+        cfg.model.path = str(stories)
+        notes.append(f"Demo model: stories260K ({stories}), a real 260K-parameter model pretrained on "
+                     "children's stories: small enough to train in a minute, too small to be useful.")
+    else:
+        from engine.tinymodel import build_tiny_model
+
+        target = models_dir() / "lathe-demo-tiny"
+        if not (target / "model.safetensors").exists():
+            build_tiny_model(target, hidden_size=96, num_layers=4, chat_template=True,
+                             extra_texts=_sample_texts(Path(cfg.data.path)))
+        cfg.model.path = str(target)
+        notes.append(f"Demo model: a tiny random-weight model built on this Mac ({target}); it learns "
+                     "the sample's answers by heart but knows nothing else. Download a real model for real work.")
+    cfg.data.max_seq_length = 512
+    cfg.training.iters = cfg.training.iters or 300
+    cfg.training.batch_size = 8
+    cfg.training.learning_rate = 5e-4
+    cfg.training.steps_per_eval = 50
+    cfg.training.save_every = 100
+    cfg.lora.num_layers = -1
+    cfg.lora.rank = 16
+
+
+def _sample_texts(folder: Path) -> list[str]:
+    texts = []
+    for f in sorted(folder.glob("*.jsonl")):
+        texts.append(f.read_text(encoding="utf-8")[:200_000])
+    return texts
+
+
+class StopSignal:
+    """Set by `stop` on stdin, stdin closing (when it is a pipe), SIGINT or SIGTERM."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason = ""
+
+    def __call__(self) -> bool:
+        return self.event.is_set()
+
+    def set(self, reason: str) -> None:
+        if not self.event.is_set():
+            self.reason = reason
+            self.event.set()
+
+    def install(self, watch_stdin: bool) -> None:
+        def on_signal(signum, _frame):
+            self.set(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        if watch_stdin:
+            threading.Thread(target=self._read_stdin, name="stdin-stop", daemon=True).start()
+
+    def _read_stdin(self) -> None:
+        try:
+            is_pipe = stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode)
+        except (OSError, ValueError):
+            return
+        try:
+            for line in sys.stdin:
+                if line.strip().lower() in ("stop", "quit"):
+                    self.set("stop requested")
+                    return
+        except (OSError, ValueError):
+            pass
+        if is_pipe:
+            # The app that started us is gone: stop cleanly with a checkpoint instead of orphaning.
+            self.set("the app closed")
+
+
+def handle(args: argparse.Namespace) -> int:
+    from engine import cli
+    from engine.platform import reexec_with_openblas
+
+    if cli.FROM_COMMAND_LINE and not (args.write_mlx_lm_config or args.print_config):
+        reexec_with_openblas(sys.argv[1:])
+
+    from engine import events
+    from engine.cli import UserError
+    from engine.runs import create_run, find_run, load_run
+    from engine.workspace import write_yaml_atomic
+
+    warnings: list[str] = []
+    resume = bool(args.resume)
+    if resume:
+        run_dir = find_run(args.resume)
+        info = load_run(run_dir)
+        if info.state == "running":
+            raise UserError(f"Run {info.id} is still training (pid {info.status.get('pid')}).")
+        if info.state == "completed":
+            raise UserError(f"Run {info.id} already completed; start a new run to train more.")
+        config = info.config
+    else:
+        config = build_config(args, warnings)
+        if args.write_mlx_lm_config:
+            write_yaml_atomic(Path(args.write_mlx_lm_config), config.to_mlx_lm_dict())
+            print(f"Wrote {args.write_mlx_lm_config} (for `mlx_lm.lora -c`).")
+            return 0
+        if args.print_config:
+            print(config.to_yaml(), end="")
+            return 0
+        config.validate()
+        run_dir = _run_folder_for(args.config, config, create_run)
+
+    stop = StopSignal()
+    stop.install(watch_stdin=args.events)
+    sinks = [events.EventLog(run_dir / "events.jsonl")]
+    sinks.append(events.JsonLinesWriter(sys.stdout) if args.events else events.ConsolePrinter(sys.stderr))
+    sink = events.Fanout(sinks)
+    for w in warnings:
+        sink(events.make("log", level="warning" if "ignored" in w or "not" in w else "info", message=w))
+
+    from engine.train import run
+
+    status = run(config, run_dir, sink, should_stop=stop, resume=resume)
+    sinks[0].close()
+    if not args.events and status == "completed":
+        print(f"Adapter: {run_dir / 'adapters'}", file=sys.stderr)
+    return {"completed": 0, "stopped": 0}.get(status, 1)
+
+
+def _run_folder_for(config_path: str | None, config: RunConfig, create_run) -> Path:
+    """The run folder the config already lives in (the app creates it), else a new one."""
+    from engine.workspace import read_json, write_text_atomic
+
+    if config_path:
+        folder = Path(config_path).resolve().parent
+        status = read_json(folder / "status.json", {}) or {}
+        if Path(config_path).name == "config.yaml" and status.get("state") == "created":
+            write_text_atomic(folder / "config.yaml", config.to_yaml())
+            return folder
+    return create_run(config)

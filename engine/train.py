@@ -1,0 +1,338 @@
+"""One training run, start to finish: model + LoRA + data + loop, inside a run folder.
+
+Model loading and LoRA layers come from mlx-lm (`mlx_lm.utils.load`,
+`mlx_lm.tuner.utils.linear_to_lora_layers`, `build_schedule`); batching, the loss mask, the
+fixed validation subset, checkpoints and resume are Lathe's (see trainer.py and batching.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine import events
+from engine.config import RunConfig
+from engine.errors import LatheError, ModelError, TrainingError
+from engine.runs import write_status
+from engine.workspace import write_text_atomic
+
+
+@dataclass
+class Prepared:
+    model: object
+    tokenizer: object
+    encoder: object
+    train: list
+    valid: list
+    test: list
+    notes: list[str]
+    quantized: bool
+    num_layers: int
+
+
+def load_model(path: str):
+    """(model, tokenizer) through mlx-lm; a clear error for a missing or unusable model."""
+    from mlx_lm.utils import load
+
+    local = Path(path).expanduser()
+    looks_local = local.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1
+    if looks_local and not local.exists():
+        raise ModelError(f"Model folder {path} does not exist.", "Check the path, or pick a model in the library.")
+    try:
+        model, tokenizer = load(str(local) if local.exists() else path)
+    except FileNotFoundError as exc:
+        raise ModelError(f"Model {path} is missing a file: {exc}.", "Re-download or re-import the model.") from None
+    except ValueError as exc:
+        raise ModelError(f"Model {path} cannot be loaded: {exc}", "Check that it is a model mlx-lm supports.") from None
+    except Exception as exc:  # noqa: BLE001 - hub/network errors come in many types
+        if "offline" in str(exc).lower() or "connect" in str(exc).lower() or "resolve" in str(exc).lower():
+            raise ModelError(
+                f"Model {path} is not on this Mac and cannot be downloaded now ({type(exc).__name__}).",
+                "Download it from the Models page while online, or pick a local model.",
+            ) from None
+        raise
+    return model, tokenizer
+
+
+def is_quantized(model) -> bool:
+    import mlx.nn as nn
+
+    return any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
+
+
+def apply_method(model, config: RunConfig) -> int:
+    """Freeze the base and add trainable LoRA/DoRA layers (or unfreeze for full); returns layers trained."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    lo = config.lora
+    n_model = len(model.layers)
+    num_layers = n_model if lo.num_layers < 0 or lo.num_layers > n_model else lo.num_layers
+    model.freeze()
+    if lo.fine_tune_type == "full":
+        for layer in model.layers[-num_layers:]:
+            layer.unfreeze()
+    else:
+        params = {"rank": lo.rank, "scale": lo.scale, "dropout": lo.dropout}
+        if lo.keys:
+            params["keys"] = list(lo.keys)
+        linear_to_lora_layers(model, num_layers, params, use_dora=lo.fine_tune_type == "dora")
+    return num_layers
+
+
+def build_optimizer(config: RunConfig):
+    import mlx.optimizers as optim
+    from mlx_lm.tuner.utils import build_schedule
+
+    t = config.training
+    lr = build_schedule(t.lr_schedule) if t.lr_schedule else t.learning_rate
+    classes = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD,
+               "adafactor": optim.Adafactor, "muon": optim.Muon}
+    try:
+        return classes[t.optimizer](learning_rate=lr, **t.optimizer_config)
+    except TypeError as exc:
+        raise LatheError(f"training.optimizer_config does not fit {t.optimizer}: {exc}.",
+                         "Remove the keys that optimizer does not take.") from None
+
+
+def prepare(config: RunConfig, sink: events.Sink) -> Prepared:
+    """Load the model and data and encode every example; reports what it finds as log events."""
+    from engine.data import load_splits
+    from engine.encode import Encoder
+
+    config.validate()
+    log = _logger(sink)
+    model, tokenizer = load_model(config.model.path)
+    d = config.data
+    encoder = Encoder(
+        tokenizer, chat_template=config.model.chat_template, mask_prompt=d.mask_prompt,
+        max_seq_length=d.max_seq_length, prompt_feature=d.prompt_feature,
+        completion_feature=d.completion_feature, chat_feature=d.chat_feature, text_feature=d.text_feature,
+    )
+    splits = load_splits(d.path, valid_fraction=d.valid_fraction, seed=config.training.seed)
+    for note in splits.notes:
+        log("info", note)
+
+    encoded = {}
+    for name, records in (("train", splits.train), ("valid", splits.valid), ("test", splits.test)):
+        kept, empty, truncated = [], 0, 0
+        for record in records:
+            try:
+                enc = encoder.encode(record)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise TrainingError(f"A {name} example cannot be encoded: {exc}.",
+                                    "Inspect the dataset with `python -m engine data inspect`.") from None
+            if enc.trained_tokens == 0:
+                empty += 1
+                continue
+            truncated += enc.truncated
+            kept.append(enc)
+        if empty:
+            log("warning", f"{empty} {name} example(s) train no tokens after masking and were skipped.")
+        if truncated:
+            log("warning", f"{truncated} {name} example(s) are longer than max_seq_length "
+                           f"({d.max_seq_length} tokens) and were truncated.")
+        encoded[name] = kept
+    if not encoded["train"]:
+        raise TrainingError("The dataset has no trainable training examples.",
+                            "Check that examples have answers (assistant turns or completions).")
+    if encoder.template_source == "default" and any(encoder.kind(r) != "text" for r in splits.train[:50]):
+        log("info", "This model has no chat template, so Lathe's default template is used; "
+                    "chat and export use the same template.")
+    return Prepared(model, tokenizer, encoder, encoded["train"], encoded["valid"], encoded["test"],
+                    splits.notes, is_quantized(model), 0)
+
+
+def total_steps(config: RunConfig, n_train: int) -> int:
+    t = config.training
+    if t.iters:
+        return t.iters
+    batches_per_epoch = math.ceil(n_train / t.batch_size)
+    return max(1, math.ceil(t.epochs * batches_per_epoch / t.grad_accumulation_steps))
+
+
+def run(
+    config: RunConfig,
+    run_dir: Path,
+    sink: events.Sink,
+    should_stop: Callable[[], bool] = lambda: False,
+    resume: bool = False,
+) -> str:
+    """Train in `run_dir` (from its newest checkpoint when `resume`); returns the final status.
+
+    Every outcome ends with a `finished` event and a final status.json; failures also send an
+    `error` event with a hint. Nothing raises out of here except KeyboardInterrupt.
+    """
+    run_dir = Path(run_dir)
+    log = _logger(sink)
+    started = time.time()
+    write_status(run_dir, "running", pid=os.getpid(), started=started,
+                 **({} if resume else {"created": started}))
+    try:
+        return _run(config, run_dir, sink, should_stop, resume, log, started)
+    except LatheError as exc:
+        return _fail(run_dir, sink, exc.kind, str(exc.args[0]), exc.hint)
+    except MemoryError:
+        return _fail(run_dir, sink, "memory", "The Mac ran out of memory during training.",
+                     "Use a smaller batch, shorter max_seq_length, fewer layers or gradient checkpointing.")
+    except Exception as exc:  # noqa: BLE001 - the run must end with an explanation, not a traceback
+        log("debug", traceback.format_exc())
+        return _fail(run_dir, sink, "internal", f"Training failed unexpectedly: {type(exc).__name__}: {exc}",
+                     "Resume from the last checkpoint; if it happens again, report it with the run's events.jsonl.")
+
+
+def _run(config, run_dir, sink, should_stop, resume, log, started) -> str:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from engine import checkpoint as ckpt
+    from engine.batching import fixed_eval_batches, padding_fraction
+    from engine.trainer import LoopArgs, evaluate, train
+
+    t, d = config.training, config.data
+    mx.random.seed(t.seed)
+    prep = prepare(config, sink)
+    model = prep.model
+    num_layers = apply_method(model, config)
+    if t.resume_adapter_file and not resume:
+        model.load_weights(t.resume_adapter_file, strict=False)
+        log("info", f"Started from the adapter weights in {t.resume_adapter_file}.")
+    if t.grad_checkpoint:
+        from mlx_lm.tuner.trainer import grad_checkpoint
+
+        grad_checkpoint(model.layers[0])
+    optimizer = build_optimizer(config)
+    adapter_cfg = ckpt.adapter_config(config.lora, num_layers)
+
+    template_path = run_dir / "chat_template.jinja"
+    write_text_atomic(template_path, prep.encoder.template)
+
+    state = None
+    resumed_from = None
+    if resume:
+        ckpt.clean_partial(run_dir)
+        latest = ckpt.latest_checkpoint(run_dir)
+        if latest is None:
+            log("warning", "No checkpoint to resume from; starting from step 0.")
+        else:
+            state = ckpt.load_checkpoint(latest, model, optimizer)
+            resumed_from = state.step
+            log("info", f"Resumed from the checkpoint at step {state.step}.")
+
+    steps = total_steps(config, len(prep.train))
+    val_batches = fixed_eval_batches(prep.valid, t.batch_size, d.val_batches, t.seed, t.pad_multiple,
+                                     d.max_seq_length)
+    n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    n_total = sum(v.size for _, v in tree_flatten(model.parameters()))
+    method = config.lora.fine_tune_type
+    if prep.quantized and method != "full":
+        method = "q" + method
+    sink(events.make(
+        "started",
+        run_id=run_dir.name,
+        run_dir=str(run_dir),
+        total_steps=steps,
+        resumed_from=resumed_from,
+        config={
+            "model": config.model.path,
+            "data": config.data.path,
+            "method": method,
+            "quantized": prep.quantized,
+            "chat_template": prep.encoder.template_source,
+            "train_examples": len(prep.train),
+            "valid_examples": len(prep.valid),
+            "valid_eval_examples": sum(len(b.lengths) for b in val_batches),
+            "test_examples": len(prep.test),
+            "layers_trained": num_layers,
+            "trainable_parameters": int(n_trainable),
+            "total_parameters": int(n_total),
+            "batch_size": t.batch_size,
+            "learning_rate": t.learning_rate,
+            "max_seq_length": d.max_seq_length,
+            "backend": _backend(),
+        },
+    ))
+    write_status(run_dir, "running", step=state.step if state else 0, total_steps=steps)
+
+    def save(s):
+        path = ckpt.save_checkpoint(run_dir, model, optimizer, s, adapter_cfg)
+        _publish_adapters(path, run_dir / "adapters")
+        write_status(run_dir, "running", step=s.step, total_steps=steps, best_val_loss=s.best_val_loss,
+                     checkpoint=str(path))
+        sink(events.make("checkpoint", step=s.step, path=str(path)))
+
+    args = LoopArgs(
+        total_steps=steps, batch_size=t.batch_size, grad_accumulation_steps=t.grad_accumulation_steps,
+        steps_per_report=t.steps_per_report, steps_per_eval=t.steps_per_eval, save_every=t.save_every,
+        seed=t.seed, pad_multiple=t.pad_multiple, max_seq_length=d.max_seq_length,
+        clear_cache_threshold=t.clear_cache_threshold,
+    )
+    result = train(model, optimizer, prep.train, val_batches, args, sink, save, should_stop, state)
+
+    summary = {
+        "steps": result.state.step,
+        "total_steps": steps,
+        "final_train_loss": result.final_train_loss,
+        "final_val_loss": result.final_val_loss,
+        "best_val_loss": result.state.best_val_loss,
+        "trained_tokens": result.state.trained_tokens,
+        "train_seconds": round(result.state.elapsed_seconds, 3),
+        "wall_seconds": round(time.time() - started, 3),
+        "peak_memory_gb": mx.get_peak_memory() / 1e9,
+    }
+    if result.status == "completed" and t.test and prep.test:
+        test_batches = fixed_eval_batches(prep.test, t.batch_size, d.test_batches, t.seed, t.pad_multiple,
+                                          d.max_seq_length)
+        model.eval()
+        summary["test_loss"] = evaluate(model, test_batches)
+        summary["test_perplexity"] = math.exp(min(summary["test_loss"], 50))
+        summary["test_padding"] = padding_fraction(test_batches)
+        log("info", f"Test loss {summary['test_loss']:.4f} (perplexity {summary['test_perplexity']:.2f}).")
+
+    adapters = run_dir / "adapters"
+    adapter_path = str(adapters) if (adapters / ckpt.ADAPTER_FILE).exists() else None
+    write_status(run_dir, result.status, result.reason, step=result.state.step, total_steps=steps,
+                 best_val_loss=result.state.best_val_loss, summary=summary, finished=time.time())
+    sink(events.make("finished", status=result.status, adapter_path=adapter_path, summary=summary))
+    return result.status
+
+
+def _publish_adapters(checkpoint: Path, adapters: Path) -> None:
+    """Copy a checkpoint's adapter files to `adapters/` (the run's current adapter), atomically each."""
+    from engine.checkpoint import ADAPTER_CONFIG, ADAPTER_FILE
+    from engine.workspace import commit_temp, ensure_dir, temp_path_for
+
+    ensure_dir(adapters)
+    for name in (ADAPTER_FILE, ADAPTER_CONFIG):
+        tmp = temp_path_for(adapters / name)
+        shutil.copyfile(checkpoint / name, tmp)
+        commit_temp(tmp, adapters / name)
+
+
+def _fail(run_dir: Path, sink: events.Sink, kind: str, message: str, hint: str) -> str:
+    from engine.checkpoint import ADAPTER_FILE
+
+    sink(events.make("error", kind=kind, message=message, hint=hint))
+    adapters = run_dir / "adapters"
+    adapter_path = str(adapters) if (adapters / ADAPTER_FILE).exists() else None
+    write_status(run_dir, "failed", message, finished=time.time())
+    sink(events.make("finished", status="failed", adapter_path=adapter_path, summary={"reason": message}))
+    return "failed"
+
+
+def _logger(sink: events.Sink):
+    def log(level: str, message: str) -> None:
+        sink(events.make("log", level=level, message=message))
+
+    return log
+
+
+def _backend() -> str:
+    import mlx.core as mx
+
+    return str(mx.default_device())

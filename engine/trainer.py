@@ -1,0 +1,226 @@
+"""The training loop: compiled steps over length-grouped batches, reporting only through a sink.
+
+Built like mlx-lm's `tuner.trainer.train` (a compiled step over model, optimizer and RNG state),
+with what it lacks: a loss mask that ends at each example's last token, a fixed validation subset,
+deterministic data order and checkpoints that resume exactly, stop requests at step boundaries, and
+a guard against NaN/Inf losses.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_map
+
+from engine import events
+from engine.batching import Batch, collate, plan_epoch
+from engine.checkpoint import TrainState
+from engine.encode import Encoded
+
+
+def masked_loss(model, tokens: mx.array, weights: mx.array):
+    """Mean cross-entropy over the tokens marked for training; returns (loss, trained tokens).
+
+    `weights[:, t]` says whether token t is a target. Padding has weight 0, so, unlike mlx-lm, no
+    example learns to predict the padding after its last token.
+    """
+    inputs, targets, w = tokens[:, :-1], tokens[:, 1:], weights[:, 1:]
+    logits = model(inputs)
+    ce = nn.losses.cross_entropy(logits, targets) * w
+    ntoks = w.sum()
+    return ce.astype(mx.float32).sum() / mx.maximum(ntoks, 1), ntoks
+
+
+@dataclass
+class LoopArgs:
+    total_steps: int
+    batch_size: int = 4
+    grad_accumulation_steps: int = 1
+    steps_per_report: int = 10
+    steps_per_eval: int = 200
+    save_every: int = 100
+    seed: int = 0
+    pad_multiple: int = 8
+    max_seq_length: int = 2048
+    clear_cache_threshold: int = 0
+
+
+@dataclass
+class LoopResult:
+    status: str  # completed | stopped | failed
+    state: TrainState
+    final_train_loss: float | None
+    final_val_loss: float | None
+    reason: str = ""
+
+
+def evaluate(model, batches: Sequence[Batch], loss: Callable = masked_loss) -> float:
+    """Token-weighted mean loss over fixed batches."""
+    total = mx.array(0.0)
+    ntoks = mx.array(0.0)
+    for b in batches:
+        value, n = loss(model, mx.array(b.tokens), mx.array(b.weights))
+        total = total + value * n
+        ntoks = ntoks + n
+        mx.eval(total, ntoks)
+    return (total / mx.maximum(ntoks, 1)).item()
+
+
+def train(
+    model,
+    optimizer,
+    train_set: Sequence[Encoded],
+    val_batches: Sequence[Batch],
+    args: LoopArgs,
+    sink: events.Sink,
+    save_checkpoint: Callable[[TrainState], object],
+    should_stop: Callable[[], bool] = lambda: False,
+    state: TrainState | None = None,
+    loss: Callable = masked_loss,
+) -> LoopResult:
+    """Train until `args.total_steps` optimizer updates, a stop request, or a non-finite loss.
+
+    A step is one optimizer update (over `grad_accumulation_steps` batches). `save_checkpoint` is
+    called with the state at every `save_every` steps and when the loop ends, except after a
+    non-finite loss, where the last good checkpoint is kept as it is.
+    """
+    state = state or TrainState()
+    lengths = [len(e.tokens) for e in train_set]
+    plan = plan_epoch(lengths, args.batch_size, args.seed, state.epoch)
+    accum = args.grad_accumulation_steps
+
+    loss_value_and_grad = nn.value_and_grad(model, loss)
+    compiled_state = [model.state, optimizer.state, mx.random.state]
+
+    @partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
+    def step(tokens, weights, prev_grad, do_update):
+        (value, ntoks), grad = loss_value_and_grad(model, tokens, weights)
+        if prev_grad is not None:
+            grad = tree_map(lambda a, b: a + b, grad, prev_grad)
+        if do_update:
+            if accum > 1:
+                grad = tree_map(lambda g: g / accum, grad)
+            optimizer.update(model, grad)
+            grad = None
+        return value, ntoks, grad
+
+    def next_batch() -> Batch:
+        nonlocal plan
+        if state.position >= len(plan):
+            state.epoch += 1
+            state.position = 0
+            plan = plan_epoch(lengths, args.batch_size, args.seed, state.epoch)
+        idx = plan[state.position]
+        state.position += 1
+        state.seen_examples += len(idx)
+        return collate([train_set[i] for i in idx], args.pad_multiple, args.max_seq_length)
+
+    def run_eval() -> float | None:
+        if not val_batches:
+            return None
+        model.eval()
+        value = evaluate(model, val_batches, loss)
+        model.train()
+        if math.isfinite(value) and (state.best_val_loss is None or value < state.best_val_loss):
+            state.best_val_loss = value
+        sink(events.make("eval", step=state.step, val_loss=value))
+        return value
+
+    model.train()
+    last_val = None
+    if state.step == 0:
+        last_val = run_eval()
+
+    window_losses: list[float] = []
+    window_tokens = 0
+    window_real = 0
+    window_padded = 0
+    window_time = 0.0
+    step_times: list[float] = []
+    last_loss: float | None = None
+
+    while state.step < args.total_steps:
+        if should_stop():
+            save_checkpoint(state)
+            return LoopResult("stopped", state, last_loss, last_val, "Stopped on request.")
+
+        tic = time.perf_counter()
+        # Dropout masks depend only on (seed, step), so a resumed run draws the same ones.
+        mx.random.seed(args.seed * 1_000_003 + state.step)
+        grad = None
+        step_loss = 0.0
+        step_tokens = mx.array(0.0)
+        for micro in range(accum):
+            batch = next_batch()
+            window_real += batch.real_tokens
+            window_padded += batch.tokens.size
+            value, ntoks, grad = step(
+                mx.array(batch.tokens), mx.array(batch.weights), grad, micro == accum - 1
+            )
+            step_tokens = step_tokens + ntoks
+            # One sync per batch keeps memory bounded, as in mlx-lm.
+            mx.eval(compiled_state, value, step_tokens, grad)
+            step_loss += value.item() / accum
+        if args.clear_cache_threshold and mx.get_cache_memory() > args.clear_cache_threshold:
+            mx.clear_cache()
+        elapsed = time.perf_counter() - tic
+
+        state.step += 1
+        n_trained = int(step_tokens.item())
+        state.trained_tokens += n_trained
+        state.elapsed_seconds += elapsed
+        window_tokens += n_trained
+        window_time += elapsed
+        step_times.append(elapsed)
+
+        if not math.isfinite(step_loss):
+            # The update already applied non-finite gradients; the last checkpoint stays untouched.
+            sink(events.make(
+                "error", kind="nan_loss", step=state.step,
+                message=f"The training loss became {step_loss} at step {state.step}, so training stopped.",
+                hint="Lower the learning rate (for example to half of it) and resume or start again; "
+                     "the last good checkpoint is kept.",
+            ))
+            return LoopResult("failed", state, step_loss, last_val,
+                              f"Non-finite loss ({step_loss}) at step {state.step}.")
+        last_loss = step_loss
+        window_losses.append(step_loss)
+
+        if state.step % args.steps_per_report == 0 or state.step == args.total_steps:
+            recent = step_times[-50:]
+            eta = (args.total_steps - state.step) * (sum(recent) / len(recent))
+            sink(events.make(
+                "progress",
+                step=state.step,
+                total=args.total_steps,
+                epoch=state.epoch,
+                train_loss=sum(window_losses) / len(window_losses),
+                learning_rate=float(optimizer.learning_rate.item()),
+                tokens_per_second=window_tokens / window_time if window_time else 0.0,
+                trained_tokens=state.trained_tokens,
+                padding_fraction=1.0 - window_real / window_padded if window_padded else 0.0,
+                peak_memory_gb=mx.get_peak_memory() / 1e9,
+                eta_seconds=eta,
+            ))
+            window_losses, window_tokens, window_real, window_padded, window_time = [], 0, 0, 0, 0.0
+
+        if state.step % args.steps_per_eval == 0 or state.step == args.total_steps:
+            last_val = run_eval()
+            if last_val is not None and not math.isfinite(last_val):
+                sink(events.make(
+                    "error", kind="nan_loss", step=state.step,
+                    message=f"The validation loss became {last_val} at step {state.step}, so training stopped.",
+                    hint="Lower the learning rate and resume or start again; the last good checkpoint is kept.",
+                ))
+                return LoopResult("failed", state, last_loss, last_val, "Non-finite validation loss.")
+
+        if state.step % args.save_every == 0 or state.step == args.total_steps:
+            save_checkpoint(state)
+
+    return LoopResult("completed", state, last_loss, last_val)
