@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.data.problems import DataError, RecordProblem
-from engine.data.sources import TextFile, head_text, is_parquet
+from engine.data.sources import SPLIT_NAMES, TextFile, head_text, is_parquet
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
 MAX_JSON_OBJECT_FILE = 256 * 1024**2  # a top-level JSON object is parsed whole; refuse beyond this
@@ -58,6 +58,8 @@ def sniff_container(path: Path) -> tuple[str, str]:
         return "json", "the file is a JSON array"
     if stripped.startswith("{") and not _is_json_object(first_line):
         return "json", "the file is one JSON object spread over several lines"
+    if suffix == ".json" and stripped.startswith("{") and not stripped[len(first_line):].strip():
+        return "json", "the file is one JSON object"
     if suffix in (".json", ".jsonl") or stripped.startswith("{"):
         return "jsonl", "one JSON object per line"
     if "\t" in first_line:
@@ -139,9 +141,12 @@ def _json_object_rows(buf: str, chunks: Iterator[str], path: Path) -> Iterator[R
                         f"{exc.colno}).", "Fix the JSON (a missing comma or bracket?) and try again.") from None
     except RecursionError:
         raise DataError(f"{path.name}: JSON nested too deeply.", "Check the file's structure.") from None
-    lists = {k: v for k, v in value.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)}
-    from engine.data.sources import SPLIT_NAMES
+    from engine.data.formats import _guess
 
+    if not isinstance(value, dict) or _guess(value) is not None:
+        yield Row("item", 1, value, line=1)  # one example on its own
+        return
+    lists = {k: v for k, v in value.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)}
     if lists and all(k.lower() in SPLIT_NAMES for k in lists):
         # {"train": [...], "validation": [...]}: the object carries its own splits.
         for key, items in lists.items():

@@ -65,6 +65,8 @@ def describe_binary(path: Path, head: bytes) -> str | None:
     office = _OFFICE.get(path.suffix.lower())
     if office:
         return office
+    if head.startswith(b"PAR1") or path.suffix.lower() == ".parquet":
+        return None  # binary, but a format the readers know
     for magic, what in _MAGIC:
         if head.startswith(magic):
             return what
