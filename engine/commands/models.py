@@ -11,7 +11,9 @@ GB = 1024**3
 
 
 def _gb(n: int | float | None) -> str:
-    return "?" if n is None else f"{n / GB:.2f} GB"
+    if n is None:
+        return "?"
+    return f"{n / GB:.2f} GB" if n >= GB / 10 else f"{n / 1024**2:.1f} MB"
 
 
 def register(subparsers) -> None:
