@@ -32,6 +32,8 @@ class TrainState:
     trained_tokens: int = 0
     seen_examples: int = 0
     best_val_loss: float | None = None
+    best_val_step: int | None = None
+    evals_since_best: int = 0
     elapsed_seconds: float = 0.0
 
 

@@ -112,6 +112,9 @@ class TrainingConfig:
     resume_adapter_file: str | None = _f(
         None, "Adapter weights (.safetensors) to start from instead of a fresh adapter."
     )
+    early_stopping_patience: int = _f(
+        0, "Stop when the validation loss has not improved for this many evaluations; 0 never stops early."
+    )
     pad_multiple: int = _f(
         8, "Batches are padded to a multiple of this many tokens (fewer distinct shapes to compile)."
     )
@@ -243,6 +246,7 @@ class RunConfig:
             (t.steps_per_eval >= 1, "training.steps_per_eval must be at least 1."),
             (t.save_every >= 1, "training.save_every must be at least 1."),
             (t.pad_multiple >= 1, "training.pad_multiple must be at least 1."),
+            (t.early_stopping_patience >= 0, "training.early_stopping_patience must be 0 (off) or more."),
             (d.max_seq_length >= 2, "data.max_seq_length must be at least 2 tokens."),
             (0 <= d.valid_fraction < 1, "data.valid_fraction must be between 0 and 1, e.g. 0.1."),
             (lo.rank >= 1, "lora.rank must be at least 1."),

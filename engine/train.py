@@ -270,7 +270,7 @@ def _run(config, run_dir, sink, should_stop, resume, log, started) -> str:
         total_steps=steps, batch_size=t.batch_size, grad_accumulation_steps=t.grad_accumulation_steps,
         steps_per_report=t.steps_per_report, steps_per_eval=t.steps_per_eval, save_every=t.save_every,
         seed=t.seed, pad_multiple=t.pad_multiple, max_seq_length=d.max_seq_length,
-        clear_cache_threshold=t.clear_cache_threshold,
+        clear_cache_threshold=t.clear_cache_threshold, early_stopping_patience=t.early_stopping_patience,
     )
     result = train(model, optimizer, prep.train, val_batches, args, sink, save, should_stop, state)
 
@@ -280,6 +280,8 @@ def _run(config, run_dir, sink, should_stop, resume, log, started) -> str:
         "final_train_loss": result.final_train_loss,
         "final_val_loss": result.final_val_loss,
         "best_val_loss": result.state.best_val_loss,
+        "best_val_step": result.state.best_val_step,
+        "stopped_early": bool(result.reason.startswith("Stopped early")),
         "trained_tokens": result.state.trained_tokens,
         "train_seconds": round(result.state.elapsed_seconds, 3),
         "wall_seconds": round(time.time() - started, 3),

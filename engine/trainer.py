@@ -49,6 +49,7 @@ class LoopArgs:
     pad_multiple: int = 8
     max_seq_length: int = 2048
     clear_cache_threshold: int = 0
+    early_stopping_patience: int = 0
 
 
 @dataclass
@@ -128,7 +129,9 @@ def train(
         value = evaluate(model, val_batches, loss)
         model.train()
         if math.isfinite(value) and (state.best_val_loss is None or value < state.best_val_loss):
-            state.best_val_loss = value
+            state.best_val_loss, state.best_val_step, state.evals_since_best = value, state.step, 0
+        else:
+            state.evals_since_best += 1
         sink(events.make("eval", step=state.step, val_loss=value))
         return value
 
@@ -219,6 +222,13 @@ def train(
                     hint="Lower the learning rate and resume or start again; the last good checkpoint is kept.",
                 ))
                 return LoopResult("failed", state, last_loss, last_val, "Non-finite validation loss.")
+            patience = args.early_stopping_patience
+            if patience and state.evals_since_best >= patience and state.step < args.total_steps:
+                save_checkpoint(state)
+                reason = (f"Stopped early at step {state.step}: the validation loss has not improved for "
+                          f"{patience} evaluations (best {state.best_val_loss:.4f} at step {state.best_val_step}).")
+                sink(events.make("log", level="info", message=reason))
+                return LoopResult("completed", state, last_loss, last_val, reason)
 
         if state.step % args.save_every == 0 or state.step == args.total_steps:
             save_checkpoint(state)

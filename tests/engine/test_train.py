@@ -339,3 +339,22 @@ def test_mlx_lm_accepts_the_config_lathe_writes(tmp_path):
     parser = lora.build_parser()
     known = {a.dest for a in parser._actions} | set(lora.CONFIG_DEFAULTS)
     assert set(loaded) <= known, set(loaded) - known
+
+
+def test_early_stopping_stops_a_run_whose_validation_loss_rises(tiny_chat_model, tmp_path):
+    # Training and validation sets that disagree: learning one makes the other worse.
+    rows = [{"prompt": f"Question {i}?", "completion": "Yes indeed."} for i in range(16)]
+    write_jsonl(tmp_path / "d" / "train.jsonl", rows)
+    write_jsonl(tmp_path / "d" / "valid.jsonl",
+                [{"prompt": f"Question {i}?", "completion": "No, never at all."} for i in range(8)])
+    cfg = make_config(tiny_chat_model, tmp_path / "d", iters=200, learning_rate=3e-3, steps_per_eval=5,
+                      early_stopping_patience=2)
+    status, run_dir, rec = train_run(cfg)
+    assert status == "completed"
+    finished = rec.of("finished")[0]
+    assert finished["summary"]["stopped_early"] is True
+    assert finished["summary"]["steps"] < 200
+    vals = [e["val_loss"] for e in rec.of("eval")]
+    best = min(vals)
+    assert vals[-1] > best and vals[-2] > best  # two evaluations without improvement
+    assert finished["summary"]["best_val_step"] == rec.of("eval")[vals.index(best)]["step"]
