@@ -61,10 +61,30 @@ class DataConfig:
         25, "Validation batches per evaluation, always the same examples; -1 uses the whole set."
     )
     test_batches: int = _f(500, "Test batches for the final test evaluation; -1 uses the whole set.")
+    packing: str = _f(
+        "auto",
+        "Pack several short examples into one row (attention kept inside each example): auto packs "
+        "when most examples are short and the data is large enough, on always packs, off never does.",
+        choices=("auto", "on", "off"),
+    )
+    pack_length: int = _f(
+        0, "Tokens per packed row; 0 uses max_seq_length, capped at 1024 to keep attention cheap."
+    )
     prompt_feature: str = _f("prompt", "Key of the prompt in prompt/completion data.")
     completion_feature: str = _f("completion", "Key of the completion in prompt/completion data.")
     chat_feature: str = _f("messages", "Key of the message list in chat data.")
     text_feature: str = _f("text", "Key of the text in plain-text data.")
+    eval_prompts: str | None = _f(
+        None,
+        "Held-out prompts with reference answers for `eval` (JSONL: prompt + completion, or messages "
+        "ending with the reference answer); empty uses the test split, else the validation split.",
+    )
+    eval_metrics: list[str] = _f(
+        [],
+        "Task metrics for this dataset's held-out prompts: exact, contains, regex:PATTERN, json, "
+        "schema:FILE.json, length. Empty picks exact, contains and length (and json when the "
+        "reference answers are JSON).",
+    )
 
 
 @dataclass
@@ -112,6 +132,15 @@ class TrainingConfig:
     resume_adapter_file: str | None = _f(
         None, "Adapter weights (.safetensors) to start from instead of a fresh adapter."
     )
+    golden_prompts: list[str] = _f(
+        [],
+        "A few prompts answered greedily at every checkpoint, so the run keeps a timeline of how its "
+        "answers change (shown on the Runs page and in the report).",
+    )
+    golden_prompts_file: str | None = _f(
+        None, "A file of golden prompts, one per line (.txt) or one JSON object with a prompt per line (.jsonl)."
+    )
+    golden_max_tokens: int = _f(64, "Longest golden answer in tokens.")
     early_stopping_patience: int = _f(
         0, "Stop when the validation loss has not improved for this many evaluations; 0 never stops early."
     )
@@ -247,7 +276,10 @@ class RunConfig:
             (t.save_every >= 1, "training.save_every must be at least 1."),
             (t.pad_multiple >= 1, "training.pad_multiple must be at least 1."),
             (t.early_stopping_patience >= 0, "training.early_stopping_patience must be 0 (off) or more."),
+            (t.golden_max_tokens >= 1, "training.golden_max_tokens must be at least 1."),
             (d.max_seq_length >= 2, "data.max_seq_length must be at least 2 tokens."),
+            (d.packing in ("auto", "on", "off"), "data.packing must be auto, on or off."),
+            (d.pack_length >= 0, "data.pack_length must be 0 (automatic) or a number of tokens."),
             (0 <= d.valid_fraction < 1, "data.valid_fraction must be between 0 and 1, e.g. 0.1."),
             (lo.rank >= 1, "lora.rank must be at least 1."),
             (0 <= lo.dropout < 1, "lora.dropout must be between 0 and 1."),
