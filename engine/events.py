@@ -19,7 +19,7 @@ from typing import IO, Any
 
 Sink = Callable[[dict], None]
 
-KINDS = ("started", "progress", "eval", "checkpoint", "log", "error", "finished")
+KINDS = ("started", "progress", "eval", "checkpoint", "log", "error", "finished", "golden")
 # Fields every event kind must carry (DESIGN.md, "Events").
 REQUIRED: dict[str, tuple[str, ...]] = {
     "started": ("run_id", "config", "total_steps"),
@@ -32,6 +32,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "log": ("level", "message"),
     "error": ("kind", "message", "hint"),
     "finished": ("status", "adapter_path", "summary"),
+    # Greedy answers to the run's golden prompts at a checkpoint step: [{prompt, answer, ...}].
+    "golden": ("step", "answers"),
 }
 
 
@@ -196,6 +198,9 @@ class ConsolePrinter:
             self._print(f"  step {e['step']:>5}: validation loss {e['val_loss']:.4f}")
         elif kind == "checkpoint":
             self._print(f"  checkpoint saved at step {e['step']}")
+        elif kind == "golden":
+            for a in e["answers"]:
+                self._print(f"  golden @ {e['step']}: {a.get('prompt', '')!r} -> {a.get('answer', '')!r}")
         elif kind == "log":
             self._print(f"  {e['level']}: {e['message']}")
         elif kind == "error":
