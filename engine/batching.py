@@ -24,7 +24,10 @@ GROUP_WINDOW_BATCHES = 64
 class Batch:
     tokens: np.ndarray  # int32 [B, L], padded with 0
     weights: np.ndarray  # float32 [B, L], 1 where the token is a training target
-    lengths: np.ndarray  # int32 [B], real lengths
+    lengths: np.ndarray  # int32 [B], real lengths (of the whole row when packed)
+    # Packed rows only: int32 [B, L], 1..k = which example of the row a token belongs to, 0 = padding.
+    segments: np.ndarray | None = None
+    examples: int = 0  # examples in the batch (rows hold several when packed)
 
     @property
     def padding_fraction(self) -> float:
@@ -73,7 +76,100 @@ def collate(examples: Sequence[Encoded], pad_multiple: int = 8, max_length: int 
     for row, e in enumerate(examples):
         tokens[row, : len(e.tokens)] = e.tokens
         weights[row, : len(e.weights)] = e.weights
-    return Batch(tokens, weights, lengths)
+    return Batch(tokens, weights, lengths, examples=len(examples))
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing: several short examples per row, attention kept inside each example.
+
+# Architectures whose mlx-lm attention takes its mask from the cache object and whose positions are
+# rotary (relative), so a block-diagonal mask makes a packed row compute exactly what separate rows
+# would (see engine.trainer.PackedMask).
+PACKABLE_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma"}
+
+
+def pack_rows(lengths: Sequence[int], pack_length: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Example indices per row: shuffled, then first-fit into rows of at most `pack_length` tokens.
+
+    An example longer than `pack_length` gets a row of its own. Deterministic in its arguments.
+    """
+    lengths = np.asarray(lengths)
+    order = np.random.default_rng([seed, epoch, 1]).permutation(len(lengths))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    open_rows: list[int] = []  # rows that may still take an example; a few, to keep this linear
+    for i in order:
+        n = int(lengths[i])
+        target = next((r for r in open_rows if room[r] >= n), None)
+        if target is None:
+            rows.append([])
+            room.append(pack_length)
+            target = len(rows) - 1
+            open_rows.append(target)
+            if len(open_rows) > 16:
+                open_rows.pop(0)
+        rows[target].append(int(i))
+        room[target] -= n
+        if room[target] < 8:
+            open_rows.remove(target)
+    return [np.array(r) for r in rows]
+
+
+def plan_epoch_packed(
+    lengths: Sequence[int], batch_size: int, pack_length: int, seed: int, epoch: int
+) -> list[list[np.ndarray]]:
+    """Batches of packed rows for one epoch: each batch is `batch_size` rows of example indices."""
+    rows = pack_rows(lengths, pack_length, seed, epoch)
+    lengths = np.asarray(lengths)
+    row_lengths = [int(lengths[r].sum()) for r in rows]
+    return [[rows[j] for j in idx] for idx in plan_epoch(row_lengths, batch_size, seed, epoch)]
+
+
+def collate_packed(rows: Sequence[Sequence[Encoded]], pad_multiple: int = 8) -> Batch:
+    """Concatenate each row's examples, with segment ids and no target across an example boundary."""
+    row_lengths = np.array([sum(len(e.tokens) for e in row) for row in rows], dtype=np.int32)
+    width = -(-int(row_lengths.max()) // pad_multiple) * pad_multiple
+    tokens = np.zeros((len(rows), width), dtype=np.int32)
+    weights = np.zeros((len(rows), width), dtype=np.float32)
+    segments = np.zeros((len(rows), width), dtype=np.int32)
+    for r, row in enumerate(rows):
+        pos = 0
+        for k, e in enumerate(row, 1):
+            n = len(e.tokens)
+            tokens[r, pos : pos + n] = e.tokens
+            weights[r, pos : pos + n] = e.weights
+            # The first token of an example is not predicted from the end of the previous one.
+            weights[r, pos] = 0
+            segments[r, pos : pos + n] = k
+            pos += n
+    return Batch(tokens, weights, row_lengths, segments, examples=sum(len(r) for r in rows))
+
+
+def should_pack(lengths: Sequence[int], batch_size: int, pack_length: int, setting: str,
+                model_type: str | None) -> tuple[bool, str]:
+    """Whether to pack, and why (for the run's log).
+
+    `auto` packs when the median example fills at most a quarter of a row (so rows hold several
+    examples) and the packed data still gives at least 32 steps per epoch (packing fewer, larger
+    batches helps throughput but a tiny dataset needs its optimizer steps).
+    """
+    if setting == "off":
+        return False, "Packing is off."
+    if model_type not in PACKABLE_MODEL_TYPES:
+        return False, (f"Packing is not available for {model_type} models; batches are grouped by "
+                       "length instead.")
+    if setting == "on":
+        return True, f"Packing examples into rows of {pack_length} tokens."
+    lengths = np.asarray(lengths)
+    median = float(np.median(lengths)) if len(lengths) else 0.0
+    rows = max(1, int(np.ceil(lengths.sum() / pack_length)))
+    if median > pack_length / 4:
+        return False, f"Not packing: examples are long (median {median:.0f} tokens)."
+    if rows / batch_size < 32:
+        return False, (f"Not packing: the data would give only {rows // batch_size or 1} packed steps per "
+                       "epoch; separate examples give the optimizer more steps.")
+    return True, (f"Packing short examples (median {median:.0f} tokens) into rows of {pack_length} "
+                  "tokens with attention kept inside each example.")
 
 
 def fixed_eval_batches(
@@ -99,6 +195,7 @@ def fixed_eval_batches(
 
 
 def padding_fraction(batches: Sequence[Batch]) -> float:
+    """Share of the token positions in `batches` that are padding."""
     total = sum(b.tokens.size for b in batches)
     real = sum(b.real_tokens for b in batches)
     return 1.0 - real / total if total else 0.0

@@ -19,19 +19,57 @@ import mlx.nn as nn
 from mlx.utils import tree_map
 
 from engine import events
-from engine.batching import Batch, collate, plan_epoch
+from engine.batching import Batch, collate, collate_packed, plan_epoch, plan_epoch_packed
 from engine.checkpoint import TrainState
 from engine.encode import Encoded
 
 
-def masked_loss(model, tokens: mx.array, weights: mx.array):
+class PackedMask:
+    """Stands in for mlx-lm's KV cache during training to hand the model a block-diagonal mask.
+
+    mlx-lm's attention asks the cache for its mask (`make_mask`) and its position offset; this
+    object answers with "attend causally within your own example" and offset 0, and caches nothing.
+    Rotary positions make attention depend only on relative positions, so an example packed at
+    offset 300 of a row computes what it would at offset 0 of a row of its own.
+    """
+
+    offset = 0
+
+    def __init__(self, mask: mx.array):
+        self.mask = mask
+
+    def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None):
+        if window_size:
+            idx = mx.arange(n)
+            return self.mask & (idx[:, None] < idx[None, :] + window_size)
+        return self.mask
+
+    def update_and_fetch(self, keys, values):
+        return keys, values
+
+
+def segment_mask(segments: mx.array) -> mx.array:
+    """[B, 1, L, L] boolean mask: causal, and only within the same segment."""
+    n = segments.shape[1]
+    idx = mx.arange(n)
+    causal = idx[:, None] >= idx[None, :]
+    same = segments[:, :, None] == segments[:, None, :]
+    return (same & causal)[:, None]
+
+
+def masked_loss(model, tokens: mx.array, weights: mx.array, segments: mx.array | None = None):
     """Mean cross-entropy over the tokens marked for training; returns (loss, trained tokens).
 
     `weights[:, t]` says whether token t is a target. Padding has weight 0, so, unlike mlx-lm, no
-    example learns to predict the padding after its last token.
+    example learns to predict the padding after its last token. With `segments` (packed rows),
+    attention stays inside each example.
     """
     inputs, targets, w = tokens[:, :-1], tokens[:, 1:], weights[:, 1:]
-    logits = model(inputs)
+    if segments is None:
+        logits = model(inputs)
+    else:
+        mask = PackedMask(segment_mask(segments[:, :-1]))
+        logits = model(inputs, cache=[mask] * len(model.layers))
     ce = nn.losses.cross_entropy(logits, targets) * w
     ntoks = w.sum()
     return ce.astype(mx.float32).sum() / mx.maximum(ntoks, 1), ntoks
@@ -50,6 +88,8 @@ class LoopArgs:
     max_seq_length: int = 2048
     clear_cache_threshold: int = 0
     early_stopping_patience: int = 0
+    packing: bool = False
+    pack_length: int = 1024
 
 
 @dataclass
@@ -66,7 +106,8 @@ def evaluate(model, batches: Sequence[Batch], loss: Callable = masked_loss) -> f
     total = mx.array(0.0)
     ntoks = mx.array(0.0)
     for b in batches:
-        value, n = loss(model, mx.array(b.tokens), mx.array(b.weights))
+        value, n = loss(model, mx.array(b.tokens), mx.array(b.weights),
+                        None if b.segments is None else mx.array(b.segments))
         total = total + value * n
         ntoks = ntoks + n
         mx.eval(total, ntoks)
@@ -93,15 +134,21 @@ def train(
     """
     state = state or TrainState()
     lengths = [len(e.tokens) for e in train_set]
-    plan = plan_epoch(lengths, args.batch_size, args.seed, state.epoch)
+
+    def plan_for(epoch: int) -> list:
+        if args.packing:
+            return plan_epoch_packed(lengths, args.batch_size, args.pack_length, args.seed, epoch)
+        return plan_epoch(lengths, args.batch_size, args.seed, epoch)
+
+    plan = plan_for(state.epoch)
     accum = args.grad_accumulation_steps
 
     loss_value_and_grad = nn.value_and_grad(model, loss)
     compiled_state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
-    def step(tokens, weights, prev_grad, do_update):
-        (value, ntoks), grad = loss_value_and_grad(model, tokens, weights)
+    def step(tokens, weights, segments, prev_grad, do_update):
+        (value, ntoks), grad = loss_value_and_grad(model, tokens, weights, segments)
         if prev_grad is not None:
             grad = tree_map(lambda a, b: a + b, grad, prev_grad)
         if do_update:
@@ -116,11 +163,15 @@ def train(
         if state.position >= len(plan):
             state.epoch += 1
             state.position = 0
-            plan = plan_epoch(lengths, args.batch_size, args.seed, state.epoch)
-        idx = plan[state.position]
+            plan = plan_for(state.epoch)
+        item = plan[state.position]
         state.position += 1
-        state.seen_examples += len(idx)
-        return collate([train_set[i] for i in idx], args.pad_multiple, args.max_seq_length)
+        if args.packing:
+            batch = collate_packed([[train_set[i] for i in row] for row in item], args.pad_multiple)
+        else:
+            batch = collate([train_set[i] for i in item], args.pad_multiple, args.max_seq_length)
+        state.seen_examples += batch.examples
+        return batch
 
     def run_eval() -> float | None:
         if not val_batches:
@@ -163,8 +214,9 @@ def train(
             batch = next_batch()
             window_real += batch.real_tokens
             window_padded += batch.tokens.size
+            segments = None if batch.segments is None else mx.array(batch.segments)
             value, ntoks, grad = step(
-                mx.array(batch.tokens), mx.array(batch.weights), grad, micro == accum - 1
+                mx.array(batch.tokens), mx.array(batch.weights), segments, grad, micro == accum - 1
             )
             step_tokens = step_tokens + ntoks
             # One sync per batch keeps memory bounded, as in mlx-lm.

@@ -276,8 +276,8 @@ def test_nan_loss_stops_with_an_error_and_keeps_the_last_good_checkpoint(tiny_ch
     calls = {"n": 0}
     original_loss, original_train = trainer.masked_loss, trainer.train
 
-    def poisoned_loss(model, tokens, weights):  # finite for 8 batches, then NaN
-        value, n = original_loss(model, tokens, weights)
+    def poisoned_loss(model, tokens, weights, segments=None):  # finite for 8 batches, then NaN
+        value, n = original_loss(model, tokens, weights, segments)
         calls["n"] += 1
         return (value * float("nan") if calls["n"] > 8 else value), n
 
