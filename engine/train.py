@@ -148,7 +148,24 @@ def prepare(config: RunConfig, sink: events.Sink) -> Prepared:
                     splits.notes, is_quantized(model), 0)
 
 
+def decide_packing(config: RunConfig, model, train_set: list, log) -> tuple[bool, int]:
+    """(pack?, row length) for this model and data, logging why (see batching.should_pack)."""
+    from engine.batching import should_pack
+
+    d = config.data
+    pack_length = d.pack_length or min(d.max_seq_length, 1024)
+    model_type = getattr(getattr(model, "args", None), "model_type", None) or getattr(model, "model_type", None)
+    packing, why = should_pack([len(e) for e in train_set], config.training.batch_size, pack_length,
+                               d.packing, model_type)
+    if d.packing == "on" and not packing:
+        raise TrainingError(why, "Set data.packing to auto or off.")
+    if d.packing != "off":
+        log("info", why)
+    return packing, pack_length
+
+
 def total_steps(config: RunConfig, n_train: int) -> int:
+    """Optimizer steps of the run: `iters`, or `epochs` over `n_train` batch units (examples or packed rows)."""
     t = config.training
     if t.iters:
         return t.iters
@@ -191,7 +208,7 @@ def _run(config, run_dir, sink, should_stop, resume, log, started) -> str:
     from mlx.utils import tree_flatten
 
     from engine import checkpoint as ckpt
-    from engine.batching import fixed_eval_batches, padding_fraction
+    from engine.batching import fixed_eval_batches, pack_rows, padding_fraction
     from engine.trainer import LoopArgs, evaluate, train
 
     t, d = config.training, config.data
@@ -224,7 +241,9 @@ def _run(config, run_dir, sink, should_stop, resume, log, started) -> str:
             resumed_from = state.step
             log("info", f"Resumed from the checkpoint at step {state.step}.")
 
-    steps = total_steps(config, len(prep.train))
+    packing, pack_length = decide_packing(config, model, prep.train, log)
+    units = len(pack_rows([len(e) for e in prep.train], pack_length, t.seed, 0)) if packing else len(prep.train)
+    steps = total_steps(config, units)
     val_batches = fixed_eval_batches(prep.valid, t.batch_size, d.val_batches, t.seed, t.pad_multiple,
                                      d.max_seq_length)
     n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
@@ -254,6 +273,7 @@ def _run(config, run_dir, sink, should_stop, resume, log, started) -> str:
             "batch_size": t.batch_size,
             "learning_rate": t.learning_rate,
             "max_seq_length": d.max_seq_length,
+            "packing": packing,
             "backend": _backend(),
         },
     ))
@@ -271,6 +291,7 @@ def _run(config, run_dir, sink, should_stop, resume, log, started) -> str:
         steps_per_report=t.steps_per_report, steps_per_eval=t.steps_per_eval, save_every=t.save_every,
         seed=t.seed, pad_multiple=t.pad_multiple, max_seq_length=d.max_seq_length,
         clear_cache_threshold=t.clear_cache_threshold, early_stopping_patience=t.early_stopping_patience,
+        packing=packing, pack_length=pack_length,
     )
     result = train(model, optimizer, prep.train, val_batches, args, sink, save, should_stop, state)
 
