@@ -127,9 +127,10 @@ class Encoder:
             # The assistant turn i spans from the end of the prompt that precedes it to the end of
             # the conversation rendered up to and including it.
             start = _common_prefix(tokens, self._apply(messages[:i], tools, add_generation_prompt=True))
-            end = _common_prefix(tokens, self._apply(messages[: i + 1], tools))
             if i == len(messages) - 1:
-                end = len(tokens)
+                end = len(tokens)  # the last turn runs to the end: no need to render and tokenize again
+            else:
+                end = _common_prefix(tokens, self._apply(messages[: i + 1], tools))
             for j in range(start, max(start, end)):
                 weights[j] = 1
         return Encoded(tokens, weights)
