@@ -25,6 +25,7 @@ from engine.data.problems import DataError, ProblemLog
 from engine.data.report import Report, TokenReport, TokenStats, format_label, histogram
 
 META = "dataset.json"
+BIG_SOURCE_BYTES = 8 * 1024**2  # from this size on, token counting starts its worker processes at once
 
 
 @dataclass
@@ -151,7 +152,8 @@ def _run(path, options: Options, tokens: TokenSettings | None, sink: Callable[[E
     with Scan(source, options, log) as scan:
         stream = scan.examples()
         if counter is not None:
-            for ex, length, n_trained in counter.measure(stream, log):
+            big = sources.size_of(source) > BIG_SOURCE_BYTES
+            for ex, length, n_trained in counter.measure(stream, log, big=big):
                 codes.append(SPLIT_CODES[ex.split])
                 lengths.append(length)
                 trained.append(n_trained)

@@ -67,6 +67,7 @@ class TokenCounter:
         self.model = str(model)
         self.model_dir = resolve_model_dir(model) if tokenizer is None else Path(model)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_dir)
+        _no_length_warning(self.tokenizer)
         self.chat_template = chat_template
         self.mask_prompt = mask_prompt
         self.max_seq_length = max_seq_length
@@ -84,40 +85,70 @@ class TokenCounter:
                       max_seq_length=self.max_seq_length)
         return enc.encode(record)
 
-    def measure(self, examples: Iterable, log: ProblemLog) -> Iterator[tuple[object, int, int]]:
+    def measure(self, examples: Iterable, log: ProblemLog, *, big: bool = False) -> Iterator[tuple[object, int, int]]:
         """(example, length, trained tokens after truncation) for each example that trains at least
-        one token; the others are reported to `log` and left out. Order is preserved."""
+        one token; the others are reported to `log` and left out. Order is preserved.
+
+        Small datasets are encoded here; past `INLINE_EXAMPLES` (or from the start when `big`),
+        worker processes take over."""
         it = iter(examples)
         inline = []
-        for ex in it:
-            inline.append(ex)
-            if len(inline) >= INLINE_EXAMPLES and self.workers > 1:
-                break
-        else:
-            yield from self._checked(inline, [_measure(self.encoder, self.max_seq_length, ex.record)
-                                              for ex in inline], log)
-            return
-        yield from self._checked(inline, [_measure(self.encoder, self.max_seq_length, ex.record)
-                                          for ex in inline], log)
+        if not big or self.workers <= 1:
+            for ex in it:
+                inline.append(ex)
+                if len(inline) >= INLINE_EXAMPLES and self.workers > 1:
+                    break
+            yield from self._checked(inline, [self._measure(ex.record) for ex in inline], log)
+            if len(inline) < INLINE_EXAMPLES or self.workers <= 1:
+                yield from self._checked_inline(it, log)
+                return
         yield from self._parallel(it, log)
+
+    def _measure(self, record: dict):
+        return _measure(self.encoder, self.max_seq_length, record)
+
+    def _checked_inline(self, it: Iterator, log: ProblemLog) -> Iterator:
+        for ex in it:
+            yield from self._checked([ex], [self._measure(ex.record)], log)
 
     def _parallel(self, it: Iterator, log: ProblemLog) -> Iterator:
         # spawn, not fork: the parent may hold MLX and tokenizer threads that fork would copy.
         ctx = multiprocessing.get_context("spawn")
         window: deque = deque()
-        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(str(self.model_dir), self.chat_template, self.mask_prompt,
-                                           self.max_seq_length)) as pool:
+        try:
+            pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                       initargs=(str(self.model_dir), self.chat_template, self.mask_prompt,
+                                                 self.max_seq_length))
+        except (OSError, RuntimeError) as exc:
+            log.note(f"Counted tokens in one process (worker processes could not start: {exc}).")
+            yield from self._checked_inline(it, log)
+            return
+        broken = False
+        with pool:
             while True:
-                batch = [ex for _, ex in zip(range(BATCH), it, strict=False)]
+                batch = [] if broken else [ex for _, ex in zip(range(BATCH), it, strict=False)]
                 if batch:
-                    window.append((batch, pool.submit(_measure_batch, [ex.record for ex in batch])))
+                    try:
+                        window.append((batch, pool.submit(_measure_batch, [ex.record for ex in batch])))
+                    except RuntimeError:  # BrokenProcessPool is a RuntimeError
+                        broken = True
+                        window.append((batch, None))
                 # Keep a few batches per worker queued; collect the oldest when the window is full.
                 while window and (len(window) >= 3 * self.workers or not batch):
                     done, future = window.popleft()
-                    yield from self._checked(done, future.result(), log)
+                    try:
+                        results = future.result() if future is not None else None
+                    except RuntimeError:
+                        broken, results = True, None
+                    if results is None:
+                        # A worker died (killed, or cannot start in this process): finish here.
+                        results = [self._measure(ex.record) for ex in done]
+                    yield from self._checked(done, results, log)
                 if not batch and not window:
-                    return
+                    break
+        if broken:
+            log.note("Worker processes stopped; the rest of the tokens were counted in one process.")
+            yield from self._checked_inline(it, log)
 
     def _checked(self, batch: list, results: list, log: ProblemLog) -> Iterator:
         limit = self.max_seq_length
@@ -139,6 +170,16 @@ class TokenCounter:
             yield ex, length, trained
 
 
+def _no_length_warning(tokenizer) -> None:
+    # transformers warns when a text is longer than the model's context; the report counts and
+    # explains those examples itself, so the warning is only noise on stderr.
+    inner = getattr(tokenizer, "_tokenizer", tokenizer)
+    try:
+        inner.model_max_length = UNLIMITED
+    except (AttributeError, TypeError):
+        pass
+
+
 def _measure(encoder, limit: int, record: dict) -> tuple[int, int, int, str | None]:
     try:
         enc = encoder.encode(record)
@@ -157,6 +198,7 @@ def _init_worker(model_dir: str, chat_template: str | None, mask_prompt: bool, l
     from engine.encode import Encoder
 
     tokenizer = load_tokenizer(model_dir)
+    _no_length_warning(tokenizer)
     _WORKER["encoder"] = Encoder(tokenizer, chat_template=chat_template, mask_prompt=mask_prompt,
                                  max_seq_length=UNLIMITED)
     _WORKER["limit"] = limit
