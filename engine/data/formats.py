@@ -227,7 +227,7 @@ def norm_alpaca(record: dict) -> dict:
                                 "Write history as [[\"question\", \"answer\"], ...].", f"history[{i}]")
         messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
-    check_messages(messages, "history")
+    check_messages(messages, "history")  # built in order from validated pairs: a safety net
     return {"messages": messages}
 
 
@@ -356,15 +356,17 @@ def _tools(tools) -> list[dict] | None:
     return [t if "function" in t else {"type": "function", "function": t} for t in tools]
 
 
-def check_messages(messages: list[dict], field: str) -> None:
-    """Roles in a trainable order, with at least one assistant turn to learn."""
+def check_messages(messages: list[dict], field: str, positions: list | None = None) -> None:
+    """Roles in a trainable order, with at least one assistant turn to learn. `positions` maps each
+    message to its index in the user's list (None for one Lathe added, such as a system field)."""
     if not messages:
         raise RecordProblem("empty_field", "has no messages", "Add a user and an assistant message.", field)
     seen_other = False
     prev = None
     for i, m in enumerate(messages):
         role = m["role"]
-        f = f"{field}[{i}].role"
+        pos = positions[i] if positions is not None else i
+        f = f"{field}[{pos}].role" if pos is not None else "system"
         if role == "system":
             if seen_other:
                 raise RecordProblem("role_order", "a system message comes after the conversation started",
@@ -405,9 +407,11 @@ def norm_sharegpt(record: dict) -> dict:
         raise RecordProblem("bad_value", f"is {_type_name(conv)}, not a list of turns",
                             "Write [{\"from\": \"human\", \"value\": \"...\"}, ...].", key)
     messages: list[dict] = []
+    positions: list[int | None] = []
     system = _text(record, "system", required=False)
     if system.strip():
         messages.append({"role": "system", "content": system})
+        positions.append(None)
     for i, turn in enumerate(conv):
         f = f"{key}[{i}]"
         if not isinstance(turn, dict):
@@ -445,7 +449,8 @@ def norm_sharegpt(record: dict) -> dict:
             messages[-1]["content"] += "\n\n" + value
             continue
         messages.append(msg)
-    check_messages(messages, key)
+        positions.append(i)
+    check_messages(messages, key, positions)
     result: dict = {"messages": messages}
     tools = _tools(record.get("tools"))
     if tools:

@@ -63,13 +63,17 @@ def token_view(path: str | Path, model: str | Path, index: int = 0, *, split: st
                     break
                 total += 1
     else:
-        # The split is only known after a full pass (held-out examples are chosen by seed).
-        seen: list = []
-        _, final = _run(path, options, None, seen.append)
+        # The split is only known after a full pass (held-out examples are chosen by seed); a
+        # second pass fetches the example, so nothing but the split codes is held in memory.
+        _, final = _run(path, options, None, None)
         positions = [i for i, code in enumerate(final) if code == SPLIT_CODES[split]]
         total = len(positions)
         if index < total:
-            example = seen[positions[index]]
+            with Scan(path, options, ProblemLog()) as scan:
+                for i, ex in enumerate(scan.examples()):
+                    if i == positions[index]:
+                        example = ex
+                        break
     if example is None:
         where = f" in {split}" if split else ""
         raise DataError(f"There is no example {index}{where}: the dataset has {total} usable "

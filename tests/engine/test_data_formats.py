@@ -324,3 +324,12 @@ def test_load_splits_accepts_every_format(tmp_path):
     assert len(splits.train) == 16 and len(splits.valid) == 4
     assert all(set(r) == {"prompt", "completion"} for r in splits.train + splits.valid)
     assert any("held out 4 of 20" in n for n in splits.notes)
+
+
+def test_sharegpt_problem_fields_use_the_users_indices(tmp_path):
+    row = {"system": "Be kind.", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"},
+                                                   {"from": "gpt", "value": "c"}]}
+    path = jsonl(tmp_path / "sg.jsonl", [row, {"conversations": [{"from": "human", "value": "q"},
+                                                                 {"from": "gpt", "value": "r"}]}])
+    (p,) = inspect_dataset(path).problems
+    assert p["field"] == "conversations[1].role" and "two user messages" in p["message"]
