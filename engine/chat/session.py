@@ -42,7 +42,11 @@ class ChatSession:
         if not text.strip():
             raise ChatError("The message is empty.", "Type something to send.")
         self.history.append({"role": "user", "content": text})
-        return self._respond(settings, cancel)
+        try:
+            return self._respond(settings, cancel, sent=True)
+        except Exception:
+            self.history.pop()
+            raise
 
     def regenerate(self, settings: ChatSettings | None = None,
                    cancel: threading.Event | None = None) -> Iterator[ChatEvent]:
@@ -90,18 +94,25 @@ class ChatSession:
             messages[-1] = {"role": "assistant", "content": reply_text}
         return {"messages": messages}
 
-    def _respond(self, settings, cancel) -> Iterator[ChatEvent]:
+    def _respond(self, settings, cancel, sent: bool = False) -> Iterator[ChatEvent]:
         self._cancel = cancel if cancel is not None else threading.Event()
         stream = self.model.stream(self.messages(), settings or self.settings,
                                    use_adapter=self.use_adapter, cancel=self._cancel)
-        return self._record(stream)
+        return self._record(stream, sent)
 
-    def _record(self, stream: Iterator[ChatEvent]) -> Iterator[ChatEvent]:
-        for event in stream:
-            if event.kind == "done":
-                self.history.append({"role": "assistant", "content": event.reply.text})
-                self.replies.append(event.reply)
-            yield event
+    def _record(self, stream: Iterator[ChatEvent], sent: bool) -> Iterator[ChatEvent]:
+        try:
+            for event in stream:
+                if event.kind == "done":
+                    self.history.append({"role": "assistant", "content": event.reply.text})
+                    self.replies.append(event.reply)
+                yield event
+        except ChatError:
+            # A message that could not be answered (too long for the context) is not kept, so
+            # the user can shorten it and send again.
+            if sent and self.history and self.history[-1]["role"] == "user":
+                self.history.pop()
+            raise
 
 
 class CompareSession:

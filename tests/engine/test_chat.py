@@ -340,6 +340,11 @@ def test_a_message_longer_than_the_context_is_refused(stories_chat):
         stories_chat.reply(huge, GREEDY)
     with pytest.raises(ChatError, match="Max tokens"):
         stories_chat.reply(STORY, ChatSettings(max_tokens=600))
+    session = ChatSession(stories_chat, settings=GREEDY)
+    session.reply("Hello.")
+    with pytest.raises(ChatError, match="too long"):
+        session.reply("word " * 600)
+    assert len(session.history) == 2  # the refused message is not kept
 
 
 def test_sampling_controls_are_mlx_lms(stories_path, stories_chat):
