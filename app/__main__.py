@@ -1,21 +1,71 @@
-"""`python -m app` / `lathe`: start the desktop app."""
+"""`python -m app` / `lathe`: start the desktop app.
+
+Startup stays light: PySide6, the app's modules and small engine modules (config, workspace).
+MLX, mlx-lm and the training code load only in worker threads or in the training process.
+
+    python -m app                          open the window
+    python -m app --screenshot PAGE FILE   render a page offscreen with demo data and exit
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+import time
+
+T0 = time.time()
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="lathe", description="Lathe: fine-tune language models on your Mac.")
+    p.add_argument("--screenshot", nargs=2, metavar=("PAGE", "FILE"),
+                   help="Render PAGE (welcome, models, data, train, runs, chat) with demo data to FILE.png.")
+    p.add_argument("--probe-startup", action="store_true",
+                   help="Print when the window is shown, then quit (bench/gui_responsiveness.py).")
+    p.add_argument("paths", nargs="*", help="Dataset files or model folders to open.")
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from PySide6.QtWidgets import QApplication, QLabel
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    if args.screenshot:
+        from app.screenshot import render
 
-    app = QApplication.instance() or QApplication(sys.argv if argv is None else ["lathe", *argv])
-    label = QLabel("Lathe: the desktop window arrives with the GUI issue.\n"
-                   "Use `python -m engine --help` meanwhile.")
-    label.setMargin(40)
-    label.setWindowTitle("Lathe")
-    label.show()
+        return render(*args.screenshot)
+
+    from PySide6.QtCore import QTimer
+    from PySide6.QtGui import QIcon
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(["lathe"])
+    app.setApplicationName("Lathe")
+    app.setOrganizationName("Lathe")
+    app.setApplicationDisplayName("Lathe")
+    from app.theme import apply_theme
+    from app.window import FileOpenFilter, MainWindow, app_preference, icon_path
+
+    apply_theme(app)
+    app.setWindowIcon(QIcon(str(icon_path())))
+    window = MainWindow()
+    window.controller.keep_awake = app_preference("keep_awake")
+    app.installEventFilter(FileOpenFilter(window))
+    window.show()
+    if args.probe_startup:
+        def shown():
+            print(f"window_shown_at={time.time():.4f} import_started_at={T0:.4f}", flush=True)
+            window.quit_confirmed = True
+            window.remember = False
+            app.quit()
+
+        QTimer.singleShot(0, shown)
+        return app.exec()
+    QTimer.singleShot(0, window.load_initial_data)
+    for path in args.paths:
+        QTimer.singleShot(0, lambda p=path: window.open_path(p))
     return app.exec()
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

@@ -141,3 +141,16 @@ def list_runs() -> list[RunInfo]:
             except LatheError:
                 continue
     return sorted(runs, key=lambda r: r.status.get("created", r.status.get("updated", 0)), reverse=True)
+
+
+def delete_run(ref: str | Path) -> Path:
+    """Delete a run folder (config, events, adapters, checkpoints). Refuses a run still training."""
+    import shutil
+
+    info = load_run(ref)
+    if info.state == "running":
+        raise RunError(f"Run {info.id} is still training.", "Stop it first, then delete it.")
+    if info.path.parent.resolve() != runs_dir().resolve():
+        raise RunError(f"{info.path} is not inside the workspace's runs folder; it was left alone.")
+    shutil.rmtree(info.path)
+    return info.path

@@ -1,0 +1,332 @@
+"""LossChartWidget: train and validation loss drawn with QPainter (QtCharts is not in
+PySide6-Essentials).
+
+Points are appended to a buffer as events arrive; the widget repaints on a timer at most 20 times
+a second, and a long series is downsampled to about one point per pixel column (min and max kept,
+so spikes stay visible). A flood of events therefore never stalls the window.
+"""
+
+from __future__ import annotations
+
+import math
+
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QFont, QPainter, QPainterPath, QPalette, QPen
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
+
+REDRAW_MS = 50  # 20 Hz at most
+TRAIN_COLOR = QColor(10, 132, 255)  # macOS system blue
+VALID_COLOR = QColor(255, 149, 0)  # macOS system orange
+
+
+def ema(values: list[float], weight: float) -> list[float]:
+    """Exponential moving average with TensorBoard's debiasing (the first points are not pulled
+    towards zero)."""
+    if weight <= 0 or not values:
+        return list(values)
+    out, last, n = [], 0.0, 0
+    for v in values:
+        n += 1
+        last = last * weight + (1 - weight) * v
+        out.append(last / (1 - weight**n))
+    return out
+
+
+def downsample(xs: list[float], ys: list[float], buckets: int) -> tuple[list[float], list[float]]:
+    """At most ~2*buckets points: per bucket of x the first, min and max and last points."""
+    n = len(xs)
+    if n <= 2 * buckets or buckets < 1:
+        return xs, ys
+    out_x: list[float] = []
+    out_y: list[float] = []
+    size = n / buckets
+    for b in range(buckets):
+        lo, hi = int(b * size), min(n, int((b + 1) * size))
+        if lo >= hi:
+            continue
+        seg = range(lo, hi)
+        i_min = min(seg, key=ys.__getitem__)
+        i_max = max(seg, key=ys.__getitem__)
+        for i in sorted({i_min, i_max}):
+            out_x.append(xs[i])
+            out_y.append(ys[i])
+    if out_x[-1] != xs[-1]:
+        out_x.append(xs[-1])
+        out_y.append(ys[-1])
+    return out_x, out_y
+
+
+class LossChartWidget(QWidget):
+    """Loss curves with smoothing, a log-scale option and a hover read-out."""
+
+    sig_hover = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setMinimumSize(320, 200)
+        self.setMouseTracking(True)
+        self.train: tuple[list[float], list[float]] = ([], [])
+        self.valid: tuple[list[float], list[float]] = ([], [])
+        self.smoothing = 0.6
+        self.log_scale = False
+        self.total_steps = 0
+        self.placeholder = "The loss curve appears here when training starts."
+        self.points_drawn = 0  # points of the last paint (tests, benchmarks)
+        self.paints = 0
+        self._hover_x: float | None = None
+        self._dirty = False
+        self._timer = QTimer(self)
+        self._timer.setInterval(REDRAW_MS)
+        self._timer.timeout.connect(self._on_timer_timeout)
+        self._timer.start()
+
+    # -- data ---------------------------------------------------------------------------------
+    def clear(self) -> None:
+        self.train = ([], [])
+        self.valid = ([], [])
+        self.total_steps = 0
+        self._hover_x = None
+        self._dirty = True
+
+    def add_train(self, step: float, loss: float | None) -> None:
+        if loss is None or not math.isfinite(loss):
+            return
+        self.train[0].append(float(step))
+        self.train[1].append(float(loss))
+        self._dirty = True
+
+    def add_valid(self, step: float, loss: float | None) -> None:
+        if loss is None or not math.isfinite(loss):
+            return
+        self.valid[0].append(float(step))
+        self.valid[1].append(float(loss))
+        self._dirty = True
+
+    def load_events(self, events: list[dict]) -> None:
+        """Replace the curves with those of a run's events.jsonl."""
+        self.clear()
+        for e in events:
+            kind = e.get("event")
+            if kind == "progress":
+                self.add_train(e.get("step", 0), e.get("train_loss"))
+                self.total_steps = int(e.get("total") or self.total_steps)
+            elif kind == "eval":
+                self.add_valid(e.get("step", 0), e.get("val_loss"))
+            elif kind == "started":
+                self.total_steps = int(e.get("total_steps") or 0)
+        self.update()
+
+    def set_smoothing(self, weight: float) -> None:
+        self.smoothing = max(0.0, min(0.99, weight))
+        self.update()
+
+    def set_log_scale(self, on: bool) -> None:
+        self.log_scale = bool(on)
+        self.update()
+
+    @property
+    def point_count(self) -> int:
+        return len(self.train[0]) + len(self.valid[0])
+
+    def _on_timer_timeout(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            self.update()
+
+    # -- geometry -----------------------------------------------------------------------------
+    def _plot_rect(self) -> QRectF:
+        return QRectF(52, 14, max(10, self.width() - 52 - 16), max(10, self.height() - 14 - 34))
+
+    def _ranges(self) -> tuple[float, float, float, float]:
+        xs = self.train[0] + self.valid[0]
+        ys = self.train[1] + self.valid[1]
+        x0 = 0.0
+        x1 = max(max(xs) if xs else 1.0, float(self.total_steps or 0), 1.0)
+        if self.log_scale:
+            pos = [y for y in ys if y > 0] or [1.0]
+            y0, y1 = math.log10(min(pos)), math.log10(max(pos))
+        else:
+            y0, y1 = (min(ys), max(ys)) if ys else (0.0, 1.0)
+        if y1 - y0 < 1e-9:
+            y0, y1 = y0 - 0.5, y1 + 0.5
+        pad = (y1 - y0) * 0.06
+        return x0, x1, y0 - pad, y1 + pad
+
+    def _ty(self, y: float) -> float:
+        if self.log_scale:
+            return math.log10(y) if y > 0 else -12.0
+        return y
+
+    # -- painting -----------------------------------------------------------------------------
+    def paintEvent(self, _event) -> None:  # noqa: N802 - Qt API
+        self.paints += 1
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        pal = self.palette()
+        base = pal.color(QPalette.ColorRole.Base)
+        text = pal.color(QPalette.ColorRole.Text)
+        grid = QColor(text)
+        grid.setAlpha(28)
+        muted = QColor(text)
+        muted.setAlpha(140)
+        p.fillRect(self.rect(), base)
+        rect = self._plot_rect()
+        font = QFont(self.font())
+        font.setPointSizeF(max(7.0, font.pointSizeF() * 0.85))
+        p.setFont(font)
+        if not self.point_count:
+            p.setPen(muted)
+            p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, self.placeholder)
+            self.points_drawn = 0
+            p.end()
+            return
+        x0, x1, y0, y1 = self._ranges()
+
+        def to_px(x: float, y: float) -> QPointF:
+            ty = self._ty(y)
+            return QPointF(rect.left() + (x - x0) / (x1 - x0) * rect.width(),
+                           rect.bottom() - (ty - y0) / (y1 - y0) * rect.height())
+
+        # grid and axis labels
+        p.setPen(QPen(grid, 1))
+        for i in range(5):
+            fy = y0 + (y1 - y0) * i / 4
+            py = rect.bottom() - rect.height() * i / 4
+            p.drawLine(QPointF(rect.left(), py), QPointF(rect.right(), py))
+            value = 10**fy if self.log_scale else fy
+            p.setPen(muted)
+            p.drawText(QRectF(0, py - 8, rect.left() - 6, 16),
+                       Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{value:.3g}")
+            p.setPen(QPen(grid, 1))
+        for i in range(5):
+            px = rect.left() + rect.width() * i / 4
+            step = x0 + (x1 - x0) * i / 4
+            p.setPen(muted)
+            p.drawText(QRectF(px - 40, rect.bottom() + 4, 80, 16), Qt.AlignmentFlag.AlignCenter,
+                       f"{step:.0f}")
+        p.drawText(QRectF(rect.left(), rect.bottom() + 18, rect.width(), 16),
+                   Qt.AlignmentFlag.AlignCenter, "step")
+
+        drawn = 0
+        buckets = max(16, int(rect.width()))
+        xs, ys = self.train
+        if xs:
+            dx, dy = downsample(xs, ys, buckets)
+            if self.smoothing > 0 and len(dx) > 2:
+                faint = QColor(TRAIN_COLOR)
+                faint.setAlpha(70)
+                drawn += self._polyline(p, dx, dy, to_px, QPen(faint, 1.2))
+                sx, sy = downsample(xs, ema(ys, self.smoothing), buckets)
+                drawn += self._polyline(p, sx, sy, to_px, QPen(TRAIN_COLOR, 2.2))
+            else:
+                drawn += self._polyline(p, dx, dy, to_px, QPen(TRAIN_COLOR, 2.0))
+        vx, vy = self.valid
+        if vx:
+            drawn += self._polyline(p, vx, vy, to_px, QPen(VALID_COLOR, 1.6))
+            p.setPen(Qt.PenStyle.NoPen)
+            p.setBrush(VALID_COLOR)
+            for x, y in zip(*downsample(vx, vy, buckets)):
+                p.drawEllipse(to_px(x, y), 3.2, 3.2)
+        self.points_drawn = drawn
+
+        # legend
+        lx = rect.right() - 150
+        for i, (label, color) in enumerate((("train", TRAIN_COLOR), ("validation", VALID_COLOR))):
+            ly = rect.top() + 6 + i * 16
+            p.setPen(QPen(color, 2.5))
+            p.drawLine(QPointF(lx, ly + 6), QPointF(lx + 18, ly + 6))
+            p.setPen(text)
+            p.drawText(QRectF(lx + 24, ly - 2, 120, 16), Qt.AlignmentFlag.AlignVCenter, label)
+
+        if self._hover_x is not None:
+            self._draw_hover(p, rect, to_px, x0, x1, text, base)
+        p.end()
+
+    def _polyline(self, p: QPainter, xs, ys, to_px, pen: QPen) -> int:
+        if not xs:
+            return 0
+        path = QPainterPath(to_px(xs[0], ys[0]))
+        for x, y in zip(xs[1:], ys[1:]):
+            path.lineTo(to_px(x, y))
+        p.setPen(pen)
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.drawPath(path)
+        return len(xs)
+
+    def readout(self, step: float) -> str:
+        """The hover text for the point nearest to `step`."""
+        parts = []
+        xs, ys = self.train
+        if xs:
+            i = min(range(len(xs)), key=lambda k: abs(xs[k] - step))
+            smooth = ema(ys[: i + 1], self.smoothing)[-1] if self.smoothing > 0 else ys[i]
+            parts.append(f"step {xs[i]:.0f}  train {ys[i]:.4f}" +
+                         (f" (smoothed {smooth:.4f})" if self.smoothing > 0 else ""))
+        vx, vy = self.valid
+        if vx:
+            j = min(range(len(vx)), key=lambda k: abs(vx[k] - step))
+            parts.append(f"validation {vy[j]:.4f} at step {vx[j]:.0f}")
+        return "   ".join(parts)
+
+    def _draw_hover(self, p, rect, to_px, x0, x1, text, base) -> None:
+        step = self._hover_x
+        px = rect.left() + (step - x0) / (x1 - x0) * rect.width()
+        line = QColor(text)
+        line.setAlpha(90)
+        p.setPen(QPen(line, 1, Qt.PenStyle.DashLine))
+        p.drawLine(QPointF(px, rect.top()), QPointF(px, rect.bottom()))
+        label = self.readout(step)
+        fm = p.fontMetrics()
+        w = fm.horizontalAdvance(label) + 14
+        box = QRectF(min(max(rect.left(), px + 8), rect.right() - w), rect.top() + 2, w, fm.height() + 8)
+        bg = QColor(base)
+        bg.setAlpha(235)
+        p.setPen(QPen(line, 1))
+        p.setBrush(bg)
+        p.drawRoundedRect(box, 5, 5)
+        p.setPen(text)
+        p.drawText(box, Qt.AlignmentFlag.AlignCenter, label)
+
+    def mouseMoveEvent(self, event) -> None:  # noqa: N802 - Qt API
+        if not self.point_count:
+            return
+        rect = self._plot_rect()
+        x0, x1, _, _ = self._ranges()
+        fx = (event.position().x() - rect.left()) / rect.width()
+        self._hover_x = x0 + min(1.0, max(0.0, fx)) * (x1 - x0)
+        self.sig_hover.emit(self.readout(self._hover_x))
+        self.update()
+
+    def leaveEvent(self, _event) -> None:  # noqa: N802 - Qt API
+        self._hover_x = None
+        self.update()
+
+
+class LossChartPanelWidget(QWidget):
+    """The chart with its controls: smoothing slider and log-scale toggle."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.chart = LossChartWidget(self)
+        self.smoothing = QSlider(Qt.Orientation.Horizontal)
+        self.smoothing.setRange(0, 95)
+        self.smoothing.setValue(60)
+        self.smoothing.setFixedWidth(120)
+        self.smoothing.setToolTip("Smoothing of the training curve (exponential moving average).")
+        self.smoothing.valueChanged.connect(lambda v: self.chart.set_smoothing(v / 100))
+        self.log_scale = QCheckBox("Log scale")
+        self.log_scale.toggled.connect(self.chart.set_log_scale)
+        controls = QHBoxLayout()
+        controls.setContentsMargins(0, 0, 0, 0)
+        title = QLabel("Loss")
+        title.setObjectName("sectionTitle")
+        controls.addWidget(title)
+        controls.addStretch(1)
+        controls.addWidget(QLabel("Smoothing"))
+        controls.addWidget(self.smoothing)
+        controls.addSpacing(12)
+        controls.addWidget(self.log_scale)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(controls)
+        layout.addWidget(self.chart, 1)

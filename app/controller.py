@@ -1,0 +1,307 @@
+"""TrainingController: owns the engine worker process of one run and re-emits its events as signals.
+
+The app never trains in its own process (DESIGN.md). It starts `python -m engine train --config
+RUN/config.yaml --events` (or `--resume RUN`) with QProcess, parses the JSON lines on stdout in one
+place (`_on_process_stdout`) and re-emits them as typed signals. Stopping is a request (`stop` on
+stdin), then a bounded wait for the checkpoint, then terminate, then kill.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections import deque
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
+
+IDLE, STARTING, RUNNING, STOPPING = "idle", "starting", "running", "stopping"
+# Final states a run can end in, as the app shows them.
+COMPLETED, STOPPED, FAILED, CRASHED = "completed", "stopped", "failed", "crashed"
+
+STOP_WAIT_MS = 60_000  # how long a requested stop may take (a checkpoint of a big adapter)
+TERMINATE_WAIT_MS = 5_000  # after SIGTERM (the worker checkpoints on it too), before SIGKILL
+LOG_TAIL = 200
+
+
+def keep_awake_command(pid: int, platform: str | None = None) -> list[str] | None:
+    """The command that keeps the Mac awake while `pid` lives (macOS only; None elsewhere)."""
+    platform = platform or sys.platform
+    if platform != "darwin" or not pid:
+        return None
+    exe = shutil.which("caffeinate") or "/usr/bin/caffeinate"
+    return [exe, "-i", "-w", str(int(pid))]
+
+
+def worker_command(config_path: Path | None = None, resume: Path | None = None,
+                   python: str | None = None) -> tuple[str, list[str]]:
+    """(program, arguments) of the engine worker for a new run or a resumed one."""
+    python = python or sys.executable
+    if resume is not None:
+        return python, ["-m", "engine", "train", "--resume", str(resume), "--events"]
+    return python, ["-m", "engine", "train", "--config", str(config_path), "--events"]
+
+
+class TrainingController(QObject):
+    """One training worker at a time. Widgets connect to the `sig_*` signals and never touch
+    the process."""
+
+    sig_state_changed = Signal(str)  # idle / starting / running / stopping
+    sig_started = Signal(dict)  # the `started` event
+    sig_progress = Signal(dict)
+    sig_eval = Signal(dict)
+    sig_checkpoint = Signal(dict)
+    sig_log = Signal(str, str)  # level, message (engine log events and stderr lines)
+    sig_error = Signal(dict)  # the `error` event
+    sig_finished = Signal(str, dict)  # final state (completed/stopped/failed/crashed), details
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.process: QProcess | None = None
+        self._awake: QProcess | None = None
+        self.state = IDLE
+        self.run_dir: Path | None = None
+        self.run_id: str | None = None
+        self.total_steps = 0
+        self.last_progress: dict | None = None
+        self.last_checkpoint: dict | None = None
+        self.error_event: dict | None = None
+        self.finished_event: dict | None = None
+        self.tail: deque[str] = deque(maxlen=LOG_TAIL)
+        self.events_seen = 0
+        self.keep_awake = True  # macOS: caffeinate while the worker runs
+        self.stop_wait_ms = STOP_WAIT_MS
+        self.terminate_wait_ms = TERMINATE_WAIT_MS
+        self._buffer = b""
+        self._stop_timer = QTimer(self)
+        self._stop_timer.setSingleShot(True)
+        self._stop_timer.timeout.connect(self._on_stop_timer_timeout)
+        self._escalation = 0
+
+    # -- public API ---------------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        return self.state != IDLE
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.processId()) if self.process is not None else 0
+
+    def start_config(self, config) -> Path:
+        """Create the run folder for `config` (engine.runs.create_run) and start training in it."""
+        from engine.runs import create_run
+
+        config.validate()
+        run_dir = create_run(config)
+        self._launch(*worker_command(config_path=run_dir / "config.yaml"), run_dir=run_dir)
+        return run_dir
+
+    def resume(self, run_dir: Path) -> None:
+        """Continue a stopped, failed or interrupted run from its newest checkpoint."""
+        self._launch(*worker_command(resume=Path(run_dir)), run_dir=Path(run_dir))
+
+    def start_command(self, program: str, args: list[str], run_dir: Path | None = None) -> None:
+        """Start any process that speaks the events protocol (benchmarks replay recorded runs)."""
+        self._launch(program, args, run_dir=run_dir)
+
+    def stop(self) -> None:
+        """Ask the worker to stop at the next step with a checkpoint; escalate if it does not."""
+        if self.process is None or self.state in (IDLE, STOPPING):
+            return
+        self._set_state(STOPPING)
+        self.process.write(b"stop\n")
+        self._escalation = 0
+        self._stop_timer.start(self.stop_wait_ms)
+
+    def kill(self) -> None:
+        """End the worker now (quitting without waiting). Its status file reads as interrupted."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.waitForFinished(3000)
+
+    # -- process ------------------------------------------------------------------------------
+    def _launch(self, program: str, args: list[str], run_dir: Path | None) -> None:
+        if self.active:
+            raise RuntimeError("A run is already in progress; stop it first.")
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.run_id = self.run_dir.name if self.run_dir else None
+        self.total_steps = 0
+        self.last_progress = self.last_checkpoint = self.error_event = self.finished_event = None
+        self.tail.clear()
+        self.events_seen = 0
+        self._buffer = b""
+        proc = QProcess(self)
+        env = QProcessEnvironment.systemEnvironment()
+        env.insert("PYTHONUNBUFFERED", "1")
+        env.insert("PYTHONIOENCODING", "utf-8")
+        proc.setProcessEnvironment(env)
+        root = Path(__file__).resolve().parents[1]
+        if (root / "engine").is_dir():
+            proc.setWorkingDirectory(str(root))
+        proc.setProcessChannelMode(QProcess.ProcessChannelMode.SeparateChannels)
+        proc.readyReadStandardOutput.connect(self._on_process_stdout)
+        proc.readyReadStandardError.connect(self._on_process_stderr)
+        proc.finished.connect(self._on_process_finished)
+        proc.errorOccurred.connect(self._on_process_error)
+        proc.started.connect(self._on_process_started)
+        self.process = proc
+        self._set_state(STARTING)
+        proc.start(program, args)
+
+    def _on_process_started(self) -> None:
+        if self.state == STARTING:
+            self._set_state(RUNNING)
+        cmd = keep_awake_command(self.pid) if self.keep_awake else None
+        if cmd:
+            self._awake = QProcess(self)
+            self._awake.start(cmd[0], cmd[1:])
+
+    def _on_process_stdout(self) -> None:
+        if self.process is None:
+            return
+        self._buffer += bytes(self.process.readAllStandardOutput())
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for raw in lines:
+            self.handle_line(raw.decode("utf-8", "replace"))
+
+    def handle_line(self, line: str) -> None:
+        """One line of worker stdout: an event, or plain text that goes to the log."""
+        line = line.strip()
+        if not line:
+            return
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            event = None
+        if not isinstance(event, dict) or "event" not in event:
+            self.tail.append(line)
+            self.sig_log.emit("output", line)
+            return
+        self.events_seen += 1
+        kind = event["event"]
+        if kind == "progress":
+            self.last_progress = event
+            self.sig_progress.emit(event)
+        elif kind == "eval":
+            self.sig_eval.emit(event)
+        elif kind == "started":
+            self.total_steps = int(event.get("total_steps") or 0)
+            if event.get("run_dir"):
+                self.run_dir = Path(event["run_dir"])
+                self.run_id = event.get("run_id") or self.run_dir.name
+            self.sig_started.emit(event)
+        elif kind == "checkpoint":
+            self.last_checkpoint = event
+            self.sig_checkpoint.emit(event)
+        elif kind == "log":
+            message = str(event.get("message", ""))
+            self.tail.append(message)
+            self.sig_log.emit(str(event.get("level", "info")), message)
+        elif kind == "error":
+            self.error_event = event
+            self.tail.append(f"error: {event.get('message', '')}")
+            self.sig_error.emit(event)
+        elif kind == "finished":
+            self.finished_event = event
+
+    def _on_process_stderr(self) -> None:
+        if self.process is None:
+            return
+        text = bytes(self.process.readAllStandardError()).decode("utf-8", "replace")
+        for line in text.splitlines():
+            if line.strip():
+                self.tail.append(line)
+                self.sig_log.emit("stderr", line)
+
+    def _on_process_error(self, error: QProcess.ProcessError) -> None:
+        if error == QProcess.ProcessError.FailedToStart:
+            self.tail.append(f"The training process could not start: {self.process.errorString()}")
+            self._finish(CRASHED, exit_code=-1)
+
+    def _on_process_finished(self, exit_code: int, exit_status: QProcess.ExitStatus) -> None:
+        self._on_process_stdout()
+        if self._buffer.strip():
+            self.handle_line(self._buffer.decode("utf-8", "replace"))
+            self._buffer = b""
+        self._on_process_stderr()
+        crashed = exit_status == QProcess.ExitStatus.CrashExit
+        status = (self.finished_event or {}).get("status")
+        if status in (COMPLETED, STOPPED) and not crashed:
+            final = status
+        elif status == FAILED:
+            final = FAILED
+        else:
+            final = CRASHED
+        self._finish(final, exit_code=-1 if crashed else exit_code)
+
+    def _finish(self, final: str, exit_code: int) -> None:
+        if self.state == IDLE:
+            return
+        self._stop_timer.stop()
+        if self._awake is not None:
+            self._awake.kill()
+            self._awake = None
+        details = {
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "run_id": self.run_id,
+            "exit_code": exit_code,
+            "finished": self.finished_event,
+            "error": self.error_event,
+            "last_progress": self.last_progress,
+            "last_checkpoint": self.last_checkpoint,
+            "tail": list(self.tail)[-20:],
+        }
+        if final == CRASHED and self.run_dir is not None:
+            details["interrupted"] = _mark_interrupted(self.run_dir)
+        proc, self.process = self.process, None
+        if proc is not None:
+            proc.deleteLater()
+        self._set_state(IDLE)
+        self.sig_finished.emit(final, details)
+
+    def _on_stop_timer_timeout(self) -> None:
+        if self.process is None:
+            return
+        if self._escalation == 0:
+            self._escalation = 1
+            self.tail.append("The worker did not stop in time; asking it to terminate.")
+            self.process.terminate()
+            self._stop_timer.start(self.terminate_wait_ms)
+        else:
+            self.tail.append("The worker did not terminate; killing it.")
+            self.process.kill()
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.sig_state_changed.emit(state)
+
+
+def _mark_interrupted(run_dir: Path) -> bool:
+    """Persist `interrupted` for a run whose worker died without finishing."""
+    try:
+        from engine.runs import mark_interrupted
+
+        return mark_interrupted(run_dir).state == "interrupted"
+    except Exception:  # noqa: BLE001 - a missing/damaged folder must not break the crash report
+        return False
+
+
+def describe_crash(details: dict) -> str:
+    """What the user reads when the worker ended without `finished`."""
+    err = details.get("error")
+    if err:
+        text = str(err.get("message", "The training process reported an error."))
+        if err.get("hint"):
+            text += f"\nWhat to do: {err['hint']}"
+        return text
+    code = details.get("exit_code")
+    if code is not None and code < 0:
+        head = "The training process was killed or crashed."
+    else:
+        head = f"The training process ended unexpectedly (exit code {code})."
+    tail = [t for t in details.get("tail", []) if t.strip()][-8:]
+    if tail:
+        head += "\nLast output:\n" + "\n".join(tail)
+    return head

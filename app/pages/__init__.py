@@ -1,0 +1,1 @@
+"""The window's pages: Welcome, Models, Data, Train, Chat, Runs."""

@@ -1,0 +1,428 @@
+"""Train page: settings with presets and a memory-fit banner; live loss chart, progress and log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.chart import LossChartPanelWidget
+from app.controller import CRASHED, IDLE, STOPPING, TrainingController, describe_crash
+from app.settings_form import FitBannerWidget, TrainSettingsWidget
+from app.tasks import Task, describe_error
+
+STATS_MS = 100  # the numbers under the chart refresh at 10 Hz, whatever the event rate
+FIT_DEBOUNCE_MS = 250
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "--"
+    seconds = int(round(max(0.0, seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {(seconds % 3600) // 60:02d} min"
+
+
+class TrainPage(QWidget):
+    """Start, watch and stop one training run. The controller owns the worker process."""
+
+    sig_chat_requested = Signal(str)  # run folder
+    sig_export_requested = Signal(str)
+    sig_show_runs = Signal()
+    sig_run_ended = Signal(str, str)  # final state, one-line summary (for the notification)
+    sig_quantize_requested = Signal(str)  # model
+
+    def __init__(self, controller: TrainingController, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.controller = controller
+        self.fit_budget_bytes: int | None = None  # None: the machine's budget
+        self.fit_report = None
+        self._fit_task: Task | None = None
+        self._fit_generation = 0
+        self._pending_log: list[str] = []
+        self.final_state: str | None = None
+        self.final_details: dict = {}
+
+        # -- left: settings --
+        self.settings = TrainSettingsWidget()
+        self.fit_banner = FitBannerWidget()
+        self.start_button = QPushButton("Start training")
+        self.start_button.setObjectName("primary")
+        self.start_button.setToolTip("Start training (⌘R)")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop at the next step and keep a checkpoint (⌘.)")
+        self.stop_button.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start_button, 1)
+        buttons.addWidget(self.stop_button)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(self.settings)
+        left = QVBoxLayout()
+        title = QLabel("Settings")
+        title.setObjectName("sectionTitle")
+        left.addWidget(title)
+        left.addWidget(scroll, 1)
+        left.addWidget(self.fit_banner)
+        left.addLayout(buttons)
+        left_box = QWidget()
+        left_box.setLayout(left)
+        left_box.setFixedWidth(380)
+
+        # -- right: live view --
+        self.header = QLabel("No run yet")
+        self.header.setObjectName("pageTitle")
+        self.header.setWordWrap(True)
+        self.chart_panel = LossChartPanelWidget()
+        self.chart = self.chart_panel.chart
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("")
+        self.eta = QLabel("")
+        self.eta.setMinimumWidth(150)
+        self.eta.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        progress_row = QHBoxLayout()
+        progress_row.addWidget(self.progress, 1)
+        progress_row.addWidget(self.eta)
+        self.stats = QLabel("")
+        self.stats.setObjectName("muted")
+        self.stats.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        self.result = QFrame()
+        self.result.setObjectName("resultBox")
+        self.result_text = QLabel()
+        self.result_text.setWordWrap(True)
+        self.result_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.chat_button = QPushButton("Chat with it")
+        self.export_button = QPushButton("Export…")
+        self.resume_button = QPushButton("Resume")
+        self.runs_button = QPushButton("Show in Runs")
+        result_buttons = QHBoxLayout()
+        for b in (self.chat_button, self.export_button, self.resume_button, self.runs_button):
+            result_buttons.addWidget(b)
+        result_buttons.addStretch(1)
+        rl = QVBoxLayout(self.result)
+        rl.addWidget(self.result_text)
+        rl.addLayout(result_buttons)
+        self.result.setVisible(False)
+
+        self.log_toggle = QToolButton()
+        self.log_toggle.setText("Log")
+        self.log_toggle.setCheckable(True)
+        self.log_toggle.setAutoRaise(True)
+        self.log_toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.log_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.log_toggle.toggled.connect(self._on_log_toggle_toggled)
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(3000)
+        self.log.setObjectName("log")
+        self.log.setVisible(False)
+        self.log.setMinimumHeight(120)
+
+        right = QVBoxLayout()
+        right.addWidget(self.header)
+        right.addWidget(self.chart_panel, 1)
+        right.addLayout(progress_row)
+        right.addWidget(self.stats)
+        right.addWidget(self.result)
+        right.addWidget(self.log_toggle)
+        right.addWidget(self.log)
+
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(20, 16, 20, 16)
+        layout.setSpacing(20)
+        layout.addWidget(left_box)
+        layout.addLayout(right, 1)
+
+        # -- wiring --
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.chat_button.clicked.connect(self._on_chat_clicked)
+        self.export_button.clicked.connect(self._on_export_clicked)
+        self.resume_button.clicked.connect(self.resume)
+        self.runs_button.clicked.connect(self.sig_show_runs)
+        self.settings.sig_changed.connect(self._on_settings_changed)
+        self.fit_banner.sig_apply.connect(self._on_fit_apply)
+        c = controller
+        c.sig_state_changed.connect(self._on_controller_state_changed)
+        c.sig_started.connect(self._on_controller_started)
+        c.sig_progress.connect(self._on_controller_progress)
+        c.sig_eval.connect(self._on_controller_eval)
+        c.sig_checkpoint.connect(self._on_controller_checkpoint)
+        c.sig_log.connect(self._on_controller_log)
+        c.sig_error.connect(self._on_controller_error)
+        c.sig_finished.connect(self._on_controller_finished)
+        self._fit_timer = QTimer(self)
+        self._fit_timer.setSingleShot(True)
+        self._fit_timer.setInterval(FIT_DEBOUNCE_MS)
+        self._fit_timer.timeout.connect(self._on_fit_timer_timeout)
+        self._stats_timer = QTimer(self)
+        self._stats_timer.setInterval(STATS_MS)
+        self._stats_timer.timeout.connect(self._on_stats_timer_timeout)
+        self._stats_timer.start()
+
+    # -- actions ------------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Create the run folder and start the worker; a bad setting is shown, not raised."""
+        if self.controller.active:
+            return False
+        try:
+            cfg = self.settings.config(validate=True)
+            self._reset_view(cfg.name or Path(cfg.data.path).name)
+            self.controller.start_config(cfg)
+        except Exception as exc:  # noqa: BLE001 - ConfigError, RunError, OSError: shown to the user
+            message, hint = describe_error(exc)
+            self._show_result("problem", f"<b>Cannot start:</b> {_esc(message)}"
+                              + (f"<br>{_esc(hint)}" if hint else ""), buttons=())
+            return False
+        return True
+
+    def start_with(self, cfg, notes: list[str] | None = None) -> bool:
+        self.settings.set_config(cfg)
+        ok = self.start()
+        for n in notes or []:
+            self._append_log(f"note: {n}")
+        return ok
+
+    def stop(self) -> None:
+        if self.controller.active and self.controller.state != STOPPING:
+            self._append_log("Stopping: the run finishes its step and saves a checkpoint…")
+            self.controller.stop()
+
+    def resume(self) -> None:
+        run_dir = self.final_details.get("run_dir")
+        if not run_dir or self.controller.active:
+            return
+        self.resume_run(Path(run_dir))
+
+    def resume_run(self, run_dir: Path) -> None:
+        if self.controller.active:
+            return
+        self._reset_view(f"Resuming {run_dir.name}")
+        # Keep the curve so far: the resumed run continues it.
+        from app.services import run_details
+
+        _, events = run_details(run_dir)
+        self.chart.load_events(events)
+        try:
+            self.controller.resume(run_dir)
+        except RuntimeError as exc:
+            self._show_result("problem", _esc(str(exc)), buttons=())
+
+    def _reset_view(self, title: str) -> None:
+        self.final_state = None
+        self.final_details = {}
+        self.chart.clear()
+        self.chart.placeholder = "Loading the model…"
+        self.chart.update()
+        self.result.setVisible(False)
+        self.progress.setRange(0, 0)  # busy until the first progress event
+        self.progress.setFormat("")
+        self.eta.setText("starting…")
+        self.stats.setText("")
+        self.header.setText(title)
+        self.log.clear()
+        self._pending_log.clear()
+
+    # -- controller signals -------------------------------------------------------------------
+    def _on_controller_state_changed(self, state: str) -> None:
+        running = state != IDLE
+        self.start_button.setEnabled(not running)
+        self.stop_button.setEnabled(running and state != STOPPING)
+        self.settings.setEnabled(not running)
+        if state == STOPPING:
+            self.eta.setText("stopping…")
+
+    def _on_controller_started(self, e: dict) -> None:
+        cfg = e.get("config", {}) or {}
+        total = int(e.get("total_steps") or 0)
+        self.chart.total_steps = total
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(int(e.get("resumed_from") or 0))
+        model = Path(str(cfg.get("model", ""))).name or cfg.get("model", "")
+        data = Path(str(cfg.get("data", ""))).name
+        self.header.setText(f"Training {data} · {model}")
+        self.chart.placeholder = "Waiting for the first step…"
+        self._append_log(f"Run {e.get('run_id')} started: {total} steps, "
+                         f"{cfg.get('train_examples', '?')} training examples.")
+
+    def _on_controller_progress(self, e: dict) -> None:
+        # Cheap on purpose: append to the chart's buffer; labels refresh on the stats timer.
+        self.chart.add_train(e.get("step", 0), e.get("train_loss"))
+
+    def _on_controller_eval(self, e: dict) -> None:
+        self.chart.add_valid(e.get("step", 0), e.get("val_loss"))
+        self._append_log(f"step {e.get('step')}: validation loss {e.get('val_loss', float('nan')):.4f}")
+
+    def _on_controller_checkpoint(self, e: dict) -> None:
+        self._append_log(f"checkpoint saved at step {e.get('step')}")
+
+    def _on_controller_log(self, level: str, message: str) -> None:
+        self._append_log(message if level in ("info", "output") else f"{level}: {message}")
+
+    def _on_controller_error(self, e: dict) -> None:
+        self._append_log(f"error: {e.get('message')}" + (f" ({e.get('hint')})" if e.get("hint") else ""))
+
+    def _on_controller_finished(self, state: str, details: dict) -> None:
+        self.final_state = state
+        self.final_details = details
+        self._on_stats_timer_timeout()
+        self._flush_log()
+        self.progress.setRange(0, max(1, self.controller.total_steps or 1))
+        fin = details.get("finished") or {}
+        summary = fin.get("summary") or {}
+        run_name = details.get("run_id") or "the run"
+        if state == "completed":
+            self.progress.setValue(self.progress.maximum())
+            text = (f"<b>Training completed.</b> {int(summary.get('steps', 0))} steps in "
+                    f"{format_eta(summary.get('wall_seconds'))}")
+            if summary.get("best_val_loss") is not None:
+                text += f", best validation loss {summary['best_val_loss']:.4f}"
+            text += f".<br>Adapter: {_esc(str(fin.get('adapter_path') or ''))}"
+            self._show_result("completed", text, ("chat", "export", "runs"))
+            self.eta.setText("done")
+            note = f"{run_name} completed" + (f", validation loss {summary['best_val_loss']:.3f}"
+                                              if summary.get("best_val_loss") is not None else "")
+        elif state == "stopped":
+            ck = details.get("last_checkpoint") or {}
+            text = (f"<b>Training stopped</b> at step {summary.get('steps', ck.get('step', '?'))}; "
+                    f"the checkpoint is kept, so you can resume later.")
+            self._show_result("stopped", text, ("resume", "chat", "export", "runs"))
+            self.eta.setText("stopped")
+            note = f"{run_name} stopped at step {summary.get('steps', '?')}"
+        else:
+            message = describe_crash(details) if state == CRASHED else (
+                (details.get("error") or {}).get("message") or str(summary.get("reason") or "The run failed."))
+            hint = (details.get("error") or {}).get("hint") if state != CRASHED else ""
+            can_resume = bool(details.get("last_checkpoint")) or _has_checkpoint(details.get("run_dir"))
+            text = f"<b>Training {'crashed' if state == CRASHED else 'failed'}.</b><br>" + _esc(message).replace("\n", "<br>")
+            if hint:
+                text += f"<br>What to do: {_esc(hint)}"
+            if state == CRASHED and details.get("exit_code") not in (None, -1):
+                text += f"<br>Exit code {details['exit_code']}."
+            text += ("<br>Resume continues from the last checkpoint." if can_resume
+                     else "<br>No checkpoint was saved yet; Resume starts the run again.")
+            self._show_result("problem", text, ("resume", "runs"))
+            self.eta.setText(state)
+            note = f"{run_name} {'crashed' if state == CRASHED else 'failed'}"
+        self.sig_run_ended.emit(state, note)
+
+    def _show_result(self, kind: str, html: str, buttons: tuple[str, ...]) -> None:
+        self.result.setProperty("kind", kind)
+        self.result.style().unpolish(self.result)
+        self.result.style().polish(self.result)
+        self.result_text.setText(html)
+        self.chat_button.setVisible("chat" in buttons)
+        self.export_button.setVisible("export" in buttons)
+        self.resume_button.setVisible("resume" in buttons)
+        self.runs_button.setVisible("runs" in buttons)
+        self.result.setVisible(True)
+        if kind == "problem" and self.progress.maximum() == 0:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+            self.eta.setText("")
+
+    def _on_chat_clicked(self) -> None:
+        if self.final_details.get("run_dir"):
+            self.sig_chat_requested.emit(self.final_details["run_dir"])
+
+    def _on_export_clicked(self) -> None:
+        if self.final_details.get("run_dir"):
+            self.sig_export_requested.emit(self.final_details["run_dir"])
+
+    # -- stats and log, throttled -------------------------------------------------------------
+    def _on_stats_timer_timeout(self) -> None:
+        self._flush_log()
+        e = self.controller.last_progress if self.controller.active or self.final_state else None
+        if not e:
+            return
+        total = int(e.get("total") or 0)
+        if self.progress.maximum() != max(1, total):
+            self.progress.setRange(0, max(1, total))
+        self.progress.setValue(int(e.get("step", 0)))
+        self.progress.setFormat(f"step {e.get('step', 0)} of {total}")
+        if self.controller.active and self.controller.state != STOPPING:
+            self.eta.setText(f"ETA {format_eta(e.get('eta_seconds'))}")
+        self.stats.setText(
+            f"{e.get('tokens_per_second') or 0:,.0f} tok/s  ·  peak {e.get('peak_memory_gb') or 0:.2f} GB  ·  "
+            f"lr {e.get('learning_rate') or 0:.2e}  ·  loss {e.get('train_loss') or float('nan'):.4f}")
+
+    def _append_log(self, line: str) -> None:
+        self._pending_log.append(line)
+
+    def _flush_log(self) -> None:
+        if self._pending_log:
+            self.log.appendPlainText("\n".join(self._pending_log[-3000:]))
+            self._pending_log.clear()
+
+    def _on_log_toggle_toggled(self, on: bool) -> None:
+        self.log.setVisible(on)
+        self.log_toggle.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+
+    # -- memory fit ---------------------------------------------------------------------------
+    def _on_settings_changed(self) -> None:
+        self.fit_banner.show_pending()
+        self._fit_timer.start()
+
+    def refresh_fit(self) -> None:
+        self._fit_timer.start(0)
+
+    def _on_fit_timer_timeout(self) -> None:
+        from app.services import fit_estimate
+
+        self._fit_generation += 1
+        generation = self._fit_generation
+        cfg = self.settings.config()
+        task = Task(fit_estimate, cfg.model.path, cfg, self.fit_budget_bytes)
+        task.sig_done.connect(lambda report, g=generation: self._on_fit_done(g, report))
+        task.sig_failed.connect(lambda message, hint, g=generation: self._on_fit_failed(g, message))
+        self._fit_task = task.start()
+
+    def _on_fit_done(self, generation: int, report) -> None:
+        if generation != self._fit_generation:
+            return  # settings changed meanwhile; a newer estimate is on its way
+        self.fit_report = report
+        self.fit_banner.show_report(report)
+
+    def _on_fit_failed(self, generation: int, message: str) -> None:
+        if generation == self._fit_generation:
+            self.fit_report = None
+            self.fit_banner.show_problem(message)
+
+    def _on_fit_apply(self, changes: dict) -> None:
+        quantize = changes.pop("model.quantize", None)
+        if changes:
+            self.settings.set_values(changes)
+        if quantize:
+            self.sig_quantize_requested.emit(self.settings.model.currentText())
+
+
+def _has_checkpoint(run_dir) -> bool:
+    if not run_dir:
+        return False
+    root = Path(run_dir) / "checkpoints"
+    return root.is_dir() and any(p.name.isdigit() for p in root.iterdir())
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

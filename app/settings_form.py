@@ -1,0 +1,400 @@
+"""The Train page's settings: presets, the main fields, an Advanced section, the memory-fit banner.
+
+Every field's tooltip is the config's help text (`engine.config.field_help`). The form holds no
+training state: `config()` builds a RunConfig from the widgets, `set_config()` fills them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.config import RunConfig, field_help
+
+
+def resources_dir() -> Path:
+    from engine.workspace import resources_dir as _rd
+
+    return _rd()
+
+
+@dataclass
+class Preset:
+    name: str
+    description: str
+    values: dict
+
+
+def load_presets(path: Path | None = None) -> list[Preset]:
+    """The presets of resources/presets.yaml (an unreadable file gives none, not a crash)."""
+    path = path or resources_dir() / "presets.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    out = []
+    for item in data.get("presets", []) or []:
+        if isinstance(item, dict) and item.get("name"):
+            out.append(Preset(str(item["name"]), str(item.get("description", "")),
+                              dict(item.get("values") or {})))
+    return out
+
+
+def apply_values(cfg: RunConfig, values: dict) -> RunConfig:
+    """Set `section.field` values on a config through its own parser (so "1e-4" works)."""
+    data = cfg.to_dict()
+    for key, value in values.items():
+        section, name = key.split(".", 1)
+        if section in data and isinstance(data[section], dict):
+            data[section][name] = value
+    return RunConfig.from_dict(data)
+
+
+class _FloatEdit(QLineEdit):
+    """A number field that accepts 1e-4 as well as 0.0001."""
+
+    def __init__(self, fmt: str = "{:g}"):
+        super().__init__()
+        self.fmt = fmt
+        self.setMaximumWidth(140)
+
+    def value(self) -> float | None:
+        try:
+            v = float(self.text().strip())
+        except ValueError:
+            return None
+        return v if math.isfinite(v) else None
+
+    def setValue(self, v: float) -> None:  # noqa: N802 - Qt style
+        self.setText(self.fmt.format(v))
+
+
+# (section, field, label, kind, options); kind: int, float, text, bool, choice, optint
+MAIN_FIELDS = [
+    ("training", "epochs", "Epochs", "epochs", None),
+    ("training", "learning_rate", "Learning rate", "float", None),
+    ("lora", "rank", "LoRA rank", "int", (1, 512)),
+    ("lora", "num_layers", "Layers to train", "int", (-1, 512)),
+    ("training", "batch_size", "Batch size", "int", (1, 1024)),
+    ("data", "max_seq_length", "Max sequence length", "int", (16, 131072)),
+]
+ADVANCED_FIELDS = [
+    ("training", "iters", "Steps (0: from epochs)", "optint", (0, 10_000_000)),
+    ("lora", "fine_tune_type", "Method", "choice", ("lora", "dora", "full")),
+    ("lora", "scale", "LoRA scale", "float", None),
+    ("lora", "dropout", "LoRA dropout", "float", None),
+    ("training", "optimizer", "Optimizer", "choice", ("adam", "adamw", "sgd", "adafactor", "muon")),
+    ("training", "grad_checkpoint", "Gradient checkpointing", "bool", None),
+    ("training", "grad_accumulation_steps", "Gradient accumulation", "int", (1, 1024)),
+    ("data", "mask_prompt", "Train on answers only", "bool", None),
+    ("data", "valid_fraction", "Validation share", "float", None),
+    ("training", "steps_per_report", "Steps per report", "int", (1, 100000)),
+    ("training", "steps_per_eval", "Steps per evaluation", "int", (1, 1000000)),
+    ("training", "save_every", "Checkpoint every", "int", (1, 1000000)),
+    ("training", "seed", "Seed", "int", (0, 2**31 - 1)),
+]
+
+
+class TrainSettingsWidget(QWidget):
+    """Model, dataset, preset and every training setting, with help-text tooltips."""
+
+    sig_changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.presets = load_presets()
+        self.fields: dict[str, QWidget] = {}
+        self._filling = False
+
+        self.model = QComboBox()
+        self.model.setEditable(True)
+        self.model.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model.setMinimumContentsLength(16)
+        self.model.setToolTip(field_help("model", "path"))
+        self.model.lineEdit().setPlaceholderText("model folder or Hugging Face repo id")
+        self.data = QComboBox()
+        self.data.setEditable(True)
+        self.data.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.data.setMinimumContentsLength(16)
+        self.data.setToolTip(field_help("data", "path"))
+        self.data.lineEdit().setPlaceholderText("dataset file, folder or imported dataset")
+        self.name = QLineEdit()
+        self.name.setPlaceholderText("optional")
+        self.name.setToolTip("A name for the run (used in its folder name).")
+        self.preset = QComboBox()
+        self.preset.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.preset.addItems([p.name for p in self.presets] + ["Custom"])
+        self.preset.setToolTip("\n".join(f"{p.name}: {p.description}" for p in self.presets))
+        self.preset_note = QLabel()
+        self.preset_note.setWordWrap(True)
+        self.preset_note.setObjectName("muted")
+
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.addRow("Model", self.model)
+        form.addRow("Dataset", self.data)
+        form.addRow("Preset", self.preset)
+        form.addRow("", self.preset_note)
+        for spec in MAIN_FIELDS:
+            form.addRow(spec[2], self._make(*spec))
+
+        self.advanced_toggle = QToolButton()
+        self.advanced_toggle.setText("Advanced")
+        self.advanced_toggle.setCheckable(True)
+        self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.advanced_toggle.setAutoRaise(True)
+        self.advanced_toggle.toggled.connect(self._on_advanced_toggled)
+        self.advanced = QWidget()
+        adv = QFormLayout(self.advanced)
+        adv.setContentsMargins(0, 0, 0, 0)
+        adv.addRow("Run name", self.name)
+        for spec in ADVANCED_FIELDS:
+            adv.addRow(spec[2], self._make(*spec))
+        self.advanced.setVisible(False)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(form)
+        layout.addWidget(self.advanced_toggle)
+        layout.addWidget(self.advanced)
+
+        self.model.currentTextChanged.connect(self._on_field_changed)
+        self.data.currentTextChanged.connect(self._on_field_changed)
+        self.name.textChanged.connect(self._on_field_changed)
+        self.preset.currentIndexChanged.connect(self._on_preset_changed)
+        self.set_config(RunConfig())
+        default = next((i for i, p in enumerate(self.presets) if p.name == "Balanced"), 0)
+        if self.presets:
+            self.preset.setCurrentIndex(default)
+            self._on_preset_changed(default)
+
+    # -- building -----------------------------------------------------------------------------
+    def _make(self, section: str, name: str, label: str, kind: str, options) -> QWidget:
+        if kind in ("int", "optint"):
+            w = QSpinBox()
+            w.setRange(*options)
+            w.setMaximumWidth(140)
+            if kind == "optint":
+                w.setSpecialValueText("from epochs")
+            w.valueChanged.connect(self._on_field_changed)
+        elif kind == "epochs":
+            w = QDoubleSpinBox()
+            w.setRange(0.1, 1000)
+            w.setDecimals(1)
+            w.setSingleStep(0.5)
+            w.setMaximumWidth(140)
+            w.valueChanged.connect(self._on_field_changed)
+        elif kind == "float":
+            w = _FloatEdit()
+            w.textChanged.connect(self._on_field_changed)
+        elif kind == "bool":
+            w = QCheckBox()
+            w.toggled.connect(self._on_field_changed)
+        elif kind == "choice":
+            w = QComboBox()
+            w.addItems(list(options))
+            w.setMaximumWidth(140)
+            w.currentTextChanged.connect(self._on_field_changed)
+        else:
+            w = QLineEdit()
+            w.textChanged.connect(self._on_field_changed)
+        w.setToolTip(field_help(section, name))
+        w.setObjectName(f"{section}.{name}")
+        self.fields[f"{section}.{name}"] = w
+        return w
+
+    def _on_advanced_toggled(self, on: bool) -> None:
+        self.advanced.setVisible(on)
+        self.advanced_toggle.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+
+    # -- values -------------------------------------------------------------------------------
+    def set_config(self, cfg: RunConfig) -> None:
+        self._filling = True
+        try:
+            self.model.setEditText(cfg.model.path)
+            self.data.setEditText(cfg.data.path)
+            self.name.setText(cfg.name)
+            for key, w in self.fields.items():
+                section, name = key.split(".")
+                value = getattr(getattr(cfg, section), name)
+                if isinstance(w, QSpinBox):
+                    w.setValue(int(value or 0))
+                elif isinstance(w, QDoubleSpinBox):
+                    w.setValue(float(value))
+                elif isinstance(w, _FloatEdit):
+                    w.setValue(float(value))
+                elif isinstance(w, QCheckBox):
+                    w.setChecked(bool(value))
+                elif isinstance(w, QComboBox):
+                    w.setCurrentText(str(value))
+        finally:
+            self._filling = False
+        self.sig_changed.emit()
+
+    def set_values(self, values: dict) -> None:
+        """Apply `section.field` values (a preset, a suggested fix)."""
+        self.set_config(apply_values(self.config(validate=False), values))
+
+    def config(self, validate: bool = False) -> RunConfig:
+        """The RunConfig the form describes; `validate` raises ConfigError for bad values."""
+        from engine.config import ConfigError
+
+        cfg = RunConfig()
+        cfg.name = self.name.text().strip()
+        cfg.model.path = self.model.currentText().strip()
+        cfg.data.path = self.data.currentText().strip()
+        for key, w in self.fields.items():
+            section, name = key.split(".")
+            if isinstance(w, QSpinBox):
+                value = w.value()
+                if key == "training.iters":
+                    value = value or None
+            elif isinstance(w, QDoubleSpinBox):
+                value = float(w.value())
+            elif isinstance(w, _FloatEdit):
+                value = w.value()
+                if value is None:
+                    if validate:
+                        label = next(s[2] for s in MAIN_FIELDS + ADVANCED_FIELDS if f"{s[0]}.{s[1]}" == key)
+                        raise ConfigError(f"{label} must be a number such as 1e-4, not "
+                                          f"'{w.text()}'.")
+                    value = getattr(getattr(RunConfig(), section), name)
+            elif isinstance(w, QCheckBox):
+                value = w.isChecked()
+            elif isinstance(w, QComboBox):
+                value = w.currentText()
+            else:
+                value = w.text()
+            setattr(getattr(cfg, section), name, value)
+        if validate:
+            cfg.validate()
+        return cfg
+
+    def _on_field_changed(self, *_args) -> None:
+        if self._filling:
+            return
+        # A hand-edited value that differs from the preset makes the preset "Custom".
+        idx = self.preset.currentIndex()
+        if 0 <= idx < len(self.presets) and not self._matches(self.presets[idx]):
+            self.preset.blockSignals(True)
+            self.preset.setCurrentIndex(len(self.presets))
+            self.preset.blockSignals(False)
+            self.preset_note.setText("Custom settings.")
+        self.sig_changed.emit()
+
+    def _matches(self, preset: Preset) -> bool:
+        cfg = self.config()
+        want = apply_values(cfg, preset.values)
+        return want.to_dict() == cfg.to_dict()
+
+    def _on_preset_changed(self, index: int) -> None:
+        if 0 <= index < len(self.presets):
+            preset = self.presets[index]
+            self.preset_note.setText(preset.description)
+            self.set_values(preset.values)
+        else:
+            self.preset_note.setText("Custom settings.")
+
+    def set_choices(self, models: list[tuple[str, str]], datasets: list[tuple[str, str]]) -> None:
+        """Fill the model and dataset drop-downs with (label, value) pairs, keeping the text."""
+        for combo, items in ((self.model, models), (self.data, datasets)):
+            text = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            for label, value in items:
+                combo.addItem(label, value)
+                combo.setItemData(combo.count() - 1, value, Qt.ItemDataRole.ToolTipRole)
+            combo.setEditText(text)
+            combo.blockSignals(False)
+        # Choosing an item puts its value (a path) in the field, not its label.
+        if not getattr(self, "_choices_wired", False):
+            self._choices_wired = True
+            for combo in (self.model, self.data):
+                combo.activated.connect(lambda i, c=combo: c.setEditText(str(c.itemData(i) or c.itemText(i))))
+
+
+class FitBannerWidget(QFrame):
+    """fits / tight / will not fit, with the suggested fix as a button."""
+
+    sig_apply = Signal(dict)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("fitBanner")
+        self.verdict = ""
+        self.suggestion: dict | None = None
+        self.label = QLabel("Choose a model to see whether training fits in memory.")
+        self.label.setWordWrap(True)
+        self.fix = QPushButton()
+        self.fix.setVisible(False)
+        self.fix.clicked.connect(self._on_fix_clicked)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(10, 8, 10, 8)
+        layout.addWidget(self.label)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(self.fix)
+        layout.addLayout(row)
+
+    def show_pending(self) -> None:
+        self.label.setText(self.label.text() if self.verdict else "Estimating memory…")
+
+    def show_report(self, report) -> None:
+        gb = 1024**3
+        self.verdict = report.verdict
+        icon = {"fits": "✓", "tight": "⚠", "will not fit": "✕"}.get(report.verdict, "")
+        text = (f"{icon} {report.verdict.capitalize()}: training needs about "
+                f"{report.training_peak_bytes / gb:.1f} GB of {report.budget_bytes / gb:.1f} GB")
+        if report.notes:
+            text += "\n" + " ".join(report.notes)
+        self.label.setText(text)
+        self.setProperty("verdict", {"fits": "fits", "tight": "tight"}.get(report.verdict, "nofit"))
+        sug = report.suggestion
+        self.suggestion = dict(sug.changes) if sug else None
+        if sug:
+            self.fix.setText(_short_fix(sug.description))
+            self.fix.setToolTip(f"Suggested fix: {sug.description} (about "
+                                f"{sug.training_peak_bytes / gb:.1f} GB)")
+        self.fix.setVisible(bool(sug))
+        self._restyle()
+
+    def show_problem(self, message: str) -> None:
+        self.verdict = "unknown"
+        self.suggestion = None
+        self.fix.setVisible(False)
+        self.label.setText(f"Memory estimate unavailable: {message}")
+        self.setProperty("verdict", "unknown")
+        self._restyle()
+
+    def _restyle(self) -> None:
+        self.style().unpolish(self)
+        self.style().polish(self)
+
+    def _on_fix_clicked(self) -> None:
+        if self.suggestion:
+            self.sig_apply.emit(dict(self.suggestion))
+
+
+def _short_fix(description: str) -> str:
+    text = description[0].upper() + description[1:]
+    return text if len(text) <= 48 else text[:45] + "…"

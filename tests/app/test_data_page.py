@@ -1,0 +1,82 @@
+"""Data page: dropping a dataset shows its report; broken files show their problems."""
+
+from __future__ import annotations
+
+import json
+
+from PySide6.QtCore import QMimeData, QPoint, Qt, QUrl
+from PySide6.QtGui import QDropEvent
+
+from tests.app.conftest import chat_records
+
+
+def drop(window, path) -> None:
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    event = QDropEvent(QPoint(400, 300), Qt.DropAction.CopyAction, mime,
+                       Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    window.dropEvent(event)
+
+
+def test_dropping_a_dataset_shows_its_report(window, qtbot, chat_jsonl, tiny_chat_model):
+    window.data.preferred_model = str(tiny_chat_model)
+    with qtbot.waitSignal(window.data.sig_report_ready, timeout=60_000) as blocker:
+        drop(window, chat_jsonl)
+    report = blocker.args[0]
+    assert window.current_page() == "data"
+    assert report.format == "chat"
+    assert report.kept == 40
+    text = window.data.summary.text()
+    assert "OpenAI chat" in text and "40 of 40 records kept" in text
+    assert sum(window.data.histogram.counts) == report.splits["train"]
+    assert window.data.histogram.limit == 2048
+    assert window.data.use_button.isEnabled()
+    # The token view shows trained and masked tokens differently.
+    window.data.show_tokens.click()
+    qtbot.waitUntil(lambda: "trained" in window.data.token_info.text(), timeout=30_000)
+    html = window.data.tokens.toHtml()
+    assert "rgba(52,199,89" in html.replace(" ", "") or "#34c759" in html.lower()
+
+
+def test_a_broken_file_lists_its_problems_and_shows_the_record(window, qtbot, tmp_path, tiny_chat_model):
+    rows = [json.dumps(r) for r in chat_records(12)]
+    rows[2] = '{"messages": [{"role": "user", "content": "unterminated'
+    rows[5] = json.dumps({"messages": [{"role": "user", "content": "no answer here"}]})
+    path = tmp_path / "broken.jsonl"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    window.data.preferred_model = str(tiny_chat_model)
+    with qtbot.waitSignal(window.data.sig_report_ready, timeout=60_000) as blocker:
+        drop(window, path)
+    report = blocker.args[0]
+    assert report.skipped == 2
+    items = [window.data.problems.item(i).text() for i in range(window.data.problems.count())]
+    assert any("line 3" in t for t in items), items
+    assert any("line 6" in t for t in items), items
+    assert window.data.tabs.tabText(0) == "Problems (2)"
+    row = next(i for i, t in enumerate(items) if "line 6" in t)
+    window.data.problems.setCurrentRow(row)
+    assert "no answer here" in window.data.record.toPlainText()
+
+
+def test_a_file_that_is_not_a_dataset_gets_a_clear_message(window, qtbot, tmp_path, tiny_chat_model):
+    path = tmp_path / "photo.jsonl"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    window.data.preferred_model = str(tiny_chat_model)
+    with qtbot.waitSignal(window.data.sig_import_failed, timeout=60_000) as blocker:
+        drop(window, path)
+    assert window.data.error.isVisible()
+    assert "cannot be used" in window.data.error.text()
+    assert "Traceback" not in window.data.error.text() and "bug in Lathe" not in window.data.error.text()
+    assert blocker.args[0]
+
+
+def test_import_can_be_cancelled(window, qtbot, tmp_path, tiny_chat_model):
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in chat_records(60_000)), encoding="utf-8")
+    window.data.preferred_model = str(tiny_chat_model)
+    window.data.open_path(path)
+    qtbot.waitUntil(lambda: "examples" in window.data.progress_label.text(), timeout=60_000)
+    window.data.cancel_button.click()
+    qtbot.waitUntil(lambda: not window.data.busy, timeout=60_000)
+    assert "cancelled" in window.data.error.text()
+    assert window.data.report is None

@@ -1,0 +1,137 @@
+"""Train page: a real worker on a tiny model draws the chart and completes; Stop keeps a
+checkpoint; a killed worker shows the error and Resume; the fit banner follows the settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.app.conftest import tiny_config
+
+
+@pytest.fixture
+def dataset(chat_jsonl) -> Path:
+    return chat_jsonl
+
+
+def test_training_draws_the_chart_and_completes(window, qtbot, tiny_chat_model, dataset):
+    page = window.train
+    window.show_page("train")
+    page.settings.set_config(tiny_config(tiny_chat_model, dataset))
+    with qtbot.waitSignal(window.controller.sig_finished, timeout=120_000) as blocker:
+        assert page.start()
+        qtbot.waitUntil(lambda: window.controller.state == "running", timeout=10_000)
+        assert not page.start_button.isEnabled() and page.stop_button.isEnabled()
+    state, details = blocker.args
+    assert state == "completed", details
+    assert page.chart.point_count >= 12
+    qtbot.waitUntil(lambda: page.chart.points_drawn > 0, timeout=5_000)  # drawn by its timer
+    assert page.result.isVisible()
+    assert "Training completed" in page.result_text.text()
+    assert page.chat_button.isVisibleTo(page) and page.export_button.isVisibleTo(page)
+    assert page.progress.value() == page.progress.maximum()
+    run_dir = Path(details["run_dir"])
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
+    assert page.start_button.isEnabled()
+    # The Runs page lists it once it refreshes.
+    qtbot.waitUntil(lambda: any(r.path == run_dir for r in window.runs.rows), timeout=20_000)
+
+
+def test_stop_ends_in_stopped_with_a_checkpoint(window, qtbot, tiny_chat_model, dataset):
+    page = window.train
+    page.settings.set_config(tiny_config(tiny_chat_model, dataset, iters=5000, save_every=4000,
+                                         steps_per_eval=4000))
+    assert page.start()
+    qtbot.waitUntil(lambda: page.chart.point_count >= 2, timeout=90_000)
+    with qtbot.waitSignal(window.controller.sig_finished, timeout=60_000) as blocker:
+        window.stop_action.trigger()
+    state, details = blocker.args
+    assert state == "stopped", details
+    run_dir = Path(details["run_dir"])
+    checkpoints = [p for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert checkpoints, "a stopped run keeps a checkpoint"
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "stopped"
+    assert "stopped" in page.result_text.text()
+    assert page.resume_button.isVisibleTo(page)
+
+
+def test_a_killed_worker_shows_the_error_and_offers_resume(window, qtbot, tiny_chat_model, dataset):
+    page = window.train
+    page.settings.set_config(tiny_config(tiny_chat_model, dataset, iters=5000, save_every=3,
+                                         steps_per_eval=4000))
+    assert page.start()
+    qtbot.waitUntil(lambda: window.controller.last_checkpoint is not None, timeout=90_000)
+    with qtbot.waitSignal(window.controller.sig_finished, timeout=30_000) as blocker:
+        os.kill(window.controller.pid, signal.SIGKILL)
+    state, details = blocker.args
+    assert state == "crashed"
+    text = page.result_text.text()
+    assert "crashed" in text and "killed" in text
+    assert page.resume_button.isVisibleTo(page)
+    run_dir = Path(details["run_dir"])
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
+    # Resume continues the same run from its checkpoint.
+    with qtbot.waitSignal(window.controller.sig_started, timeout=90_000) as started:
+        page.resume_button.click()
+    assert started.args[0]["run_id"] == run_dir.name
+    assert started.args[0].get("resumed_from")
+    with qtbot.waitSignal(window.controller.sig_finished, timeout=60_000) as blocker:
+        page.stop()
+    assert blocker.args[0] == "stopped"
+
+
+def test_the_fit_banner_follows_the_settings(window, qtbot, tiny_chat_model, dataset):
+    from engine.models import estimate
+
+    page = window.train
+    small = tiny_config(tiny_chat_model, dataset, batch_size=1)
+    small.data.max_seq_length = 64
+    big = tiny_config(tiny_chat_model, dataset, batch_size=64)
+    big.data.max_seq_length = 1024
+    p_small = estimate(tiny_chat_model, small, budget_bytes=1 << 40).training_peak_bytes
+    p_big = estimate(tiny_chat_model, big, budget_bytes=1 << 40).training_peak_bytes
+    budget = int(p_big / 1.2)
+    assert p_small < 0.5 * budget
+    page.fit_budget_bytes = budget
+
+    page.settings.set_config(small)
+    qtbot.waitUntil(lambda: page.fit_banner.verdict == "fits", timeout=20_000)
+    assert "Fits" in page.fit_banner.label.text()
+    assert not page.fit_banner.fix.isVisibleTo(page.fit_banner)
+
+    page.settings.set_config(big)
+    qtbot.waitUntil(lambda: page.fit_banner.verdict == "will not fit", timeout=20_000)
+    assert "Will not fit" in page.fit_banner.label.text()
+    assert page.fit_banner.fix.isVisibleTo(page.fit_banner)
+    page.fit_banner.fix.click()  # "Use batch size 32 with 2 gradient accumulation steps"
+    cfg = page.settings.config()
+    assert cfg.training.batch_size < 64 and cfg.training.grad_accumulation_steps > 1
+    qtbot.waitUntil(lambda: page.fit_banner.verdict == "fits", timeout=20_000)
+
+
+def test_presets_set_values_and_tooltips_carry_the_help(window):
+    from engine.config import field_help
+
+    s = window.train.settings
+    names = [s.preset.itemText(i) for i in range(s.preset.count())]
+    assert names[:3] == ["Quick", "Balanced", "Thorough"]
+    s.preset.setCurrentIndex(names.index("Thorough"))
+    cfg = s.config()
+    assert cfg.lora.rank == 32 and cfg.training.epochs == 3 and cfg.training.learning_rate == 5e-5
+    s.fields["lora.rank"].setValue(12)
+    assert s.preset.currentText() == "Custom"
+    assert s.fields["training.learning_rate"].toolTip() == field_help("training", "learning_rate")
+    assert s.fields["training.grad_checkpoint"].toolTip() == field_help("training", "grad_checkpoint")
+
+
+def test_a_bad_setting_is_shown_not_raised(window, tiny_chat_model):
+    page = window.train
+    page.settings.set_config(tiny_config(tiny_chat_model, Path("/nonexistent/data.jsonl")))
+    page.settings.fields["training.learning_rate"].setText("fast")
+    assert not page.start()
+    assert "Cannot start" in page.result_text.text() and "Learning rate" in page.result_text.text()
+    assert not window.controller.active
