@@ -64,18 +64,37 @@ def plan_epoch(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -
     return [batches[i] for i in perm]
 
 
-def collate(examples: Sequence[Encoded], pad_multiple: int = 8, max_length: int | None = None) -> Batch:
-    """Pad examples to a common length (rounded up to `pad_multiple`, capped at `max_length`)."""
+def bucket_width(length: int, pad_multiple: int = 8) -> int:
+    """The padded width for a batch whose longest row is `length` tokens.
+
+    Widths are multiples of `pad_multiple` up to 256 tokens, then 16 buckets per doubling (at most
+    ~6% extra padding). The compiled training step is traced once per distinct shape, so a bounded
+    set of widths bounds the tracing work however varied the data is.
+    """
+    step = max(pad_multiple, 1 << max(0, int(length).bit_length() - 5))
+    return -(-int(length) // step) * step
+
+
+def collate(
+    examples: Sequence[Encoded], pad_multiple: int = 8, max_length: int | None = None, rows: int | None = None
+) -> Batch:
+    """Pad examples to a common bucketed width (capped at `max_length`) and to `rows` rows.
+
+    Padding a last partial batch up to `rows` keeps its shape one the compiled step has seen; the
+    extra rows have no trained tokens.
+    """
     lengths = np.array([len(e.tokens) for e in examples], dtype=np.int32)
     longest = int(lengths.max())
-    width = -(-longest // pad_multiple) * pad_multiple
+    width = bucket_width(longest, pad_multiple)
     if max_length is not None:
         width = max(longest, min(width, max_length))
-    tokens = np.zeros((len(examples), width), dtype=np.int32)
-    weights = np.zeros((len(examples), width), dtype=np.float32)
+    n_rows = max(rows or 0, len(examples))
+    tokens = np.zeros((n_rows, width), dtype=np.int32)
+    weights = np.zeros((n_rows, width), dtype=np.float32)
     for row, e in enumerate(examples):
         tokens[row, : len(e.tokens)] = e.tokens
         weights[row, : len(e.weights)] = e.weights
+    lengths = np.concatenate([lengths, np.zeros(n_rows - len(examples), dtype=np.int32)])
     return Batch(tokens, weights, lengths, examples=len(examples))
 
 
@@ -125,13 +144,15 @@ def plan_epoch_packed(
     return [[rows[j] for j in idx] for idx in plan_epoch(row_lengths, batch_size, seed, epoch)]
 
 
-def collate_packed(rows: Sequence[Sequence[Encoded]], pad_multiple: int = 8) -> Batch:
+def collate_packed(rows: Sequence[Sequence[Encoded]], pad_multiple: int = 8, n_rows: int | None = None) -> Batch:
     """Concatenate each row's examples, with segment ids and no target across an example boundary."""
     row_lengths = np.array([sum(len(e.tokens) for e in row) for row in rows], dtype=np.int32)
-    width = -(-int(row_lengths.max()) // pad_multiple) * pad_multiple
-    tokens = np.zeros((len(rows), width), dtype=np.int32)
-    weights = np.zeros((len(rows), width), dtype=np.float32)
-    segments = np.zeros((len(rows), width), dtype=np.int32)
+    width = bucket_width(int(row_lengths.max()), pad_multiple)
+    n = max(n_rows or 0, len(rows))
+    row_lengths = np.concatenate([row_lengths, np.zeros(n - len(rows), dtype=np.int32)])
+    tokens = np.zeros((n, width), dtype=np.int32)
+    weights = np.zeros((n, width), dtype=np.float32)
+    segments = np.zeros((n, width), dtype=np.int32)
     for r, row in enumerate(rows):
         pos = 0
         for k, e in enumerate(row, 1):

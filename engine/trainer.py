@@ -101,13 +101,19 @@ class LoopResult:
     reason: str = ""
 
 
-def evaluate(model, batches: Sequence[Batch], loss: Callable = masked_loss) -> float:
-    """Token-weighted mean loss over fixed batches."""
+def compiled_loss(model, loss: Callable = masked_loss) -> Callable:
+    """`loss` compiled for evaluation: traced once per batch shape, reading the current weights."""
+    return mx.compile(lambda tokens, weights, segments: loss(model, tokens, weights, segments),
+                      inputs=[model.state])
+
+
+def evaluate(model, batches: Sequence[Batch], loss: Callable = masked_loss, fn: Callable | None = None) -> float:
+    """Token-weighted mean loss over fixed batches (`fn`: a `compiled_loss` to reuse its traces)."""
+    fn = fn or (lambda t, w, s: loss(model, t, w, s))
     total = mx.array(0.0)
     ntoks = mx.array(0.0)
     for b in batches:
-        value, n = loss(model, mx.array(b.tokens), mx.array(b.weights),
-                        None if b.segments is None else mx.array(b.segments))
+        value, n = fn(mx.array(b.tokens), mx.array(b.weights), None if b.segments is None else mx.array(b.segments))
         total = total + value * n
         ntoks = ntoks + n
         mx.eval(total, ntoks)
@@ -167,17 +173,21 @@ def train(
         item = plan[state.position]
         state.position += 1
         if args.packing:
-            batch = collate_packed([[train_set[i] for i in row] for row in item], args.pad_multiple)
+            batch = collate_packed([[train_set[i] for i in row] for row in item], args.pad_multiple,
+                                   args.batch_size)
         else:
-            batch = collate([train_set[i] for i in item], args.pad_multiple, args.max_seq_length)
+            batch = collate([train_set[i] for i in item], args.pad_multiple, args.max_seq_length,
+                            args.batch_size)
         state.seen_examples += batch.examples
         return batch
+
+    eval_fn = compiled_loss(model, loss)
 
     def run_eval() -> float | None:
         if not val_batches:
             return None
         model.eval()
-        value = evaluate(model, val_batches, loss)
+        value = evaluate(model, val_batches, loss, eval_fn)
         model.train()
         if math.isfinite(value) and (state.best_val_loss is None or value < state.best_val_loss):
             state.best_val_loss, state.best_val_step, state.evals_since_best = value, state.step, 0

@@ -269,19 +269,20 @@ def test_validation_uses_the_same_examples_every_time(tiny_chat_model, tmp_path)
 
 
 def test_nan_loss_stops_with_an_error_and_keeps_the_last_good_checkpoint(tiny_chat_model, tmp_path, monkeypatch):
-    import engine.trainer as trainer
+    import mlx.core as mx
+    import mlx.optimizers as optim
+
+    import engine.train as train_mod
 
     data = variable_chat_data(tmp_path / "chat.jsonl", n=24)
     cfg = make_config(tiny_chat_model, data, iters=30, save_every=5)
-    calls = {"n": 0}
-    original_loss, original_train = trainer.masked_loss, trainer.train
 
-    def poisoned_loss(model, tokens, weights, segments=None):  # finite for 8 batches, then NaN
-        value, n = original_loss(model, tokens, weights, segments)
-        calls["n"] += 1
-        return (value * float("nan") if calls["n"] > 8 else value), n
+    def poisoned_optimizer(config):
+        # A learning rate that turns NaN at the 7th update poisons the weights the way a blow-up
+        # does; it lives inside the compiled step, so it fires whatever gets traced when.
+        return optim.Adam(learning_rate=lambda step: mx.where(step >= 6, mx.array(float("nan")), mx.array(1e-3)))
 
-    monkeypatch.setattr(trainer, "train", lambda *a, **k: original_train(*a, **k, loss=poisoned_loss))
+    monkeypatch.setattr(train_mod, "build_optimizer", poisoned_optimizer)
     status, run_dir, rec = train_run(cfg)
     assert status == "failed"
     error = rec.of("error")[0]
