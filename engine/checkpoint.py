@@ -30,6 +30,7 @@ class TrainState:
     epoch: int = 0  # epoch of the next batch
     position: int = 0  # index of the next batch within that epoch's plan
     trained_tokens: int = 0
+    processed_tokens: int = 0  # real (non-padding) tokens through the model, prompts included
     seen_examples: int = 0
     best_val_loss: float | None = None
     best_val_step: int | None = None

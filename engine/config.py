@@ -144,6 +144,9 @@ class TrainingConfig:
     early_stopping_patience: int = _f(
         0, "Stop when the validation loss has not improved for this many evaluations; 0 never stops early."
     )
+    report_utilisation: bool = _f(
+        True, "At the end, measure how close training ran to this machine's matmul speed (takes ~0.5 s)."
+    )
     pad_multiple: int = _f(
         8, "Batches are padded to a multiple of this many tokens (fewer distinct shapes to compile)."
     )

@@ -308,6 +308,11 @@ def _run(config, run_dir, sink, should_stop, resume, log, started) -> str:
         "wall_seconds": round(time.time() - started, 3),
         "peak_memory_gb": mx.get_peak_memory() / 1e9,
     }
+    if t.report_utilisation and result.state.step > 0 and result.state.elapsed_seconds > 0:
+        summary.update(_utilisation(model, num_layers, config, result.state, prep.train))
+        log("info", f"Training ran at {summary['achieved_gflops']:.1f} GFLOP/s, "
+                    f"{summary['utilisation']:.0%} of this machine's {summary['reference_gflops']:.1f} GFLOP/s "
+                    "on a plain matrix multiply of the model's shapes.")
     if result.status == "completed" and t.test and prep.test:
         test_batches = fixed_eval_batches(prep.test, t.batch_size, d.test_batches, t.seed, t.pad_multiple,
                                           d.max_seq_length)
@@ -323,6 +328,14 @@ def _run(config, run_dir, sink, should_stop, resume, log, started) -> str:
                  best_val_loss=result.state.best_val_loss, summary=summary, finished=time.time())
     sink(events.make("finished", status=result.status, adapter_path=adapter_path, summary=summary))
     return result.status
+
+
+def _utilisation(model, num_layers: int, config: RunConfig, state, train_set) -> dict:
+    from engine.perf import utilisation
+
+    mean_length = sum(len(e) for e in train_set) / max(1, len(train_set))
+    return utilisation(model, num_layers, config.lora.fine_tune_type == "full", state.processed_tokens,
+                       state.elapsed_seconds, mean_length, state.processed_tokens // max(1, state.step))
 
 
 def _publish_adapters(checkpoint: Path, adapters: Path) -> None:

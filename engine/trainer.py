@@ -223,6 +223,7 @@ def train(
         for micro in range(accum):
             batch = next_batch()
             window_real += batch.real_tokens
+            state.processed_tokens += batch.real_tokens
             window_padded += batch.tokens.size
             segments = None if batch.segments is None else mx.array(batch.segments)
             value, ntoks, grad = step(

@@ -57,6 +57,7 @@ def make_config(model: Path, data: Path, **training) -> RunConfig:
     cfg.training.steps_per_report = 5
     cfg.training.steps_per_eval = 10
     cfg.training.save_every = 10
+    cfg.training.report_utilisation = False  # ~0.5 s per run; tested once below
     for key, value in training.items():
         setattr(cfg.training, key, value)
     return cfg
@@ -293,6 +294,32 @@ def test_nan_loss_stops_with_an_error_and_keeps_the_last_good_checkpoint(tiny_ch
 
     weights = load_file(str(run_dir / "adapters" / "adapters.safetensors"))
     assert all(np.isfinite(w).all() for w in weights.values())
+
+
+def test_run_reports_utilisation_against_a_plain_matmul(tiny_chat_model, tmp_path):
+    data = variable_chat_data(tmp_path / "chat.jsonl", n=24)
+    status, _, rec = train_run(make_config(tiny_chat_model, data, iters=6, report_utilisation=True))
+    summary = rec.of("finished")[0]["summary"]
+    assert summary["achieved_gflops"] > 0 and summary["reference_gflops"] > 0
+    assert 0 < summary["utilisation"] < 2  # a fraction of the machine's matmul speed (noisy, never 0)
+    assert any("GFLOP/s" in e["message"] for e in rec.of("log"))
+
+
+def test_flop_count_matches_the_textbook_formula_for_a_dense_llama(tiny_chat_model):
+    import mlx_lm
+
+    from engine.perf import flop_model
+
+    model, _ = mlx_lm.load(str(tiny_chat_model))
+    fm = flop_model(model)
+    a = model.args
+    kv = a.num_key_value_heads * (a.hidden_size // a.num_attention_heads)
+    per_layer = a.hidden_size * (2 * a.hidden_size + 2 * kv) + 3 * a.hidden_size * a.intermediate_size
+    assert fm.per_layer_linear == [per_layer] * a.num_hidden_layers
+    n = sum(fm.per_layer_linear) + fm.head
+    # Frozen-weight LoRA training of every layer at zero context: 2N forward + 2N backward.
+    assert fm.training_flops_per_token(a.num_hidden_layers, context=0) == 4 * n
+    assert fm.training_flops_per_token(a.num_hidden_layers, context=0, full=True) == 4 * n + 2 * sum(fm.per_layer_linear)
 
 
 def test_config_reads_mlx_lm_yaml_and_parses_numbers_deliberately(tmp_path):
