@@ -7,6 +7,8 @@ fixed validation subset, checkpoints and resume are Lathe's (see trainer.py and 
 
 from __future__ import annotations
 
+import copy
+import errno
 import math
 import os
 import shutil
@@ -16,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import events
+from engine import events, memory
 from engine.config import RunConfig
 from engine.errors import LatheError, ModelError, TrainingError
 from engine.runs import write_status
-from engine.workspace import write_text_atomic
+from engine.workspace import read_json, write_text_atomic
 
 
 @dataclass
@@ -36,16 +38,38 @@ class Prepared:
     num_layers: int
 
 
-def load_model(path: str):
-    """(model, tokenizer) through mlx-lm; a clear error for a missing or unusable model."""
-    from mlx_lm.utils import load
+def resolve_model(path: str) -> Path:
+    """The local folder of the model to train: a folder, a library name or an already downloaded repo.
+
+    Training never downloads (only the Models page does, when the user asks), and the folder is
+    validated first: safetensors weights only (pickle files can run code when loaded), a supported
+    architecture, a tokenizer. Nothing from the folder is executed.
+    """
+    from engine.models import resolve, validate_model_dir
 
     local = Path(path).expanduser()
     looks_local = local.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1
     if looks_local and not local.exists():
         raise ModelError(f"Model folder {path} does not exist.", "Check the path, or pick a model in the library.")
+    if not local.is_dir():
+        try:
+            local = resolve(path)
+        except ModelError:
+            raise ModelError(
+                f"Model {path} is not on this Mac, and training never downloads.",
+                f"Download it first on the Models page (or `python -m engine models download {path}`).",
+            ) from None
+    validate_model_dir(local)
+    return local
+
+
+def load_model(path: str):
+    """(model, tokenizer) through mlx-lm; a clear error for a missing or unusable model."""
+    from mlx_lm.utils import load
+
+    local = resolve_model(path)
     try:
-        model, tokenizer = load(str(local) if local.exists() else path)
+        model, tokenizer = load(str(local), trust_remote_code=False)
     except FileNotFoundError as exc:
         raise ModelError(f"Model {path} is missing a file: {exc}.", "Re-download or re-import the model.") from None
     except ValueError as exc:
@@ -107,7 +131,9 @@ def prepare(config: RunConfig, sink: events.Sink) -> Prepared:
 
     config.validate()
     log = _logger(sink)
-    model, tokenizer = load_model(config.model.path)
+    model_dir = resolve_model(config.model.path)
+    memory.preflight(config, model_dir, log)
+    model, tokenizer = load_model(str(model_dir))
     d = config.data
     encoder = Encoder(
         tokenizer, chat_template=config.model.chat_template, mask_prompt=d.mask_prompt,
@@ -188,22 +214,33 @@ def run(
     run_dir = Path(run_dir)
     log = _logger(sink)
     started = time.time()
-    write_status(run_dir, "running", pid=os.getpid(), started=started,
-                 **({} if resume else {"created": started}))
     try:
-        return _run(config, run_dir, sink, should_stop, resume, log, started)
+        write_status(run_dir, "running", pid=os.getpid(), started=started,
+                     **({} if resume else {"created": started}))
+        plan = memory.machine_plan()
+        with memory.limits(plan):
+            log("info", f"Memory: MLX may use {plan.limit_bytes / memory.GB:.1f} GB ({plan.source}); the run "
+                        f"saves a checkpoint and stops if it needs more than {plan.stop_bytes / memory.GB:.1f} GB.")
+            return _run(config, run_dir, sink, should_stop, resume, log, started, plan)
     except LatheError as exc:
-        return _fail(run_dir, sink, exc.kind, str(exc.args[0]), exc.hint)
-    except MemoryError:
-        return _fail(run_dir, sink, "memory", "The Mac ran out of memory during training.",
-                     "Use a smaller batch, shorter max_seq_length, fewer layers or gradient checkpointing.")
+        return _fail(run_dir, sink, exc.kind, str(exc.args[0]), exc.hint, **getattr(exc, "details", {}))
     except Exception as exc:  # noqa: BLE001 - the run must end with an explanation, not a traceback
-        log("debug", traceback.format_exc())
+        if memory.is_allocation_error(exc):
+            return _fail(run_dir, sink, "memory",
+                         f"The Mac ran out of memory during training ({_first_line(exc)}). "
+                         f"{_checkpoint_note(run_dir)}", memory.MEMORY_HINT)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            what = Path(exc.filename).name if exc.filename else "the run's files"
+            return _fail(run_dir, sink, "disk_full",
+                         f"The disk is full, so Lathe could not write {what} and stopped the run. "
+                         f"{_checkpoint_note(run_dir)}",
+                         "Free some disk space (delete old runs or exports), then resume the run.")
+        _emit(sink, events.make("log", level="debug", message=traceback.format_exc()))
         return _fail(run_dir, sink, "internal", f"Training failed unexpectedly: {type(exc).__name__}: {exc}",
                      "Resume from the last checkpoint; if it happens again, report it with the run's events.jsonl.")
 
 
-def _run(config, run_dir, sink, should_stop, resume, log, started) -> str:
+def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) -> str:
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -279,12 +316,19 @@ def _run(config, run_dir, sink, should_stop, resume, log, started) -> str:
     ))
     write_status(run_dir, "running", step=state.step if state else 0, total_steps=steps)
 
+    # Golden prompts (training.golden_prompts): greedy answers now and at every checkpoint, as events.
+    from engine.evaluate.golden import golden_hook
+
+    golden = golden_hook(config, model, prep.tokenizer, prep.encoder.template, sink, at_start=state is None,
+                         run_dir=run_dir)
+
     def save(s):
         path = ckpt.save_checkpoint(run_dir, model, optimizer, s, adapter_cfg)
         _publish_adapters(path, run_dir / "adapters")
         write_status(run_dir, "running", step=s.step, total_steps=steps, best_val_loss=s.best_val_loss,
                      checkpoint=str(path))
         sink(events.make("checkpoint", step=s.step, path=str(path)))
+        golden(s.step)
 
     args = LoopArgs(
         total_steps=steps, batch_size=t.batch_size, grad_accumulation_steps=t.grad_accumulation_steps,
@@ -293,7 +337,51 @@ def _run(config, run_dir, sink, should_stop, resume, log, started) -> str:
         clear_cache_threshold=t.clear_cache_threshold, early_stopping_patience=t.early_stopping_patience,
         packing=packing, pack_length=pack_length,
     )
-    result = train(model, optimizer, prep.train, val_batches, args, sink, save, should_stop, state)
+    guard = memory.MemoryGuard(plan or memory.machine_plan())
+    nan = _NanWatch(sink)
+    status_now = read_json(run_dir / "status.json", {}) or {}
+    retried = status_now.get("nan_retry")  # a run retries once in its life, resumes included
+    initial = dict(tree_flatten(model.trainable_parameters()))  # step 0, for a rollback without checkpoint
+    while True:
+        result = train(model, optimizer, prep.train, val_batches, args, nan, save,
+                       lambda: should_stop() or guard.check(), state)
+        if nan.error is None or not t.nan_retry or retried:
+            break
+        # The weights in memory took a non-finite update: go back to the last good checkpoint.
+        config = _halve_learning_rate(config)
+        t = config.training
+        optimizer = build_optimizer(config)
+        latest = ckpt.latest_checkpoint(run_dir)
+        if latest is not None:
+            state = ckpt.load_checkpoint(latest, model, optimizer)
+        else:
+            from mlx.utils import tree_unflatten
+
+            model.update(tree_unflatten(list(initial.items())))
+            state = None
+        if t.lr_schedule is None:
+            optimizer.learning_rate = t.learning_rate  # the checkpoint restored the old rate
+        back_to = state.step if state else 0
+        retried = {"step": nan.error.get("step"), "rolled_back_to": back_to, "learning_rate": t.learning_rate}
+        write_text_atomic(run_dir / "config.yaml", config.to_yaml())
+        write_status(run_dir, "running", step=back_to, nan_retry=retried)
+        log("warning", f"{nan.error['message'].replace(', so training stopped', '')} Lathe went back to "
+                       f"{'the checkpoint at step ' + str(back_to) if back_to else 'the start'} and retries once "
+                       f"at half the learning rate ({t.learning_rate:g}).")
+        nan.error = None
+    if nan.error is not None:
+        if retried:
+            nan.error["hint"] = ("It happened again after one retry at half the learning rate. Lower the learning "
+                                 "rate further or check the data, then start again; the last good checkpoint is kept.")
+        elif not t.nan_retry:
+            nan.error["hint"] += (" Or turn on training.nan_retry (retry once at half the learning rate) to let "
+                                  "Lathe do this by itself.")
+        sink(nan.error)
+    if guard.message and result.status == "stopped" and not should_stop():
+        sink(events.make("error", kind="memory", step=result.state.step,
+                         message=f"{guard.message} The checkpoint at step {result.state.step} is saved.",
+                         hint=memory.MEMORY_HINT, memory=guard.plan.to_dict()))
+        result.status, result.reason = "failed", guard.message
 
     summary = {
         "steps": result.state.step,
@@ -346,19 +434,83 @@ def _publish_adapters(checkpoint: Path, adapters: Path) -> None:
     ensure_dir(adapters)
     for name in (ADAPTER_FILE, ADAPTER_CONFIG):
         tmp = temp_path_for(adapters / name)
-        shutil.copyfile(checkpoint / name, tmp)
-        commit_temp(tmp, adapters / name)
+        try:
+            shutil.copyfile(checkpoint / name, tmp)
+            commit_temp(tmp, adapters / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
-def _fail(run_dir: Path, sink: events.Sink, kind: str, message: str, hint: str) -> str:
+def _fail(run_dir: Path, sink: events.Sink, kind: str, message: str, hint: str, **details) -> str:
+    """Report a failed run: error event, status.json, finished event, each even if another fails."""
     from engine.checkpoint import ADAPTER_FILE
 
-    sink(events.make("error", kind=kind, message=message, hint=hint))
+    _emit(sink, events.make("error", kind=kind, message=message, hint=hint, **details))
     adapters = run_dir / "adapters"
     adapter_path = str(adapters) if (adapters / ADAPTER_FILE).exists() else None
-    write_status(run_dir, "failed", message, finished=time.time())
-    sink(events.make("finished", status="failed", adapter_path=adapter_path, summary={"reason": message}))
+    try:
+        write_status(run_dir, "failed", message, error_kind=kind, finished=time.time())
+    except OSError as exc:
+        # With the disk full even status.json may not fit; the app still gets the events, and the
+        # run then reads as interrupted (its worker is gone), which is resumable too.
+        _emit(sink, events.make("log", level="warning", message=f"status.json could not be updated: {exc}"))
+    _emit(sink, events.make("finished", status="failed", adapter_path=adapter_path, summary={"reason": message}))
     return "failed"
+
+
+def _emit(sink: events.Sink, event: dict) -> None:
+    # Fanout delivers to every sink before raising, so a sink that cannot write (a full disk)
+    # has already let the others (the app's stdout) see the event.
+    try:
+        sink(event)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _checkpoint_note(run_dir: Path) -> str:
+    from engine.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return "No checkpoint had been saved yet."
+    return f"The checkpoint at step {int(latest.name)} is intact; the run can resume from it."
+
+
+class _NanWatch:
+    """Passes events on, but holds back the trainer's non-finite-loss error so the run can retry."""
+
+    def __init__(self, sink: events.Sink):
+        self.sink = sink
+        self.error: dict | None = None
+
+    def __call__(self, event: dict) -> None:
+        if event.get("event") == "error" and event.get("kind") == "nan_loss":
+            self.error = dict(event)
+            return
+        self.sink(event)
+
+
+def _halve_learning_rate(config: RunConfig) -> RunConfig:
+    """A copy of `config` with the learning rate (and a schedule's initial and warm-up rates) halved."""
+    config = copy.deepcopy(config)
+    t = config.training
+    t.learning_rate = t.learning_rate / 2
+    if t.lr_schedule:
+        schedule = dict(t.lr_schedule)
+        arguments = list(schedule.get("arguments") or [])
+        if arguments:
+            arguments[0] = float(arguments[0]) / 2  # every mlx schedule starts with its initial rate
+            schedule["arguments"] = arguments
+        if "warmup_init" in schedule:
+            schedule["warmup_init"] = float(schedule["warmup_init"]) / 2
+        t.lr_schedule = schedule
+    return config
 
 
 def _logger(sink: events.Sink):
