@@ -1,0 +1,218 @@
+"""Evaluate: base against tuned on a real model (stories260K), golden prompts, best checkpoint, report, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from engine import events
+from engine.runs import create_run
+from tests.engine.test_train import FACTS, completion_data, make_config, train_run, write_jsonl
+
+GOLDEN = [FACTS[0][0], "Once upon a time"]
+
+
+@pytest.fixture(scope="module")
+def tuned_run(stories_path, tmp_path_factory):
+    """stories260K taught four facts, with golden prompts, checkpoints at 150 and 300 (both evaluated).
+
+    The held-out prompt file is separate from the training file (same facts, so the tuned model
+    can know them and the base model cannot). stories260K never learned to emit EOS (its
+    pretraining had none), so the answers are taught to end with a newline, and evaluation stops
+    there (`stop=["\\n"]`), as a user of such a model would do.
+    """
+    home = tmp_path_factory.mktemp("home")
+    old = os.environ.get("LATHE_HOME")
+    os.environ["LATHE_HOME"] = str(home)
+    try:
+        data = tmp_path_factory.mktemp("data")
+        rows = [{"prompt": q, "completion": a + "\n"} for q, a in FACTS]
+        write_jsonl(data / "train.jsonl", rows * 6)
+        write_jsonl(data / "valid.jsonl", rows)
+        write_jsonl(data / "test.jsonl", rows)
+        heldout = write_jsonl(tmp_path_factory.mktemp("heldout") / "heldout.jsonl",
+                              [{"prompt": q, "completion": a} for q, a in FACTS])
+        cfg = make_config(stories_path, data, iters=300, learning_rate=5e-4, steps_per_eval=150, save_every=150)
+        cfg.lora.rank = 16
+        cfg.training.golden_prompts = list(GOLDEN)
+        cfg.training.golden_max_tokens = 16
+        status, run_dir, rec = _train_with_event_log(cfg)
+    finally:
+        if old is None:
+            os.environ.pop("LATHE_HOME", None)
+        else:
+            os.environ["LATHE_HOME"] = old
+    assert status == "completed", rec.of("error")
+    return run_dir, rec, heldout
+
+
+def _train_with_event_log(cfg):
+    """Train in-process, with events to a recorder and to the run's events.jsonl (as the worker does)."""
+    from engine.train import run
+
+    run_dir = create_run(cfg)
+    recorder = events.Recorder()
+    log = events.EventLog(run_dir / "events.jsonl")
+    try:
+        status = run(cfg, run_dir, events.Fanout([recorder, log]))
+    finally:
+        log.close()
+    return status, run_dir, recorder
+
+
+@pytest.fixture(scope="module")
+def evaluated(tuned_run):
+    from engine.evaluate import evaluate_run
+
+    run_dir, _, heldout = tuned_run
+    seen = []
+    results = evaluate_run(str(run_dir), prompts=heldout, metrics=["exact", "contains", "length"],
+                           max_tokens=24, stop=["\n"], progress=seen.append)
+    return results, seen
+
+
+def test_tuned_model_beats_the_base_model_on_exact_match(evaluated):
+    results, seen = evaluated
+    by = {m["spec"]: m for m in results["metrics"]}
+    assert by["exact"]["tuned"] > by["exact"]["base"]
+    assert by["exact"]["tuned"] >= 0.75, [e["tuned"]["output"] for e in results["examples"]]
+    assert by["exact"]["base"] == 0.0
+    assert by["contains"]["tuned"] >= by["exact"]["tuned"]
+    # Same tokens for both: the tuned model's test loss is far lower.
+    loss = results["loss"]
+    assert loss["split"] == "test" and loss["tokens"] > 0
+    assert loss["tuned"]["loss"] < loss["base"]["loss"] * 0.7
+    assert loss["base"]["perplexity"] > loss["tuned"]["perplexity"]
+    # Progress reached the caller for every answer, then done.
+    assert [p["done"] for p in seen if p["stage"] == "generate"] == list(range(1, 9))
+    assert seen[-1]["stage"] == "done"
+
+
+def test_results_keep_every_answer_in_the_run_folder(evaluated, tuned_run):
+    results, _ = evaluated
+    run_dir, _, _ = tuned_run
+    path = Path(results["path"])
+    assert path.parent.parent == run_dir / "eval" and path.name == "results.json"
+    saved = json.loads(path.read_text())
+    assert len(saved["examples"]) == len(FACTS)
+    first = saved["examples"][0]
+    assert first["prompt"] == FACTS[0][0] and first["reference"] == FACTS[0][1]
+    assert first["tuned"]["output"] == FACTS[0][1]
+    assert not first["base"]["output"].startswith(FACTS[0][1])
+    assert first["tuned"]["scores"]["exact"]["value"] == 1.0
+    assert saved["adapter"]["step"] is None and saved["settings"]["greedy"] is True
+
+    from engine.evaluate import latest_results
+
+    assert latest_results(run_dir)["created"] == saved["created"]
+
+
+def test_golden_prompts_are_answered_at_the_start_and_every_checkpoint(tuned_run):
+    run_dir, rec, _ = tuned_run
+    golden = rec.of("golden")
+    checkpoints = [e["step"] for e in rec.of("checkpoint")]
+    assert checkpoints == [150, 300]
+    assert [e["step"] for e in golden] == [0, 150, 300]
+    for e in golden:
+        assert events.check(e) == []
+        assert [a["prompt"] for a in e["answers"]] == GOLDEN
+    first, last = golden[0]["answers"][0]["answer"], golden[-1]["answers"][0]["answer"]
+    assert not first.startswith(FACTS[0][1]) and last.startswith(FACTS[0][1])
+    # The events also reach events.jsonl, and the timeline reads them back.
+    from engine.evaluate import run_history
+
+    history = run_history(run_dir)
+    assert [g["step"] for g in history.golden] == [0, 150, 300]
+    assert history.golden_prompts == GOLDEN
+
+
+def test_golden_prompts_do_not_change_training(stories_path, tmp_path):
+    """The answers are generated between steps: the losses match a run without golden prompts."""
+    data = completion_data(tmp_path / "d", copies=2)
+    losses = []
+    for golden in ([], ["What do cats say?"]):
+        cfg = make_config(stories_path, data, iters=20, steps_per_report=5, save_every=10)
+        cfg.training.golden_prompts = golden
+        cfg.training.golden_max_tokens = 8
+        status, _, rec = train_run(cfg)
+        assert status == "completed"
+        assert len(rec.of("golden")) == (3 if golden else 0)
+        losses.append([e["train_loss"] for e in rec.of("progress")])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+def test_best_checkpoint_by_validation_loss_and_by_a_metric(tuned_run):
+    from engine.evaluate import best_checkpoint, run_history
+
+    run_dir, _, heldout = tuned_run
+    history = run_history(run_dir)
+    best = best_checkpoint(str(run_dir), "val_loss")
+    vals = {s: history.val_loss_at(s) for s in (150, 300)}
+    assert best["step"] == min(vals, key=vals.get)
+    assert best["spec"] == f"{run_dir.name}:{best['step']}"
+
+    by_metric = best_checkpoint(str(run_dir), "exact", prompts=heldout, max_tokens=24, stop=["\n"])
+    assert {c["step"] for c in by_metric["candidates"]} == {150, 300}
+    top = max(c["value"] for c in by_metric["candidates"])
+    assert by_metric["value"] == top > by_metric["base"]
+
+
+def test_report_is_one_self_contained_file_with_both_sides(evaluated, tuned_run, tmp_path):
+    from engine.evaluate import write_report
+
+    results, _ = evaluated
+    run_dir, _, _ = tuned_run
+    path = write_report(run_dir, results, tmp_path / "report.html")
+    text = path.read_text()
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    assert "<svg" in text and "<polyline" in text  # loss curves drawn inline
+    assert "Exact match" in text and "Base" in text and "Tuned" in text
+    first = results["examples"][0]
+    import html
+
+    assert html.escape(first["prompt"]) in text
+    assert "<ins>" in text or "<del>" in text  # differences marked
+    base_words = first["base"]["output"].split()[:3]
+    assert all(html.escape(w) in text for w in base_words)
+    assert "Golden prompts over training" in text and "fine_tune_type" in text  # timeline, config
+    assert "<script" not in text and "src=" not in text and "http://" not in text.replace(
+        "http://www.w3.org/2000/svg", "")
+
+
+def test_cli_run_best_and_report(tuned_run, capsys, monkeypatch):
+    from engine.cli import main
+
+    run_dir, _, heldout = tuned_run
+    monkeypatch.setenv("LATHE_HOME", str(run_dir.parent.parent))
+    assert main(["eval", "run", f"{run_dir.name}:300", "--prompts", str(heldout), "--metric", "exact",
+                 "--metric", "regex:^The ", "--max-tokens", "24", "--stop", "\\n", "--no-loss", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["adapter"]["step"] == 300 and out["loss"] is None
+    assert [m["spec"] for m in out["metrics"]] == ["exact", "regex:^The "]
+    assert out["settings"]["stop"] == ["\n"] and out["metrics"][0]["tuned"] > out["metrics"][0]["base"]
+    assert main(["eval", "best", run_dir.name, "--by", "val_loss"]) == 0
+    assert "Use it as" in capsys.readouterr().out
+    assert main(["eval", "report", run_dir.name, "--json"]) == 0
+    assert Path(json.loads(capsys.readouterr().out)["path"]) == run_dir / "report.html"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["eval", "run", "RUNID:99", "--metric", "exact"], "checkpoint at step 99"),
+    (["eval", "run", "RUNID", "--metric", "bogus"], "Unknown metric"),
+    (["eval", "run", "RUNID", "--metric", "regex:("], "not a valid regular expression"),
+    (["eval", "run", "RUNID", "--metric", "schema:/nope/s.json"], "does not exist"),
+    (["eval", "best", "RUNID", "--by", "length"], "no better direction"),
+    (["eval", "run", "no-such-run"], "No run or adapter folder"),
+])
+def test_cli_errors_are_one_sentence(tuned_run, capsys, monkeypatch, argv, words):
+    from engine.cli import main
+
+    run_dir, _, _ = tuned_run
+    monkeypatch.setenv("LATHE_HOME", str(run_dir.parent.parent))
+    argv = [a.replace("RUNID", run_dir.name) for a in argv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
