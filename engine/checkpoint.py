@@ -7,9 +7,12 @@ under a temporary name and renamed, so a checkpoint is either complete or absent
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import struct
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,29 +62,103 @@ def save_adapters(folder: Path, model, config: dict) -> None:
     ensure_dir(folder)
     weights = dict(tree_flatten(model.trainable_parameters()))
     tmp = temp_path_for(folder / ADAPTER_FILE)
-    mx.save_safetensors(str(tmp), weights)
-    commit_temp(tmp, folder / ADAPTER_FILE)
+    try:
+        write_safetensors(tmp, weights)
+        commit_temp(tmp, folder / ADAPTER_FILE)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     write_json_atomic(folder / ADAPTER_CONFIG, config)
 
 
+def write_safetensors(path: Path, arrays: dict) -> None:
+    """`mx.save_safetensors`, with a failed or short write raised as an OSError (ENOSPC when the disk
+    is full). MLX reports a failed write as a RuntimeError without an errno, and a file cut short
+    must never be renamed into place as if it were complete."""
+    path = Path(path)
+    try:
+        mx.save_safetensors(str(path), arrays)
+    except RuntimeError as exc:
+        if "write" not in str(exc).lower() and "open" not in str(exc).lower():
+            raise
+        raise OSError(_write_errno(path), f"{path.name} could not be written ({exc})", str(path)) from exc
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        complete = size == 8 + length + end
+    except (OSError, ValueError, KeyError, struct.error):
+        complete = False
+    if not complete:
+        raise OSError(_write_errno(path), f"{path.name} was not written completely", str(path))
+
+
+def _write_errno(path: Path) -> int:
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return errno.EIO
+    return errno.ENOSPC if free < 64 * 1024 * 1024 else errno.EIO
+
+
 def save_checkpoint(run_dir: Path, model, optimizer, state: TrainState, config: dict) -> Path:
-    """Write checkpoints/<step>/ completely, then rename it into place; returns its path."""
+    """Write checkpoints/<step>/ completely, then rename it into place; returns its path.
+
+    A failure (a full disk) removes the partial folder and raises; earlier checkpoints are never
+    touched. Saving the same step twice (a stop right after a periodic save) keeps the first.
+    """
     root = ensure_dir(Path(run_dir) / "checkpoints")
     final = root / f"{state.step:07d}"
+    record = json.dumps(asdict(state), indent=2)
+    if _is_complete(final) and _read_text(final / STATE_FILE) == record:
+        return final
     tmp = root / f".tmp-{state.step:07d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    ensure_dir(tmp)
-    save_adapters(tmp, model, config)
-    opt_state = {k: v for k, v in tree_flatten(optimizer.state)}
-    mx.save_safetensors(str(tmp / OPTIMIZER_FILE), opt_state)
-    (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
-    _fsync_dir_files(tmp)
-    if final.exists():  # a stop right after a periodic save at the same step
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync(root)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        ensure_dir(tmp)
+        save_adapters(tmp, model, config)
+        _test_pause()
+        opt_state = {k: v for k, v in tree_flatten(optimizer.state)}
+        write_safetensors(tmp / OPTIMIZER_FILE, opt_state)
+        _test_pause()
+        (tmp / STATE_FILE).write_text(record)
+        _test_pause()
+        _fsync_dir_files(tmp)
+        if final.exists():
+            # Same step, different state: swap, so that a kill in between leaves one to restore.
+            old = root / f".old-{state.step:07d}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _is_complete(folder: Path) -> bool:
+    return folder.is_dir() and all((folder / f).exists() for f in (ADAPTER_FILE, STATE_FILE, OPTIMIZER_FILE))
+
+
+def _test_pause() -> None:
+    """Test-only hook: LATHE_TEST_SLOW_CHECKPOINT=<seconds> sleeps between a checkpoint's files,
+    so fault-injection tests can kill the worker while a checkpoint is being written."""
+    delay = os.environ.get("LATHE_TEST_SLOW_CHECKPOINT")
+    if delay:
+        time.sleep(float(delay))
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -91,7 +168,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         return []
     found = []
     for p in root.iterdir():
-        if p.is_dir() and p.name.isdigit() and all((p / f).exists() for f in (ADAPTER_FILE, STATE_FILE, OPTIMIZER_FILE)):
+        if p.name.isdigit() and _is_complete(p):
             found.append(p)
     return sorted(found, key=lambda p: int(p.name))
 
@@ -101,13 +178,38 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def clean_partial(run_dir: Path) -> None:
-    """Remove temporary checkpoint folders that a killed worker left behind."""
-    root = Path(run_dir) / "checkpoints"
+def clean_partial(run_dir: Path) -> list[Path]:
+    """Tidy what a killed worker left behind; returns what was removed.
+
+    Removes temporary checkpoint folders (`.tmp-*`) and the temporary files of interrupted atomic
+    writes (`.<name>.<random>.tmp*`) in the run folder and its adapters/ folder. A checkpoint that
+    was being replaced (`.old-<step>-*`) is put back when its step is missing, else removed.
+    """
+    run_dir = Path(run_dir)
+    removed = []
+    root = run_dir / "checkpoints"
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith(".tmp-"):
+            if p.name.startswith(".old-"):
+                final = root / p.name.split("-")[1]
+                if not final.exists() and _is_complete(p):
+                    os.replace(p, final)
+                    continue
+            if p.name.startswith((".tmp-", ".old-")):
                 shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    for folder in (run_dir, run_dir / "adapters"):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.is_file() and is_temp_name(p.name):
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+    return removed
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` is a temporary name of an atomic write (workspace.temp_path_for, mkstemp)."""
+    return name.startswith(".") and ".tmp" in name
 
 
 def load_checkpoint(folder: Path, model, optimizer) -> TrainState:

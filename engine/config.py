@@ -150,6 +150,16 @@ class TrainingConfig:
     pad_multiple: int = _f(
         8, "Batches are padded to a multiple of this many tokens (fewer distinct shapes to compile)."
     )
+    nan_retry: bool = _f(
+        False,
+        "When the loss becomes NaN or infinite, go back to the last good checkpoint and retry once "
+        "at half the learning rate, instead of stopping.",
+    )
+    ignore_fit_check: bool = _f(
+        False,
+        "Start even when the memory estimate says the run will not fit (`train --force`). The run "
+        "still saves a checkpoint and stops if memory runs short.",
+    )
 
 
 SECTIONS: dict[str, type] = {

@@ -92,26 +92,46 @@ class JsonLinesWriter:
 
 
 class EventLog:
-    """Appends events to a run's `events.jsonl`; each line is written whole and flushed."""
+    """Appends events to a run's `events.jsonl`; each line is written whole or not at all.
+
+    A line goes out in one `os.write` on an O_APPEND descriptor. When a write fails (a full disk),
+    whatever part of the line reached the file is cut off again before the error is raised, so the
+    file never holds a torn line that would swallow the next event.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._fh = os.fdopen(fd, "a", encoding="utf-8")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._lock = threading.Lock()
 
     def __call__(self, event: dict) -> None:
+        data = (dumps(event) + "\n").encode("utf-8")
         with self._lock:
-            self._fh.write(dumps(event) + "\n")
-            self._fh.flush()
-            if event.get("event") in ("checkpoint", "finished", "error"):
-                os.fsync(self._fh.fileno())
+            if self._fd < 0:
+                raise ValueError(f"{self.path} is closed")
+            size = os.fstat(self._fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                if event.get("event") in ("checkpoint", "finished", "error"):
+                    os.fsync(self._fd)
+            except BaseException as exc:
+                try:
+                    os.ftruncate(self._fd, size)
+                except OSError:
+                    pass
+                if isinstance(exc, OSError) and not exc.filename:
+                    raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+                raise
 
     def close(self) -> None:
         with self._lock:
-            if not self._fh.closed:
-                self._fh.close()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 def read_log(path: Path) -> list[dict]:
@@ -151,8 +171,16 @@ class Fanout:
         self.sinks = list(sinks)
 
     def __call__(self, event: dict) -> None:
+        # Every sink gets the event even when one fails (a full disk must not hide it from the app);
+        # the first failure is raised afterwards.
+        error = None
         for sink in self.sinks:
-            sink(event)
+            try:
+                sink(event)
+            except Exception as exc:  # noqa: BLE001 - re-raised below
+                error = error or exc
+        if error is not None:
+            raise error
 
 
 def format_duration(seconds: float | None) -> str:

@@ -56,6 +56,9 @@ def register(sub) -> None:
     p.add_argument("--grad-checkpoint", action="store_true", default=None,
                    help=field_help("training", "grad_checkpoint"))
     p.add_argument("--test", action="store_true", default=None, help=field_help("training", "test"))
+    p.add_argument("--nan-retry", action="store_true", default=None, help=field_help("training", "nan_retry"))
+    p.add_argument("--force", action="store_true", default=None,
+                   help=field_help("training", "ignore_fit_check"))
     p.add_argument("--name", help="A name for the run (used in its folder name).")
     p.add_argument("--resume", metavar="RUN", help="Continue a run (id or folder) from its newest checkpoint.")
     p.add_argument("--demo", action="store_true",
@@ -86,6 +89,10 @@ def build_config(args: argparse.Namespace, warnings: list[str]) -> RunConfig:
         cfg.training.grad_checkpoint = True
     if args.test:
         cfg.training.test = True
+    if args.nan_retry:
+        cfg.training.nan_retry = True
+    if args.force:
+        cfg.training.ignore_fit_check = True
     if args.name:
         cfg.name = args.name
     return cfg
@@ -175,6 +182,9 @@ def handle(args: argparse.Namespace) -> int:
     from engine.platform import reexec_with_openblas
 
     if cli.FROM_COMMAND_LINE and not (args.write_mlx_lm_config or args.print_config):
+        # Training never downloads (models come from the library or the HF cache), so this process
+        # tells huggingface_hub to stay offline; set before the re-exec so the new process has it.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         reexec_with_openblas(sys.argv[1:])
 
     from engine import events
@@ -192,6 +202,8 @@ def handle(args: argparse.Namespace) -> int:
         if info.state == "completed":
             raise UserError(f"Run {info.id} already completed; start a new run to train more.")
         config = info.config
+        if args.force:
+            config.training.ignore_fit_check = True
     else:
         config = build_config(args, warnings)
         if args.write_mlx_lm_config:

@@ -1,0 +1,227 @@
+"""Memory: refuse runs that will not fit, set MLX's limits from the machine, stop before memory runs out.
+
+Three layers, from cheapest to last resort:
+
+1. Before a run starts, `preflight` compares the fit estimate (`engine.models.estimate`) with the
+   machine and refuses a run predicted not to fit, with the numbers and the cheapest change that
+   makes it fit, unless the user overrides it (`training.ignore_fit_check`, `train --force`).
+2. While it trains, `limits` sets MLX's memory limit and cache limit from the machine: on macOS
+   relative to the GPU's recommended working set (the share of unified memory macOS lets the GPU
+   keep resident), elsewhere relative to physical memory, which must also hold the OS and other apps.
+   The cache limit keeps freed buffers from piling up, so memory does not creep over a long run.
+3. `MemoryGuard.check` runs at every step boundary: when MLX's active memory approaches the limit it
+   first frees the cache, and if that is not enough the run checkpoints and stops with a message,
+   instead of pushing the Mac into swap until it freezes.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import LatheError
+
+GB = 1024**3
+
+# Share of physical memory MLX may use where there is no GPU working set to go by (Linux, CUDA):
+# the rest is left to the OS, the app and whatever else the user runs.
+PHYSICAL_SHARE = 0.80
+# The cache may hold at most this share of the limit (MLX's default lets it grow to the limit).
+CACHE_SHARE = 0.25
+# A run stops (with a checkpoint) when active memory reaches this share of the limit.
+STOP_SHARE = 0.95
+
+
+class OutOfMemory(LatheError):
+    """A run that will not fit, or that ran short of memory while training."""
+
+    kind = "memory"
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How much memory a run may use, in bytes, and where the number came from."""
+
+    budget_bytes: int  # what the machine offers (working set on macOS, physical memory elsewhere)
+    source: str
+    limit_bytes: int  # mx.set_memory_limit
+    cache_limit_bytes: int  # mx.set_cache_limit
+    stop_bytes: int  # active memory at which the run checkpoints and stops
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _device_info() -> dict:
+    import mlx.core as mx
+
+    for fn in (getattr(mx, "device_info", None), getattr(getattr(mx, "metal", None), "device_info", None)):
+        if fn is None:
+            continue
+        try:
+            info = fn()
+        except Exception:  # noqa: BLE001 - no Metal device, or an MLX without this call
+            continue
+        if isinstance(info, dict):
+            return info
+    return {}
+
+
+def machine_budget(platform: str | None = None) -> tuple[int, str]:
+    """(bytes, source): the GPU's recommended working set on macOS, physical memory elsewhere."""
+    from engine.platform import total_memory_bytes
+
+    platform = platform or sys.platform
+    if platform == "darwin":
+        size = int(_device_info().get("max_recommended_working_set_size") or 0)
+        if size:
+            return size, "GPU recommended working set"
+    total = total_memory_bytes()
+    if total:
+        return total, "physical memory"
+    return 8 * GB, "assumed 8 GB (memory size unknown)"
+
+
+def plan_for(budget_bytes: int, source: str) -> MemoryPlan:
+    """The limits for a machine offering `budget_bytes` (see the module docstring)."""
+    share = 1.0 if source == "GPU recommended working set" else PHYSICAL_SHARE
+    limit = int(budget_bytes * share)
+    return MemoryPlan(
+        budget_bytes=int(budget_bytes),
+        source=source,
+        limit_bytes=limit,
+        cache_limit_bytes=int(limit * CACHE_SHARE),
+        stop_bytes=int(limit * STOP_SHARE),
+    )
+
+
+def machine_plan() -> MemoryPlan:
+    return plan_for(*machine_budget())
+
+
+@contextmanager
+def limits(plan: MemoryPlan) -> Iterator[MemoryPlan]:
+    """Set MLX's memory and cache limits for the duration of a run, then restore the previous ones."""
+    import mlx.core as mx
+
+    previous = []
+    for name, value in (("set_memory_limit", plan.limit_bytes), ("set_cache_limit", plan.cache_limit_bytes)):
+        setter = getattr(mx, name, None) or getattr(getattr(mx, "metal", None), name, None)
+        if setter is None:
+            continue
+        try:
+            previous.append((setter, setter(int(value))))
+        except Exception:  # noqa: BLE001 - a backend without limits still trains
+            continue
+    try:
+        yield plan
+    finally:
+        for setter, value in reversed(previous):
+            try:
+                setter(value)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def active_memory() -> int:
+    import mlx.core as mx
+
+    return int(mx.get_active_memory())
+
+
+def cache_memory() -> int:
+    import mlx.core as mx
+
+    return int(mx.get_cache_memory())
+
+
+def clear_cache() -> None:
+    import mlx.core as mx
+
+    mx.clear_cache()
+
+
+class MemoryGuard:
+    """Checked at each step boundary: frees the cache under pressure, says when the run must stop."""
+
+    def __init__(self, plan: MemoryPlan):
+        self.plan = plan
+        self.message: str | None = None  # set once the run must stop
+        self.cache_clears = 0
+
+    def check(self) -> bool:
+        """True when memory has run short (the caller checkpoints and stops)."""
+        if self.message is not None:
+            return True
+        active = active_memory()
+        if active + cache_memory() >= self.plan.stop_bytes:
+            # Cached buffers are free memory MLX kept for reuse: give them back before giving up.
+            clear_cache()
+            self.cache_clears += 1
+            active = active_memory()
+        if active >= self.plan.stop_bytes:
+            self.message = (
+                f"Memory ran short: training was using {active / GB:.1f} GB of the "
+                f"{self.plan.limit_bytes / GB:.1f} GB Lathe allows on this machine "
+                f"({self.plan.source}), so the run saved a checkpoint and stopped before the Mac "
+                "ran out of memory."
+            )
+            return True
+        return False
+
+
+MEMORY_HINT = ("Resume with a smaller batch size, a shorter max_seq_length, fewer trained layers or "
+               "gradient checkpointing, or close other apps that use a lot of memory.")
+
+_ALLOCATION_WORDS = ("unable to allocate", "out of memory", "outofmemory", "insufficient memory",
+                     "bad_alloc", "failed to allocate", "malloc")
+
+
+def is_allocation_error(exc: BaseException) -> bool:
+    """Whether `exc` is MLX (or Python) failing to allocate memory."""
+    if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, (RuntimeError, ValueError, OSError)) and not isinstance(exc, FileNotFoundError):
+        text = str(exc).lower()
+        return any(word in text for word in _ALLOCATION_WORDS)
+    return False
+
+
+def preflight(config, model_path: str | Path, log: Callable[[str, str], None] | None = None,
+              estimate: Callable | None = None):
+    """Refuse a run predicted not to fit (OutOfMemory with the numbers and a suggestion).
+
+    Returns the FitReport (None when no estimate can be made: the loader then reports what is
+    wrong with the model). `config.training.ignore_fit_check` turns the refusal into a warning.
+    """
+    if estimate is None:
+        from engine.models import estimate
+    try:
+        report = estimate(str(model_path), config)
+    except LatheError:
+        return None
+    if report.verdict != "will not fit":
+        if report.verdict == "tight" and log:
+            log("warning", f"Memory will be tight: {report.summary()}. Other apps may slow training down.")
+        return report
+    needed, offered = report.training_peak_bytes / GB, report.budget_bytes / GB
+    message = (f"This run needs about {needed:.1f} GB of memory but this machine offers "
+               f"{offered:.1f} GB ({report.budget_source}), so it was not started.")
+    if getattr(config.training, "ignore_fit_check", False):
+        if log:
+            log("warning", message.replace("so it was not started", "and it was started anyway because "
+                                           "the memory check is turned off") +
+                " It may stop when memory runs short.")
+        return report
+    if report.suggestion is not None:
+        hint = f"To make it fit: {report.suggestion.description} (about " \
+               f"{report.suggestion.training_peak_bytes / GB:.1f} GB)."
+    else:
+        hint = "Pick a smaller or quantized model, or shorten max_seq_length and the batch size."
+    hint += " To start anyway, use `train --force` (or turn off the memory check in settings)."
+    error = OutOfMemory(message, hint)
+    error.details = {"fit": report.to_dict()}
+    raise error
