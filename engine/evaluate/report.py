@@ -29,7 +29,7 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 .better{color:#1a7f37;font-weight:600}.worse{color:#c62828;font-weight:600}
 pre{white-space:pre-wrap;word-break:break-word;margin:0;font:12.5px/1.45 ui-monospace,Menlo,monospace}
 .out{white-space:pre-wrap;word-break:break-word;font:13px/1.45 ui-monospace,Menlo,monospace}
-del{background:#ffd7d5;text-decoration:line-through;color:#82071e}ins{background:#ccffd8;text-decoration:none;color:#055d20}
+del{background:#ffd7d5;text-decoration:none;color:#82071e}ins{background:#ccffd8;text-decoration:none;color:#055d20}
 .pass{color:#1a7f37}.fail{color:#c62828}.tag{font-size:11px;color:#6e6e73}
 .note{color:#6e6e73;font-size:13px;margin:6px 0}
 svg text{font:11px -apple-system,Helvetica,Arial,sans-serif;fill:#6e6e73}
@@ -236,7 +236,9 @@ def _golden_table(history: RunHistory) -> str:
     return "".join(rows)
 
 
-_WORDS = re.compile(r"\s+|[^\s]+")
+# Words keep their trailing whitespace, so spaces never match on their own and a changed phrase
+# is marked as one piece rather than word by word.
+_WORDS = re.compile(r"\s+|\S+\s*")
 
 
 def diff_spans(a: str, b: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

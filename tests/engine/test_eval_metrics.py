@@ -110,6 +110,10 @@ def test_default_metrics_add_json_for_json_references():
 
 def test_word_diff_marks_only_what_changed():
     left, right = diff_spans("The sky is green today", "The sky is blue today")
-    assert ("delete", "green") in left and ("insert", "blue") in right
+    assert [t.strip() for k, t in left if k == "delete"] == ["green"]
+    assert [t.strip() for k, t in right if k == "insert"] == ["blue"]
+    left, right = diff_spans("One day, a girl", "Cats say meow.")
+    assert left == [("delete", "One day, a girl")] and right == [("insert", "Cats say meow.")]  # one piece
+    left, right = diff_spans("The sky is green today", "The sky is blue today")
     assert "".join(t for _, t in left) == "The sky is green today"
     assert "".join(t for _, t in right) == "The sky is blue today"
