@@ -1,0 +1,493 @@
+"""Evaluation results for one run: base against tuned, side by side, and the golden prompt timeline.
+
+    view = EvalResultsWidget(parent)
+    view.set_run(run_id_or_folder)          # shows the latest evaluation and the golden timeline
+    view.evaluate()                          # runs `engine.evaluate.evaluate_run` on a worker thread
+    view.sig_use_checkpoint.connect(lambda run_id, step: ...)   # open RUN:STEP in chat or export
+
+The widget never blocks the GUI thread: evaluation (model load, loss, generation) runs on a
+QThreadPool worker and reports back through signals. It knows the engine only through
+`engine.evaluate` (results dicts, `run_history`) and `engine.chat.checkpoint_steps`.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QRunnable, QSize, Qt, QThreadPool, Signal
+from PySide6.QtGui import QAbstractTextDocumentLayout, QColor, QPalette, QTextDocument
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+INS_STYLE = "background-color:#ccffd8;color:#055d20;"
+DEL_STYLE = "background-color:#ffd7d5;color:#82071e;"
+HTML_ROLE = Qt.UserRole + 1
+
+
+# -- worker ------------------------------------------------------------------------------------
+
+
+class _WorkerSignals(QObject):
+    sig_progress = Signal(object)
+    sig_done = Signal(object)
+    sig_failed = Signal(str, str)
+
+
+class _EvalJob(QRunnable):
+    """Calls `fn(**kwargs, progress=..., cancel=...)` on a pool thread; reports through signals."""
+
+    def __init__(self, fn: Callable[..., dict], kwargs: dict):
+        super().__init__()
+        self.setAutoDelete(False)
+        self.fn = fn
+        self.kwargs = kwargs
+        self.cancel = threading.Event()
+        self.signals = _WorkerSignals()
+
+    def run(self) -> None:  # worker thread
+        try:
+            result = self.fn(**self.kwargs, progress=self.signals.sig_progress.emit, cancel=self.cancel)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a sentence, never a traceback
+            hint = getattr(exc, "hint", "") or ""
+            message = str(exc.args[0]) if hint and exc.args else (str(exc) or type(exc).__name__)
+            if not type(exc).__module__.startswith("engine"):
+                message = f"{type(exc).__name__}: {message}"
+            self._emit(self.signals.sig_failed, message, hint)
+        else:
+            self._emit(self.signals.sig_done, result)
+
+    @staticmethod
+    def _emit(signal, *args) -> None:
+        try:
+            signal.emit(*args)
+        except RuntimeError:
+            pass  # the widget is gone
+
+
+def _default_evaluate(**kwargs) -> dict:
+    from engine.evaluate import evaluate_run
+
+    return evaluate_run(**kwargs)
+
+
+# -- rich text cells ---------------------------------------------------------------------------
+
+
+class _HtmlDelegate(QStyledItemDelegate):
+    """Paints cells whose HTML_ROLE holds rich text (diff highlighting), wrapped to the column."""
+
+    def _document(self, option: QStyleOptionViewItem, text: str, width: int) -> QTextDocument:
+        doc = QTextDocument()
+        doc.setDefaultFont(option.font)
+        doc.setDocumentMargin(6)
+        doc.setHtml(text)
+        doc.setTextWidth(max(width, 40))
+        return doc
+
+    def paint(self, painter, option, index) -> None:
+        text = index.data(HTML_ROLE)
+        if text is None:
+            return super().paint(painter, option, index)
+        opt = QStyleOptionViewItem(option)
+        self.initStyleOption(opt, index)
+        opt.text = ""
+        style = opt.widget.style() if opt.widget else None
+        if style:
+            style.drawControl(QStyle.CE_ItemViewItem, opt, painter, opt.widget)
+        doc = self._document(opt, text, opt.rect.width())
+        ctx = QAbstractTextDocumentLayout.PaintContext()
+        if opt.state & QStyle.State_Selected:
+            ctx.palette.setColor(QPalette.Text, opt.palette.color(QPalette.HighlightedText))
+        painter.save()
+        painter.translate(opt.rect.topLeft())
+        painter.setClipRect(opt.rect.translated(-opt.rect.topLeft()))
+        doc.documentLayout().draw(painter, ctx)
+        painter.restore()
+
+    def sizeHint(self, option, index) -> QSize:
+        text = index.data(HTML_ROLE)
+        if text is None:
+            return super().sizeHint(option, index)
+        table = option.widget
+        width = table.columnWidth(index.column()) if isinstance(table, QTableWidget) else option.rect.width()
+        doc = self._document(option, text, width)
+        return QSize(int(doc.idealWidth()), min(int(doc.size().height()) + 2, 400))
+
+
+def diff_cells(a: str, b: str) -> tuple[str, str]:
+    """Rich text for two answers, what only `a` says struck out in red, what only `b` says in green."""
+    from engine.evaluate import diff_spans
+
+    left, right = diff_spans(a, b)
+
+    def render(spans):
+        out = []
+        for kind, text in spans:
+            t = html.escape(text).replace("\n", "<br>")
+            style = {"insert": INS_STYLE, "delete": DEL_STYLE}.get(kind)
+            out.append(f"<span style='{style}'>{t}</span>" if style else t)
+        return "".join(out)
+
+    return render(left), render(right)
+
+
+# -- the widget --------------------------------------------------------------------------------
+
+
+class EvalResultsWidget(QWidget):
+    """Metrics base vs tuned, answers side by side, the golden timeline, and "use this checkpoint".
+
+    `evaluate_fn` (for tests or a different backend) takes the keyword arguments of
+    `engine.evaluate.evaluate_run` and returns its results dict; `thread_pool` defaults to the
+    global pool.
+    """
+
+    sig_use_checkpoint = Signal(str, int)  # run id, checkpoint step
+    sig_evaluation_started = Signal()
+    sig_evaluation_finished = Signal(object)  # the results dict
+    sig_evaluation_failed = Signal(str, str)  # message, hint
+
+    def __init__(self, parent: QWidget | None = None, *, evaluate_fn: Callable[..., dict] | None = None,
+                 thread_pool: QThreadPool | None = None):
+        super().__init__(parent)
+        self._evaluate_fn = evaluate_fn or _default_evaluate
+        self._pool = thread_pool or QThreadPool.globalInstance()
+        self._job: _EvalJob | None = None
+        self.run_dir: Path | None = None
+        self.results: dict | None = None
+        self.history = None
+        self._final_step: int | None = None
+        self.eval_options: dict = {}
+        self._build()
+        self._show_empty()
+
+    # -- public API ------------------------------------------------------------------------
+    @property
+    def run_id(self) -> str | None:
+        return self.run_dir.name if self.run_dir else None
+
+    @property
+    def busy(self) -> bool:
+        return self._job is not None
+
+    def set_run(self, run: str | Path) -> None:
+        """Show `run` (an id or folder): its checkpoints, golden timeline and latest evaluation."""
+        from engine.evaluate import latest_results, run_history
+        from engine.runs import find_run
+
+        self.run_dir = find_run(run)
+        self.history = run_history(self.run_dir)
+        self.results = None
+        self._fill_checkpoints()
+        self._fill_golden()
+        try:
+            results = latest_results(self.run_dir)
+        except Exception:  # noqa: BLE001 - an unreadable old result must not hide the run
+            results = None
+        if results:
+            self.set_results(results)
+        else:
+            self._show_empty()
+        self._title.setText(f"<b>Evaluate</b> · {html.escape(self.run_dir.name)}")
+        self._update_buttons()
+
+    def set_evaluation_options(self, **options) -> None:
+        """Defaults for `evaluate()`: prompts, metrics, max_tokens, stop, limit, loss."""
+        self.eval_options = dict(options)
+
+    def evaluate(self, step: int | None = None, **options) -> None:
+        """Evaluate the chosen checkpoint (or `step`) against the base model, on a worker thread."""
+        if self.run_dir is None or self.busy:
+            return
+        if step is None:
+            step = self._checkpoint_combo.currentData()
+        spec = f"{self.run_dir}:{step}" if step is not None else str(self.run_dir)
+        kwargs = {**self.eval_options, **options, "spec": spec}
+        job = _EvalJob(self._evaluate_fn, kwargs)
+        job.signals.sig_progress.connect(self._on_job_progress)
+        job.signals.sig_done.connect(self._on_job_done)
+        job.signals.sig_failed.connect(self._on_job_failed)
+        self._job = job
+        self._status.setText("Loading the model…")
+        self._progress.setRange(0, 0)
+        self._progress.show()
+        self._update_buttons()
+        self.sig_evaluation_started.emit()
+        self._pool.start(job)
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            self._job.cancel.set()
+            self._status.setText("Stopping after the current answer…")
+
+    def set_results(self, results: dict) -> None:
+        """Show an evaluation's results (a dict from `evaluate_run` or a results.json)."""
+        self.results = results
+        self._fill_metrics(results)
+        self._fill_answers(results)
+        adapter = results.get("adapter") or {}
+        n = len(results.get("examples", []))
+        self._status.setText(f"{adapter.get('label', '')} · {n} prompt(s) · greedy")
+
+    def selected_step(self) -> int | None:
+        """The checkpoint that "Use this checkpoint" means: a selected golden row, else the picker."""
+        if self._tabs.currentWidget() is self._golden_table:
+            rows = self._golden_table.selectionModel().selectedRows()
+            if rows:
+                step = self._golden_table.item(rows[0].row(), 0).data(Qt.UserRole)
+                if step in self._checkpoints():
+                    return step
+        step = self._checkpoint_combo.currentData()
+        return step if step is not None else self._final_step
+
+    # -- building --------------------------------------------------------------------------
+    def _build(self) -> None:
+        self._title = QLabel("<b>Evaluate</b>")
+        self._checkpoint_combo = QComboBox()
+        self._checkpoint_combo.setToolTip("Which adapter to evaluate and to use: the final one or a checkpoint.")
+        self._checkpoint_combo.setMinimumContentsLength(22)
+        self._evaluate_button = QPushButton("Evaluate")
+        self._evaluate_button.setToolTip("Answer the held-out prompts with the base and the tuned model, "
+                                         "and compare their loss on the test split.")
+        self._evaluate_button.clicked.connect(lambda: self.evaluate())
+        self._cancel_button = QPushButton("Cancel")
+        self._cancel_button.clicked.connect(self.cancel)
+        self._use_button = QPushButton("Use this checkpoint")
+        self._use_button.setToolTip("Open this checkpoint (RUN:STEP) in chat or export.")
+        self._use_button.clicked.connect(self._on_use_clicked)
+        self._status = QLabel()
+        self._status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self._progress = QProgressBar()
+        self._progress.setMaximumWidth(160)
+        self._progress.setTextVisible(False)
+        self._progress.hide()
+
+        top = QHBoxLayout()
+        top.addWidget(self._title)
+        top.addStretch(1)
+        top.addWidget(QLabel("Adapter:"))
+        top.addWidget(self._checkpoint_combo)
+        top.addWidget(self._evaluate_button)
+        top.addWidget(self._cancel_button)
+        top.addWidget(self._use_button)
+        status = QHBoxLayout()
+        status.addWidget(self._status, 1)
+        status.addWidget(self._progress)
+
+        self._metrics_table = self._table(["Metric", "Base", "Tuned", "Change"])
+        self._answers_table = self._table(["Prompt", "Reference", "Base", "Tuned"])
+        self._golden_table = self._table(["Step", "Val loss"])
+        self._golden_table.itemSelectionChanged.connect(self._update_buttons)
+        self._tabs = QTabWidget()
+        self._tabs.addTab(self._metrics_table, "Metrics")
+        self._tabs.addTab(self._answers_table, "Answers side by side")
+        self._tabs.addTab(self._golden_table, "Golden prompts")
+        self._tabs.currentChanged.connect(self._update_buttons)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addLayout(status)
+        layout.addWidget(self._tabs, 1)
+
+    def _table(self, headers: list[str]) -> QTableWidget:
+        table = QTableWidget(0, len(headers))
+        table.setHorizontalHeaderLabels(headers)
+        table.verticalHeader().hide()
+        table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        table.setSelectionMode(QAbstractItemView.SingleSelection)
+        table.setWordWrap(True)
+        table.setItemDelegate(_HtmlDelegate(table))
+        table.setVerticalScrollMode(QAbstractItemView.ScrollPerPixel)
+        table.horizontalHeader().sectionResized.connect(lambda *_: table.resizeRowsToContents())
+        return table
+
+    # -- filling ---------------------------------------------------------------------------
+    def _checkpoints(self) -> list[int]:
+        from engine.chat import checkpoint_steps
+
+        return checkpoint_steps(self.run_dir) if self.run_dir else []
+
+    def _fill_checkpoints(self) -> None:
+        steps = self._checkpoints()
+        self._final_step = steps[-1] if steps else None
+        best = self.history.best_val_step if self.history else None
+        combo = self._checkpoint_combo
+        combo.clear()
+        if (self.run_dir / "adapters" / "adapters.safetensors").exists():
+            combo.addItem("Final adapter", None)
+        for step in reversed(steps):
+            val = self.history.val_loss_at(step) if self.history else None
+            text = f"Step {step}" + (f" · val {val:.3f}" if val is not None else "") + (" ★" if step == best else "")
+            combo.addItem(text, step)
+
+    def _show_empty(self) -> None:
+        for table in (self._metrics_table, self._answers_table):
+            table.setRowCount(0)
+        self._status.setText("No evaluation yet. Press Evaluate to compare the tuned model with its base."
+                             if self.run_dir else "Pick a run to evaluate.")
+
+    def _fill_metrics(self, results: dict) -> None:
+        rows = []
+        loss = results.get("loss")
+        if loss:
+            for key, label in (("loss", "Loss"), ("perplexity", "Perplexity")):
+                b, t = loss["base"][key], loss["tuned"][key]
+                rows.append((f"{label} ({loss['split']} split, {loss['tokens']} tokens)", f"{b:.4f}", f"{t:.4f}",
+                             f"{t - b:+.4f}", None if abs(t - b) < 1e-12 else t < b))
+        for m in results.get("metrics", []):
+            b, t, rate = m.get("base"), m.get("tuned"), m.get("rate", True)
+
+            def fmt(v, rate=rate):
+                return "–" if v is None else (f"{v * 100:.1f}%" if rate else f"{v:.1f}")
+
+            if b is None or t is None:
+                change, better = "–", None
+            else:
+                change = f"{(t - b) * 100:+.1f} pts" if rate else f"{t - b:+.1f}"
+                better = (t > b) if rate and abs(t - b) > 1e-12 else None
+            rows.append((f"{m['label']}  [{m['spec']}]", fmt(b), fmt(t), change, better))
+        table = self._metrics_table
+        table.setRowCount(len(rows))
+        for r, (label, b, t, change, better) in enumerate(rows):
+            for c, text in enumerate((label, b, t, change)):
+                item = QTableWidgetItem(text)
+                if c:
+                    item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                if c == 3 and better is not None:
+                    item.setForeground(QColor("#1a7f37") if better else QColor("#c62828"))
+                table.setItem(r, c, item)
+        header = table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        for c in (1, 2, 3):
+            header.setSectionResizeMode(c, QHeaderView.ResizeToContents)
+        table.resizeRowsToContents()
+        notes = results.get("notes") or []
+        table.setToolTip("\n".join(notes))
+
+    def _fill_answers(self, results: dict) -> None:
+        table = self._answers_table
+        examples = results.get("examples", [])
+        specs = [(m["spec"], m.get("rate", True)) for m in results.get("metrics", [])]
+        table.setRowCount(len(examples))
+        for r, ex in enumerate(examples):
+            base, tuned = ex.get("base", {}), ex.get("tuned", {})
+            b_html, t_html = diff_cells(base.get("output", ""), tuned.get("output", ""))
+            cells = [html.escape(ex.get("prompt", "")), html.escape(ex.get("reference") or "–"),
+                     b_html + _badges(base, specs), t_html + _badges(tuned, specs)]
+            plain = [ex.get("prompt", ""), ex.get("reference") or "", base.get("output", ""), tuned.get("output", "")]
+            for c, (rich, text) in enumerate(zip(cells, plain)):
+                item = QTableWidgetItem(text)
+                item.setData(HTML_ROLE, rich)
+                item.setToolTip(text)
+                table.setItem(r, c, item)
+        header = table.horizontalHeader()
+        for c in range(4):
+            header.setSectionResizeMode(c, QHeaderView.Stretch)
+        table.resizeRowsToContents()
+
+    def _fill_golden(self) -> None:
+        table = self._golden_table
+        h = self.history
+        prompts = h.golden_prompts if h else []
+        table.clear()
+        table.setColumnCount(2 + len(prompts))
+        table.setHorizontalHeaderLabels(["Step", "Val loss"] + prompts)
+        entries = h.golden if h else []
+        table.setRowCount(len(entries))
+        previous: dict[str, str] = {}
+        saved = set(self._checkpoints())
+        for r, entry in enumerate(entries):
+            step = entry["step"]
+            val = h.val_loss_at(step)
+            mark = " ★" if step == h.best_val_step else ""
+            step_item = QTableWidgetItem(f"{step}{mark}")
+            step_item.setData(Qt.UserRole, step)
+            if step not in saved:
+                step_item.setToolTip("No checkpoint was kept at this step." if step else "The model before training.")
+            table.setItem(r, 0, step_item)
+            table.setItem(r, 1, QTableWidgetItem("–" if val is None else f"{val:.4f}"))
+            answers = {a.get("prompt"): a.get("answer", "") for a in entry["answers"]}
+            for c, prompt in enumerate(prompts, 2):
+                answer = answers.get(prompt)
+                item = QTableWidgetItem(answer or "")
+                if answer is not None:
+                    rich = diff_cells(previous[prompt], answer)[1] if prompt in previous else html.escape(answer)
+                    item.setData(HTML_ROLE, rich)
+                    previous[prompt] = answer
+                table.setItem(r, c, item)
+        header = table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeToContents)
+        for c in range(2, 2 + len(prompts)):
+            header.setSectionResizeMode(c, QHeaderView.Stretch)
+        table.resizeRowsToContents()
+        self._tabs.setTabText(2, f"Golden prompts ({len(entries)})" if entries else "Golden prompts")
+
+    def _update_buttons(self) -> None:
+        has_run = self.run_dir is not None
+        self._evaluate_button.setEnabled(has_run and not self.busy)
+        self._cancel_button.setVisible(self.busy)
+        self._checkpoint_combo.setEnabled(not self.busy)
+        self._use_button.setEnabled(has_run and self.selected_step() is not None)
+
+    # -- slots -----------------------------------------------------------------------------
+    def _on_use_clicked(self) -> None:
+        step = self.selected_step()
+        if self.run_id is not None and step is not None:
+            self.sig_use_checkpoint.emit(self.run_id, int(step))
+
+    def _on_job_progress(self, p: dict) -> None:
+        stage = p.get("stage")
+        if stage == "generate":
+            self._progress.setRange(0, p["total"])
+            self._progress.setValue(p["done"])
+            self._status.setText(f"Answering: {p['done']} of {p['total']} ({p['side']})")
+        elif stage in ("load", "loss"):
+            self._status.setText(p.get("message", stage) + "…")
+
+    def _end_job(self) -> None:
+        self._job = None
+        self._progress.hide()
+        self._update_buttons()
+
+    def _on_job_done(self, results: dict) -> None:
+        self._end_job()
+        self.set_results(results)
+        self._tabs.setCurrentWidget(self._metrics_table)
+        self.sig_evaluation_finished.emit(results)
+
+    def _on_job_failed(self, message: str, hint: str) -> None:
+        self._end_job()
+        self._status.setText(f"<span style='color:#c62828'>{html.escape(message)}</span> {html.escape(hint)}")
+        self.sig_evaluation_failed.emit(message, hint)
+
+
+def _badges(side: dict, specs) -> str:
+    bits = []
+    for spec, rate in specs:
+        score = (side.get("scores") or {}).get(spec)
+        if score is None or not rate:
+            continue
+        ok = score["value"] >= 1
+        color = "#1a7f37" if ok else "#c62828"
+        bits.append(f"<span style='color:{color}'>{'✓' if ok else '✗'} {html.escape(spec)}</span>")
+    return f"<br><small>{' · '.join(bits)}</small>" if bits else ""
