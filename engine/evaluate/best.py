@@ -35,7 +35,7 @@ def best_by_val_loss(run: str | Path) -> dict:
         notes.append(f"The lowest validation loss ({history.best_val_loss:.4f}) was at step "
                      f"{history.best_val_step}, which has no checkpoint; step {best['step']} is the best saved one.")
     return {"run_id": run_dir.name, "by": "val_loss", "step": best["step"], "value": best["value"],
-            "spec": f"{run_dir.name}:{best['step']}", "higher_is_better": False,
+            "spec": f"{_ref(run_dir)}:{best['step']}", "higher_is_better": False,
             "candidates": candidates, "notes": notes}
 
 
@@ -82,7 +82,7 @@ def best_by_metric(run: str | Path, metric: str, *, prompts: str | Path | None =
     best = max(candidates, key=lambda c: (c["value"] if c["value"] is not None else -inf,
                                           -(c["val_loss"] if c["val_loss"] is not None else inf), c["step"]))
     return {"run_id": run_dir.name, "by": m.spec, "label": m.label, "step": best["step"], "value": best["value"],
-            "spec": f"{run_dir.name}:{best['step']}", "higher_is_better": True, "base": base_value,
+            "spec": f"{_ref(run_dir)}:{best['step']}", "higher_is_better": True, "base": base_value,
             "prompts": source, "candidates": candidates, "notes": []}
 
 
@@ -91,3 +91,10 @@ def best_checkpoint(run: str | Path, by: str = "val_loss", **kwargs) -> dict:
     if by in ("val_loss", "loss", "validation"):
         return best_by_val_loss(run)
     return best_by_metric(run, by, **kwargs)
+
+
+def _ref(run_dir: Path) -> str:
+    """How to name the run in RUN:STEP: its id inside the workspace, else its folder."""
+    from engine.workspace import runs_dir
+
+    return run_dir.name if run_dir.parent.resolve() == runs_dir().resolve() else str(run_dir)

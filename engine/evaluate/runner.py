@@ -204,7 +204,7 @@ def evaluate_run(
     try:
         loss_result = None
         if loss:
-            report("loss", message="Loss on the test split")
+            report("loss", message="Loss on the held-out split")
             loss_result = loss_comparison(chat_model, info, config, cancel)
             if loss_result is None:
                 notes.append("The dataset has no test or validation examples, so there is no loss comparison.")

@@ -17,7 +17,7 @@ GOLDEN = [FACTS[0][0], "Once upon a time"]
 
 @pytest.fixture(scope="module")
 def tuned_run(stories_path, tmp_path_factory):
-    """stories260K taught four facts, with golden prompts, checkpoints at 150 and 300 (both evaluated).
+    """stories260K taught four facts, with golden prompts, checkpoints at 100 and 200 (both evaluated).
 
     The held-out prompt file is separate from the training file (same facts, so the tuned model
     can know them and the base model cannot). stories260K never learned to emit EOS (its
@@ -35,7 +35,7 @@ def tuned_run(stories_path, tmp_path_factory):
         write_jsonl(data / "test.jsonl", rows)
         heldout = write_jsonl(tmp_path_factory.mktemp("heldout") / "heldout.jsonl",
                               [{"prompt": q, "completion": a} for q, a in FACTS])
-        cfg = make_config(stories_path, data, iters=300, learning_rate=5e-4, steps_per_eval=150, save_every=150)
+        cfg = make_config(stories_path, data, iters=200, learning_rate=5e-4, steps_per_eval=100, save_every=100)
         cfg.lora.rank = 16
         cfg.training.golden_prompts = list(GOLDEN)
         cfg.training.golden_max_tokens = 16
@@ -114,8 +114,8 @@ def test_golden_prompts_are_answered_at_the_start_and_every_checkpoint(tuned_run
     run_dir, rec, _ = tuned_run
     golden = rec.of("golden")
     checkpoints = [e["step"] for e in rec.of("checkpoint")]
-    assert checkpoints == [150, 300]
-    assert [e["step"] for e in golden] == [0, 150, 300]
+    assert checkpoints == [100, 200]
+    assert [e["step"] for e in golden] == [0, 100, 200]
     for e in golden:
         assert events.check(e) == []
         assert [a["prompt"] for a in e["answers"]] == GOLDEN
@@ -125,7 +125,7 @@ def test_golden_prompts_are_answered_at_the_start_and_every_checkpoint(tuned_run
     from engine.evaluate import run_history
 
     history = run_history(run_dir)
-    assert [g["step"] for g in history.golden] == [0, 150, 300]
+    assert [g["step"] for g in history.golden] == [0, 100, 200]
     assert history.golden_prompts == GOLDEN
 
 
@@ -150,12 +150,15 @@ def test_best_checkpoint_by_validation_loss_and_by_a_metric(tuned_run):
     run_dir, _, heldout = tuned_run
     history = run_history(run_dir)
     best = best_checkpoint(str(run_dir), "val_loss")
-    vals = {s: history.val_loss_at(s) for s in (150, 300)}
+    vals = {s: history.val_loss_at(s) for s in (100, 200)}
     assert best["step"] == min(vals, key=vals.get)
-    assert best["spec"] == f"{run_dir.name}:{best['step']}"
+    from engine.chat import resolve_adapter
+
+    named = resolve_adapter(best["spec"])  # "use this checkpoint": RUN:STEP names it everywhere
+    assert named.step == best["step"] and named.run_dir == run_dir
 
     by_metric = best_checkpoint(str(run_dir), "exact", prompts=heldout, max_tokens=24, stop=["\n"])
-    assert {c["step"] for c in by_metric["candidates"]} == {150, 300}
+    assert {c["step"] for c in by_metric["candidates"]} == {100, 200}
     top = max(c["value"] for c in by_metric["candidates"])
     assert by_metric["value"] == top > by_metric["base"]
 
@@ -187,10 +190,10 @@ def test_cli_run_best_and_report(tuned_run, capsys, monkeypatch):
 
     run_dir, _, heldout = tuned_run
     monkeypatch.setenv("LATHE_HOME", str(run_dir.parent.parent))
-    assert main(["eval", "run", f"{run_dir.name}:300", "--prompts", str(heldout), "--metric", "exact",
+    assert main(["eval", "run", f"{run_dir.name}:200", "--prompts", str(heldout), "--metric", "exact",
                  "--metric", "regex:^The ", "--max-tokens", "24", "--stop", "\\n", "--no-loss", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["adapter"]["step"] == 300 and out["loss"] is None
+    assert out["adapter"]["step"] == 200 and out["loss"] is None
     assert [m["spec"] for m in out["metrics"]] == ["exact", "regex:^The "]
     assert out["settings"]["stop"] == ["\n"] and out["metrics"][0]["tuned"] > out["metrics"][0]["base"]
     assert main(["eval", "best", run_dir.name, "--by", "val_loss"]) == 0
