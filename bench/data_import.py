@@ -75,8 +75,10 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def run(cmd: list[str], env: dict) -> tuple[float, int, int, str]:
-    """(seconds, peak RSS of the process, peak RSS of its tree, stdout)."""
+def run(cmd: list[str], env: dict) -> tuple[float, float, int, int, str]:
+    """(wall seconds, CPU seconds of the process and its workers, peak RSS of the process, peak RSS
+    of its tree, stdout). CPU time says what the work costs even on a machine others share."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak_tree = 0
@@ -98,8 +100,9 @@ def run(cmd: list[str], env: dict) -> tuple[float, int, int, str]:
         sys.exit(f"engine failed ({proc.returncode}): {err.strip()}")
     # ru_maxrss of children: the largest single child process (the engine); KB on Linux, bytes on macOS.
     scale = 1 if sys.platform == "darwin" else 1024
-    peak_proc = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
-    return seconds, peak_proc, peak_tree, out
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return seconds, cpu, after.ru_maxrss * scale, peak_tree, out
 
 
 def main() -> None:
@@ -123,11 +126,12 @@ def main() -> None:
         if args.do_import:
             runs.append(("import", ["data", "import", str(data), "--model", args.model, "--json"]))
         for name, cmd in runs:
-            seconds, peak_proc, peak_tree, out = run([sys.executable, "-m", "engine", *cmd], env)
+            seconds, cpu, peak_proc, peak_tree, out = run([sys.executable, "-m", "engine", *cmd], env)
             report = json.loads(out)
             tok = report["tokens"]
             results[name] = {
-                "seconds": round(seconds, 1), "examples_per_s": round(report["kept"] / seconds),
+                "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
+                "load_average_1min": round(os.getloadavg()[0], 1), "examples_per_s": round(report["kept"] / seconds),
                 "peak_rss_engine_mb": round(peak_proc / 1e6), "peak_rss_with_workers_mb": round(peak_tree / 1e6),
                 "kept": report["kept"], "splits": report["splits"],
                 "trained_tokens": sum(s["trained_tokens"] for s in tok["splits"].values()),
@@ -141,7 +145,8 @@ def main() -> None:
     for name, _cmd in runs:
         r = results[name]
         ok = "OK" if r["seconds"] < 60 and max(r["peak_rss_engine_mb"], r["peak_rss_with_workers_mb"]) < 1000 else "MISSED"
-        print(f"data {name}: {r['seconds']} s ({r['examples_per_s']:,} examples/s), peak RSS {r['peak_rss_engine_mb']} MB "
+        print(f"data {name}: {r['seconds']} s ({r['examples_per_s']:,} examples/s; {r['cpu_seconds']} CPU-s, "
+              f"load average {r['load_average_1min']}), peak RSS {r['peak_rss_engine_mb']} MB "
               f"(engine) / {r['peak_rss_with_workers_mb']} MB (engine + workers); kept {r['kept']:,}, "
               f"{r['trained_tokens']:,} trained tokens, median length {r['median_length']:g}  [{ok}: <60 s, <1 GB]")
 
