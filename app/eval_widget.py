@@ -82,6 +82,19 @@ class _EvalJob(QRunnable):
             pass  # the widget is gone
 
 
+def load_run_view(run: str | Path) -> tuple[Path, object, dict | None]:
+    """(run folder, RunHistory, latest results or None): what the widget shows, read off the GUI thread."""
+    from engine.evaluate import latest_results, run_history
+    from engine.runs import find_run
+
+    run_dir = find_run(run)
+    try:
+        results = latest_results(run_dir)
+    except Exception:  # noqa: BLE001 - an unreadable old result must not hide the run
+        results = None
+    return run_dir, run_history(run_dir), results
+
+
 def _default_evaluate(**kwargs) -> dict:
     from engine.evaluate import evaluate_run
 
@@ -189,19 +202,20 @@ class EvalResultsWidget(QWidget):
         return self._job is not None
 
     def set_run(self, run: str | Path) -> None:
-        """Show `run` (an id or folder): its checkpoints, golden timeline and latest evaluation."""
-        from engine.evaluate import latest_results, run_history
-        from engine.runs import find_run
+        """Show `run` (an id or folder): its checkpoints, golden timeline and latest evaluation.
 
-        self.run_dir = find_run(run)
-        self.history = run_history(self.run_dir)
+        Reads the run's events.jsonl here; for a long run, call `load_run_view` on a worker thread
+        and pass its result to `show_run` instead.
+        """
+        self.show_run(*load_run_view(run))
+
+    def show_run(self, run_dir: Path, history, results: dict | None) -> None:
+        """Show what `load_run_view` read (cheap: no file access but the checkpoint list)."""
+        self.run_dir = Path(run_dir)
+        self.history = history
         self.results = None
         self._fill_checkpoints()
         self._fill_golden()
-        try:
-            results = latest_results(self.run_dir)
-        except Exception:  # noqa: BLE001 - an unreadable old result must not hide the run
-            results = None
         if results:
             self.set_results(results)
         else:
