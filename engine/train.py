@@ -377,6 +377,8 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
             nan.error["hint"] += (" Or turn on training.nan_retry (retry once at half the learning rate) to let "
                                   "Lathe do this by itself.")
         sink(nan.error)
+    if result.status == "stopped" and getattr(should_stop, "reason", ""):
+        result.reason = f"Stopped ({should_stop.reason})."
     if guard.message and result.status == "stopped" and not should_stop():
         sink(events.make("error", kind="memory", step=result.state.step,
                          message=f"{guard.message} The checkpoint at step {result.state.step} is saved.",
