@@ -405,3 +405,59 @@ def test_an_mlx_allocation_failure_ends_the_run_with_a_memory_error(tiny_chat_mo
     assert info.state == "failed" and info.checkpoints
     assert f"step {info.checkpoints[-1]} is intact" in error["message"]
     assert_nothing_half_written(run_dir)
+
+
+# -- checkpoint folders ------------------------------------------------------------------------
+
+
+def test_checkpoint_folders_are_complete_or_absent_and_resume_tidies_up(tmp_path):
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+
+    from engine import checkpoint as ckpt
+
+    model = nn.Linear(4, 4)
+    optimizer = optim.Adam(learning_rate=1e-3)
+    optimizer.init(model.trainable_parameters())
+    mx.eval(model.parameters(), optimizer.state)
+    run_dir = tmp_path / "run"
+    first = ckpt.save_checkpoint(run_dir, model, optimizer, ckpt.TrainState(step=5), {})
+    stamp = (first / "adapters.safetensors").stat().st_mtime_ns
+    # The same state again (a stop right after a periodic save) keeps the folder as it is ...
+    assert ckpt.save_checkpoint(run_dir, model, optimizer, ckpt.TrainState(step=5), {}) == first
+    assert (first / "adapters.safetensors").stat().st_mtime_ns == stamp
+    # ... a different state at the same step replaces it whole.
+    ckpt.save_checkpoint(run_dir, model, optimizer, ckpt.TrainState(step=5, trained_tokens=7), {})
+    assert json.loads((first / "state.json").read_text())["trained_tokens"] == 7
+
+    # What a kill can leave: a half-written checkpoint folder, a checkpoint moved aside while being
+    # replaced, temporary files of atomic writes. None of them counts; resume's cleanup tidies them.
+    (run_dir / "checkpoints" / ".tmp-0000010-999").mkdir()
+    (run_dir / "checkpoints" / ".tmp-0000010-999" / "adapters.safetensors").write_bytes(b"half")
+    os.replace(first, run_dir / "checkpoints" / ".old-0000005-999")
+    (run_dir / ".status.json.abcd1234.tmp").write_text("{")
+    (run_dir / "adapters").mkdir()
+    (run_dir / "adapters" / ".adapters.safetensors.0123abcd.tmp.safetensors").write_bytes(b"x")
+    assert ckpt.list_checkpoints(run_dir) == []
+    removed = ckpt.clean_partial(run_dir)
+    assert len(removed) == 3
+    assert ckpt.list_checkpoints(run_dir) == [first]  # the moved-aside checkpoint is back
+    assert sorted(p.name for p in run_dir.rglob("*") if p.name.startswith(".")) == []
+
+
+def test_a_short_safetensors_write_is_an_error_not_a_checkpoint(tmp_path, monkeypatch):
+    import mlx.core as mx
+
+    from engine.checkpoint import write_safetensors
+
+    real = mx.save_safetensors
+
+    def short(path, arrays, *a, **k):
+        real(path, arrays, *a, **k)
+        with open(path, "r+b") as fh:
+            fh.truncate(os.path.getsize(path) - 3)  # MLX said nothing, but the file is short
+
+    monkeypatch.setattr(mx, "save_safetensors", short)
+    with pytest.raises(OSError, match="not written completely"):
+        write_safetensors(tmp_path / "a.safetensors", {"w": mx.ones((16,))})
