@@ -63,13 +63,13 @@ class DataConfig:
     test_batches: int = _f(500, "Test batches for the final test evaluation; -1 uses the whole set.")
     packing: str = _f(
         "auto",
-        "Pack several short examples into one row (attention kept inside each example): auto packs "
-        "when most examples are short and the data is large enough, on always packs, off never does.",
-        choices=("auto", "on", "off"),
+        "How examples share a step. auto: short examples of similar length share steps up to the "
+        "tokens of the largest ordinary batch (budget) when the data is large enough; budget: always "
+        "so; pack: several examples per row with attention kept inside each example; off: always "
+        "batch_size examples per step.",
+        choices=("auto", "budget", "pack", "on", "off"),
     )
-    pack_length: int = _f(
-        0, "Tokens per packed row; 0 uses max_seq_length, capped at 1024 to keep attention cheap."
-    )
+    pack_length: int = _f(0, "Tokens per packed row (packing: pack); 0 uses the longest example.")
     prompt_feature: str = _f("prompt", "Key of the prompt in prompt/completion data.")
     completion_feature: str = _f("completion", "Key of the completion in prompt/completion data.")
     chat_feature: str = _f("messages", "Key of the message list in chat data.")
@@ -291,7 +291,7 @@ class RunConfig:
             (t.early_stopping_patience >= 0, "training.early_stopping_patience must be 0 (off) or more."),
             (t.golden_max_tokens >= 1, "training.golden_max_tokens must be at least 1."),
             (d.max_seq_length >= 2, "data.max_seq_length must be at least 2 tokens."),
-            (d.packing in ("auto", "on", "off"), "data.packing must be auto, on or off."),
+            (d.packing in ("auto", "budget", "pack", "on", "off"), "data.packing must be auto, budget, pack or off."),
             (d.pack_length >= 0, "data.pack_length must be 0 (automatic) or a number of tokens."),
             (0 <= d.valid_fraction < 1, "data.valid_fraction must be between 0 and 1, e.g. 0.1."),
             (lo.rank >= 1, "lora.rank must be at least 1."),

@@ -174,24 +174,28 @@ def prepare(config: RunConfig, sink: events.Sink) -> Prepared:
                     splits.notes, is_quantized(model), 0)
 
 
-def decide_packing(config: RunConfig, model, train_set: list, log) -> tuple[bool, int]:
-    """(pack?, row length) for this model and data, logging why (see batching.should_pack)."""
-    from engine.batching import should_pack
+def decide_batching(config: RunConfig, model, train_set: list, log) -> tuple[str, int, int]:
+    """(mode, tokens, batches per epoch) for this model and data, logging why (batching.choose_batching)."""
+    from engine.batching import choose_batching, pack_rows, plan_epoch_budget
 
-    d = config.data
-    pack_length = d.pack_length or min(d.max_seq_length, 1024)
+    d, t = config.data, config.training
+    lengths = [len(e) for e in train_set]
     model_type = getattr(getattr(model, "args", None), "model_type", None) or getattr(model, "model_type", None)
-    packing, why = should_pack([len(e) for e in train_set], config.training.batch_size, pack_length,
-                               d.packing, model_type)
-    if d.packing == "on" and not packing:
+    mode, size, why = choose_batching(lengths, t.batch_size, d.packing, model_type, d.pack_length)
+    if d.packing in ("pack", "on") and mode != "pack":
         raise TrainingError(why, "Set data.packing to auto or off.")
-    if d.packing != "off":
-        log("info", why)
-    return packing, pack_length
+    log("info", why)
+    if mode == "pack":
+        batches = math.ceil(len(pack_rows(lengths, size, t.seed, 0)) / t.batch_size)
+    elif mode == "budget":
+        batches = len(plan_epoch_budget(lengths, size, t.seed, 0, t.pad_multiple))
+    else:
+        batches = math.ceil(len(lengths) / t.batch_size)
+    return mode, size, batches
 
 
-def total_steps(config: RunConfig, n_train: int) -> int:
-    """Optimizer steps of the run: `iters`, or `epochs` over `n_train` batch units (examples or packed rows)."""
+def total_steps(config: RunConfig, n_train: int, batches_per_epoch: int | None = None) -> int:
+    """Optimizer steps of the run: `iters`, or `epochs` over the data's batches."""
     t = config.training
     if t.iters:
         return t.iters
@@ -245,7 +249,7 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
     from mlx.utils import tree_flatten
 
     from engine import checkpoint as ckpt
-    from engine.batching import fixed_eval_batches, pack_rows, padding_fraction
+    from engine.batching import fixed_eval_batches, padding_fraction
     from engine.trainer import LoopArgs, evaluate, train
 
     t, d = config.training, config.data
@@ -278,9 +282,8 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
             resumed_from = state.step
             log("info", f"Resumed from the checkpoint at step {state.step}.")
 
-    packing, pack_length = decide_packing(config, model, prep.train, log)
-    units = len(pack_rows([len(e) for e in prep.train], pack_length, t.seed, 0)) if packing else len(prep.train)
-    steps = total_steps(config, units)
+    batching, batch_tokens, batches_per_epoch = decide_batching(config, model, prep.train, log)
+    steps = total_steps(config, len(prep.train), batches_per_epoch)
     val_batches = fixed_eval_batches(prep.valid, t.batch_size, d.val_batches, t.seed, t.pad_multiple,
                                      d.max_seq_length)
     n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
@@ -310,7 +313,8 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
             "batch_size": t.batch_size,
             "learning_rate": t.learning_rate,
             "max_seq_length": d.max_seq_length,
-            "packing": packing,
+            "batching": batching,
+            "packing": batching == "pack",
             "backend": _backend(),
         },
     ))
@@ -335,7 +339,7 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
         steps_per_report=t.steps_per_report, steps_per_eval=t.steps_per_eval, save_every=t.save_every,
         seed=t.seed, pad_multiple=t.pad_multiple, max_seq_length=d.max_seq_length,
         clear_cache_threshold=t.clear_cache_threshold, early_stopping_patience=t.early_stopping_patience,
-        packing=packing, pack_length=pack_length,
+        batching=batching, batch_tokens=batch_tokens,
     )
     guard = memory.MemoryGuard(plan or memory.machine_plan())
     nan = _NanWatch(sink)

@@ -19,7 +19,15 @@ import mlx.nn as nn
 from mlx.utils import tree_map
 
 from engine import events
-from engine.batching import Batch, collate, collate_packed, plan_epoch, plan_epoch_packed
+from engine.batching import (
+    Batch,
+    budget_rows,
+    collate,
+    collate_packed,
+    plan_epoch,
+    plan_epoch_budget,
+    plan_epoch_packed,
+)
 from engine.checkpoint import TrainState
 from engine.encode import Encoded
 
@@ -88,8 +96,8 @@ class LoopArgs:
     max_seq_length: int = 2048
     clear_cache_threshold: int = 0
     early_stopping_patience: int = 0
-    packing: bool = False
-    pack_length: int = 1024
+    batching: str = "fixed"  # fixed | budget | pack (see batching.choose_batching)
+    batch_tokens: int = 0  # token budget per step (budget) or row length (pack)
 
 
 @dataclass
@@ -142,8 +150,10 @@ def train(
     lengths = [len(e.tokens) for e in train_set]
 
     def plan_for(epoch: int) -> list:
-        if args.packing:
-            return plan_epoch_packed(lengths, args.batch_size, args.pack_length, args.seed, epoch)
+        if args.batching == "pack":
+            return plan_epoch_packed(lengths, args.batch_size, args.batch_tokens, args.seed, epoch)
+        if args.batching == "budget":
+            return plan_epoch_budget(lengths, args.batch_tokens, args.seed, epoch, args.pad_multiple)
         return plan_epoch(lengths, args.batch_size, args.seed, epoch)
 
     plan = plan_for(state.epoch)
@@ -172,9 +182,13 @@ def train(
             plan = plan_for(state.epoch)
         item = plan[state.position]
         state.position += 1
-        if args.packing:
+        if args.batching == "pack":
             batch = collate_packed([[train_set[i] for i in row] for row in item], args.pad_multiple,
                                    args.batch_size)
+        elif args.batching == "budget":
+            examples = [train_set[i] for i in item]
+            batch = collate(examples, args.pad_multiple, args.max_seq_length,
+                            budget_rows(examples, args.batch_tokens, args.pad_multiple))
         else:
             batch = collate([train_set[i] for i in item], args.pad_multiple, args.max_seq_length,
                             args.batch_size)

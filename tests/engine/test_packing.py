@@ -1,11 +1,19 @@
-"""Sequence packing: several examples per row, with results equal to unpacked training."""
+"""Several examples per step: token-budget batches and packed rows, equal to unpacked training."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engine.batching import collate, collate_packed, pack_rows, plan_epoch_packed, should_pack
+from engine.batching import (
+    bucket_width,
+    choose_batching,
+    collate,
+    collate_packed,
+    pack_rows,
+    plan_epoch_budget,
+    plan_epoch_packed,
+)
 from tests.engine.test_train import make_config, train_run, write_jsonl
 
 
@@ -59,14 +67,53 @@ def test_rows_hold_every_example_once_and_fit_the_row_length():
     assert sum(len(b) for b in batches) == len(rows)
 
 
-def test_auto_packing_decides_by_example_length_data_size_and_architecture():
-    short = [40] * 5000
-    assert should_pack(short, 4, 1024, "auto", "llama")[0]
-    assert not should_pack([600] * 5000, 4, 1024, "auto", "llama")[0]  # long examples
-    assert not should_pack([40] * 100, 4, 1024, "auto", "llama")[0]  # too few steps per epoch
-    assert not should_pack(short, 4, 1024, "auto", "mamba")[0]  # attention mask not supported
-    assert should_pack([40] * 100, 4, 1024, "on", "qwen2")[0]
-    assert not should_pack(short, 4, 1024, "off", "llama")[0]
+def test_auto_batching_decides_by_length_spread_data_size_and_architecture():
+    rng = np.random.default_rng(0)
+    varied = rng.integers(10, 200, size=5000).tolist()
+    mode, budget, _ = choose_batching(varied, 8, "auto", "llama")
+    assert mode == "budget" and budget == 8 * bucket_width(max(varied))
+    assert choose_batching([100] * 5000, 8, "auto", "llama")[0] == "fixed"  # even lengths: nothing to gain
+    assert choose_batching(varied[:60], 8, "auto", "llama")[0] == "fixed"  # small data keeps its steps
+    assert choose_batching(varied, 8, "off", "llama")[0] == "fixed"
+    assert choose_batching(varied, 8, "pack", "qwen2")[:2] == ("pack", bucket_width(max(varied)))
+    assert choose_batching(varied, 8, "pack", "mamba")[0] == "fixed"  # attention mask not supported
+
+
+def test_budget_batches_cover_every_example_and_stay_within_the_budget():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(5, 300, size=1000)
+    budget = 8 * bucket_width(int(lengths.max()))
+    batches = plan_epoch_budget(lengths, budget, seed=0, epoch=0)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    for b in batches:
+        assert len(b) * bucket_width(int(lengths[b].max())) <= budget or len(b) == 1
+    sizes = [len(b) for b in batches]
+    assert max(sizes) > 3 * min(sizes)  # short examples share steps in larger numbers
+    again = plan_epoch_budget(lengths, budget, seed=0, epoch=0)
+    assert all((a == b).all() for a, b in zip(batches, again))
+
+
+def test_training_with_budget_batches_learns_and_resumes_exactly(tiny_chat_model, tmp_path):
+    rng = np.random.default_rng(2)
+    rows = [{"prompt": "Say " + "la " * int(k), "completion": "ok " * int(m)}
+            for k, m in zip(rng.integers(1, 30, 400), rng.integers(1, 40, 400))]
+    data = write_jsonl(tmp_path / "d" / "train.jsonl", rows)
+    write_jsonl(tmp_path / "d" / "valid.jsonl", rows[:8])
+
+    def cfg():
+        c = make_config(tiny_chat_model, data.parent, iters=12, learning_rate=3e-3, steps_per_report=1,
+                        save_every=6, steps_per_eval=6)
+        c.data.packing = "budget"
+        return c
+
+    status, _, full = train_run(cfg())
+    assert status == "completed" and full.of("started")[0]["config"]["batching"] == "budget"
+    assert full.of("eval")[-1]["val_loss"] < full.of("eval")[0]["val_loss"]
+    status, run_dir, first = train_run(cfg(), stop_after=5)
+    _, _, second = train_run(cfg(), resume_dir=run_dir)
+    want = {e["step"]: e["train_loss"] for e in full.of("progress")}
+    got = {e["step"]: e["train_loss"] for e in first.of("progress") + second.of("progress")}
+    assert got.keys() == want.keys() and max(abs(got[k] - want[k]) for k in want) < 1e-4
 
 
 def test_training_with_packing_learns_and_resumes_exactly(tiny_chat_model, tmp_path):
@@ -77,7 +124,7 @@ def test_training_with_packing_learns_and_resumes_exactly(tiny_chat_model, tmp_p
     def cfg():
         c = make_config(tiny_chat_model, data.parent, iters=16, learning_rate=3e-3, steps_per_report=1,
                         save_every=8, steps_per_eval=8)
-        c.data.packing, c.data.pack_length = "on", 128
+        c.data.packing, c.data.pack_length = "pack", 128
         return c
 
     status, _, full = train_run(cfg())
