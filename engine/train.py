@@ -199,7 +199,7 @@ def total_steps(config: RunConfig, n_train: int, batches_per_epoch: int | None =
     t = config.training
     if t.iters:
         return t.iters
-    batches_per_epoch = math.ceil(n_train / t.batch_size)
+    batches_per_epoch = batches_per_epoch or math.ceil(n_train / t.batch_size)
     return max(1, math.ceil(t.epochs * batches_per_epoch / t.grad_accumulation_steps))
 
 
