@@ -1,11 +1,13 @@
-"""Train the same model on the same variable-length data through `mlx_lm.lora` and through Lathe.
+"""Train the same model on the same data through `mlx_lm.lora` and through Lathe, in one run.
 
-    python bench/train_vs_mlx_lm.py [--examples 256] [--batch-size 8] [--model PATH]
+    python bench/train_vs_mlx_lm.py [--shape mixed|short|long] [--examples N] [--batch-size 8] [--model PATH]
 
 Each trainer runs in its own process (so peak memory is its own) on identical settings: LoRA on
-all layers, rank 8, scale 20, Adam at 1e-4, prompt masking, no validation, the same examples for the
-same number of batches. Only the training call is timed (model and data loading excluded). Prints
-trained tokens per second, padding fraction, wall time and peak memory for both.
+all layers, rank 8, scale 20, Adam at 1e-4, prompt masking, no validation, one epoch over the same
+examples (Lathe with its defaults, so it packs short examples when that helps). Only the training
+call is timed (model and data loading excluded). Prints wall time, trained tokens per second,
+padding fraction, peak memory and utilisation (training FLOP/s over this machine's FLOP/s on a plain
+matmul of the model's shapes, measured in the same process) for both.
 """
 
 from __future__ import annotations
@@ -27,15 +29,32 @@ WORDS = ("account fee transfer card bank money day euro branch limit app help sa
          "interest statement payment cash deposit withdraw online mobile secure support").split()
 
 
-def make_data(folder: Path, n: int, seed: int = 0) -> Path:
-    """Chat examples with a realistic, long-tailed length spread (~20 to ~700 tokens)."""
+SHAPES = {
+    # shape: (default examples, max_seq_length, description)
+    "mixed": (256, 1024, "chat, long-tailed lengths (~20 to ~700 tokens)"),
+    "short": (2048, 256, "short chat turns (~15 to ~70 tokens)"),
+    "long": (48, 1024, "documents near the context limit (~850 to ~1024 tokens)"),
+}
+
+
+def _words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def make_data(folder: Path, n: int, seed: int = 0, shape: str = "mixed") -> Path:
+    """A train.jsonl of `n` examples of the given shape (see SHAPES)."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for _ in range(n):
-        q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 40))) + "?"
-        n_answer = min(600, int(rng.lognormvariate(3.8, 0.8)) + 5)
-        a = " ".join(rng.choice(WORDS) for _ in range(n_answer)) + "."
+        if shape == "long":
+            rows.append({"text": _words(rng, rng.randint(800, 960)) + "."})
+            continue
+        if shape == "short":
+            q, a = _words(rng, rng.randint(3, 15)) + "?", _words(rng, rng.randint(3, 40)) + "."
+        else:
+            q = _words(rng, rng.randint(4, 40)) + "?"
+            a = _words(rng, min(600, int(rng.lognormvariate(3.8, 0.8)) + 5)) + "."
         rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
     with open(folder / "train.jsonl", "w") as fh:
         for r in rows:
@@ -71,6 +90,12 @@ def run_mlx_lm(model: str, data: str, iters: int, batch_size: int, max_seq: int)
         original_train(*args, **kwargs)
         stats["seconds"] = time.perf_counter() - tic
         stats["peak_gb"] = mx.get_peak_memory() / 1e9
+        from engine.perf import utilisation
+
+        model = kwargs.get("model", args[0] if args else None)
+        steps = max(1, iters)
+        stats.update(utilisation(model, len(model.layers), False, stats["real"], stats["seconds"],
+                                 stats["real"] / max(1, steps * batch_size), stats["real"] // steps))
 
     lora.train = timed_train
     args = dict(lora.CONFIG_DEFAULTS)
@@ -114,7 +139,7 @@ def run_lathe(model: str, data: str, iters: int, batch_size: int, max_seq: int) 
     cfg.data.max_seq_length, cfg.data.valid_fraction, cfg.data.mask_prompt = max_seq, 0.0, True
     cfg.lora.num_layers, cfg.lora.rank, cfg.lora.scale = -1, 8, 20.0
     t = cfg.training
-    t.iters, t.batch_size, t.learning_rate = iters, batch_size, 1e-4
+    t.iters, t.epochs, t.batch_size, t.learning_rate = None, 1.0, batch_size, 1e-4
     t.steps_per_report, t.steps_per_eval, t.save_every = 1, 10_000_000, 10_000_000
     rec = events.Recorder()
     run(cfg, create_run(cfg), rec)
@@ -125,6 +150,10 @@ def run_lathe(model: str, data: str, iters: int, batch_size: int, max_seq: int) 
     stats["trained"] = progress[-1]["trained_tokens"]
     pads = [e["padding_fraction"] for e in progress]
     stats["padding_fraction"] = sum(pads) / len(pads)
+    summary = rec.of("finished")[0]["summary"]
+    stats.update({k: summary[k] for k in ("utilisation", "achieved_gflops", "reference_gflops")})
+    stats["packing"] = rec.of("started")[0]["config"]["batching"]
+    stats["steps"] = summary["steps"]
     return stats
 
 
@@ -134,12 +163,58 @@ def child(which: str, model: str, data: str, iters: int, batch_size: int, max_se
     print("RESULT " + json.dumps(stats))
 
 
+def build_model(work: Path) -> str:
+    from engine.tinymodel import build_tiny_model
+
+    return str(build_tiny_model(work / "model", hidden_size=384, num_layers=6, num_heads=6, num_kv_heads=2,
+                                intermediate_size=1024, vocab_size=1024, max_position_embeddings=2048,
+                                extra_texts=[" ".join(WORDS)] * 20))
+
+
+def compare(model: str, shape: str, examples: int | None = None, batch_size: int = 8, work: Path | None = None) -> dict:
+    """Run both trainers on one dataset shape; returns {"mlx_lm": stats, "lathe": stats, ...}."""
+    n_default, max_seq, _ = SHAPES[shape]
+    n = examples or n_default
+    work = work or Path(tempfile.mkdtemp(prefix="lathe-bench-"))
+    data = make_data(work / f"data-{shape}", n, shape=shape)
+    iters = n // batch_size  # one epoch for mlx-lm (it drops a last partial batch)
+    env = dict(os.environ, LATHE_HOME=str(work / "home"))
+    blas = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
+    if sys.platform.startswith("linux") and Path(blas).exists() and "LD_PRELOAD" not in env:
+        env["LD_PRELOAD"] = blas  # both trainers get the same BLAS
+    results = {}
+    for which in ("mlx_lm", "lathe"):
+        cmd = [sys.executable, __file__, "--child", which, "--model", model, "--data", str(data),
+               "--iters", str(iters), "--batch-size", str(batch_size), "--max-seq-length", str(max_seq)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            raise SystemExit(f"{which} failed:\n{out.stderr[-3000:]}")
+        results[which] = json.loads(line[7:])
+    m = results["mlx_lm"]
+    m["padding_fraction"] = 1 - m["real"] / m["padded"]
+    results.update(shape=shape, examples=n, batch_size=batch_size, max_seq_length=max_seq)
+    return results
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'shape':8}{'trainer':13}{'wall s':>8}{'trained tok/s':>15}{'padding':>9}{'peak GB':>9}"
+          f"{'utilisation':>13}{'wall vs mlx_lm':>16}")
+    for r in rows:
+        m = r["mlx_lm"]
+        for name, x in (("mlx_lm.lora", m), ("Lathe", r["lathe"])):
+            ratio = f"{x['seconds'] / m['seconds']:.2f}x" if name == "Lathe" else ""
+            print(f"{r['shape']:8}{name:13}{x['seconds']:>8.1f}{x['trained'] / x['seconds']:>15.0f}"
+                  f"{x['padding_fraction']:>9.1%}{x['peak_gb']:>9.3f}{x['utilisation']:>13.1%}{ratio:>16}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="Model folder (default: a 6-layer, 384-wide Llama built here).")
-    p.add_argument("--examples", type=int, default=256)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="mixed")
+    p.add_argument("--examples", type=int)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-seq-length", type=int, default=1024)
+    p.add_argument("--max-seq-length", type=int, default=1024, help=argparse.SUPPRESS)
     p.add_argument("--child", choices=["mlx_lm", "lathe"], help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--iters", type=int, help=argparse.SUPPRESS)
@@ -147,46 +222,18 @@ def main() -> None:
     if a.child:
         child(a.child, a.model, a.data, a.iters, a.batch_size, a.max_seq_length)
         return
-
     work = Path(tempfile.mkdtemp(prefix="lathe-bench-"))
-    os.environ.setdefault("LATHE_HOME", str(work / "home"))
-    model = a.model
-    if not model:
-        from engine.tinymodel import build_tiny_model
-
-        model = str(build_tiny_model(work / "model", hidden_size=384, num_layers=6, num_heads=6,
-                                     num_kv_heads=2, intermediate_size=1024, vocab_size=1024,
-                                     extra_texts=[" ".join(WORDS)] * 20))
-    data = make_data(work / "data", a.examples)
-    iters = a.examples // a.batch_size  # one epoch for both (mlx-lm drops a last partial batch)
-
-    env = dict(os.environ)
-    blas = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
-    if sys.platform.startswith("linux") and Path(blas).exists() and "LD_PRELOAD" not in env:
-        env["LD_PRELOAD"] = blas  # both trainers get the same BLAS
-    results = {}
-    for which in ("mlx_lm", "lathe"):
-        cmd = [sys.executable, __file__, "--child", which, "--model", model, "--data", str(data),
-               "--iters", str(iters), "--batch-size", str(a.batch_size), "--max-seq-length", str(a.max_seq_length)]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            raise SystemExit(f"{which} failed:\n{out.stderr[-3000:]}")
-        results[which] = json.loads(line[7:])
-
-    m, lt = results["mlx_lm"], results["lathe"]
-    m["padding_fraction"] = 1 - m["real"] / m["padded"]
+    model = a.model or build_model(work)
+    r = compare(model, a.shape, a.examples, a.batch_size, work)
     import platform
 
     print(f"Machine: {platform.platform()}, {os.cpu_count()} cores; model {model}")
-    print(f"Data: {a.examples} chat examples, long-tailed lengths; batch {a.batch_size}, {iters} batches, "
+    print(f"Data: {r['examples']} examples, {SHAPES[a.shape][2]}; batch {a.batch_size}, one epoch, "
           "LoRA rank 8 on all layers, prompt masking on, same settings for both.\n")
-    print(f"{'':12}{'wall s':>9}{'trained tok/s':>15}{'padding':>9}{'peak GB':>9}{'trained tokens':>16}")
-    for name, r in (("mlx_lm.lora", m), ("Lathe", lt)):
-        print(f"{name:12}{r['seconds']:>9.2f}{r['trained'] / r['seconds']:>15.0f}{r['padding_fraction']:>9.1%}"
-              f"{r['peak_gb']:>9.3f}{r['trained']:>16}")
+    print_table([r])
+    m, lt = r["mlx_lm"], r["lathe"]
     print(f"\nLathe wall time: {lt['seconds'] / m['seconds']:.2f}x mlx_lm's (target <= 0.6x); "
-          f"peak memory {lt['peak_gb'] / m['peak_gb']:.2f}x (target <= 1.0x).")
+          f"peak memory {lt['peak_gb'] / m['peak_gb']:.2f}x (target <= 1.0x); Lathe batching: {lt['packing']}.")
     print("Trained tokens differ slightly: mlx-lm also trains each example to predict one padding token.")
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks comparing Lathe with the tools a user would pick instead. Not tests."""
