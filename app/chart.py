@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QFont, QPainter, QPainterPath, QPalette, QPen
+from PySide6.QtGui import QColor, QFont, QPainter, QPalette, QPen, QPolygonF
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
 REDRAW_MS = 50  # 20 Hz at most
@@ -32,27 +32,73 @@ def ema(values: list[float], weight: float) -> list[float]:
     return out
 
 
-def downsample(xs: list[float], ys: list[float], buckets: int) -> tuple[list[float], list[float]]:
-    """At most ~2*buckets points: per bucket of x the first, min and max and last points."""
+class Series:
+    """A growable (step, value) buffer: O(1) appends, a running EMA, numpy views for drawing."""
+
+    def __init__(self, smoothing: float = 0.0):
+        self.n = 0
+        self._x: list[float] = []
+        self._y: list[float] = []
+        self._s: list[float] = []  # smoothed values, kept up to date on append
+        self.smoothing = smoothing
+        self._ema = 0.0
+        self.lo = math.inf
+        self.hi = -math.inf
+
+    def __len__(self) -> int:
+        return self.n
+
+    def append(self, x: float, y: float) -> None:
+        self._x.append(x)
+        self._y.append(y)
+        self.n += 1
+        self.lo = min(self.lo, y)
+        self.hi = max(self.hi, y)
+        w = self.smoothing
+        self._ema = self._ema * w + (1 - w) * y
+        self._s.append(self._ema / (1 - w**self.n) if w > 0 else y)
+
+    def set_smoothing(self, weight: float) -> None:
+        self.smoothing = weight
+        self._s = ema(self._y, weight)
+        self._ema = self._s[-1] * (1 - weight**self.n) if self._s and weight > 0 else 0.0
+
+    @property
+    def xs(self) -> list[float]:
+        return self._x
+
+    @property
+    def ys(self) -> list[float]:
+        return self._y
+
+    @property
+    def smoothed(self) -> list[float]:
+        return self._s
+
+
+def downsample(xs: list[float], ys: list[float], buckets: int, mode: str = "envelope"):
+    """About `buckets` points per series for drawing: "envelope" keeps each bucket's min and max
+    (spikes stay visible), "mean" its average (for the smoothed line). Slices and the built-in
+    min/max/sum keep this at a few milliseconds for a few hundred thousand points."""
     n = len(xs)
     if n <= 2 * buckets or buckets < 1:
-        return xs, ys
+        return list(xs), list(ys)
     out_x: list[float] = []
     out_y: list[float] = []
-    size = n / buckets
+    step = n / buckets
     for b in range(buckets):
-        lo, hi = int(b * size), min(n, int((b + 1) * size))
-        if lo >= hi:
+        lo, hi = int(b * step), int((b + 1) * step)
+        if hi <= lo:
             continue
-        seg = range(lo, hi)
-        i_min = min(seg, key=ys.__getitem__)
-        i_max = max(seg, key=ys.__getitem__)
-        for i in sorted({i_min, i_max}):
-            out_x.append(xs[i])
-            out_y.append(ys[i])
-    if out_x[-1] != xs[-1]:
-        out_x.append(xs[-1])
-        out_y.append(ys[-1])
+        seg = ys[lo:hi]
+        if mode == "mean":
+            out_x.append(xs[(lo + hi - 1) // 2])
+            out_y.append(sum(seg) / len(seg))
+        else:
+            out_x += (xs[lo], xs[lo])
+            out_y += (min(seg), max(seg))
+    out_x.append(xs[-1])
+    out_y.append(ys[-1])
     return out_x, out_y
 
 
@@ -65,9 +111,9 @@ class LossChartWidget(QWidget):
         super().__init__(parent)
         self.setMinimumSize(320, 200)
         self.setMouseTracking(True)
-        self.train: tuple[list[float], list[float]] = ([], [])
-        self.valid: tuple[list[float], list[float]] = ([], [])
         self.smoothing = 0.6
+        self.train = Series(self.smoothing)
+        self.valid = Series(0.0)
         self.log_scale = False
         self.total_steps = 0
         self.placeholder = "The loss curve appears here when training starts."
@@ -82,8 +128,8 @@ class LossChartWidget(QWidget):
 
     # -- data ---------------------------------------------------------------------------------
     def clear(self) -> None:
-        self.train = ([], [])
-        self.valid = ([], [])
+        self.train = Series(self.smoothing)
+        self.valid = Series(0.0)
         self.total_steps = 0
         self._hover_x = None
         self._dirty = True
@@ -91,15 +137,13 @@ class LossChartWidget(QWidget):
     def add_train(self, step: float, loss: float | None) -> None:
         if loss is None or not math.isfinite(loss):
             return
-        self.train[0].append(float(step))
-        self.train[1].append(float(loss))
+        self.train.append(float(step), float(loss))
         self._dirty = True
 
     def add_valid(self, step: float, loss: float | None) -> None:
         if loss is None or not math.isfinite(loss):
             return
-        self.valid[0].append(float(step))
-        self.valid[1].append(float(loss))
+        self.valid.append(float(step), float(loss))
         self._dirty = True
 
     def load_events(self, events: list[dict]) -> None:
@@ -118,6 +162,7 @@ class LossChartWidget(QWidget):
 
     def set_smoothing(self, weight: float) -> None:
         self.smoothing = max(0.0, min(0.99, weight))
+        self.train.set_smoothing(self.smoothing)
         self.update()
 
     def set_log_scale(self, on: bool) -> None:
@@ -126,7 +171,7 @@ class LossChartWidget(QWidget):
 
     @property
     def point_count(self) -> int:
-        return len(self.train[0]) + len(self.valid[0])
+        return len(self.train) + len(self.valid)
 
     def _on_timer_timeout(self) -> None:
         if self._dirty:
@@ -138,19 +183,24 @@ class LossChartWidget(QWidget):
         return QRectF(52, 14, max(10, self.width() - 52 - 16), max(10, self.height() - 14 - 34))
 
     def _ranges(self) -> tuple[float, float, float, float]:
-        xs = self.train[0] + self.valid[0]
-        ys = self.train[1] + self.valid[1]
         x0 = 0.0
-        x1 = max(max(xs) if xs else 1.0, float(self.total_steps or 0), 1.0)
+        last = [s.xs[-1] for s in (self.train, self.valid) if len(s)]
+        x1 = max(max(last) if last else 1.0, float(self.total_steps or 0), 1.0)
+        lows, highs = self._bounds()
         if self.log_scale:
-            pos = [y for y in ys if y > 0] or [1.0]
-            y0, y1 = math.log10(min(pos)), math.log10(max(pos))
+            pos_lo = [v for v in lows if v > 0] or [1.0]
+            pos_hi = [v for v in highs if v > 0] or [1.0]
+            y0, y1 = math.log10(min(pos_lo)), math.log10(max(pos_hi))
         else:
-            y0, y1 = (min(ys), max(ys)) if ys else (0.0, 1.0)
+            y0, y1 = (min(lows), max(highs)) if lows else (0.0, 1.0)
         if y1 - y0 < 1e-9:
             y0, y1 = y0 - 0.5, y1 + 0.5
         pad = (y1 - y0) * 0.06
         return x0, x1, y0 - pad, y1 + pad
+
+    def _bounds(self) -> tuple[list[float], list[float]]:
+        series = [s for s in (self.train, self.valid) if len(s)]
+        return [s.lo for s in series], [s.hi for s in series]
 
     def _ty(self, y: float) -> float:
         if self.log_scale:
@@ -208,25 +258,31 @@ class LossChartWidget(QWidget):
                    Qt.AlignmentFlag.AlignCenter, "step")
 
         drawn = 0
-        buckets = max(16, int(rect.width()))
-        xs, ys = self.train
-        if xs:
-            dx, dy = downsample(xs, ys, buckets)
-            if self.smoothing > 0 and len(dx) > 2:
-                faint = QColor(TRAIN_COLOR)
-                faint.setAlpha(70)
-                drawn += self._polyline(p, dx, dy, to_px, QPen(faint, 1.2))
-                sx, sy = downsample(xs, ema(ys, self.smoothing), buckets)
-                drawn += self._polyline(p, sx, sy, to_px, QPen(TRAIN_COLOR, 2.2))
+        buckets = max(16, int(rect.width() / 2))
+        tr = self.train
+        if len(tr):
+            dx, dy = downsample(tr.xs, tr.ys, buckets, "envelope")
+            if self.smoothing > 0 and len(tr) > 2:
+                # The raw series is a dense zigzag. Qt strokes a wide or translucent polyline as
+                # one outline (costly, up to a second for a thousand zigzags), so it is drawn 1 px
+                # wide in an opaque colour pre-blended with the background.
+                faint = _blend(TRAIN_COLOR, base, 0.3)
+                p.setRenderHint(QPainter.RenderHint.Antialiasing, False)
+                drawn += self._polyline(p, dx, dy, to_px, QPen(faint, 1))
+                p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+                sx, sy = downsample(tr.xs, tr.smoothed, buckets, "mean")
+                drawn += self._polyline(p, sx, sy, to_px, QPen(TRAIN_COLOR, 1), bold=True)
             else:
-                drawn += self._polyline(p, dx, dy, to_px, QPen(TRAIN_COLOR, 2.0))
-        vx, vy = self.valid
-        if vx:
-            drawn += self._polyline(p, vx, vy, to_px, QPen(VALID_COLOR, 1.6))
+                drawn += self._polyline(p, dx, dy, to_px, QPen(TRAIN_COLOR, 1))
+        va = self.valid
+        if len(va):
+            vx, vy = downsample(va.xs, va.ys, buckets, "mean")
+            drawn += self._polyline(p, vx, vy, to_px, QPen(VALID_COLOR, 1), bold=True)
             p.setPen(Qt.PenStyle.NoPen)
             p.setBrush(VALID_COLOR)
-            for x, y in zip(*downsample(vx, vy, buckets)):
-                p.drawEllipse(to_px(x, y), 3.2, 3.2)
+            if len(vx) <= 200:
+                for x, y in zip(vx, vy):
+                    p.drawEllipse(to_px(x, y), 3.2, 3.2)
         self.points_drawn = drawn
 
         # legend
@@ -242,29 +298,34 @@ class LossChartWidget(QWidget):
             self._draw_hover(p, rect, to_px, x0, x1, text, base)
         p.end()
 
-    def _polyline(self, p: QPainter, xs, ys, to_px, pen: QPen) -> int:
+    def _polyline(self, p: QPainter, xs, ys, to_px, pen: QPen, bold: bool = False) -> int:
         if not xs:
             return 0
-        path = QPainterPath(to_px(xs[0], ys[0]))
-        for x, y in zip(xs[1:], ys[1:]):
-            path.lineTo(to_px(x, y))
         p.setPen(pen)
         p.setBrush(Qt.BrushStyle.NoBrush)
-        p.drawPath(path)
+        poly = QPolygonF([to_px(x, y) for x, y in zip(xs, ys)])
+        p.drawPolyline(poly)
+        if bold:
+            # Pens wider than 1 px leave Qt's fast path: a jagged 2 px polyline can take 100 ms
+            # to stroke. Two 1 px lines, half a pixel apart, look bold and cost ~2 ms.
+            poly.translate(0.0, 0.8)
+            p.drawPolyline(poly)
+            poly.translate(0.6, -0.8)
+            p.drawPolyline(poly)
         return len(xs)
 
     def readout(self, step: float) -> str:
         """The hover text for the point nearest to `step`."""
         parts = []
-        xs, ys = self.train
+        xs, ys = self.train.xs, self.train.ys
         if xs:
-            i = min(range(len(xs)), key=lambda k: abs(xs[k] - step))
-            smooth = ema(ys[: i + 1], self.smoothing)[-1] if self.smoothing > 0 else ys[i]
+            i = _nearest(xs, step)
+            smooth = self.train.smoothed[i]
             parts.append(f"step {xs[i]:.0f}  train {ys[i]:.4f}" +
                          (f" (smoothed {smooth:.4f})" if self.smoothing > 0 else ""))
-        vx, vy = self.valid
+        vx, vy = self.valid.xs, self.valid.ys
         if vx:
-            j = min(range(len(vx)), key=lambda k: abs(vx[k] - step))
+            j = _nearest(vx, step)
             parts.append(f"validation {vy[j]:.4f} at step {vx[j]:.0f}")
         return "   ".join(parts)
 
@@ -300,6 +361,25 @@ class LossChartWidget(QWidget):
     def leaveEvent(self, _event) -> None:  # noqa: N802 - Qt API
         self._hover_x = None
         self.update()
+
+
+def _blend(fg: QColor, bg: QColor, amount: float) -> QColor:
+    """fg at `amount` opacity over bg, as an opaque colour."""
+    return QColor(int(fg.red() * amount + bg.red() * (1 - amount)),
+                  int(fg.green() * amount + bg.green() * (1 - amount)),
+                  int(fg.blue() * amount + bg.blue() * (1 - amount)))
+
+
+def _nearest(xs: list[float], x: float) -> int:
+    """Index of the value nearest to x in an increasing list."""
+    import bisect
+
+    i = bisect.bisect_left(xs, x)
+    if i <= 0:
+        return 0
+    if i >= len(xs):
+        return len(xs) - 1
+    return i if xs[i] - x < x - xs[i - 1] else i - 1
 
 
 class LossChartPanelWidget(QWidget):

@@ -23,6 +23,7 @@ COMPLETED, STOPPED, FAILED, CRASHED = "completed", "stopped", "failed", "crashed
 STOP_WAIT_MS = 60_000  # how long a requested stop may take (a checkpoint of a big adapter)
 TERMINATE_WAIT_MS = 5_000  # after SIGTERM (the worker checkpoints on it too), before SIGKILL
 LOG_TAIL = 200
+READ_CHUNK = 64 * 1024
 
 
 def keep_awake_command(pid: int, platform: str | None = None) -> list[str] | None:
@@ -74,6 +75,7 @@ class TrainingController(QObject):
         self.stop_wait_ms = STOP_WAIT_MS
         self.terminate_wait_ms = TERMINATE_WAIT_MS
         self._buffer = b""
+        self._more_scheduled = False
         self._stop_timer = QTimer(self)
         self._stop_timer.setSingleShot(True)
         self._stop_timer.timeout.connect(self._on_stop_timer_timeout)
@@ -160,10 +162,23 @@ class TrainingController(QObject):
     def _on_process_stdout(self) -> None:
         if self.process is None:
             return
-        self._buffer += bytes(self.process.readAllStandardOutput())
+        # Parse at most READ_CHUNK bytes per turn of the event loop, so a worker that floods
+        # stdout never holds the GUI thread for long; the rest is read on the next turn.
+        self._buffer += bytes(self.process.read(READ_CHUNK))
         *lines, self._buffer = self._buffer.split(b"\n")
         for raw in lines:
             self.handle_line(raw.decode("utf-8", "replace"))
+        if self.process is not None and self.process.bytesAvailable() > 0 and not self._more_scheduled:
+            self._more_scheduled = True
+            QTimer.singleShot(0, self._on_more_stdout)
+
+    def _on_more_stdout(self) -> None:
+        self._more_scheduled = False
+        self._on_process_stdout()
+
+    def _drain_stdout(self) -> None:
+        while self.process is not None and self.process.bytesAvailable() > 0:
+            self._on_process_stdout()
 
     def handle_line(self, line: str) -> None:
         """One line of worker stdout: an event, or plain text that goes to the log."""
@@ -220,7 +235,7 @@ class TrainingController(QObject):
             self._finish(CRASHED, exit_code=-1)
 
     def _on_process_finished(self, exit_code: int, exit_status: QProcess.ExitStatus) -> None:
-        self._on_process_stdout()
+        self._drain_stdout()
         if self._buffer.strip():
             self.handle_line(self._buffer.decode("utf-8", "replace"))
             self._buffer = b""

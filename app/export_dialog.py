@@ -69,7 +69,7 @@ class ExportDialog(QDialog):
         self.task.sig_done.connect(self._on_task_done)
         self.task.sig_failed.connect(self._on_task_failed)
         self.task.sig_cancelled.connect(self._on_task_cancelled)
-        self.task.start()
+        self.task.start(self)
 
     def _on_task_progress(self, p) -> None:
         self.status.setText(getattr(p, "message", str(p)))

@@ -48,7 +48,11 @@ class Task(QRunnable):
         self.running = False
         self.finished = False
 
-    def start(self) -> Task:
+    def start(self, owner: QObject | None = None) -> Task:
+        """Queue the task. With an `owner` (the widget that shows the result), the task's signals
+        die with it: a result that arrives after the window closed goes nowhere."""
+        if owner is not None:
+            self.signals.setParent(owner)
         self.running = True
         _live.add(self)
         QThreadPool.globalInstance().start(self)

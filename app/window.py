@@ -229,7 +229,7 @@ class MainWindow(QMainWindow):
 
         task = Task(lambda: (model_choices(), dataset_choices()))
         task.sig_done.connect(lambda res: self.train.settings.set_choices(*res))
-        self._choices_task = task.start()
+        self._choices_task = task.start(self)
 
     # -- actions ------------------------------------------------------------------------------
     def open_dataset_dialog(self) -> None:
@@ -262,7 +262,7 @@ class MainWindow(QMainWindow):
         task = Task(demo_config)
         task.sig_done.connect(self._on_demo_config_ready)
         task.sig_failed.connect(lambda m, h: self.welcome.demo_ready(False, f"The demo cannot start: {m} {h}"))
-        self._demo_task = task.start()
+        self._demo_task = task.start(self)
 
     def _on_demo_config_ready(self, result) -> None:
         cfg, notes = result

@@ -349,7 +349,7 @@ class DataPage(QWidget):
         task.sig_done.connect(lambda res, t=task: self._on_import_done(t, res))
         task.sig_failed.connect(lambda m, h, t=task: self._on_import_failed(t, m, h))
         task.sig_cancelled.connect(lambda t=task: self._on_import_cancelled(t))
-        self.task = task.start()
+        self.task = task.start(self)
 
     def cancel(self) -> None:
         if self.task is not None and self.task.running:
@@ -487,7 +487,7 @@ class DataPage(QWidget):
                     self.example_index.value(), self.max_seq_length)
         task.sig_done.connect(self._on_token_view_done)
         task.sig_failed.connect(lambda m, h: self.token_info.setText(f"{m} {h}".strip()))
-        self._view_task = task.start()
+        self._view_task = task.start(self)
 
     def _on_token_view_done(self, view) -> None:
         self.tokens.setHtml(token_html(view))

@@ -175,7 +175,7 @@ class ModelsPage(QWidget):
     def _keep(self, task: Task) -> Task:
         self._tasks = [t for t in self._tasks if not t.finished]
         self._tasks.append(task)
-        return task.start()
+        return task.start(self)
 
     def _on_recommended_loaded(self, recs) -> None:
         self.recommended = recs
@@ -256,7 +256,7 @@ class ModelsPage(QWidget):
         task.sig_failed.connect(lambda m, h, r=repo_id: self._on_download_ended(r, f"{m} {h}".strip()))
         task.sig_cancelled.connect(lambda r=repo_id: self._on_download_ended(
             r, f"Download of {r} cancelled; the bytes so far are kept for next time."))
-        task.start()
+        task.start(self)
 
     def cancel_download(self, repo_id: str) -> None:
         task = self.downloads.get(repo_id)

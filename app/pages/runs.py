@@ -151,7 +151,7 @@ class RunsPage(QWidget):
         self._task = Task(run_rows)
         self._task.sig_done.connect(self._on_rows_loaded)
         self._task.sig_failed.connect(lambda m, h: self.empty.setText(f"Runs cannot be listed: {m}"))
-        self._task.start()
+        self._task.start(self)
 
     def _on_rows_loaded(self, rows) -> None:
         selected = self.selected_row()
@@ -213,7 +213,7 @@ class RunsPage(QWidget):
         self.detail_title.setText(title)
         self._detail_task = Task(run_details, row.path)
         self._detail_task.sig_done.connect(lambda res, p=row.path: self._on_details_loaded(p, res))
-        self._detail_task.start()
+        self._detail_task.start(self)
 
     def _on_details_loaded(self, path, result) -> None:
         row = self.selected_row()
@@ -276,4 +276,4 @@ class RunsPage(QWidget):
         task = Task(delete_run, path)
         task.sig_done.connect(lambda _: self.refresh())
         task.sig_failed.connect(lambda m, h: QMessageBox.warning(self, "Cannot delete", f"{m}\n{h}".strip()))
-        self._delete_task = task.start()
+        self._delete_task = task.start(self)

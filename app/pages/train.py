@@ -396,7 +396,7 @@ class TrainPage(QWidget):
         task = Task(fit_estimate, cfg.model.path, cfg, self.fit_budget_bytes)
         task.sig_done.connect(lambda report, g=generation: self._on_fit_done(g, report))
         task.sig_failed.connect(lambda message, hint, g=generation: self._on_fit_failed(g, message))
-        self._fit_task = task.start()
+        self._fit_task = task.start(self)
 
     def _on_fit_done(self, generation: int, report) -> None:
         if generation != self._fit_generation:

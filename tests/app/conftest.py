@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import app  # noqa: F401 - applies the PySide6/Python 3.11 None workaround before any Qt call
+
 QUESTIONS = [
     ("What is the fee for a transfer?", "A transfer costs 5 euros."),
     ("How long does a transfer take?", "Transfers arrive the same day."),

@@ -131,3 +131,14 @@ def test_screenshot_renders_a_page(tmp_path):
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     assert target.stat().st_size > 10_000
+
+
+def test_many_qt_calls_do_not_exhaust_none(tmp_path):
+    """PySide6 6.12 on Python 3.11 drops a reference to None per void call; the app guards it."""
+    code = ("import app, sys\nfrom PySide6.QtCore import QObject\no = QObject()\n"
+            "for _ in range(300_000):\n    o.setObjectName('x')\n    o.blockSignals(False)\n"
+            "print('alive', app.NONE_WORKAROUND)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.startswith("alive")

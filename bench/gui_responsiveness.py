@@ -1,0 +1,256 @@
+"""GUI responsiveness: does the window stay smooth while a training worker floods it with events,
+and how fast does it appear?
+
+1. Startup: `python -m app --probe-startup` (a fresh process each time) prints the moment its main
+   window is shown; the time from spawning the process to then is the launch time (target < 1.5 s).
+2. Stall under a real run: the app starts `python -m engine train` on a tiny model with
+   --steps-per-report 1 (a progress event per step) through the Train page, exactly as a user
+   does; a QTimer probe on the GUI thread records the longest gap between its ticks beyond its
+   interval (target < 50 ms).
+3. Stall under a firehose: a small script replays that run's real events.jsonl to stdout as fast
+   as it can, parsed by the same TrainingController and drawn by the same Train page.
+
+    python bench/gui_responsiveness.py [--runs 3] [--iters 400] [--replay-events 200000]
+
+Runs offscreen when there is no display (QT_QPA_PLATFORM=offscreen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+REPLAY = r"""
+import json, sys
+events = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8") if l.strip()]
+progress = [e for e in events if e["event"] == "progress"]
+evals = [e for e in events if e["event"] == "eval"]
+n = int(sys.argv[2])
+out = sys.stdout
+start = next(e for e in events if e["event"] == "started")
+start["total_steps"] = n
+out.write(json.dumps(start) + "\n")
+# The recorded run's events, over and over, renumbered so steps keep increasing as in a long run.
+for i in range(n):
+    e = dict(progress[i % len(progress)], step=i + 1, total=n)
+    out.write(json.dumps(e) + "\n")
+    if (i + 1) % 500 == 0 and evals:
+        out.write(json.dumps(dict(evals[(i // 500) % len(evals)], step=i + 1)) + "\n")
+out.write(json.dumps({"event": "finished", "time": 0, "status": "completed", "adapter_path": "",
+                      "summary": {"steps": n}}) + "\n")
+out.flush()
+"""
+
+
+def measure_startup(runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        env = dict(os.environ, LATHE_HOME=tempfile.mkdtemp(prefix="lathe-bench-"))
+        env.setdefault("QT_QPA_PLATFORM", "offscreen")
+        t0 = time.time()
+        out = subprocess.run([sys.executable, "-m", "app", "--probe-startup"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("window_shown_at=")), None)
+        if line is None:
+            raise SystemExit(f"the app did not report its window:\n{out.stderr[-2000:]}")
+        shown = float(line.split()[0].split("=")[1])
+        times.append(shown - t0)
+    return times
+
+
+class StallProbe:
+    """A 5 ms QTimer on the GUI thread; the longest gap between ticks beyond 5 ms is the stall."""
+
+    def __init__(self, interval_ms: int = 5):
+        from PySide6.QtCore import QTimer
+
+        self.interval = interval_ms / 1000
+        self.timer = QTimer()
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._tick)
+        self.last = None
+        self.last_cpu = 0.0
+        self.gaps: list[float] = []
+        self.cpu: list[float] = []  # GUI-thread CPU time used within each gap
+
+    def start(self) -> None:
+        self.last = time.perf_counter()
+        self.last_cpu = time.thread_time()
+        self.timer.start()
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+    def _tick(self) -> None:
+        now, cpu = time.perf_counter(), time.thread_time()
+        self.gaps.append(now - self.last)
+        self.cpu.append(cpu - self.last_cpu)
+        self.last, self.last_cpu = now, cpu
+
+    @property
+    def max_stall_ms(self) -> float:
+        return max(0.0, (max(self.gaps) - self.interval) * 1000) if self.gaps else float("nan")
+
+    @property
+    def max_busy_ms(self) -> float:
+        """The most GUI-thread CPU time spent inside one gap: the part of a stall that is the
+        app's own work, as opposed to the OS giving the CPU to other processes."""
+        return max(self.cpu) * 1000 if self.cpu else float("nan")
+
+    def p99_ms(self) -> float:
+        if not self.gaps:
+            return float("nan")
+        g = sorted(self.gaps)
+        return max(0.0, (g[int(0.99 * (len(g) - 1))] - self.interval) * 1000)
+
+
+class GcWatch:
+    """The longest garbage-collector pause while it is installed (a hidden source of stalls)."""
+
+    def __init__(self):
+        import gc
+
+        self.gc = gc
+        self.longest = 0.0
+        self._t = 0.0
+
+    def __enter__(self):
+        self.gc.callbacks.append(self._cb)
+        return self
+
+    def __exit__(self, *exc):
+        self.gc.callbacks.remove(self._cb)
+
+    def _cb(self, phase, info):
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            self.longest = max(self.longest, time.perf_counter() - self._t)
+
+
+def run_window(args) -> dict:
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ["LATHE_HOME"] = tempfile.mkdtemp(prefix="lathe-bench-")
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(["lathe-bench"])
+    from app.theme import apply_theme
+    from app.window import MainWindow
+    from engine.config import RunConfig
+    from engine.tinymodel import build_tiny_model
+
+    apply_theme(app)
+    window = MainWindow(remember=False)
+    window.resize(1280, 820)
+    window.show()
+    window.show_page("train")
+    page, controller = window.train, window.controller
+
+    model = build_tiny_model(Path(os.environ["LATHE_HOME"]) / "tiny-model")
+    from app.services import sample_dataset
+
+    cfg = RunConfig()
+    cfg.model.path, cfg.data.path = str(model), str(sample_dataset())
+    cfg.data.max_seq_length = 256
+    cfg.lora.rank, cfg.lora.num_layers = 4, -1
+    t = cfg.training
+    t.iters, t.batch_size, t.steps_per_report = args.iters, 2, 1
+    t.steps_per_eval, t.save_every = 50, 10_000
+
+    def wait_finished(timeout: float) -> tuple[str, dict]:
+        box: list = []
+        controller.sig_finished.connect(lambda s, d: box.append((s, d)))
+        end = time.time() + timeout
+        while not box and time.time() < end:
+            app.processEvents()
+            time.sleep(0.0005)
+        if not box:
+            raise SystemExit("the worker did not finish in time")
+        return box[0]
+
+    results = {}
+    # 2. a real training run
+    page.settings.set_config(cfg)
+    probe = StallProbe()
+    events_before = 0
+    first_progress = {}
+    controller.sig_progress.connect(lambda e: first_progress.setdefault("t", time.perf_counter()))
+    if not page.start():
+        raise SystemExit(page.result_text.text())
+    probe.start()
+    state, details = wait_finished(600)
+    probe.stop()
+    elapsed = time.perf_counter() - first_progress.get("t", time.perf_counter())
+    results["real"] = {"state": state, "events": controller.events_seen - events_before,
+                       "progress_per_s": args.iters / elapsed if elapsed > 0 else float("nan"),
+                       "max_stall_ms": probe.max_stall_ms, "p99_stall_ms": probe.p99_ms(),
+                       "max_busy_ms": probe.max_busy_ms, "chart_points": page.chart.point_count, "paints": page.chart.paints}
+    events_file = Path(details["run_dir"]) / "events.jsonl"
+
+    # 3. a firehose replaying that run's events
+    probe = StallProbe()
+    paints_before = page.chart.paints
+    page._reset_view("replay")
+    t0 = time.perf_counter()
+    controller.start_command(sys.executable, ["-c", REPLAY, str(events_file), str(args.replay_events)])
+    probe.start()
+    with GcWatch() as gcw:
+        state, _ = wait_finished(600)
+    probe.stop()
+    elapsed = time.perf_counter() - t0
+    results["replay"] = {"state": state, "events": controller.events_seen,
+                         "events_per_s": controller.events_seen / elapsed,
+                         "max_stall_ms": probe.max_stall_ms, "p99_stall_ms": probe.p99_ms(),
+                         "max_busy_ms": probe.max_busy_ms, "chart_points": page.chart.point_count, "gc_pause_ms": gcw.longest * 1000,
+                         "paints": page.chart.paints - paints_before}
+    window.quit_confirmed = True
+    window.close()
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3, help="launches to time")
+    ap.add_argument("--iters", type=int, default=400, help="steps of the real training run")
+    ap.add_argument("--replay-events", type=int, default=200_000, help="progress events replayed")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    startup = measure_startup(args.runs)
+    res = run_window(args)
+    res["startup_s"] = {"median": statistics.median(startup), "max": max(startup), "all": startup}
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    s = res["startup_s"]
+    print(f"launch to main window shown: median {s['median']:.2f} s, max {s['max']:.2f} s "
+          f"over {len(startup)} launches (target < 1.5 s)")
+    r = res["real"]
+    print(f"real worker (engine train, tiny model, a progress event per step): {r['events']} events, "
+          f"{r['progress_per_s']:.0f} steps/s, max GUI stall {r['max_stall_ms']:.1f} ms, "
+          f"p99 {r['p99_stall_ms']:.1f} ms, longest GUI-thread work in one gap {r['max_busy_ms']:.1f} ms "
+          f"(target < 50 ms); run {r['state']}")
+    f = res["replay"]
+    print(f"replayed events.jsonl at full speed: {f['events']} events at {f['events_per_s']:,.0f}/s, "
+          f"max GUI stall {f['max_stall_ms']:.1f} ms, p99 {f['p99_stall_ms']:.1f} ms, longest GUI-thread "
+          f"work in one gap {f['max_busy_ms']:.1f} ms; "
+          f"longest GC pause {f['gc_pause_ms']:.0f} ms; {f['paints']} chart repaints (timer-capped at 20/s), {f['chart_points']} points kept")
+    ok = s["median"] < 1.5 and r["max_stall_ms"] < 50 and f["max_stall_ms"] < 50
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(("PASS" if ok else "OVER TARGET") + f" (load average {load:.1f} on {os.cpu_count()} cores: "
+          "on a busy machine the OS preempts the GUI; compare stall with GUI-thread work)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
