@@ -144,6 +144,8 @@ def render(page: str, file: str) -> int:
             c.handle_line(json.dumps(e))
         window.train.settings.model.setEditText("mlx-community/Qwen2.5-0.5B-Instruct-4bit")
         window.train.settings.data.setEditText("bank-support")
+        window.train.settings.fields["data.max_seq_length"].setValue(512)
+        window.train.settings.fields["training.batch_size"].setValue(2)
         window.train.refresh_fit()
         window.train.log_toggle.setChecked(True)
         _wait(app, lambda: window.train.fit_report is not None, 20)

@@ -197,6 +197,7 @@ class MainWindow(QMainWindow):
         self.data.sig_use_for_training.connect(self._on_data_use_for_training)
         self.models.sig_use_for_training.connect(self._on_models_use_for_training)
         self.models.sig_library_changed.connect(self.refresh_choices)
+        self.train.settings.sig_changed.connect(self._on_train_settings_changed)
 
     # -- pages --------------------------------------------------------------------------------
     def show_page(self, name: str) -> None:
@@ -294,6 +295,12 @@ class MainWindow(QMainWindow):
     def _on_models_use_for_training(self, path: str) -> None:
         self.train.settings.model.setEditText(path)
         self.show_page("train")
+
+    def _on_train_settings_changed(self) -> None:
+        # The Data page measures token lengths with the model and length the run will use.
+        settings = self.train.settings
+        self.data.preferred_model = settings.model.currentText().strip() or None
+        self.data.max_seq_length = int(settings.fields["data.max_seq_length"].value())
 
     def _on_quantize_requested(self, model: str) -> None:
         self.show_page("models")

@@ -80,3 +80,21 @@ def test_import_can_be_cancelled(window, qtbot, tmp_path, tiny_chat_model):
     qtbot.waitUntil(lambda: not window.data.busy, timeout=60_000)
     assert "cancelled" in window.data.error.text()
     assert window.data.report is None
+
+
+def test_dropping_a_model_folder_imports_it_on_the_models_page(window, qtbot, tiny_chat_model):
+    with qtbot.waitSignal(window.models.sig_library_changed, timeout=30_000):
+        drop(window, tiny_chat_model)
+    assert window.current_page() == "models"
+    qtbot.waitUntil(lambda: any(r.path == str(tiny_chat_model.resolve()) for r in window.models.library),
+                    timeout=30_000)
+    row = next(r for r in window.models.library if r.path == str(tiny_chat_model.resolve()))
+    assert row.kind == "imported" and row.chat_template == "yes"
+    assert "Imported" in window.models.status.text()
+
+
+def test_the_data_page_measures_with_the_train_pages_model(window, tiny_chat_model):
+    window.train.settings.model.setEditText(str(tiny_chat_model))
+    window.train.settings.fields["data.max_seq_length"].setValue(512)
+    assert window.data.preferred_model == str(tiny_chat_model)
+    assert window.data.max_seq_length == 512
