@@ -10,6 +10,10 @@ and how fast does it appear?
 3. Stall under a firehose: a small script replays that run's real events.jsonl to stdout as fast
    as it can, parsed by the same TrainingController and drawn by the same Train page.
 
+4. A large import: a generated JSONL of --import-mb MB is imported on the Data page (a worker
+   thread) for --import-seconds, then cancelled; the same probe measures the stall, and the time
+   Cancel takes is reported.
+
     python bench/gui_responsiveness.py [--runs 3] [--iters 400] [--replay-events 200000]
 
 Runs offscreen when there is no display (QT_QPA_PLATFORM=offscreen).
@@ -213,6 +217,39 @@ def run_window(args) -> dict:
                          "max_stall_ms": probe.max_stall_ms, "p99_stall_ms": probe.p99_ms(),
                          "max_busy_ms": probe.max_busy_ms, "chart_points": page.chart.point_count, "gc_pause_ms": gcw.longest * 1000,
                          "paints": page.chart.paints - paints_before}
+    # 4. a large dataset import on the Data page (worker thread), cancelled after a while
+    if args.import_mb > 0:
+        big = Path(os.environ["LATHE_HOME"]) / "big.jsonl"
+        line = {"messages": [{"role": "user", "content": "How do I change my card's PIN? " * 3},
+                             {"role": "assistant", "content": "Open the app, tap Cards, then PIN. " * 3}]}
+        with open(big, "w", encoding="utf-8") as fh:
+            i = 0
+            while fh.tell() < args.import_mb * 1024 * 1024:
+                line["messages"][0]["content"] = f"Question {i}: how do I change my card's PIN?"
+                fh.write(json.dumps(line) + "\n")
+                i += 1
+        window.show_page("data")
+        data = window.data
+        data.preferred_model = str(model)
+        probe = StallProbe()
+        probe.start()
+        t0 = time.perf_counter()
+        data.open_path(big)
+        end = t0 + args.import_seconds
+        while time.perf_counter() < end and data.busy:
+            app.processEvents()
+            time.sleep(0.0005)
+        read = data.progress_label.text()
+        t_cancel = time.perf_counter()
+        data.cancel()
+        while data.busy and time.perf_counter() < t_cancel + 120:
+            app.processEvents()
+            time.sleep(0.0005)
+        probe.stop()
+        results["import"] = {"file_mb": big.stat().st_size / 2**20, "progress": read,
+                             "cancel_s": time.perf_counter() - t_cancel,
+                             "max_stall_ms": probe.max_stall_ms, "p99_stall_ms": probe.p99_ms(),
+                             "max_busy_ms": probe.max_busy_ms}
     window.quit_confirmed = True
     window.close()
     return results
@@ -223,6 +260,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="launches to time")
     ap.add_argument("--iters", type=int, default=400, help="steps of the real training run")
     ap.add_argument("--replay-events", type=int, default=200_000, help="progress events replayed")
+    ap.add_argument("--import-mb", type=int, default=300, help="size of the dataset imported (0: skip)")
+    ap.add_argument("--import-seconds", type=float, default=15, help="import time before Cancel")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -245,6 +284,12 @@ def main() -> int:
           f"max GUI stall {f['max_stall_ms']:.1f} ms, p99 {f['p99_stall_ms']:.1f} ms, longest GUI-thread "
           f"work in one gap {f['max_busy_ms']:.1f} ms; "
           f"longest GC pause {f['gc_pause_ms']:.0f} ms; {f['paints']} chart repaints (timer-capped at 20/s), {f['chart_points']} points kept")
+    if "import" in res:
+        m = res["import"]
+        print(f"importing a {m['file_mb']:.0f} MB JSONL on the Data page ({m['progress']!r} when "
+              f"cancelled): max GUI stall {m['max_stall_ms']:.1f} ms, p99 {m['p99_stall_ms']:.1f} ms, "
+              f"longest GUI-thread work in one gap {m['max_busy_ms']:.1f} ms; Cancel took "
+              f"{m['cancel_s']:.2f} s")
     ok = s["median"] < 1.5 and r["max_stall_ms"] < 50 and f["max_stall_ms"] < 50
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(("PASS" if ok else "OVER TARGET") + f" (load average {load:.1f} on {os.cpu_count()} cores: "
