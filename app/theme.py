@@ -18,3 +18,9 @@ def apply_theme(app: QApplication) -> None:
     except OSError:
         qss = ""
     app.setStyleSheet(qss)
+    # Follow the system's light/dark setting where Qt reports it (Qt 6.5+); the palette roles in
+    # the style sheet and the charts pick the new colours up.
+    hints = app.styleHints()
+    if hasattr(hints, "colorSchemeChanged") and not getattr(app, "_lathe_scheme_hooked", False):
+        app._lathe_scheme_hooked = True
+        hints.colorSchemeChanged.connect(lambda _scheme: app.setStyleSheet(app.styleSheet()))

@@ -8,6 +8,7 @@ from pathlib import Path
 from PySide6.QtCore import QEvent, QEventLoop, QObject, QSettings, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QIcon, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QCheckBox,
     QDialog,
     QDialogButtonBox,
@@ -336,6 +337,15 @@ class MainWindow(QMainWindow):
 
     def show_preferences(self) -> None:
         PreferencesDialog(self).exec()
+
+    def changeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        # Light/dark switch: the style sheet refers to palette roles, which are resolved when a
+        # widget is polished, so polish again with the new palette.
+        if event.type() == QEvent.Type.ApplicationPaletteChange:
+            app = QApplication.instance()
+            if app is not None and app.styleSheet():
+                app.setStyleSheet(app.styleSheet())
+        super().changeEvent(event)
 
     # -- drops and file-open events -----------------------------------------------------------
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt API

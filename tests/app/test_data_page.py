@@ -98,3 +98,18 @@ def test_the_data_page_measures_with_the_train_pages_model(window, tiny_chat_mod
     window.train.settings.fields["data.max_seq_length"].setValue(512)
     assert window.data.preferred_model == str(tiny_chat_model)
     assert window.data.max_seq_length == 512
+
+
+def test_csv_columns_can_be_mapped(window, qtbot, tmp_path, tiny_chat_model):
+    path = tmp_path / "faq.csv"
+    rows = ["id,frage,antwort"] + [f"{i},Wie hoch ist die Gebühr {i}?,Sie beträgt {i} Euro." for i in range(20)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    window.data.preferred_model = str(tiny_chat_model)
+    window.data.open_path(path, mapping={"prompt": "frage", "completion": "antwort"})
+    qtbot.waitUntil(lambda: window.data.report is not None or window.data.error.isVisible(), timeout=60_000)
+    assert window.data.map_button.isVisibleTo(window.data)
+    report = window.data.report
+    assert report is not None, window.data.error.text()
+    assert report.mapping == {"prompt": "frage", "completion": "antwort"}
+    assert report.kept == 20
+    assert "frage" in window.data.summary.text()

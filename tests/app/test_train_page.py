@@ -39,6 +39,18 @@ def test_training_draws_the_chart_and_completes(window, qtbot, tiny_chat_model, 
     assert page.start_button.isEnabled()
     # The Runs page lists it once it refreshes.
     qtbot.waitUntil(lambda: any(r.path == run_dir for r in window.runs.rows), timeout=20_000)
+    # "Export" opens the export dialog; a fused MLX folder is written by engine.export.
+    from app.export_dialog import ExportDialog
+
+    page.export_button.click()
+    dialog = window.findChild(ExportDialog)
+    assert dialog is not None and dialog.run_dir == run_dir
+    dialog.kind.setCurrentIndex(0)
+    dialog.start()
+    qtbot.waitUntil(lambda: dialog.task is None, timeout=120_000)
+    assert dialog.status.text().startswith("Done."), dialog.status.text()
+    assert (Path(dialog.result.path) / "config.json").exists()
+    dialog.reject()
 
 
 def test_stop_ends_in_stopped_with_a_checkpoint(window, qtbot, tiny_chat_model, dataset):
