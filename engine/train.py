@@ -218,6 +218,16 @@ def run(
     run_dir = Path(run_dir)
     log = _logger(sink)
     started = time.time()
+    watchdog = _start_watchdog(run_dir, sink)
+    try:
+        return _run_guarded(config, run_dir, sink, should_stop, resume, log, started)
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+
+
+def _run_guarded(config, run_dir, sink, should_stop, resume, log, started) -> str:
+    """`run` without the watchdog: every failure becomes an error event and a final status."""
     try:
         write_status(run_dir, "running", pid=os.getpid(), started=started,
                      **({} if resume else {"created": started}))
@@ -233,6 +243,14 @@ def run(
             return _fail(run_dir, sink, "memory",
                          f"The Mac ran out of memory during training ({_first_line(exc)}). "
                          f"{_checkpoint_note(run_dir)}", memory.MEMORY_HINT)
+        from engine.distributed import describe_lost_peer, is_peer_lost, world
+
+        if is_peer_lost(exc):
+            w = world()
+            return _fail(run_dir, sink, "distributed",
+                         f"Training stopped: the connection to {describe_lost_peer(w.rank, w.size)} was lost "
+                         f"({_first_line(exc)}). {_checkpoint_note(run_dir)}",
+                         "Check that every Mac is awake and connected, then resume the run with the same hosts.")
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             what = Path(exc.filename).name if exc.filename else "the run's files"
             return _fail(run_dir, sink, "disk_full",
@@ -242,6 +260,24 @@ def run(
         _emit(sink, events.make("log", level="debug", message=traceback.format_exc()))
         return _fail(run_dir, sink, "internal", f"Training failed unexpectedly: {type(exc).__name__}: {exc}",
                      "Resume from the last checkpoint; if it happens again, report it with the run's events.jsonl.")
+
+
+def _start_watchdog(run_dir: Path, sink: events.Sink):
+    """With several ranks, end the run with an error (not a hang) when a peer stops answering."""
+    from engine.distributed import Watchdog, describe_lost_peer, world
+
+    ranks = world()
+    if ranks.size == 1:
+        return None
+
+    def on_hang(seconds: float) -> None:
+        _fail(run_dir, sink, "distributed",
+              f"Training stopped: {describe_lost_peer(ranks.rank, ranks.size)} stopped answering "
+              f"({seconds:.0f} s without progress). {_checkpoint_note(run_dir)}",
+              "Check that every Mac is awake and connected, then resume the run with the same hosts.")
+        os._exit(1)  # the main thread is blocked inside a collective and cannot return
+
+    return Watchdog(on_hang).start()
 
 
 def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) -> str:
@@ -282,6 +318,9 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
             resumed_from = state.step
             log("info", f"Resumed from the checkpoint at step {state.step}.")
 
+    from engine.distributed import world
+
+    ranks = world()
     batching, batch_tokens, batches_per_epoch = decide_batching(config, model, prep.train, log)
     steps = total_steps(config, len(prep.train), batches_per_epoch)
     val_batches = fixed_eval_batches(prep.valid, t.batch_size, d.val_batches, t.seed, t.pad_multiple,
@@ -316,6 +355,7 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
             "batching": batching,
             "packing": batching == "pack",
             "backend": _backend(),
+            "ranks": ranks.size,
         },
     ))
     write_status(run_dir, "running", step=state.step if state else 0, total_steps=steps)
@@ -339,7 +379,7 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
         steps_per_report=t.steps_per_report, steps_per_eval=t.steps_per_eval, save_every=t.save_every,
         seed=t.seed, pad_multiple=t.pad_multiple, max_seq_length=d.max_seq_length,
         clear_cache_threshold=t.clear_cache_threshold, early_stopping_patience=t.early_stopping_patience,
-        batching=batching, batch_tokens=batch_tokens,
+        batching=batching, batch_tokens=batch_tokens, world_size=ranks.size, rank=ranks.rank,
     )
     guard = memory.MemoryGuard(plan or memory.machine_plan())
     nan = _NanWatch(sink)
@@ -527,6 +567,11 @@ def _logger(sink: events.Sink):
 
 
 def _backend() -> str:
+    """The MLX backend and device, e.g. "gpu (Metal)", "gpu (CUDA)" or "cpu"."""
     import mlx.core as mx
 
-    return str(mx.default_device())
+    device = mx.default_device()
+    if device.type == mx.DeviceType.gpu:
+        kind = "Metal" if mx.metal.is_available() else "CUDA"
+        return f"gpu ({kind})"
+    return "cpu"

@@ -16,6 +16,7 @@ from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_map
 
 from engine import events
@@ -29,6 +30,7 @@ from engine.batching import (
     plan_epoch_packed,
 )
 from engine.checkpoint import TrainState
+from engine.distributed import beat
 from engine.encode import Encoded
 
 
@@ -65,12 +67,15 @@ def segment_mask(segments: mx.array) -> mx.array:
     return (same & causal)[:, None]
 
 
-def masked_loss(model, tokens: mx.array, weights: mx.array, segments: mx.array | None = None):
+def masked_loss(model, tokens: mx.array, weights: mx.array, segments: mx.array | None = None,
+                denom: mx.array | None = None):
     """Mean cross-entropy over the tokens marked for training; returns (loss, trained tokens).
 
     `weights[:, t]` says whether token t is a target. Padding has weight 0, so, unlike mlx-lm, no
     example learns to predict the padding after its last token. With `segments` (packed rows),
-    attention stays inside each example.
+    attention stays inside each example. `denom` replaces the local token count as the divisor:
+    data-parallel ranks divide by the whole batch's count, so their summed losses and gradients
+    equal one process training the whole batch.
     """
     inputs, targets, w = tokens[:, :-1], tokens[:, 1:], weights[:, 1:]
     if segments is None:
@@ -80,7 +85,7 @@ def masked_loss(model, tokens: mx.array, weights: mx.array, segments: mx.array |
         logits = model(inputs, cache=[mask] * len(model.layers))
     ce = nn.losses.cross_entropy(logits, targets) * w
     ntoks = w.sum()
-    return ce.astype(mx.float32).sum() / mx.maximum(ntoks, 1), ntoks
+    return ce.astype(mx.float32).sum() / mx.maximum(ntoks if denom is None else denom, 1), ntoks
 
 
 @dataclass
@@ -96,6 +101,8 @@ class LoopArgs:
     max_seq_length: int = 2048
     clear_cache_threshold: int = 0
     early_stopping_patience: int = 0
+    world_size: int = 1  # data-parallel ranks (mx.distributed); each takes its rows of every batch
+    rank: int = 0
     batching: str = "fixed"  # fixed | budget | pack (see batching.choose_batching)
     batch_tokens: int = 0  # token budget per step (budget) or row length (pack)
 
@@ -115,16 +122,45 @@ def compiled_loss(model, loss: Callable = masked_loss) -> Callable:
                       inputs=[model.state])
 
 
-def evaluate(model, batches: Sequence[Batch], loss: Callable = masked_loss, fn: Callable | None = None) -> float:
-    """Token-weighted mean loss over fixed batches (`fn`: a `compiled_loss` to reuse its traces)."""
+def shard(batch: Batch, rank: int, world_size: int) -> Batch:
+    """This rank's rows of a batch (rows padded with empty ones to a multiple of the ranks)."""
+    if world_size == 1:
+        return batch
+    rows = batch.tokens.shape[0]
+    extra = -rows % world_size
+
+    def take(a):
+        if a is None:
+            return None
+        if extra:
+            a = np.concatenate([a, np.zeros((extra, *a.shape[1:]), dtype=a.dtype)])
+        return a[rank::world_size]
+
+    return Batch(take(batch.tokens), take(batch.weights), take(batch.lengths), take(batch.segments),
+                 examples=batch.examples)
+
+
+def all_sum(x: mx.array, world_size: int) -> mx.array:
+    return mx.distributed.all_sum(x, stream=mx.cpu) if world_size > 1 else x
+
+
+def evaluate(model, batches: Sequence[Batch], loss: Callable = masked_loss, fn: Callable | None = None,
+             rank: int = 0, world_size: int = 1) -> float:
+    """Token-weighted mean loss over fixed batches (`fn`: a `compiled_loss` to reuse its traces).
+
+    With several ranks each evaluates its rows of every batch and the sums are combined.
+    """
     fn = fn or (lambda t, w, s: loss(model, t, w, s))
     total = mx.array(0.0)
     ntoks = mx.array(0.0)
-    for b in batches:
+    for full in batches:
+        b = shard(full, rank, world_size)
         value, n = fn(mx.array(b.tokens), mx.array(b.weights), None if b.segments is None else mx.array(b.segments))
         total = total + value * n
         ntoks = ntoks + n
         mx.eval(total, ntoks)
+        beat()
+    total, ntoks = all_sum(total, world_size), all_sum(ntoks, world_size)
     return (total / mx.maximum(ntoks, 1)).item()
 
 
@@ -148,6 +184,7 @@ def train(
     """
     state = state or TrainState()
     lengths = [len(e.tokens) for e in train_set]
+    world, rank = args.world_size, args.rank
 
     def plan_for(epoch: int) -> list:
         if args.batching == "pack":
@@ -163,11 +200,15 @@ def train(
     compiled_state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
-    def step(tokens, weights, segments, prev_grad, do_update):
-        (value, ntoks), grad = loss_value_and_grad(model, tokens, weights, segments)
+    def step(tokens, weights, segments, denom, prev_grad, do_update):
+        (value, ntoks), grad = loss_value_and_grad(model, tokens, weights, segments, denom)
         if prev_grad is not None:
             grad = tree_map(lambda a, b: a + b, grad, prev_grad)
         if do_update:
+            if world > 1:
+                # Each rank's loss was divided by the whole batch's token count, so the sum of
+                # the ranks' gradients is the gradient of the whole batch.
+                grad = tree_map(lambda g: mx.distributed.all_sum(g), grad)
             if accum > 1:
                 grad = tree_map(lambda g: g / accum, grad)
             optimizer.update(model, grad)
@@ -201,7 +242,7 @@ def train(
         if not val_batches:
             return None
         model.eval()
-        value = evaluate(model, val_batches, loss, eval_fn)
+        value = evaluate(model, val_batches, loss, eval_fn, rank, world)
         model.train()
         if math.isfinite(value) and (state.best_val_loss is None or value < state.best_val_loss):
             state.best_val_loss, state.best_val_step, state.evals_since_best = value, state.step, 0
@@ -223,8 +264,14 @@ def train(
     step_times: list[float] = []
     last_loss: float | None = None
 
+    def stop_requested() -> bool:
+        flag = should_stop()
+        if world > 1:  # every rank stops at the same step, or the others would wait forever
+            flag = all_sum(mx.array(1.0 if flag else 0.0), world).item() > 0
+        return flag
+
     while state.step < args.total_steps:
-        if should_stop():
+        if stop_requested():
             save_checkpoint(state)
             return LoopResult("stopped", state, last_loss, last_val, "Stopped on request.")
 
@@ -233,26 +280,29 @@ def train(
         mx.random.seed(args.seed * 1_000_003 + state.step)
         grad = None
         step_loss = 0.0
-        step_tokens = mx.array(0.0)
+        n_trained = 0
         for micro in range(accum):
             batch = next_batch()
             window_real += batch.real_tokens
             state.processed_tokens += batch.real_tokens
             window_padded += batch.tokens.size
-            segments = None if batch.segments is None else mx.array(batch.segments)
-            value, ntoks, grad = step(
-                mx.array(batch.tokens), mx.array(batch.weights), segments, grad, micro == accum - 1
+            n_batch = batch.trained_tokens
+            n_trained += n_batch
+            mine = shard(batch, rank, world)
+            segments = None if mine.segments is None else mx.array(mine.segments)
+            value, _, grad = step(
+                mx.array(mine.tokens), mx.array(mine.weights), segments, mx.array(float(max(n_batch, 1))),
+                grad, micro == accum - 1,
             )
-            step_tokens = step_tokens + ntoks
             # One sync per batch keeps memory bounded, as in mlx-lm.
-            mx.eval(compiled_state, value, step_tokens, grad)
-            step_loss += value.item() / accum
+            mx.eval(compiled_state, value, grad)
+            step_loss += all_sum(value, world).item() / accum
+            beat()
         if args.clear_cache_threshold and mx.get_cache_memory() > args.clear_cache_threshold:
             mx.clear_cache()
         elapsed = time.perf_counter() - tic
 
         state.step += 1
-        n_trained = int(step_tokens.item())
         state.trained_tokens += n_trained
         state.elapsed_seconds += elapsed
         window_tokens += n_trained

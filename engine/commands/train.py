@@ -68,6 +68,11 @@ def register(sub) -> None:
     p.add_argument("--write-mlx-lm-config", metavar="FILE",
                    help="Write the resolved config as an `mlx_lm.lora -c` YAML file and exit.")
     p.add_argument("--print-config", action="store_true", help="Print the resolved config and exit.")
+    p.add_argument("--hosts", metavar="FILE",
+                   help="Train data-parallel across the Macs listed in this YAML file (ssh, same Python "
+                        "path on each), through mlx.launch; rank 0's events come back here.")
+    p.add_argument("--backend", default="ring", choices=("ring", "mpi"),
+                   help="mlx.launch backend for --hosts (ring: Ethernet or Thunderbolt).")
     p.set_defaults(handler=handle)
 
 
@@ -187,10 +192,16 @@ def handle(args: argparse.Namespace) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         reexec_with_openblas(sys.argv[1:])
 
-    from engine import events
+    from engine import distributed, events
     from engine.cli import UserError
     from engine.runs import create_run, find_run, load_run
     from engine.workspace import write_yaml_atomic
+
+    if args.hosts and not distributed.launched():
+        return _launch_on_hosts(args)
+    ranks = distributed.world()
+    if ranks.size > 1 and not ranks.is_main:
+        return _secondary_rank(args, ranks)
 
     warnings: list[str] = []
     resume = bool(args.resume)
@@ -244,3 +255,76 @@ def _run_folder_for(config_path: str | None, config: RunConfig, create_run) -> P
             write_text_atomic(folder / "config.yaml", config.to_yaml())
             return folder
     return create_run(config)
+
+
+def _secondary_rank(args: argparse.Namespace, ranks) -> int:
+    """Ranks other than 0 train in a private scratch folder, deleted at the end, and print nothing:
+    only rank 0 writes the run folder and events."""
+    import shutil
+    import tempfile
+
+    from engine import checkpoint as ckpt
+    from engine.runs import find_run, load_run
+    from engine.train import run
+
+    scratch = Path(tempfile.mkdtemp(prefix=f"lathe-rank{ranks.rank}-"))
+    try:
+        if args.resume:
+            source = find_run(args.resume)
+            config = load_run(source).config
+            latest = ckpt.latest_checkpoint(source)
+            if latest is not None:
+                shutil.copytree(latest, scratch / "checkpoints" / latest.name)
+        else:
+            config = build_config(args, [])
+        stop = StopSignal()
+        stop.install(watch_stdin=False)
+        status = run(config, scratch, lambda event: None, should_stop=stop, resume=bool(args.resume))
+        return {"completed": 0, "stopped": 0}.get(status, 1)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _launch_on_hosts(args: argparse.Namespace) -> int:
+    """Start this same command on every listed Mac with mlx.launch and relay rank 0's events."""
+    import json
+    import signal as sig
+    import subprocess
+    import tempfile
+
+    from engine import distributed, events
+
+    hosts = distributed.read_hosts(args.hosts)
+    hostfile = distributed.write_hostfile(hosts, Path(tempfile.mkstemp(suffix=".json")[1]))
+    argv = list(sys.argv[1:])
+    i = argv.index("--hosts")
+    train_args = argv[argv.index("train") + 1:i] + argv[i + 2:] if "train" in argv else argv[:i] + argv[i + 2:]
+    cmd = distributed.launch_command(hostfile, train_args, args.backend)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    stop = StopSignal()
+    stop.install(watch_stdin=args.events)
+    threading.Thread(target=lambda: (stop.event.wait(), proc.poll() is None and proc.send_signal(sig.SIGTERM)),
+                     daemon=True).start()
+    printer = None if args.events else events.ConsolePrinter(sys.stderr)
+    status = None
+    for line in proc.stdout:
+        if line.startswith("{"):
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            status = event.get("status", status) if event.get("event") == "finished" else status
+            if printer:
+                printer(event)
+            else:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        else:
+            sys.stderr.write(line)
+    proc.wait()
+    Path(hostfile).unlink(missing_ok=True)
+    if status is None:
+        print(f"lathe-engine: the run across {len(hosts)} Macs ended without a result (mlx.launch exit "
+              f"code {proc.returncode}); see the messages above.", file=sys.stderr)
+        return 1
+    return {"completed": 0, "stopped": 0}.get(status, 1)

@@ -1,0 +1,138 @@
+"""Data-parallel training under mlx.launch (ring backend on 127.0.0.1; works on the CPU build)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.distributed import Host, describe_lost_peer, read_hosts, write_hostfile
+from tests.engine.test_train import variable_chat_data
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCH = shutil.which("mlx.launch") or str(Path(sys.executable).with_name("mlx.launch"))
+
+pytestmark = pytest.mark.skipif(not Path(LAUNCH).exists(), reason="mlx.launch is not installed")
+
+
+def _train_args(model: Path, data: Path, iters: int) -> list[str]:
+    return ["--model", str(model), "--data", str(data), "--iters", str(iters), "--batch-size", "4",
+            "--steps-per-report", "1", "--steps-per-eval", "5", "--save-every", "5", "--learning-rate", "2e-3",
+            "--events"]
+
+
+def _events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def _env(home: Path) -> dict:
+    """Environment of a launched run: its own workspace and its own temp folder (rank scratch)."""
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, LATHE_HOME=str(home), PYTHONUNBUFFERED="1", TMPDIR=str(home / "tmp"))
+    env.pop("MLX_RANK", None)
+    return env
+
+
+def test_two_ranks_match_one_process_and_write_one_run_folder(tiny_chat_model, tmp_path):
+    data = variable_chat_data(tmp_path / "chat.jsonl", n=40)
+    args = _train_args(tiny_chat_model, data, iters=10)
+
+    single_home, multi_home = tmp_path / "single", tmp_path / "multi"
+    one = subprocess.run([sys.executable, "-m", "engine", "train", *args], cwd=ROOT, env=_env(single_home),
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([LAUNCH, "--hosts", "127.0.0.1", "-n", "2", "--backend", "ring", "--starting-port", "35311",
+                          "--", sys.executable, "-m", "engine", "train", *args],
+                         cwd=ROOT, env=_env(multi_home), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         timeout=240)
+    single, multi = _events(one.stdout), _events(two.stdout)
+    assert multi and multi[-1]["event"] == "finished" and multi[-1]["status"] == "completed", two.stdout[-2000:]
+    assert next(e for e in multi if e["event"] == "started")["config"]["ranks"] == 2
+    # Only rank 0 prints events: one started and one finished event in all.
+    assert [e["event"] for e in multi].count("started") == 1 and [e["event"] for e in multi].count("finished") == 1
+    want = {e["step"]: e["train_loss"] for e in single if e["event"] == "progress"}
+    got = {e["step"]: e["train_loss"] for e in multi if e["event"] == "progress"}
+    assert got.keys() == want.keys()
+    assert max(abs(got[s] - want[s]) for s in want) < 1e-4, (got, want)
+    val_one = [e["val_loss"] for e in single if e["event"] == "eval"]
+    val_two = [e["val_loss"] for e in multi if e["event"] == "eval"]
+    # Summing two half-batch gradients rounds differently from one full-batch sum; Adam amplifies
+    # that a little each step, so the later validation losses agree to ~1e-3, not 1e-4.
+    assert abs(val_one[0] - val_two[0]) < 1e-5
+    assert max(abs(a - b) for a, b in zip(val_one, val_two)) < 1e-3
+    assert len(list((multi_home / "runs").iterdir())) == 1
+    assert not list((multi_home / "tmp").glob("lathe-rank1-*"))  # rank 1's scratch folder is removed
+
+
+def _rank_pids(rank: int) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"MLX_RANK={rank}".encode() in env and b"engine" in cmd and b"train" in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds rank processes through /proc")
+def test_a_killed_rank_ends_the_run_with_a_clear_error(tiny_chat_model, tmp_path):
+    data = variable_chat_data(tmp_path / "chat.jsonl", n=40)
+    args = _train_args(tiny_chat_model, data, iters=100000)
+    launcher = subprocess.Popen([LAUNCH, "--hosts", "127.0.0.1", "-n", "2", "--backend", "ring",
+                                 "--starting-port", "35411", "--", sys.executable, "-m", "engine", "train", *args],
+                                cwd=ROOT, env=_env(tmp_path / "home"), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        seen = []
+        for line in launcher.stdout:
+            if line.startswith("{"):
+                seen.append(json.loads(line))
+                if seen[-1]["event"] == "progress" and seen[-1]["step"] >= 3:
+                    break
+        victims = _rank_pids(1)
+        assert victims, "rank 1 not found"
+        killed = time.time()
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        rest = [json.loads(line) for line in launcher.stdout if line.startswith("{")]
+        launcher.wait(timeout=60)
+        elapsed = time.time() - killed
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert elapsed < 30
+    error = next(e for e in rest if e["event"] == "error")
+    assert error["kind"] == "distributed" and "rank 1 on 127.0.0.1" in error["message"]
+    assert rest[-1]["event"] == "finished" and rest[-1]["status"] == "failed"
+    run_dir = next((tmp_path / "home" / "runs").iterdir())
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
+
+
+def test_hosts_file_becomes_the_launchers_host_file(tmp_path):
+    (tmp_path / "hosts.yaml").write_text("- mac-studio.local\n- ssh: me@macbook.local\n  ips: [10.0.0.2]\n")
+    hosts = read_hosts(tmp_path / "hosts.yaml")
+    assert hosts == [Host("mac-studio.local", []), Host("me@macbook.local", ["10.0.0.2"])]
+    out = json.loads(write_hostfile(hosts, tmp_path / "h.json").read_text())
+    assert out == [{"ssh": "mac-studio.local", "ips": []}, {"ssh": "me@macbook.local", "ips": ["10.0.0.2"]}]
+    (tmp_path / "bad.yaml").write_text("hosts: 3\n")
+    with pytest.raises(Exception, match="lists no hosts"):
+        read_hosts(tmp_path / "bad.yaml")
+
+
+def test_lost_peer_message_names_the_neighbouring_hosts(tmp_path, monkeypatch):
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps([["10.0.0.1:5000"], ["10.0.0.2:5000"], ["10.0.0.3:5000"]]))
+    monkeypatch.setenv("MLX_HOSTFILE", str(hostfile))
+    assert describe_lost_peer(0, 3) == "rank 1 on 10.0.0.2 or rank 2 on 10.0.0.3"
