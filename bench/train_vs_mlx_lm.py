@@ -3,7 +3,7 @@
     python bench/train_vs_mlx_lm.py [--shape mixed|short|long] [--examples N] [--batch-size 8] [--model PATH]
 
 Each trainer runs in its own process (so peak memory is its own) on identical settings: LoRA on
-all layers, rank 8, scale 20, Adam at 1e-4, prompt masking, no validation, one epoch over the same
+all layers, rank 8, scale 20, Adam at 1e-4, prompt masking on chat data, no validation, one epoch over the same
 examples (Lathe with its defaults, so it packs short examples when that helps). Only the training
 call is timed (model and data loading excluded). Prints wall time, trained tokens per second,
 padding fraction, peak memory and utilisation (training FLOP/s over this machine's FLOP/s on a plain
@@ -62,6 +62,12 @@ def make_data(folder: Path, n: int, seed: int = 0, shape: str = "mixed") -> Path
     return folder
 
 
+def _is_chat(data: str) -> bool:
+    """Prompt masking for chat data; text documents train on every token (mlx-lm refuses masking there)."""
+    with open(Path(data) / "train.jsonl") as fh:
+        return "messages" in json.loads(fh.readline())
+
+
 def run_mlx_lm(model: str, data: str, iters: int, batch_size: int, max_seq: int) -> dict:
     import types
 
@@ -100,7 +106,7 @@ def run_mlx_lm(model: str, data: str, iters: int, batch_size: int, max_seq: int)
     lora.train = timed_train
     args = dict(lora.CONFIG_DEFAULTS)
     args.update(model=model, data=data, train=True, iters=iters, batch_size=batch_size, num_layers=-1,
-                learning_rate=1e-4, max_seq_length=max_seq, mask_prompt=True, steps_per_report=10_000,
+                learning_rate=1e-4, max_seq_length=max_seq, mask_prompt=_is_chat(data), steps_per_report=10_000,
                 steps_per_eval=10_000_000, save_every=10_000_000, seed=0, val_batches=0,
                 adapter_path=tempfile.mkdtemp(), lora_parameters={"rank": 8, "dropout": 0.0, "scale": 20.0})
     with open(os.devnull, "w") as null:
@@ -136,7 +142,7 @@ def run_lathe(model: str, data: str, iters: int, batch_size: int, max_seq: int) 
     trainer.train = timed_train
     cfg = RunConfig()
     cfg.model.path, cfg.data.path = model, data
-    cfg.data.max_seq_length, cfg.data.valid_fraction, cfg.data.mask_prompt = max_seq, 0.0, True
+    cfg.data.max_seq_length, cfg.data.valid_fraction, cfg.data.mask_prompt = max_seq, 0.0, _is_chat(data)
     cfg.lora.num_layers, cfg.lora.rank, cfg.lora.scale = -1, 8, 20.0
     t = cfg.training
     t.iters, t.epochs, t.batch_size, t.learning_rate = None, 1.0, batch_size, 1e-4
