@@ -35,13 +35,34 @@ def keep_awake_command(pid: int, platform: str | None = None) -> list[str] | Non
     return [exe, "-i", "-w", str(int(pid))]
 
 
+HOSTS_FILE = "hosts.yaml"  # in a run folder: the Macs a multi-Mac run trains across
+
+
 def worker_command(config_path: Path | None = None, resume: Path | None = None,
-                   python: str | None = None) -> tuple[str, list[str]]:
-    """(program, arguments) of the engine worker for a new run or a resumed one."""
+                   python: str | None = None, hosts: Path | None = None,
+                   force: bool = False) -> tuple[str, list[str]]:
+    """(program, arguments) of the engine worker for a new run or a resumed one.
+
+    `hosts`: a hosts.yaml; the engine then starts the run on every listed Mac with mlx.launch and
+    relays rank 0's events on stdout like a local run. `force`: start even when the memory check
+    predicts that the run will not fit."""
     python = python or sys.executable
     if resume is not None:
-        return python, ["-m", "engine", "train", "--resume", str(resume), "--events"]
-    return python, ["-m", "engine", "train", "--config", str(config_path), "--events"]
+        args = ["-m", "engine", "train", "--resume", str(resume), "--events"]
+    else:
+        args = ["-m", "engine", "train", "--config", str(config_path), "--events"]
+    if force:
+        args.append("--force")
+    if hosts is not None:
+        args += ["--hosts", str(hosts)]
+    return python, args
+
+
+def hosts_yaml(hosts: list) -> str:
+    """hosts.yaml (engine.distributed.read_hosts reads it) for a list of Host entries."""
+    import yaml
+
+    return yaml.safe_dump([{"ssh": h.ssh, "ips": list(h.ips)} for h in hosts], sort_keys=False)
 
 
 class TrainingController(QObject):
@@ -70,6 +91,7 @@ class TrainingController(QObject):
         self.error_event: dict | None = None
         self.finished_event: dict | None = None
         self.tail: deque[str] = deque(maxlen=LOG_TAIL)
+        self.command: list[str] = []  # the worker's command line, program first
         self.events_seen = 0
         self.keep_awake = True  # macOS: caffeinate while the worker runs
         self.stop_wait_ms = STOP_WAIT_MS
@@ -90,18 +112,33 @@ class TrainingController(QObject):
     def pid(self) -> int:
         return int(self.process.processId()) if self.process is not None else 0
 
-    def start_config(self, config) -> Path:
-        """Create the run folder for `config` (engine.runs.create_run) and start training in it."""
+    def start_config(self, config, hosts: list | None = None) -> Path:
+        """Create the run folder for `config` (engine.runs.create_run) and start training in it.
+
+        With `hosts` (engine.distributed.Host entries) the run trains across those Macs: their list
+        is written to RUN/hosts.yaml and passed to the worker as `--hosts`."""
         from engine.runs import create_run
 
+        if self.active:
+            raise RuntimeError("A run is already in progress; stop it first.")
         config.validate()
         run_dir = create_run(config)
-        self._launch(*worker_command(config_path=run_dir / "config.yaml"), run_dir=run_dir)
+        hosts_path = None
+        if hosts:
+            from engine.workspace import write_text_atomic
+
+            hosts_path = run_dir / HOSTS_FILE
+            write_text_atomic(hosts_path, hosts_yaml(hosts))
+        self._launch(*worker_command(config_path=run_dir / "config.yaml", hosts=hosts_path), run_dir=run_dir)
         return run_dir
 
-    def resume(self, run_dir: Path) -> None:
-        """Continue a stopped, failed or interrupted run from its newest checkpoint."""
-        self._launch(*worker_command(resume=Path(run_dir)), run_dir=Path(run_dir))
+    def resume(self, run_dir: Path, force: bool = False) -> None:
+        """Continue a stopped, failed or interrupted run from its newest checkpoint (across the same
+        Macs when it was a multi-Mac run; `force` skips the memory check)."""
+        run_dir = Path(run_dir)
+        hosts = run_dir / HOSTS_FILE
+        self._launch(*worker_command(resume=run_dir, hosts=hosts if hosts.is_file() else None, force=force),
+                     run_dir=run_dir)
 
     def start_command(self, program: str, args: list[str], run_dir: Path | None = None) -> None:
         """Start any process that speaks the events protocol (benchmarks replay recorded runs)."""
@@ -148,6 +185,7 @@ class TrainingController(QObject):
         proc.errorOccurred.connect(self._on_process_error)
         proc.started.connect(self._on_process_started)
         self.process = proc
+        self.command = [program, *args]
         self._set_state(STARTING)
         proc.start(program, args)
 

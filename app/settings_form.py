@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QPlainTextEdit,
     QPushButton,
     QSpinBox,
     QToolButton,
@@ -111,6 +112,7 @@ ADVANCED_FIELDS = [
     ("training", "steps_per_eval", "Steps per evaluation", "int", (1, 1000000)),
     ("training", "save_every", "Checkpoint every", "int", (1, 1000000)),
     ("training", "seed", "Seed", "int", (0, 2**31 - 1)),
+    ("training", "nan_retry", "Retry once after NaN", "bool", None),
 ]
 
 
@@ -170,6 +172,8 @@ class TrainSettingsWidget(QWidget):
         adv.addRow("Run name", self.name)
         for spec in ADVANCED_FIELDS:
             adv.addRow(spec[2], self._make(*spec))
+        self.hosts = HostsWidget()
+        adv.addRow(self.hosts)
         self.advanced.setVisible(False)
 
         layout = QVBoxLayout(self)
@@ -331,6 +335,144 @@ class TrainSettingsWidget(QWidget):
             self._choices_wired = True
             for combo in (self.model, self.data):
                 combo.activated.connect(lambda i, c=combo: c.setEditText(str(c.itemData(i) or c.itemText(i))))
+
+
+def parse_hosts(text: str) -> list:
+    """The host list editor's text as engine.distributed.Host entries.
+
+    One Mac per line: what `ssh` connects to, then optionally the addresses the ring backend uses
+    between the Macs (spaces or commas between them). Blank lines and `# comments` are skipped.
+    """
+    from engine.distributed import Host
+
+    hosts = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].replace(",", " ").strip()
+        if line:
+            name, *ips = line.split()
+            hosts.append(Host(name, ips))
+    return hosts
+
+
+def check_hosts(hosts: list) -> list[tuple[str, bool, str]]:
+    """engine.distributed.check_hosts, looked up when called (worker thread)."""
+    from engine import distributed
+
+    return distributed.check_hosts(hosts)
+
+
+class HostsWidget(QWidget):
+    """"Train on several Macs": collapsed by default; a host list, a connectivity check, ✓/✗ per host."""
+
+    sig_changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._task = None
+        self.results: list[tuple[str, bool, str]] = []
+        self.toggle = QToolButton()
+        self.toggle.setText("Train on several Macs")
+        self.toggle.setCheckable(True)
+        self.toggle.setAutoRaise(True)
+        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.toggle.toggled.connect(self._on_toggle_toggled)
+        self.body = QWidget()
+        self.enabled_box = QCheckBox("Train across these Macs")
+        self.enabled_box.setToolTip("Data-parallel training with mlx.launch: every Mac takes its share of "
+                                    "each batch; this Mac shows the progress and keeps the run folder.")
+        self.editor = QPlainTextEdit()
+        self.editor.setPlaceholderText("one Mac per line, this one included:\n"
+                                       "mac-studio.local 192.168.1.20\nmacbook.local 192.168.1.21")
+        self.editor.setToolTip("What ssh connects to (host, user@host or an ~/.ssh/config alias), "
+                               "optionally followed by the address the Macs use between them "
+                               "(Ethernet or Thunderbolt bridge). Each Mac needs password-less ssh and "
+                               "Lathe's Python at the same path.")
+        self.editor.setTabChangesFocus(True)
+        self.editor.setFixedHeight(80)
+        self.check_button = QPushButton("Check connection")
+        self.check_button.clicked.connect(self.check)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setObjectName("muted")
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        row = QHBoxLayout()
+        row.addWidget(self.check_button)
+        row.addStretch(1)
+        bl = QVBoxLayout(self.body)
+        bl.setContentsMargins(16, 0, 0, 0)
+        bl.addWidget(self.enabled_box)
+        bl.addWidget(self.editor)
+        bl.addLayout(row)
+        bl.addWidget(self.status)
+        self.body.setVisible(False)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 4, 0, 0)
+        layout.addWidget(self.toggle)
+        layout.addWidget(self.body)
+        self.enabled_box.toggled.connect(self._on_field_changed)
+        self.editor.textChanged.connect(self._on_field_changed)
+        self._update_buttons()
+
+    def hosts(self) -> list:
+        return parse_hosts(self.editor.toPlainText())
+
+    def set_hosts(self, text: str, enabled: bool = True) -> None:
+        self.editor.setPlainText(text)
+        self.enabled_box.setChecked(enabled)
+        if enabled:
+            self.toggle.setChecked(True)
+
+    def distributed_hosts(self) -> list | None:
+        """The hosts to train across, or None for a run on this Mac alone."""
+        return self.hosts() if self.enabled_box.isChecked() else None
+
+    def check(self) -> None:
+        """Run engine.distributed.check_hosts on a worker thread; ✓/✗ per host when it returns."""
+        from app.tasks import Task
+
+        hosts = self.hosts()
+        if not hosts:
+            self.status.setText("List at least one Mac to check.")
+            return
+        if self._task is not None and self._task.running:
+            return
+        self.check_button.setEnabled(False)
+        self.status.setText(f"Checking {len(hosts)} Mac{'s' if len(hosts) != 1 else ''}…")
+        self._task = Task(check_hosts, hosts)
+        self._task.sig_done.connect(self._on_check_done)
+        self._task.sig_failed.connect(self._on_check_failed)
+        self._task.start(self)
+
+    def _on_check_done(self, results) -> None:
+        self.results = [(str(h), bool(ok), str(detail)) for h, ok, detail in results]
+        lines = [f"{'✓' if ok else '✗'} {_esc(h)}: {_esc(detail)}" for h, ok, detail in self.results]
+        self.status.setText("<br>".join(lines))
+        self._update_buttons()
+
+    def _on_check_failed(self, message: str, hint: str) -> None:
+        self.results = []
+        self.status.setText(_esc(f"The check could not run: {message} {hint}".strip()))
+        self._update_buttons()
+
+    def _on_field_changed(self, *_args) -> None:
+        if self.results:
+            self.results = []
+            self.status.setText("")
+        self._update_buttons()
+        self.sig_changed.emit()
+
+    def _update_buttons(self) -> None:
+        self.check_button.setEnabled(bool(self.editor.toPlainText().strip())
+                                     and not (self._task is not None and self._task.running))
+
+    def _on_toggle_toggled(self, on: bool) -> None:
+        self.body.setVisible(on)
+        self.toggle.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class FitBannerWidget(QFrame):

@@ -1,5 +1,8 @@
 """Runs page: every run with status, model, dataset, steps, best validation loss and duration;
-the selected run's config and curves; resume, chat, export, reveal, delete."""
+the selected run's curves, config and evaluation; resume, chat, export, reveal, delete.
+
+Chat and export take a run folder, or `RUN:STEP` for one checkpoint ("Use this checkpoint" on the
+Evaluate tab)."""
 
 from __future__ import annotations
 
@@ -9,11 +12,12 @@ import time
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices
+from PySide6.QtGui import QCursor, QDesktopServices
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMenu,
     QMessageBox,
     QPlainTextEdit,
     QPushButton,
@@ -26,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.chart import LossChartWidget
+from app.eval_widget import EvalResultsWidget, load_run_view
 from app.tasks import Task
 
 COLUMNS = ["Run", "Status", "Model", "Dataset", "Steps", "Best val loss", "Duration", "Created"]
@@ -65,6 +70,8 @@ class RunsPage(QWidget):
         self.rows = []
         self._task: Task | None = None
         self._detail_task: Task | None = None
+        self._eval_task: Task | None = None
+        self.checkpoint_menu: QMenu | None = None
         self.title = QLabel("Runs")
         self.title.setObjectName("pageTitle")
         self.refresh_button = QPushButton("Refresh")
@@ -98,9 +105,12 @@ class RunsPage(QWidget):
         self.config_view = QPlainTextEdit()
         self.config_view.setReadOnly(True)
         self.config_view.setObjectName("log")
-        tabs = QTabWidget()
+        self.eval_view = EvalResultsWidget()
+        self.eval_view.sig_use_checkpoint.connect(self._on_eval_view_use_checkpoint)
+        self.tabs = tabs = QTabWidget()
         tabs.addTab(self.chart, "Curves")
         tabs.addTab(self.config_view, "Config")
+        tabs.addTab(self.eval_view, "Evaluate")
         self.resume_button = QPushButton("Resume")
         self.chat_button = QPushButton("Open in Chat")
         self.export_button = QPushButton("Export…")
@@ -214,6 +224,17 @@ class RunsPage(QWidget):
         self._detail_task = Task(run_details, row.path)
         self._detail_task.sig_done.connect(lambda res, p=row.path: self._on_details_loaded(p, res))
         self._detail_task.start(self)
+        if self.eval_view.busy:
+            return  # an evaluation is running for the shown run; it keeps the tab until it ends
+        self._eval_task = Task(load_run_view, row.path)
+        self._eval_task.sig_done.connect(lambda res, p=row.path: self._on_eval_view_loaded(p, res))
+        self._eval_task.start(self)
+
+    def _on_eval_view_loaded(self, path, result) -> None:
+        row = self.selected_row()
+        if row is None or row.path != path or self.eval_view.busy:
+            return
+        self.eval_view.show_run(*result)
 
     def _on_details_loaded(self, path, result) -> None:
         row = self.selected_row()
@@ -242,6 +263,22 @@ class RunsPage(QWidget):
         row = self.selected_row()
         if row is not None:
             signal.emit(str(row.path))
+
+    def _on_eval_view_use_checkpoint(self, run_id: str, step: int) -> None:
+        """"Use this checkpoint": offer it (RUN:STEP) to chat and to export."""
+        run_dir = self.eval_view.run_dir
+        if run_dir is None or run_dir.name != run_id:
+            return
+        spec = f"{run_dir}:{step}"
+        menu = QMenu(self)
+        chat = menu.addAction(f"Open step {step} in Chat")
+        chat.triggered.connect(lambda: self.sig_chat_requested.emit(spec))
+        export = menu.addAction(f"Export step {step}…")
+        export.triggered.connect(lambda: self.sig_export_requested.emit(spec))
+        if self.checkpoint_menu is not None:
+            self.checkpoint_menu.deleteLater()
+        self.checkpoint_menu = menu
+        menu.popup(QCursor.pos())
 
     def _on_resume_clicked(self) -> None:
         self._emit_selected(self.sig_resume_requested)

@@ -9,6 +9,7 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -115,9 +116,13 @@ class TrainPage(QWidget):
         self.chat_button = QPushButton("Chat with it")
         self.export_button = QPushButton("Export…")
         self.resume_button = QPushButton("Resume")
+        self.force_button = QPushButton("Start anyway")
+        self.force_button.setToolTip("Start this run although the memory estimate says it will not fit; "
+                                     "it saves a checkpoint and stops if memory runs short.")
         self.runs_button = QPushButton("Show in Runs")
         result_buttons = QHBoxLayout()
-        for b in (self.chat_button, self.export_button, self.resume_button, self.runs_button):
+        for b in (self.chat_button, self.export_button, self.resume_button, self.force_button,
+                  self.runs_button):
             result_buttons.addWidget(b)
         result_buttons.addStretch(1)
         rl = QVBoxLayout(self.result)
@@ -160,6 +165,7 @@ class TrainPage(QWidget):
         self.chat_button.clicked.connect(self._on_chat_clicked)
         self.export_button.clicked.connect(self._on_export_clicked)
         self.resume_button.clicked.connect(self.resume)
+        self.force_button.clicked.connect(self._on_force_clicked)
         self.runs_button.clicked.connect(self.sig_show_runs)
         self.settings.sig_changed.connect(self._on_settings_changed)
         self.fit_banner.sig_apply.connect(self._on_fit_apply)
@@ -184,18 +190,56 @@ class TrainPage(QWidget):
     # -- actions ------------------------------------------------------------------------------
     def start(self) -> bool:
         """Create the run folder and start the worker; a bad setting is shown, not raised."""
+        from engine.config import ConfigError
+
         if self.controller.active:
             return False
         try:
             cfg = self.settings.config(validate=True)
+            hosts = self.settings.hosts.distributed_hosts()
+            if hosts is not None and len(hosts) < 2:
+                raise ConfigError("Train on several Macs needs at least two Macs in the host list.",
+                                  "List every Mac that takes part, this one included, or turn the "
+                                  "option off to train on this Mac alone.")
+            if self.fit_banner.verdict == "will not fit" and not cfg.training.ignore_fit_check:
+                if not self.confirm_start_anyway():
+                    return False
+                cfg.training.ignore_fit_check = True
             self._reset_view(cfg.name or Path(cfg.data.path).name)
-            self.controller.start_config(cfg)
+            self.controller.start_config(cfg, hosts=hosts)
+            if hosts:
+                self._append_log(f"Training across {len(hosts)} Macs: "
+                                 + ", ".join(h.ssh for h in hosts) + ".")
         except Exception as exc:  # noqa: BLE001 - ConfigError, RunError, OSError: shown to the user
             message, hint = describe_error(exc)
             self._show_result("problem", f"<b>Cannot start:</b> {_esc(message)}"
                               + (f"<br>{_esc(hint)}" if hint else ""), buttons=())
             return False
         return True
+
+    def confirm_start_anyway(self) -> bool:
+        """Ask before starting a run the memory estimate says will not fit."""
+        report = self.fit_report
+        gb = 1024**3
+        numbers = (f"It needs about {report.training_peak_bytes / gb:.1f} GB of memory and this Mac "
+                   f"offers {report.budget_bytes / gb:.1f} GB. ") if report is not None else ""
+        fix = (f"\n\nTo make it fit: {report.suggestion.description}."
+               if report is not None and report.suggestion is not None else "")
+        box = QMessageBox(QMessageBox.Icon.Warning, "Start a run that will not fit?",
+                          "This run is predicted not to fit in memory.", parent=self)
+        box.setInformativeText(
+            f"{numbers}Training may slow the Mac down badly; if memory runs short the run saves a "
+            f"checkpoint and stops.{fix}")
+        start = box.addButton("Start anyway", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        self.fit_confirm = box
+        try:
+            box.exec()
+            return box.clickedButton() is start
+        finally:
+            self.fit_confirm = None
+            box.deleteLater()
 
     def start_with(self, cfg, notes: list[str] | None = None) -> bool:
         self.settings.set_config(cfg)
@@ -215,7 +259,12 @@ class TrainPage(QWidget):
             return
         self.resume_run(Path(run_dir))
 
-    def resume_run(self, run_dir: Path) -> None:
+    def _on_force_clicked(self) -> None:
+        run_dir = self.final_details.get("run_dir")
+        if run_dir and not self.controller.active:
+            self.resume_run(Path(run_dir), force=True)
+
+    def resume_run(self, run_dir: Path, force: bool = False) -> None:
         if self.controller.active:
             return
         self._reset_view(f"Resuming {run_dir.name}")
@@ -225,7 +274,7 @@ class TrainPage(QWidget):
         _, events = run_details(run_dir)
         self.chart.load_events(events)
         try:
-            self.controller.resume(run_dir)
+            self.controller.resume(run_dir, force=force)
         except RuntimeError as exc:
             self._show_result("problem", _esc(str(exc)), buttons=())
 
@@ -310,6 +359,20 @@ class TrainPage(QWidget):
             self._show_result("stopped", text, ("resume", "chat", "export", "runs"))
             self.eta.setText("stopped")
             note = f"{run_name} stopped at step {summary.get('steps', '?')}"
+        elif failure_summary(details.get("error")) is not None:
+            error = details["error"]
+            headline, body = failure_summary(error)
+            refused = bool(error.get("fit")) and not details.get("last_progress")
+            can_resume = bool(details.get("last_checkpoint")) or _has_checkpoint(details.get("run_dir"))
+            text = f"<b>Training {'crashed' if state == CRASHED else 'stopped'}: {_esc(headline)}</b><br>{body}"
+            if refused:
+                text += ("<br>Start anyway ignores the estimate; the run still saves a checkpoint and "
+                         "stops if memory runs short.")
+            elif can_resume:
+                text += "<br>Resume continues from the last checkpoint."
+            self._show_result("problem", text, ("force", "runs") if refused else ("resume", "runs"))
+            self.eta.setText(state)
+            note = f"{run_name} stopped: {headline}"
         else:
             message = describe_crash(details) if state == CRASHED else (
                 (details.get("error") or {}).get("message") or str(summary.get("reason") or "The run failed."))
@@ -335,6 +398,7 @@ class TrainPage(QWidget):
         self.chat_button.setVisible("chat" in buttons)
         self.export_button.setVisible("export" in buttons)
         self.resume_button.setVisible("resume" in buttons)
+        self.force_button.setVisible("force" in buttons)
         self.runs_button.setVisible("runs" in buttons)
         self.result.setVisible(True)
         if kind == "problem" and self.progress.maximum() == 0:
@@ -415,6 +479,40 @@ class TrainPage(QWidget):
             self.settings.set_values(changes)
         if quantize:
             self.sig_quantize_requested.emit(self.settings.model.currentText())
+
+
+def failure_summary(error: dict | None) -> tuple[str, str] | None:
+    """(headline, HTML body) for the error kinds that get their own summary: `memory` (a refused
+    run carries the fit estimate in `fit`, a run stopped while training its memory plan in
+    `memory`) and `disk_full`. None for every other error."""
+    if not error or error.get("kind") not in ("memory", "disk_full"):
+        return None
+    message = _esc(str(error.get("message") or ""))
+    hint = str(error.get("hint") or "")
+    if error["kind"] == "disk_full":
+        body = message + (f"<br>What to do: {_esc(hint)}" if hint else "")
+        return "the disk is full.", body
+    fit = error.get("fit")
+    if isinstance(fit, dict):
+        gb = 1024**3
+        need = fit.get("training_peak_gb") or (fit.get("training_peak_bytes") or 0) / gb
+        have = fit.get("budget_gb") or (fit.get("budget_bytes") or 0) / gb
+        body = (f"Training needs about <b>{need:.1f} GB</b>; this Mac offers <b>{have:.1f} GB</b>"
+                + (f" ({_esc(str(fit['budget_source']))})" if fit.get("budget_source") else "") + ".")
+        suggestion = fit.get("suggestion") or {}
+        if suggestion.get("description"):
+            body += f"<br>To make it fit: {_esc(str(suggestion['description']))}"
+            if suggestion.get("training_peak_gb"):
+                body += f" (about {suggestion['training_peak_gb']:.1f} GB)"
+            body += "."
+        return "it will not fit in memory.", body
+    body = message
+    plan = error.get("memory")
+    if isinstance(plan, dict) and plan.get("stop_bytes"):
+        body += f"<br>Memory limit for training: {plan['stop_bytes'] / 1024**3:.1f} GB."
+    if hint:
+        body += f"<br>What to do: {_esc(hint)}"
+    return "memory ran short.", body
 
 
 def _has_checkpoint(run_dir) -> bool:
