@@ -181,6 +181,7 @@ class TrainSettingsWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.advanced_toggle)
         layout.addWidget(self.advanced)
+        layout.addStretch(1)  # keep Advanced under the fields, not at the bottom of the scroll area
 
         self.model.currentTextChanged.connect(self._on_field_changed)
         self.data.currentTextChanged.connect(self._on_field_changed)
@@ -446,7 +447,8 @@ class HostsWidget(QWidget):
 
     def _on_check_done(self, results) -> None:
         self.results = [(str(h), bool(ok), str(detail)) for h, ok, detail in results]
-        lines = [f"{'✓' if ok else '✗'} {_esc(h)}: {_esc(detail)}" for h, ok, detail in self.results]
+        lines = [f"<span style='color:{'#1a7f37' if ok else '#cf222e'}'>{'✓' if ok else '✗'}</span> "
+                 f"{_esc(h)}: {_esc(detail)}" for h, ok, detail in self.results]
         self.status.setText("<br>".join(lines))
         self._update_buttons()
 

@@ -364,7 +364,8 @@ class TrainPage(QWidget):
             headline, body = failure_summary(error)
             refused = bool(error.get("fit")) and not details.get("last_progress")
             can_resume = bool(details.get("last_checkpoint")) or _has_checkpoint(details.get("run_dir"))
-            text = f"<b>Training {'crashed' if state == CRASHED else 'stopped'}: {_esc(headline)}</b><br>{body}"
+            verb = "Not started" if refused else ("Training crashed" if state == CRASHED else "Training stopped")
+            text = f"<b>{verb}: {_esc(headline)}</b><br>{body}"
             if refused:
                 text += ("<br>Start anyway ignores the estimate; the run still saves a checkpoint and "
                          "stops if memory runs short.")
