@@ -1,6 +1,10 @@
 """The chat page's controller: owns the loaded ChatModel and the conversations, runs loading and
 generation on worker threads (app.tasks.Task) and re-emits what happens as typed signals.
 
+All of it runs on one dedicated worker thread: MLX arrays and streams belong to the thread that
+made them (arrays loaded lazily on one thread cannot be evaluated on another), so loading, adapter
+switches, generation and freeing never hop threads.
+
 Widgets never touch the model: they call `load`, `send`, `regenerate`, `edit_and_resend`, `stop`
 and listen. One operation at a time: a load asked for while a reply streams stops the reply first
 and starts when it has ended; switching to another model closes (frees) the old one.
@@ -11,8 +15,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QThreadPool, Signal
 
+from app import tasks
 from app.tasks import Task
 
 SIDES = ("single", "base", "tuned")
@@ -42,6 +47,23 @@ class ChatController(QObject):
         self._task: Task | None = None
         self._cancel: threading.Event | None = None
         self._after_reply: Callable[[], None] | None = None
+        # One thread that never expires: every MLX call of the chat happens on it.
+        self._pool = QThreadPool(self)
+        self._pool.setMaxThreadCount(1)
+        self._pool.setExpiryTimeout(-1)
+
+    def _run(self, task: Task, owner: QObject | None = None) -> Task:
+        """Task.start, on the chat's own thread instead of the shared pool."""
+        if owner is not None:
+            task.signals.setParent(owner)
+        task.running = True
+        tasks._live.add(task)
+        self._pool.start(task)
+        return task
+
+    def wait(self, timeout_ms: int = 20_000) -> bool:
+        """Wait for the chat thread's work (tests, quitting)."""
+        return self._pool.waitForDone(timeout_ms)
 
     # -- model --------------------------------------------------------------------------------
     @property
@@ -81,7 +103,7 @@ class ChatController(QObject):
         task = Task(work)
         task.sig_done.connect(lambda m: self._on_load_done(m, model_ref, adapter_spec))
         task.sig_failed.connect(self._on_load_failed)
-        self._load_task = task.start(self)
+        self._load_task = self._run(task, self)
 
     def _on_load_done(self, model, model_ref, adapter_spec) -> None:
         from engine.chat import ChatSession, CompareSession
@@ -118,7 +140,7 @@ class ChatController(QObject):
         self.single = self.compare = None
         if model is not None:
             task = Task(model.close)
-            self._close_task = task.start()
+            self._close_task = self._run(task)
 
     # -- conversation -------------------------------------------------------------------------
     def set_system_prompt(self, text: str) -> None:
@@ -184,7 +206,7 @@ class ChatController(QObject):
         task.sig_ended.connect(self._on_task_ended)
         self.busy = True
         self.sig_busy_changed.emit(True)
-        self._task = task.start(self)
+        self._task = self._run(task, self)
         return True
 
     def _on_task_progress(self, item) -> None:

@@ -31,6 +31,7 @@ def page(qtbot):
     p.controller.stop()
     qtbot.waitUntil(lambda: not p.controller.busy, timeout=20_000)
     p.controller.close()
+    p.controller.wait()
     from app.tasks import wait_all
 
     wait_all(20_000)
