@@ -155,7 +155,23 @@ def render(page: str, file: str) -> int:
         window.runs.table.topLevelItem(0).setSelected(True)
         _wait(app, lambda: window.runs.chart.point_count > 0, 20)
     elif page == "chat":
-        window.chat.set_run(None)
+        # A real short exchange with the demo model when it is on this machine.
+        from app.services import demo_model_path
+
+        chat = window.chat
+        chat.set_run(None)
+        _wait(app, lambda: pool.activeThreadCount() == 0, 10)
+        demo = demo_model_path()
+        if demo is not None:
+            chat.model.setEditText(str(demo))
+            chat.load()
+            _wait(app, lambda: chat.controller.model is not None or chat.error.isVisible(), 60)
+            chat.temperature.setValue(0.0)
+            chat.max_tokens.setValue(60)
+            chat.system_prompt.setPlainText("You tell short stories for children.")
+            chat.send("Tell me a story about a cat.")
+            _wait(app, lambda: chat.controller.busy, 5)
+            _wait(app, lambda: not chat.controller.busy, 60)
     _wait(app, lambda: False, 0.3)
     image = window.grab()
     Path(file).parent.mkdir(parents=True, exist_ok=True)
