@@ -27,7 +27,26 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _finish(code: int, from_command_line: bool) -> int:
+    """Exit code of the app; ends the process directly when MLX has been used.
+
+    MLX 0.32 crashes at interpreter exit after running on a worker thread (the chat and evaluation
+    workers do): its per-thread compile cache is destroyed after Python is finalised. Everything
+    is saved by now (windows closed, runs stopped), so skip those destructors.
+    """
+    if from_command_line and "mlx.core" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    return _finish(code, argv is None)
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     if args.screenshot:
         from app.screenshot import render

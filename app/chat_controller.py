@@ -54,6 +54,8 @@ class ChatController(QObject):
 
     def _run(self, task: Task, owner: QObject | None = None) -> Task:
         """Task.start, on the chat's own thread instead of the shared pool."""
+        if self._pool is None:  # shut down: nothing more runs
+            return task
         if owner is not None:
             task.signals.setParent(owner)
         task.running = True
@@ -63,7 +65,7 @@ class ChatController(QObject):
 
     def wait(self, timeout_ms: int = 20_000) -> bool:
         """Wait for the chat thread's work (tests, quitting)."""
-        return self._pool.waitForDone(timeout_ms)
+        return self._pool is None or self._pool.waitForDone(timeout_ms)
 
     # -- model --------------------------------------------------------------------------------
     @property
@@ -141,6 +143,21 @@ class ChatController(QObject):
         if model is not None:
             task = Task(model.close)
             self._close_task = self._run(task)
+
+    def shutdown(self, timeout_ms: int = 20_000) -> None:
+        """Free the model and end the chat thread (window closing, app quitting).
+
+        The thread must be gone before the interpreter exits: MLX's per-thread streams outliving
+        MLX's own teardown crash the process at exit.
+        """
+        self.close()
+        self._pool.waitForDone(timeout_ms)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            import shiboken6
+
+            pool.setParent(None)
+            shiboken6.delete(pool)  # the destructor wakes and joins the idle thread
 
     # -- conversation -------------------------------------------------------------------------
     def set_system_prompt(self, text: str) -> None:

@@ -418,6 +418,7 @@ class MainWindow(QMainWindow):
         self.save_state()
         if self.tray is not None:
             self.tray.hide()
+        self.chat.controller.shutdown()  # frees the chat model and ends its thread before exit
         event.accept()
 
 

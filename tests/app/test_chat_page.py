@@ -30,8 +30,7 @@ def page(qtbot):
     yield p
     p.controller.stop()
     qtbot.waitUntil(lambda: not p.controller.busy, timeout=20_000)
-    p.controller.close()
-    p.controller.wait()
+    p.controller.shutdown()
     from app.tasks import wait_all
 
     wait_all(20_000)
