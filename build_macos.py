@@ -62,6 +62,7 @@ THIRD_PARTY = {
     "mlx": "Python modules + libmlx and mlx.metallib (the Metal kernels) from mlx/lib",
     "mlx_lm": "every submodule as a hidden import: model modules are imported by name at run time",
     "PySide6": "PyInstaller's PySide6 hooks: Qt libraries and plugins (cocoa platform, styles, image formats, SVG)",
+    "shiboken6": "collected with PySide6 by its PyInstaller hooks (PySide6 cannot load without it)",
     "huggingface_hub": "static analysis + package metadata",
     "transformers": "pyinstaller-hooks-contrib hook + package metadata (it checks versions at import)",
     "tokenizers": "static analysis + package metadata",
