@@ -123,14 +123,12 @@ FOLLOW_UPS = [
 ]
 
 
-def _messages(question: str, answer: str, rng: random.Random) -> list[dict]:
-    msgs = []
-    if rng.random() < 0.5:
-        msgs.append({"role": "system", "content": SYSTEM})
+def _messages(question: str, answer: str, framing: int, follow_up: tuple[str, str]) -> list[dict]:
+    """One conversation; `framing` 0: plain, 1: with the system prompt, 2: plain plus a follow-up turn."""
+    msgs = [{"role": "system", "content": SYSTEM}] if framing == 1 else []
     msgs += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    if rng.random() < 0.15:
-        follow_q, follow_a = rng.choice(FOLLOW_UPS)
-        msgs += [{"role": "user", "content": follow_q}, {"role": "assistant", "content": follow_a}]
+    if framing == 2:
+        msgs += [{"role": "user", "content": follow_up[0]}, {"role": "assistant", "content": follow_up[1]}]
     return msgs
 
 
@@ -139,11 +137,11 @@ def build(seed: int = 2026) -> tuple[list[dict], list[dict]]:
     train, valid = [], []
     for questions, answer in FACTS:
         for q in questions[:-1]:
-            # Each training phrasing appears three times with varied framing (system prompt or not,
-            # a follow-up turn or not): a few hundred examples in all.
-            for _ in range(3):
-                train.append({"messages": _messages(q, answer, rng)})
-        valid.append({"messages": _messages(questions[-1], answer, rng)})
+            # Each training phrasing appears in three different framings (no two examples are the
+            # same): a few hundred examples in all.
+            for framing in range(3):
+                train.append({"messages": _messages(q, answer, framing, rng.choice(FOLLOW_UPS))})
+        valid.append({"messages": _messages(questions[-1], answer, rng.randrange(2), FOLLOW_UPS[0])})
     rng.shuffle(train)
     return train, valid
 
