@@ -4,6 +4,7 @@
     python -m engine export gguf RUN[:STEP]|MODEL_DIR [--dtype f16|f32] [--out FILE]
     python -m engine export ollama RUN[:STEP]|MODEL_DIR [--out DIR]
     python -m engine export upload RUN[:STEP]|FOLDER --repo USER/NAME [--what mlx|adapter|gguf]
+    python -m engine export bundle RUN|CONFIG --out DIR [--copy-model]
 """
 
 from __future__ import annotations
@@ -61,6 +62,29 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="Print the model card and upload nothing.")
     add_json_flag(p)
     p.set_defaults(handler=_upload)
+
+    p = sub.add_parser("bundle", help="Write a folder (config, normalised data, model reference) that "
+                                      "`train --config` runs unchanged on another machine.")
+    p.add_argument("source", metavar="RUN|CONFIG", help="A run (id or folder) or a config YAML file.")
+    p.add_argument("--out", required=True, help="The bundle folder to create.")
+    p.add_argument("--copy-model", action="store_true",
+                   help="Copy the model's files into the bundle even when it came from the Hub.")
+    add_json_flag(p)
+    p.set_defaults(handler=_bundle)
+
+
+def _bundle(args) -> int:
+    from engine.export.bundle import make_bundle
+
+    result = make_bundle(args.source, args.out, copy_model=True if args.copy_model else None)
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        c = result.examples
+        print(f"Bundle: {result.path}  ({c['train']} train, {c['valid']} valid, {c['test']} test examples; "
+              f"model {result.model})")
+        print(f"On the other machine: lathe-engine train --config {result.path / 'config.yaml'}")
+    return 0
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -78,6 +78,13 @@ def register(sub) -> None:
 
 def build_config(args: argparse.Namespace, warnings: list[str]) -> RunConfig:
     cfg = RunConfig.load(args.config, warnings) if args.config else RunConfig()
+    if args.config:
+        # Paths in a config file are relative to the file (a run bundle can be copied anywhere).
+        base = Path(args.config).resolve().parent
+        for section, name in (("model", "path"), ("data", "path")):
+            value = getattr(getattr(cfg, section), name)
+            if value and not Path(value).expanduser().is_absolute() and (base / value).exists():
+                setattr(getattr(cfg, section), name, str(base / value))
     if args.demo:
         demo_defaults(cfg, warnings)
     for flag, (section, name, _) in FLAGS.items():

@@ -138,3 +138,26 @@ def test_lost_peer_message_names_the_neighbouring_hosts(tmp_path, monkeypatch):
     hostfile.write_text(json.dumps([["10.0.0.1:5000"], ["10.0.0.2:5000"], ["10.0.0.3:5000"]]))
     monkeypatch.setenv("MLX_HOSTFILE", str(hostfile))
     assert describe_lost_peer(0, 3) == "rank 1 on 10.0.0.2 or rank 2 on 10.0.0.3"
+
+
+def test_a_run_bundle_trains_unchanged_from_anywhere(stories_path, tmp_path, lathe_home):
+    from engine.config import RunConfig
+    from engine.export.bundle import hub_repo_of, make_bundle
+
+    data = variable_chat_data(tmp_path / "chat.jsonl", n=20)
+    cfg = RunConfig()
+    cfg.model.path, cfg.data.path = str(stories_path), str(data)
+    cfg.training.iters, cfg.training.batch_size, cfg.training.report_utilisation = 3, 2, False
+    (tmp_path / "run.yaml").write_text(cfg.to_yaml())
+    bundle = make_bundle(tmp_path / "run.yaml", tmp_path / "elsewhere" / "bundle")
+    assert bundle.model == "model" and (bundle.path / "model" / "model.safetensors").exists()
+    assert bundle.examples["train"] + bundle.examples["valid"] == 20
+    assert hub_repo_of("mlx-community/Qwen2.5-0.5B-Instruct-4bit") == "mlx-community/Qwen2.5-0.5B-Instruct-4bit"
+    assert hub_repo_of("/x/hub/models--mlx-community--Qwen2.5-0.5B/snapshots/abc") == "mlx-community/Qwen2.5-0.5B"
+    # Run from an unrelated working directory: the bundle's relative paths still resolve.
+    out = subprocess.run([sys.executable, "-m", "engine", "train", "--config", str(bundle.path / "config.yaml"),
+                          "--events"], cwd=tmp_path, env=dict(os.environ, LATHE_HOME=str(lathe_home),
+                                                              PYTHONPATH=str(ROOT)),
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert _events(out.stdout)[-1]["status"] == "completed"
