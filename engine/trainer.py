@@ -199,8 +199,7 @@ def train(
     loss_value_and_grad = nn.value_and_grad(model, loss)
     compiled_state = [model.state, optimizer.state, mx.random.state]
 
-    @partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
-    def step(tokens, weights, segments, denom, prev_grad, do_update):
+    def eager_step(tokens, weights, segments, denom, prev_grad, do_update):
         (value, ntoks), grad = loss_value_and_grad(model, tokens, weights, segments, denom)
         if prev_grad is not None:
             grad = tree_map(lambda a, b: a + b, grad, prev_grad)
@@ -214,6 +213,18 @@ def train(
             optimizer.update(model, grad)
             grad = None
         return value, ntoks, grad
+
+    compiled_step = partial(mx.compile, inputs=compiled_state, outputs=compiled_state)(eager_step)
+    seen_shapes: set = set()
+
+    def step(tokens, weights, segments, denom, prev_grad, do_update):
+        # Tracing a compiled step costs about as much as running it a few times, and grouped
+        # batches bring new widths all through a first epoch: a shape runs eagerly the first time
+        # it appears and compiled once it comes back (later epochs, evaluations).
+        key = (tokens.shape, segments is None, prev_grad is None, do_update)
+        fn = compiled_step if key in seen_shapes else eager_step
+        seen_shapes.add(key)
+        return fn(tokens, weights, segments, denom, prev_grad, do_update)
 
     def next_batch() -> Batch:
         nonlocal plan
@@ -237,12 +248,15 @@ def train(
         return batch
 
     eval_fn = compiled_loss(model, loss)
+    evals_done = [0]
 
     def run_eval() -> float | None:
         if not val_batches:
             return None
         model.eval()
-        value = evaluate(model, val_batches, loss, eval_fn, rank, world)
+        # The validation batches are the same every time: trace them from the second evaluation on.
+        value = evaluate(model, val_batches, loss, eval_fn if evals_done[0] else None, rank, world)
+        evals_done[0] += 1
         model.train()
         if math.isfinite(value) and (state.best_val_loss is None or value < state.best_val_loss):
             state.best_val_loss, state.best_val_step, state.evals_since_best = value, state.step, 0
