@@ -47,10 +47,13 @@ def worker_command(config_path: Path | None = None, resume: Path | None = None,
     relays rank 0's events on stdout like a local run. `force`: start even when the memory check
     predicts that the run will not fit."""
     python = python or sys.executable
+    # In the built Lathe.app the executable is Lathe itself, which runs the engine with --engine
+    # (build_macos.py's launcher); from source it is Python with `-m engine`.
+    engine = ["--engine"] if getattr(sys, "frozen", False) else ["-m", "engine"]
     if resume is not None:
-        args = ["-m", "engine", "train", "--resume", str(resume), "--events"]
+        args = [*engine, "train", "--resume", str(resume), "--events"]
     else:
-        args = ["-m", "engine", "train", "--config", str(config_path), "--events"]
+        args = [*engine, "train", "--config", str(config_path), "--events"]
     if force:
         args.append("--force")
     if hosts is not None:

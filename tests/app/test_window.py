@@ -50,6 +50,17 @@ def test_keep_awake_command_is_macos_only():
     assert args[-3:] == ["--resume", "/runs/x", "--events"]
 
 
+def test_the_built_app_starts_its_worker_through_its_own_executable(monkeypatch):
+    import sys
+
+    prog, args = worker_command(config_path=Path("/runs/x/config.yaml"))
+    assert prog == sys.executable and args[:3] == ["-m", "engine", "train"]
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    prog, args = worker_command(config_path=Path("/runs/x/config.yaml"))
+    # build_macos.py's launcher runs `Lathe --engine train ...` as the engine.
+    assert prog == sys.executable and args[:2] == ["--engine", "train"]
+
+
 def test_runs_page_shows_an_orphaned_running_run_as_interrupted(window, qtbot):
     from engine.config import RunConfig
     from engine.runs import create_run, write_status
