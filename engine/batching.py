@@ -106,12 +106,6 @@ def plan_epoch_budget(lengths: Sequence[int], token_budget: int, seed: int, epoc
     return [batches[k] for k in perm]
 
 
-def budget_rows(examples: Sequence[Encoded], token_budget: int, pad_multiple: int = 8) -> int:
-    """Rows to pad a budget batch to: fixed per width bucket, so compiled shapes stay few."""
-    width = bucket_width(max(len(e.tokens) for e in examples), pad_multiple)
-    return max(len(examples), token_budget // width)
-
-
 def collate(
     examples: Sequence[Encoded], pad_multiple: int = 8, max_length: int | None = None, rows: int | None = None
 ) -> Batch:

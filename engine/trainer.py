@@ -22,7 +22,6 @@ from mlx.utils import tree_map
 from engine import events
 from engine.batching import (
     Batch,
-    budget_rows,
     collate,
     collate_packed,
     plan_epoch,
@@ -238,9 +237,8 @@ def train(
             batch = collate_packed([[train_set[i] for i in row] for row in item], args.pad_multiple,
                                    args.batch_size)
         elif args.batching == "budget":
-            examples = [train_set[i] for i in item]
-            batch = collate(examples, args.pad_multiple, args.max_seq_length,
-                            budget_rows(examples, args.batch_tokens, args.pad_multiple))
+            # No empty filler rows: a first-epoch shape runs eagerly anyway (see `step`).
+            batch = collate([train_set[i] for i in item], args.pad_multiple, args.max_seq_length)
         else:
             batch = collate([train_set[i] for i in item], args.pad_multiple, args.max_seq_length,
                             args.batch_size)
