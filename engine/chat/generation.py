@@ -158,9 +158,14 @@ class ChatModel:
             model = info.base_model
         from mlx_lm import load
 
+        from engine.train import resolve_model
+
         text = str(model)
+        # Like training, chat never downloads: a local folder, a library name or an already
+        # downloaded repo, validated first (safetensors only, a supported architecture).
+        local = resolve_model(text)
         try:
-            mlx_model, tokenizer, config = load(text, return_config=True)
+            mlx_model, tokenizer, config = load(str(local), return_config=True)
         except FileNotFoundError as exc:
             raise ModelError(
                 f"The model '{text}' could not be loaded: {_first_line(exc)}",

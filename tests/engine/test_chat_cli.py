@@ -97,7 +97,7 @@ def test_interactive_session_reads_stdin_until_eof(run_id, expected, capsys, mon
 
 @pytest.mark.parametrize("args, message", [
     (["--adapter", "no-such-run", "--prompt", "hi"], "No run or adapter folder called 'no-such-run'"),
-    (["--model", "/nonexistent/model", "--prompt", "hi"], "The model '/nonexistent/model' could not be loaded"),
+    (["--model", "/nonexistent/model", "--prompt", "hi"], "Model folder /nonexistent/model does not exist"),
     (["--prompt", "hi"], "No model given"),
     (["--adapter", "x", "--top-p", "0", "--prompt", "hi"], "Top-p must be"),
 ])
