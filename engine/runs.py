@@ -131,6 +131,26 @@ def mark_interrupted(ref: str | Path) -> RunInfo:
     return info
 
 
+def adapter_steps(run_dir: Path) -> list[int]:
+    """Steps of a run's checkpoints that hold a complete adapter (what chat, eval and export load), oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir()
+                  if p.name.isdigit() and all((p / f).is_file() for f in (ckpt.ADAPTER_FILE, ckpt.ADAPTER_CONFIG)))
+
+
+def base_model_of(run_dir: Path) -> str | None:
+    """The base model a run trained (its config's model.path), or None when unreadable."""
+    config_path = Path(run_dir) / "config.yaml"
+    if not config_path.is_file():
+        return None
+    try:
+        return RunConfig.load(config_path, warnings=[]).model.path or None
+    except LatheError:
+        return None
+
+
 def list_runs() -> list[RunInfo]:
     """Every run in the workspace, newest first. Unreadable folders are skipped."""
     runs = []

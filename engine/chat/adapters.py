@@ -15,6 +15,7 @@ from pathlib import Path
 
 from engine import workspace
 from engine.errors import LatheError
+from engine.runs import adapter_steps, base_model_of
 
 ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
 
@@ -113,13 +114,8 @@ def resolve_adapter(spec: str | Path) -> AdapterInfo:
 
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
-    """Steps of the complete checkpoints of a run, oldest first."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    return sorted(
-        int(p.name) for p in folder.iterdir() if p.name.isdigit() and _is_adapter_dir(p)
-    )
+    """Steps of the complete checkpoints of a run, oldest first (engine.runs.adapter_steps)."""
+    return adapter_steps(run_dir)
 
 
 def _is_adapter_dir(path: Path) -> bool:
@@ -146,21 +142,9 @@ def _info(path: Path, run_dir: Path | None, step: int | None) -> AdapterInfo:
         jinja = run_dir / "chat_template.jinja"
         if jinja.is_file():
             template = jinja.read_text(encoding="utf-8") or None
-        base_model = _run_model(run_dir)
+        base_model = base_model_of(run_dir)
     return AdapterInfo(path=path, run_dir=run_dir, step=step, chat_template=template,
                        base_model=base_model)
-
-
-def _run_model(run_dir: Path) -> str | None:
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        return None
-    from engine.config import ConfigError, RunConfig
-
-    try:
-        return RunConfig.load(config_path).model.path or None
-    except ConfigError:
-        return None
 
 
 def adapter_config(path: Path) -> dict:

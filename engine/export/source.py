@@ -15,6 +15,7 @@ from pathlib import Path
 
 from engine import workspace
 from engine.export.job import ExportError
+from engine.runs import adapter_steps, base_model_of
 
 ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
 
@@ -84,7 +85,7 @@ def resolve_adapter(spec: str | Path, base_model: str | None = None) -> AdapterS
         template_file = run_dir / "chat_template.jinja"
         template = template_file.read_text(encoding="utf-8") if template_file.is_file() else None
         adapter_config = _read_json(adapter / "adapter_config.json")
-        base = base_model or _run_base_model(run_dir) or adapter_config.get("model")
+        base = base_model or base_model_of(run_dir) or adapter_config.get("model")
         if not base:
             raise ExportError(
                 f"Run {run_dir.name} does not say which base model it trained.",
@@ -133,10 +134,8 @@ def resolve_base_model(base: str) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[int]:
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and is_adapter_folder(p))
+    """Steps whose checkpoint holds a complete adapter (engine.runs.adapter_steps)."""
+    return adapter_steps(run_dir)
 
 
 def _checkpoint_hint(run_dir: Path) -> str:
@@ -144,18 +143,6 @@ def _checkpoint_hint(run_dir: Path) -> str:
     if not steps:
         return "this run has no checkpoints"
     return ", ".join(f"{run_dir.name}:{s}" for s in steps[-5:])
-
-
-def _run_base_model(run_dir: Path) -> str | None:
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        return None
-    from engine.config import RunConfig
-
-    try:
-        return RunConfig.load(config_file, warnings=[]).model.path or None
-    except Exception:  # noqa: BLE001 - a broken config falls back to adapter_config.json
-        return None
 
 
 def _read_json(path: Path) -> dict:
