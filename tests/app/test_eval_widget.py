@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 
 import pytest
@@ -32,9 +31,8 @@ def small_run(stories_path, tmp_path_factory):
     from engine.train import run
 
     home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("LATHE_HOME")
-    os.environ["LATHE_HOME"] = str(home)
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # module-scoped: monkeypatch is per test
+        mp.setenv("LATHE_HOME", str(home))
         data = tmp_path_factory.mktemp("data")
         rows = [{"prompt": q, "completion": a + "\n"} for q, a in FACTS]
         _write(data / "train.jsonl", rows * 6)
@@ -56,11 +54,6 @@ def small_run(stories_path, tmp_path_factory):
             status = run(cfg, run_dir, log)
         finally:
             log.close()
-    finally:
-        if old is None:
-            os.environ.pop("LATHE_HOME", None)
-        else:
-            os.environ["LATHE_HOME"] = old
     assert status == "completed"
     return run_dir, heldout
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -25,9 +24,8 @@ def tuned_run(stories_path, tmp_path_factory):
     there (`stop=["\\n"]`), as a user of such a model would do.
     """
     home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("LATHE_HOME")
-    os.environ["LATHE_HOME"] = str(home)
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # module-scoped: monkeypatch is per test
+        mp.setenv("LATHE_HOME", str(home))
         data = tmp_path_factory.mktemp("data")
         rows = [{"prompt": q, "completion": a + "\n"} for q, a in FACTS]
         write_jsonl(data / "train.jsonl", rows * 6)
@@ -40,11 +38,6 @@ def tuned_run(stories_path, tmp_path_factory):
         cfg.training.golden_prompts = list(GOLDEN)
         cfg.training.golden_max_tokens = 16
         status, run_dir, rec = _train_with_event_log(cfg)
-    finally:
-        if old is None:
-            os.environ.pop("LATHE_HOME", None)
-        else:
-            os.environ["LATHE_HOME"] = old
     assert status == "completed", rec.of("error")
     return run_dir, rec, heldout
 

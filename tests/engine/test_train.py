@@ -95,21 +95,14 @@ def test_training_a_tiny_model_lowers_the_loss(tiny_chat_model, tmp_path):
 @pytest.fixture(scope="module")
 def stories_run(stories_path, tmp_path_factory):
     """stories260K trained on a small prompt/completion set (shared by several tests)."""
-    import os
 
     home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("LATHE_HOME")
-    os.environ["LATHE_HOME"] = str(home)
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # module-scoped: monkeypatch is per test
+        mp.setenv("LATHE_HOME", str(home))
         data = completion_data(tmp_path_factory.mktemp("data"))
         cfg = make_config(stories_path, data, iters=300, learning_rate=5e-4, steps_per_eval=100, save_every=150)
         cfg.lora.rank = 16
         status, run_dir, rec = train_run(cfg)
-    finally:
-        if old is None:
-            os.environ.pop("LATHE_HOME", None)
-        else:
-            os.environ["LATHE_HOME"] = old
     assert status == "completed", rec.of("error")
     return run_dir, rec
 
