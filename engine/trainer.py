@@ -66,25 +66,113 @@ def segment_mask(segments: mx.array) -> mx.array:
     return (same & causal)[:, None]
 
 
+# Architectures whose `Model.__call__` is exactly "hidden = self.model(inputs, cache); logits =
+# lm_head(hidden), or the tied embedding's as_linear": for these the output layer can be applied to
+# the trained positions alone (see `output_head`).
+HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma3_text", "olmo2", "granite"}
+
+# A batch computes logits only at its trained positions when those are at most this share of it.
+SELECT_MAX_FRACTION = 7 / 8
+
+
+def _head(model):
+    """The model's output layer: `lm_head`, or the tied input embedding used as a linear layer."""
+    head = getattr(model, "lm_head", None)
+    return head if head is not None else model.model.embed_tokens.as_linear
+
+
+def output_head_supported(model, sample: Sequence[int] | None = None) -> bool:
+    """Whether `masked_loss(..., select=...)` may run the output layer on selected positions only.
+
+    The architecture must be one whose logits are `head(self.model(inputs))`, and, given a sample
+    of token ids, the two ways must agree on it (a guard against a model variant that does more,
+    such as a final soft cap).
+    """
+    model_type = getattr(getattr(model, "args", None), "model_type", None) or getattr(model, "model_type", None)
+    if model_type not in HEAD_MODEL_TYPES or not hasattr(model, "model"):
+        return False
+    if sample is None:
+        return True
+    try:
+        x = mx.array(list(sample)[:16] or [0])[None]
+        full = model(x)
+        split = _head(model)(model.model(x))
+        mx.eval(full, split)
+    except Exception:  # noqa: BLE001 - any surprise means: use the plain path
+        return False
+    scale = float(mx.abs(full).max().item()) + 1e-6
+    tolerance = 1e-4 if full.dtype == mx.float32 else 2e-2
+    return full.shape == split.shape and float(mx.abs(full - split).max().item()) <= tolerance * scale
+
+
+def select_positions(weights: np.ndarray) -> np.ndarray | None:
+    """Flat indices of the trained target positions of a batch, padded to a bounded set of sizes.
+
+    `weights` is the batch's [B, L] weights; targets are positions 1..L-1, flattened as
+    [B, L-1]. The count is rounded up to eighths of the batch so compiled steps see few distinct
+    shapes; the padding repeats an untrained position (weight 0), so it adds nothing to the loss.
+    Returns None when the trained share is too large for selection to save anything.
+    """
+    w = weights[:, 1:].reshape(-1)
+    trained = np.flatnonzero(w)
+    total = w.size
+    eighth = max(1, -(-total // 8))
+    size = max(eighth, -(-len(trained) // eighth) * eighth)
+    if size > SELECT_MAX_FRACTION * total or len(trained) == total:
+        return None
+    filler = int(np.flatnonzero(w == 0)[0])
+    return np.concatenate([trained, np.full(size - len(trained), filler)]).astype(np.int32)
+
+
 def masked_loss(model, tokens: mx.array, weights: mx.array, segments: mx.array | None = None,
-                denom: mx.array | None = None):
+                denom: mx.array | None = None, select: mx.array | None = None):
     """Mean cross-entropy over the tokens marked for training; returns (loss, trained tokens).
 
     `weights[:, t]` says whether token t is a target. Padding has weight 0, so, unlike mlx-lm, no
     example learns to predict the padding after its last token. With `segments` (packed rows),
     attention stays inside each example. `denom` replaces the local token count as the divisor:
     data-parallel ranks divide by the whole batch's count, so their summed losses and gradients
-    equal one process training the whole batch.
+    equal one process training the whole batch. With `select` (`select_positions`), the output
+    layer and the cross-entropy run on the trained positions only: with prompt masking that skips
+    most of the largest matrix multiply of a small model and the [tokens x vocabulary] logits.
     """
     inputs, targets, w = tokens[:, :-1], tokens[:, 1:], weights[:, 1:]
-    if segments is None:
-        logits = model(inputs)
+    cache = None if segments is None else [PackedMask(segment_mask(segments[:, :-1]))] * len(model.layers)
+    if select is None:
+        logits = model(inputs) if cache is None else model(inputs, cache=cache)
     else:
-        mask = PackedMask(segment_mask(segments[:, :-1]))
-        logits = model(inputs, cache=[mask] * len(model.layers))
+        hidden = model.model(inputs, cache)
+        logits = _head(model)(hidden.reshape(-1, hidden.shape[-1])[select])
+        targets, w = targets.reshape(-1)[select], w.reshape(-1)[select]
     ce = nn.losses.cross_entropy(logits, targets) * w
-    ntoks = w.sum()
+    ntoks = weights[:, 1:].sum()
     return ce.astype(mx.float32).sum() / mx.maximum(ntoks if denom is None else denom, 1), ntoks
+
+
+def checkpoint_layers(model) -> None:
+    """Gradient checkpointing for this model's transformer blocks: their activations are
+    recomputed in the backward pass instead of kept (less memory, about a third more compute).
+
+    mlx-lm's `grad_checkpoint` patches the block class itself, so every model of that class loaded
+    later in the process would be checkpointed too; here only this model's blocks change class.
+    """
+    classes: dict[type, type] = {}
+    for layer in model.layers:
+        cls = type(layer)
+        if cls.__name__.startswith("Checkpointed"):
+            continue
+        if cls not in classes:
+            original = cls.__call__
+
+            def checkpointed(module, *args, _original=original, **kwargs):
+                def inner(params, *args, **kwargs):
+                    module.update(params)
+                    return _original(module, *args, **kwargs)
+
+                return mx.checkpoint(inner)(module.trainable_parameters(), *args, **kwargs)
+
+            classes[cls] = type(f"Checkpointed{cls.__name__}", (cls,), {"__call__": checkpointed})
+        layer.__class__ = classes[cls]
 
 
 @dataclass
@@ -104,6 +192,10 @@ class LoopArgs:
     rank: int = 0
     batching: str = "fixed"  # fixed | budget | pack (see batching.choose_batching)
     batch_tokens: int = 0  # token budget per step (budget) or row length (pack)
+    select_outputs: bool = False  # output layer on trained positions only (see masked_loss)
+    # A batch shape of at least this many tokens is compiled the first time it appears; smaller
+    # ones run eagerly then and compiled when they recur (see `train`'s step).
+    compile_min_tokens: int = 0
 
 
 @dataclass
@@ -117,7 +209,7 @@ class LoopResult:
 
 def compiled_loss(model, loss: Callable = masked_loss) -> Callable:
     """`loss` compiled for evaluation: traced once per batch shape, reading the current weights."""
-    return mx.compile(lambda tokens, weights, segments: loss(model, tokens, weights, segments),
+    return mx.compile(lambda tokens, weights, segments, select: loss(model, tokens, weights, segments, None, select),
                       inputs=[model.state])
 
 
@@ -144,17 +236,20 @@ def all_sum(x: mx.array, world_size: int) -> mx.array:
 
 
 def evaluate(model, batches: Sequence[Batch], loss: Callable = masked_loss, fn: Callable | None = None,
-             rank: int = 0, world_size: int = 1) -> float:
+             rank: int = 0, world_size: int = 1, select_outputs: bool = False) -> float:
     """Token-weighted mean loss over fixed batches (`fn`: a `compiled_loss` to reuse its traces).
 
     With several ranks each evaluates its rows of every batch and the sums are combined.
+    `select_outputs`: run the output layer on trained positions only (`select_positions`).
     """
-    fn = fn or (lambda t, w, s: loss(model, t, w, s))
+    fn = fn or (lambda t, w, s, sel: loss(model, t, w, s, None, sel))
     total = mx.array(0.0)
     ntoks = mx.array(0.0)
     for full in batches:
         b = shard(full, rank, world_size)
-        value, n = fn(mx.array(b.tokens), mx.array(b.weights), None if b.segments is None else mx.array(b.segments))
+        sel = select_positions(b.weights) if select_outputs else None
+        value, n = fn(mx.array(b.tokens), mx.array(b.weights), None if b.segments is None else mx.array(b.segments),
+                      None if sel is None else mx.array(sel))
         total = total + value * n
         ntoks = ntoks + n
         mx.eval(total, ntoks)
@@ -198,8 +293,8 @@ def train(
     loss_value_and_grad = nn.value_and_grad(model, loss)
     compiled_state = [model.state, optimizer.state, mx.random.state]
 
-    def eager_step(tokens, weights, segments, denom, prev_grad, do_update):
-        (value, ntoks), grad = loss_value_and_grad(model, tokens, weights, segments, denom)
+    def eager_step(tokens, weights, segments, denom, select, prev_grad, do_update):
+        (value, ntoks), grad = loss_value_and_grad(model, tokens, weights, segments, denom, select)
         if prev_grad is not None:
             grad = tree_map(lambda a, b: a + b, grad, prev_grad)
         if do_update:
@@ -216,14 +311,17 @@ def train(
     compiled_step = partial(mx.compile, inputs=compiled_state, outputs=compiled_state)(eager_step)
     seen_shapes: set = set()
 
-    def step(tokens, weights, segments, denom, prev_grad, do_update):
-        # Tracing a compiled step costs about as much as running it a few times, and grouped
-        # batches bring new widths all through a first epoch: a shape runs eagerly the first time
-        # it appears and compiled once it comes back (later epochs, evaluations).
-        key = (tokens.shape, segments is None, prev_grad is None, do_update)
-        fn = compiled_step if key in seen_shapes else eager_step
+    def step(tokens, weights, segments, denom, select, prev_grad, do_update):
+        # Compiled steps fuse work and run faster (on a GPU by far), but each new batch shape is
+        # traced again. Where tracing costs about as much as a step (small batches on a CPU), a
+        # shape runs eagerly the first time it appears and compiled once it comes back (later
+        # epochs); batches of at least `compile_min_tokens` tokens are compiled at once.
+        key = (tokens.shape, segments is None, None if select is None else select.shape, prev_grad is None,
+               do_update)
+        compiled = key in seen_shapes or tokens.size >= args.compile_min_tokens
         seen_shapes.add(key)
-        return fn(tokens, weights, segments, denom, prev_grad, do_update)
+        return (compiled_step if compiled else eager_step)(tokens, weights, segments, denom, select, prev_grad,
+                                                           do_update)
 
     def next_batch() -> Batch:
         nonlocal plan
@@ -252,8 +350,10 @@ def train(
         if not val_batches:
             return None
         model.eval()
-        # The validation batches are the same every time: trace them from the second evaluation on.
-        value = evaluate(model, val_batches, loss, eval_fn if evals_done[0] else None, rank, world)
+        # The validation batches are the same every time: on a CPU, trace them from the second
+        # evaluation on (see `step`).
+        compiled = evals_done[0] or args.compile_min_tokens == 0
+        value = evaluate(model, val_batches, loss, eval_fn if compiled else None, rank, world, args.select_outputs)
         evals_done[0] += 1
         model.train()
         if math.isfinite(value) and (state.best_val_loss is None or value < state.best_val_loss):
@@ -302,9 +402,13 @@ def train(
             n_trained += n_batch
             mine = shard(batch, rank, world)
             segments = None if mine.segments is None else mx.array(mine.segments)
+            # Not with several ranks: a compiled step that both gathers the selected positions and
+            # sums gradients across ranks diverged from one process in tests (eager steps agreed),
+            # so data-parallel runs keep the full output layer.
+            select = select_positions(mine.weights) if args.select_outputs and world == 1 else None
             value, _, grad = step(
                 mx.array(mine.tokens), mx.array(mine.weights), segments, mx.array(float(max(n_batch, 1))),
-                grad, micro == accum - 1,
+                None if select is None else mx.array(select), grad, micro == accum - 1,
             )
             # One sync per batch keeps memory bounded, as in mlx-lm.
             mx.eval(compiled_state, value, grad)

@@ -62,13 +62,14 @@ def test_two_ranks_match_one_process_and_write_one_run_folder(tiny_chat_model, t
     want = {e["step"]: e["train_loss"] for e in single if e["event"] == "progress"}
     got = {e["step"]: e["train_loss"] for e in multi if e["event"] == "progress"}
     assert got.keys() == want.keys()
-    assert max(abs(got[s] - want[s]) for s in want) < 1e-4, (got, want)
+    # Equal up to float32 summation order (each rank sums its own rows first): relative 1e-4.
+    assert max(abs(got[s] - want[s]) / max(1.0, abs(want[s])) for s in want) < 1e-4, (got, want)
     val_one = [e["val_loss"] for e in single if e["event"] == "eval"]
     val_two = [e["val_loss"] for e in multi if e["event"] == "eval"]
     # Summing two half-batch gradients rounds differently from one full-batch sum; Adam amplifies
     # that a little each step, so later validation losses agree to a few 1e-3, not 1e-4.
     assert abs(val_one[0] - val_two[0]) < 1e-5
-    assert max(abs(a - b) for a, b in zip(val_one, val_two)) < 5e-3
+    assert max(abs(a - b) for a, b in zip(val_one, val_two)) < 5e-3, (val_one, val_two)
     assert len(list((multi_home / "runs").iterdir())) == 1
     assert not list((multi_home / "tmp").glob("lathe-rank1-*"))  # rank 1's scratch folder is removed
 

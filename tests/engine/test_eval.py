@@ -33,7 +33,8 @@ def tuned_run(stories_path, tmp_path_factory):
         write_jsonl(data / "test.jsonl", rows)
         heldout = write_jsonl(tmp_path_factory.mktemp("heldout") / "heldout.jsonl",
                               [{"prompt": q, "completion": a} for q, a in FACTS])
-        cfg = make_config(stories_path, data, iters=200, learning_rate=5e-4, steps_per_eval=100, save_every=100)
+        # 2e-4: at higher rates this run is chaotic (two BLAS libraries end in different places).
+        cfg = make_config(stories_path, data, iters=200, learning_rate=2e-4, steps_per_eval=100, save_every=100)
         cfg.lora.rank = 16
         cfg.training.golden_prompts = list(GOLDEN)
         cfg.training.golden_max_tokens = 16

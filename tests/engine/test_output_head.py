@@ -1,0 +1,94 @@
+"""The output layer on trained positions only: same loss and gradients, fewer logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.batching import collate, collate_packed
+from engine.trainer import masked_loss, output_head_supported, select_positions
+from tests.engine.test_packing import _examples
+
+
+def test_selected_positions_are_the_trained_ones_padded_with_an_untrained_one():
+    w = np.zeros((4, 33), dtype=np.float32)
+    w[0, 5:20] = 1
+    w[2, 10:12] = 1
+    sel = select_positions(w)
+    flat = w[:, 1:].reshape(-1)
+    trained = np.flatnonzero(flat)
+    assert sel is not None and len(sel) % 16 == 0 and len(sel) >= len(trained)  # eighths of 4 x 32
+    assert sel[: len(trained)].tolist() == trained.tolist()
+    assert flat[sel[len(trained):]].sum() == 0
+    # Where nearly everything is trained (text documents), selection saves nothing: None.
+    assert select_positions(np.ones((2, 17), dtype=np.float32)) is None
+    w = np.ones((2, 17), dtype=np.float32)
+    w[0, 3] = 0
+    assert select_positions(w) is None
+
+
+@pytest.mark.parametrize("which", ["stories", "qwen2", "packed"])
+def test_loss_and_gradients_with_selected_outputs_equal_the_full_ones(which, request):
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx_lm
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    path = request.getfixturevalue("tiny_qwen_model" if which == "qwen2" else "stories_path")
+    model, tok = mlx_lm.load(str(path))
+    model.freeze()
+    linear_to_lora_layers(model, len(model.layers), {"rank": 4, "dropout": 0.0, "scale": 10.0})
+    ex = _examples(tok)
+    batch = collate_packed([ex[:3], ex[3:6], ex[6:]]) if which == "packed" else collate(ex)
+    assert output_head_supported(model, ex[0].tokens)
+    sel = select_positions(batch.weights)
+    assert sel is not None and len(sel) < batch.weights[:, 1:].size
+    args = (mx.array(batch.tokens), mx.array(batch.weights),
+            None if batch.segments is None else mx.array(batch.segments), None)
+    value_and_grad = nn.value_and_grad(model, masked_loss)
+    (full, n1), g1 = value_and_grad(model, *args)
+    (part, n2), g2 = value_and_grad(model, *args, mx.array(sel))
+    assert n1.item() == n2.item()
+    assert abs(full.item() - part.item()) < 1e-5 * max(1.0, abs(full.item()))
+    for (name, a), (_, b) in zip(tree_flatten(g1), tree_flatten(g2)):
+        assert mx.allclose(a, b, atol=1e-5, rtol=1e-4).item(), name
+
+
+def test_a_model_whose_head_does_more_is_not_given_selected_outputs(stories_path):
+    import mlx.core as mx
+    import mlx_lm
+
+    model, tok = mlx_lm.load(str(stories_path))
+    assert output_head_supported(model, [1, 2, 3, 4])
+
+    class SoftCapped(type(model)):
+        def __call__(self, inputs, cache=None, **kwargs):
+            return 30 * mx.tanh(super().__call__(inputs, cache, **kwargs) / 30)
+
+    model.__class__ = SoftCapped
+    assert not output_head_supported(model, [1, 2, 3, 4])
+
+
+def test_a_run_uses_selected_outputs_and_compiles_large_batches_at_once(tiny_chat_model, tmp_path, monkeypatch):
+    """Training with prompt masking takes the selected-output path and gives the same losses."""
+    import engine.trainer as trainer
+    from engine.train import compile_min_tokens
+    from tests.engine.test_faults import config_for, run_logged
+
+    assert compile_min_tokens() == 1024  # the CPU backend in tests
+    seen = []
+    original = trainer.select_positions
+    monkeypatch.setattr(trainer, "select_positions", lambda w: seen.append(original(w)) or seen[-1])
+    cfg = config_for(tiny_chat_model, tmp_path, iters=4)
+    status, _, with_select = run_logged(cfg)
+    assert status == "completed" and any(s is not None for s in seen)
+    monkeypatch.setattr(trainer, "output_head_supported", lambda *a: False)
+    import engine.train
+
+    monkeypatch.setattr(engine.train, "compile_min_tokens", lambda: 0)  # every shape compiled at once
+    status, _, without = run_logged(cfg)
+    assert status == "completed"
+    a = [e["train_loss"] for e in with_select.of("progress")]
+    b = [e["train_loss"] for e in without.of("progress")]
+    assert len(a) == 4 and np.allclose(a, b, rtol=1e-4, atol=1e-5)
