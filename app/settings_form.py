@@ -105,6 +105,7 @@ ADVANCED_FIELDS = [
     ("lora", "dropout", "LoRA dropout", "float", None),
     ("training", "optimizer", "Optimizer", "choice", ("adam", "adamw", "sgd", "adafactor", "muon")),
     ("training", "grad_checkpoint", "Gradient checkpointing", "bool", None),
+    ("training", "auto_grad_checkpoint", "Checkpointing when memory is tight", "bool", None),
     ("training", "grad_accumulation_steps", "Gradient accumulation", "int", (1, 1024)),
     ("data", "mask_prompt", "Train on answers only", "bool", None),
     ("data", "valid_fraction", "Validation share", "float", None),

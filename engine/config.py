@@ -120,6 +120,11 @@ class TrainingConfig:
         "warmup: 100}.",
     )
     grad_checkpoint: bool = _f(False, "Recompute activations in the backward pass to save memory.")
+    auto_grad_checkpoint: bool = _f(
+        True,
+        "Turn gradient checkpointing on by itself when the memory estimate says the run would be tight "
+        "or would not fit without it (same results, steps about a third slower).",
+    )
     grad_accumulation_steps: int = _f(1, "Batches whose gradients are summed per optimizer update.")
     steps_per_report: int = _f(10, "Steps between progress reports.")
     steps_per_eval: int = _f(200, "Steps between validation evaluations.")

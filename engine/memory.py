@@ -203,6 +203,12 @@ def preflight(config, model_path: str | Path, log: Callable[[str, str], None] | 
         report = estimate(str(model_path), config)
     except LatheError:
         return None
+    for key, value in getattr(report, "automatic", {}).items():
+        section, name = key.split(".")
+        setattr(getattr(config, section), name, value)
+    if getattr(report, "automatic", None) and log:
+        log("info", "Memory would be tight, so gradient checkpointing is on for this run (same results, "
+                    f"slower steps): {report.summary()}. Turn off training.auto_grad_checkpoint to decide yourself.")
     if report.verdict != "will not fit":
         if report.verdict == "tight" and log:
             log("warning", f"Memory will be tight: {report.summary()}. Other apps may slow training down.")

@@ -56,8 +56,15 @@ def build_tiny_model(
     chat_template: bool = True,
     extra_texts: list[str] | None = None,
     seed: int = 0,
+    model_vocab_size: int | None = None,
+    tie_word_embeddings: bool = True,
+    dtype: str = "float32",
 ) -> Path:
-    """Write a tiny random-weight model folder at `path` and return it."""
+    """Write a tiny random-weight model folder at `path` and return it.
+
+    `model_vocab_size` pads the embedding table beyond the tokenizer's vocabulary, as many real
+    models do (benchmarks use it to give the output layer a real model's share of the work).
+    """
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -89,14 +96,14 @@ def build_tiny_model(
         "num_attention_heads": num_heads,
         "num_key_value_heads": num_kv_heads,
         "intermediate_size": intermediate_size,
-        "vocab_size": real_vocab,
+        "vocab_size": max(real_vocab, model_vocab_size or 0),
         "max_position_embeddings": max_position_embeddings,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": tie_word_embeddings,
         "hidden_act": "silu",
         "eos_token_id": tok.token_to_id(eos),
-        "torch_dtype": "float32",
+        "torch_dtype": dtype,
     }
     (path / "config.json").write_text(json.dumps(config, indent=2))
 
@@ -106,6 +113,6 @@ def build_tiny_model(
         from mlx_lm.models.qwen2 import Model, ModelArgs
     mx.random.seed(seed)
     model = Model(ModelArgs.from_dict(config))
-    weights = dict(tree_flatten(model.parameters()))
+    weights = {k: v.astype(getattr(mx, dtype)) for k, v in tree_flatten(model.parameters())}
     mx.save_safetensors(str(path / "model.safetensors"), weights, metadata={"format": "mlx"})
     return path

@@ -83,6 +83,9 @@ class FitReport:
     breakdown: dict
     suggestion: Suggestion | None = None
     notes: list[str] = field(default_factory=list)
+    # Changes Lathe makes to the run by itself (auto gradient checkpointing); the numbers above
+    # already include them.
+    automatic: dict = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -110,6 +113,7 @@ class FitReport:
             "breakdown": self.breakdown,
             "suggestion": self.suggestion.to_dict() if self.suggestion else None,
             "notes": list(self.notes),
+            "automatic": dict(self.automatic),
             "summary": self.summary(),
         }
 
@@ -348,6 +352,19 @@ def estimate(
     peak = sum(breakdown.values())
     verdict = _verdict(peak, budget)
     notes = []
+    automatic: dict = {}
+    t = cfg.training
+    if verdict != "fits" and getattr(t, "auto_grad_checkpoint", False) and not t.grad_checkpoint:
+        # Checkpointing changes nothing but speed, so a tight run gets it without asking.
+        checkpointed = _with(cfg, **{"training.grad_checkpoint": True})
+        cp_breakdown = training_breakdown(info, checkpointed)
+        cp_peak = sum(cp_breakdown.values())
+        if cp_peak < peak:
+            notes.append(f"Gradient checkpointing is turned on automatically (without it: about "
+                         f"{peak / GB:.1f} GB, {verdict}).")
+            automatic = {"training.grad_checkpoint": True}
+            cfg, breakdown, peak = checkpointed, cp_breakdown, cp_peak
+            verdict = _verdict(peak, budget)
     if info.context_length and cfg.data.max_seq_length > info.context_length:
         notes.append(
             f"max_seq_length {cfg.data.max_seq_length} is longer than the model's context "
@@ -365,4 +382,5 @@ def estimate(
         breakdown=breakdown,
         suggestion=None if verdict == "fits" else suggest(info, cfg, budget),
         notes=notes,
+        automatic=automatic,
     )

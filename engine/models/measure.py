@@ -7,7 +7,6 @@ the model, so it takes as long as loading plus the steps; the estimate in `fit.p
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,28 +34,6 @@ class Measurement:
             "seq_length": self.seq_length,
             "device": self.device,
         }
-
-
-@contextlib.contextmanager
-def _checkpointed_layers(layer_cls):
-    # mlx-lm's grad_checkpoint patches the layer class for good; a measurement must not leave a
-    # patched class behind for the next model loaded in the same process.
-    import mlx.core as mx
-
-    original = layer_cls.__call__
-
-    def checkpointed(module, *args, **kwargs):
-        def inner(params, *args, **kwargs):
-            module.update(params)
-            return original(module, *args, **kwargs)
-
-        return mx.checkpoint(inner)(module.trainable_parameters(), *args, **kwargs)
-
-    layer_cls.__call__ = checkpointed
-    try:
-        yield
-    finally:
-        layer_cls.__call__ = original
 
 
 def measure_training(
@@ -108,17 +85,17 @@ def measure_training(
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     mx.eval(model.parameters(), inputs, targets)
 
-    guard = (
-        _checkpointed_layers(type(model.layers[0])) if grad_checkpoint else contextlib.nullcontext()
-    )
+    if grad_checkpoint:
+        from engine.trainer import checkpoint_layers
+
+        checkpoint_layers(model)  # this model's blocks only, as training does
     mx.clear_cache()
     mx.reset_peak_memory()
-    with guard:
-        for _ in range(steps):
-            loss, grads = value_and_grad(model, inputs, targets)
-            optimizer.update(model, grads)
-            mx.eval(loss, model.parameters(), optimizer.state)
-            del loss, grads
+    for _ in range(steps):
+        loss, grads = value_and_grad(model, inputs, targets)
+        optimizer.update(model, grads)
+        mx.eval(loss, model.parameters(), optimizer.state)
+        del loss, grads
     peak = int(mx.get_peak_memory())
     return Measurement(
         peak_bytes=peak,

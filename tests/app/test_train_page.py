@@ -115,6 +115,12 @@ def test_the_fit_banner_follows_the_settings(window, qtbot, tiny_chat_model, dat
     assert "Fits" in page.fit_banner.label.text()
     assert not page.fit_banner.fix.isVisibleTo(page.fit_banner)
 
+    # By default a run that would not fit gets gradient checkpointing first, and the banner says so.
+    page.settings.set_config(big)
+    qtbot.waitUntil(lambda: "turned on automatically" in page.fit_banner.label.text(), timeout=20_000)
+    assert page.settings.config().training.auto_grad_checkpoint
+
+    big.training.auto_grad_checkpoint = False
     page.settings.set_config(big)
     qtbot.waitUntil(lambda: page.fit_banner.verdict == "will not fit", timeout=20_000)
     assert "Will not fit" in page.fit_banner.label.text()

@@ -254,6 +254,24 @@ def test_nan_loss_again_after_the_retry_stops_with_an_explanation(tiny_chat_mode
 # -- memory ------------------------------------------------------------------------------------
 
 
+def test_a_tight_run_turns_on_gradient_checkpointing_and_says_so(tiny_chat_model, tmp_path, monkeypatch):
+    import engine.models.fit as fit
+    from engine.models.info import inspect_model
+
+    cfg = config_for(tiny_chat_model, tmp_path, iters=2)
+    peak = fit.estimate(inspect_model(tiny_chat_model), cfg, budget_bytes=1 << 40).training_peak_bytes
+    monkeypatch.setattr(fit, "memory_budget", lambda: (int(peak / 0.9), "a small test machine"))
+    status, run_dir, rec = run_logged(cfg)
+    assert status == "completed"
+    assert rec.of("started")[0]["config"]["grad_checkpoint"] is True
+    assert any("gradient checkpointing is on" in e["message"] for e in rec.of("log"))
+
+    cfg.training.auto_grad_checkpoint = False
+    status, run_dir, rec = run_logged(cfg)
+    assert status == "completed" and rec.of("started")[0]["config"]["grad_checkpoint"] is False
+    assert any("Memory will be tight" in e["message"] for e in rec.of("log"))
+
+
 def test_a_run_that_will_not_fit_is_refused_with_the_numbers_unless_forced(tiny_chat_model, tmp_path, monkeypatch):
     import engine.models.fit as fit
 

@@ -82,6 +82,7 @@ def test_verdicts_and_cheapest_fix_for_a_7b_model():
     info = info_from_arch("x/7b", {"hidden_size": 3584, "num_layers": 28, "intermediate_size": 18944,
                                     "num_heads": 28, "num_kv_heads": 4, "vocab_size": 152064})
     cfg = _cfg(batch=4, seq=2048, layers=16)
+    cfg.training.auto_grad_checkpoint = False  # verdicts as they are; the automatic choice is tested below
     big = estimate(info, cfg, budget_bytes=256 * GB)
     assert big.verdict == "fits" and big.suggestion is None
     peak = big.training_peak_bytes
@@ -100,6 +101,33 @@ def test_verdicts_and_cheapest_fix_for_a_7b_model():
     assert estimate(info, cfg, budget_bytes=2 * GB).suggestion is None  # weights alone do not fit
     assert small.to_dict()["summary"].startswith("will not fit")
     assert 0 < small.chat_peak_bytes < peak
+
+
+def test_a_tight_run_gets_gradient_checkpointing_by_itself():
+    info = info_from_arch("x/7b", {"hidden_size": 3584, "num_layers": 28, "intermediate_size": 18944,
+                                    "num_heads": 28, "num_kv_heads": 4, "vocab_size": 152064})
+    cfg = _cfg(batch=4, seq=2048, layers=16)
+    assert cfg.training.auto_grad_checkpoint  # the default
+    peak = estimate(info, cfg, budget_bytes=256 * GB).training_peak_bytes
+    manual = _cfg(batch=4, seq=2048, layers=16, checkpoint=True)
+    checkpointed = estimate(info, manual, budget_bytes=256 * GB).training_peak_bytes
+    assert checkpointed < 0.8 * peak
+
+    tight = estimate(info, cfg, budget_bytes=int(peak / 0.9))
+    assert tight.automatic == {"training.grad_checkpoint": True}
+    assert tight.training_peak_bytes == checkpointed and tight.verdict == "fits"
+    assert any("turned on automatically" in n and "tight" in n for n in tight.notes)
+    assert tight.to_dict()["automatic"] == {"training.grad_checkpoint": True}
+
+    # Too big even so: the suggestion starts from the checkpointed run, never suggests it again.
+    small = estimate(info, cfg, budget_bytes=int(checkpointed * 0.9))
+    assert small.automatic and small.verdict == "will not fit"
+    assert small.suggestion is not None and "checkpointing" not in small.suggestion.description
+
+    # A run that fits is left alone, and so is one whose owner turned the choice off.
+    assert estimate(info, cfg, budget_bytes=256 * GB).automatic == {}
+    cfg.training.auto_grad_checkpoint = False
+    assert estimate(info, cfg, budget_bytes=int(peak / 0.9)).automatic == {}
 
 
 def test_memory_budget_is_this_machine():
