@@ -8,9 +8,7 @@ Three layers, from cheapest to last resort:
 2. While it trains, `limits` sets MLX's memory limit and cache limit from the machine: on macOS
    relative to the GPU's recommended working set (the share of unified memory macOS lets the GPU
    keep resident), elsewhere relative to physical memory, which must also hold the OS and other apps.
-   The cache (freed buffers MLX keeps for reuse) may grow to the limit, as MLX's default allows: a
-   cap at a quarter of it measured 15% slower on long documents, because a step's freed buffers
-   were given back and allocated afresh every step. Layer 3 frees it when memory runs short.
+   The cache limit keeps freed buffers from piling up, so memory does not creep over a long run.
 3. `MemoryGuard.check` runs at every step boundary: when MLX's active memory approaches the limit it
    first frees the cache, and if that is not enough the run checkpoints and stops with a message,
    instead of pushing the Mac into swap until it freezes.
@@ -31,9 +29,8 @@ GB = 1024**3
 # Share of physical memory MLX may use where there is no GPU working set to go by (Linux, CUDA):
 # the rest is left to the OS, the app and whatever else the user runs.
 PHYSICAL_SHARE = 0.80
-# The cache may hold at most this share of the limit. Less than all of it costs speed: buffers
-# a step frees and needs again are returned and reallocated (page faults on every step).
-CACHE_SHARE = 1.0
+# The cache may hold at most this share of the limit (MLX's default lets it grow to the limit).
+CACHE_SHARE = 0.25
 # A run stops (with a checkpoint) when active memory reaches this share of the limit.
 STOP_SHARE = 0.95
 

@@ -312,7 +312,7 @@ def test_memory_limits_come_from_the_machine():
     # macOS: the GPU's recommended working set is the limit.
     mac = memory.plan_for(12 * gb, "GPU recommended working set")
     assert mac.limit_bytes == 12 * gb and mac.stop_bytes == int(12 * gb * 0.95)
-    assert mac.cache_limit_bytes == 12 * gb  # a smaller cache cap reallocates buffers every step
+    assert mac.cache_limit_bytes == 3 * gb
     # Elsewhere: physical memory, leaving room for the OS and other apps.
     linux = memory.plan_for(32 * gb, "physical memory")
     assert linux.limit_bytes == int(32 * gb * 0.8) and linux.stop_bytes < linux.limit_bytes
