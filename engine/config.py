@@ -131,7 +131,8 @@ class TrainingConfig:
     save_every: int = _f(100, "Steps between checkpoints.")
     seed: int = _f(0, "Random seed for data order, the validation subset and dropout.")
     clear_cache_threshold: int = _f(
-        0, "Free MLX's buffer cache when it grows past this many bytes (0: MLX decides)."
+        0, "Free MLX's buffer cache after a step when it holds more than this many bytes (0: Lathe "
+        "decides: after every step on a CPU, where that is faster; capped at one step's working set on a GPU)."
     )
     test: bool = _f(False, "Evaluate on the test split after training.")
     resume_adapter_file: str | None = _f(

@@ -126,6 +126,39 @@ def limits(plan: MemoryPlan) -> Iterator[MemoryPlan]:
                 pass
 
 
+def fit_cache_to(plan: MemoryPlan, training_peak_bytes: int) -> int:
+    """Cap MLX's buffer cache at about one training step's working set (the fit estimate's peak).
+
+    Freed buffers are kept for reuse; a cache the size of a step's working set lets a step reuse
+    the last one's, and more only holds memory the user's other apps could use. Returns the cap,
+    which never exceeds the plan's. `limits` restores the previous cap when the run ends.
+    """
+    import mlx.core as mx
+
+    cap = int(min(plan.cache_limit_bytes, max(training_peak_bytes, 256 * 1024**2)))
+    try:
+        mx.set_cache_limit(cap)
+    except Exception:  # noqa: BLE001 - a backend without a cache limit still trains
+        pass
+    return cap
+
+
+def clear_cache_threshold(configured: int) -> int:
+    """Bytes of MLX buffer cache past which the training loop frees it after a step (0: never).
+
+    A configured threshold wins. Otherwise, on MLX's CPU backend the cache is freed after every
+    step, as mlx-lm does: measured on the 2-core machine, keeping it made steps slower (mixed data
+    37 s vs 25-30 s, long documents 70 s vs 63 s) and the process 2-3x larger (6.0 vs 2.2 GB
+    resident), without speeding up short data. On a GPU the cache stays, capped at one step's
+    working set (`fit_cache_to`): reusing buffers there saves allocations.
+    """
+    import mlx.core as mx
+
+    if configured:
+        return int(configured)
+    return 1 if mx.default_device().type == mx.DeviceType.cpu else 0
+
+
 def active_memory() -> int:
     import mlx.core as mx
 

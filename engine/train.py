@@ -36,6 +36,7 @@ class Prepared:
     notes: list[str]
     quantized: bool
     num_layers: int
+    fit_peak_bytes: int = 0  # the memory estimate's training peak (0: no estimate)
 
 
 def resolve_model(path: str) -> Path:
@@ -132,7 +133,7 @@ def prepare(config: RunConfig, sink: events.Sink) -> Prepared:
     config.validate()
     log = _logger(sink)
     model_dir = resolve_model(config.model.path)
-    memory.preflight(config, model_dir, log)
+    fit = memory.preflight(config, model_dir, log)
     model, tokenizer = load_model(str(model_dir))
     d = config.data
     encoder = Encoder(
@@ -171,7 +172,7 @@ def prepare(config: RunConfig, sink: events.Sink) -> Prepared:
         log("info", "This model has no chat template, so Lathe's default template is used; "
                     "chat and export use the same template.")
     return Prepared(model, tokenizer, encoder, encoded["train"], encoded["valid"], encoded["test"],
-                    splits.notes, is_quantized(model), 0)
+                    splits.notes, is_quantized(model), 0, int(getattr(fit, "training_peak_bytes", 0) or 0))
 
 
 def decide_batching(config: RunConfig, model, train_set: list, log) -> tuple[str, int, int]:
@@ -293,6 +294,8 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
     mx.random.seed(t.seed)
     prep = prepare(config, sink)
     model = prep.model
+    if plan is not None and prep.fit_peak_bytes:
+        memory.fit_cache_to(plan, prep.fit_peak_bytes)
     num_layers = apply_method(model, config)
     if t.resume_adapter_file and not resume:
         model.load_weights(t.resume_adapter_file, strict=False)
@@ -380,7 +383,7 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
         total_steps=steps, batch_size=t.batch_size, grad_accumulation_steps=t.grad_accumulation_steps,
         steps_per_report=t.steps_per_report, steps_per_eval=t.steps_per_eval, save_every=t.save_every,
         seed=t.seed, pad_multiple=t.pad_multiple, max_seq_length=d.max_seq_length,
-        clear_cache_threshold=t.clear_cache_threshold, early_stopping_patience=t.early_stopping_patience,
+        clear_cache_threshold=memory.clear_cache_threshold(t.clear_cache_threshold), early_stopping_patience=t.early_stopping_patience,
         batching=batching, batch_tokens=batch_tokens, world_size=ranks.size, rank=ranks.rank,
         select_outputs=output_head_supported(model, prep.train[0].tokens),
         compile_min_tokens=compile_min_tokens(),

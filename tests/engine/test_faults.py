@@ -350,9 +350,33 @@ def test_training_sets_mlx_memory_limits_and_restores_them(tiny_chat_model, tmp_
             seen["cache"] = cache
 
     assert run(cfg, create_run(cfg), sink) == "completed"
-    assert seen == {"limit": plan.limit_bytes, "cache": plan.cache_limit_bytes}
+    # The cache is capped at one step's estimated working set (at least 256 MB), never above the plan.
+    from engine.models import estimate
+
+    step_peak = estimate(str(tiny_chat_model), cfg).training_peak_bytes
+    want_cache = min(plan.cache_limit_bytes, max(step_peak, 256 * 1024**2))
+    assert seen == {"limit": plan.limit_bytes, "cache": want_cache}
     assert mx.get_memory_limit() == before_limit
     assert mx.set_cache_limit(before_cache) == 123_456_789
+
+
+def test_the_cache_is_freed_after_every_step_on_the_cpu_unless_configured():
+    import mlx.core as mx
+
+    from engine import memory
+
+    assert mx.default_device().type == mx.DeviceType.cpu  # tests run on the CPU backend
+    assert memory.clear_cache_threshold(0) == 1  # every step: faster and smaller on the CPU backend
+    assert memory.clear_cache_threshold(2 * memory.GB) == 2 * memory.GB
+    plan = memory.plan_for(8 * memory.GB, "physical memory")
+    before = mx.set_cache_limit(123_456_789)
+    try:
+        assert memory.fit_cache_to(plan, 512 * 1024**2) == 512 * 1024**2
+        assert mx.set_cache_limit(0) == 512 * 1024**2
+        assert memory.fit_cache_to(plan, 100 * memory.GB) == plan.cache_limit_bytes
+        assert memory.fit_cache_to(plan, 1) == 256 * 1024**2
+    finally:
+        mx.set_cache_limit(before)
 
 
 def test_memory_running_short_frees_the_cache_then_checkpoints_and_stops(tiny_chat_model, tmp_path, monkeypatch):
