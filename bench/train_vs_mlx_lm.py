@@ -1,10 +1,11 @@
 """Train the same model on the same data through `mlx_lm.lora` and through Lathe, in one run.
 
-    python bench/train_vs_mlx_lm.py [--shape mixed|short|long] [--examples N] [--batch-size 8] [--model PATH]
+    python bench/train_vs_mlx_lm.py [--shape mixed|short|long] [--examples N] [--batch-size 8]
+                                    [--size tiny|tiny-vocab|0.5b | --model PATH] [--packing auto|budget|pack|off]
 
 Each trainer runs in its own process (so peak memory is its own) on identical settings: LoRA on
 all layers, rank 8, scale 20, Adam at 1e-4, prompt masking on chat data, no validation, one epoch over the same
-examples (Lathe with its defaults, so it packs short examples when that helps). Only the training
+examples (Lathe with its defaults unless --packing says otherwise). Only the training
 call is timed (model and data loading excluded). Prints wall time, trained tokens per second,
 padding fraction, peak memory and utilisation (training FLOP/s over this machine's FLOP/s on a plain
 matmul of the model's shapes, measured in the same process) for both.
@@ -13,6 +14,7 @@ matmul of the model's shapes, measured in the same process) for both.
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
 import os
 import random
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +122,7 @@ def run_mlx_lm(model: str, data: str, iters: int, batch_size: int, max_seq: int)
     return stats
 
 
-def run_lathe(model: str, data: str, iters: int, batch_size: int, max_seq: int) -> dict:
+def run_lathe(model: str, data: str, iters: int, batch_size: int, max_seq: int, packing: str = "auto") -> dict:
     import mlx.core as mx
 
     import engine.trainer as trainer
@@ -143,6 +146,7 @@ def run_lathe(model: str, data: str, iters: int, batch_size: int, max_seq: int) 
     cfg = RunConfig()
     cfg.model.path, cfg.data.path = model, data
     cfg.data.max_seq_length, cfg.data.valid_fraction, cfg.data.mask_prompt = max_seq, 0.0, _is_chat(data)
+    cfg.data.packing = packing
     cfg.lora.num_layers, cfg.lora.rank, cfg.lora.scale = -1, 8, 20.0
     t = cfg.training
     t.iters, t.epochs, t.batch_size, t.learning_rate = None, 1.0, batch_size, 1e-4
@@ -163,21 +167,49 @@ def run_lathe(model: str, data: str, iters: int, batch_size: int, max_seq: int) 
     return stats
 
 
-def child(which: str, model: str, data: str, iters: int, batch_size: int, max_seq: int) -> None:
-    fn = run_mlx_lm if which == "mlx_lm" else run_lathe
-    stats = fn(model, data, iters, batch_size, max_seq)
+def child(which: str, model: str, data: str, iters: int, batch_size: int, max_seq: int, packing: str) -> None:
+    if which == "mlx_lm":
+        stats = run_mlx_lm(model, data, iters, batch_size, max_seq)
+    else:
+        stats = run_lathe(model, data, iters, batch_size, max_seq, packing)
+    import resource
+
+    # The process's peak resident memory: MLX's active peak plus its buffer cache, Python, the data.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    stats["rss_gb"] = rss / 1e9 if sys.platform == "darwin" else rss * 1024 / 1e9
     print("RESULT " + json.dumps(stats))
 
 
-def build_model(work: Path) -> str:
+# Model shapes for the benchmark. "tiny" runs on a 2-core CPU in minutes; its 8,192-entry output
+# layer is ~25% of the model's work per token, about what a 0.5B model's 152k vocabulary costs it
+# (the proportion decides how much skipping the output layer on masked tokens saves). "0.5b" is
+# Qwen2.5-0.5B's shape (random weights, bfloat16), for a GPU.
+SIZES = {
+    "tiny": dict(arch="llama", hidden_size=384, num_layers=6, num_heads=6, num_kv_heads=2, intermediate_size=1024,
+                 model_vocab_size=8192),
+    "tiny-vocab": dict(arch="llama", hidden_size=384, num_layers=6, num_heads=6, num_kv_heads=2,
+                       intermediate_size=1024),
+    "0.5b": dict(arch="qwen2", hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864,
+                 model_vocab_size=151936, dtype="bfloat16"),
+}
+
+
+def describe_size(size: str) -> str:
+    c = SIZES[size]
+    vocab = c.get("model_vocab_size") or "~600"
+    return (f"{c['num_layers']}-layer, {c['hidden_size']}-wide {c['arch']} ({c.get('dtype', 'float32')}, random "
+            f"weights, vocabulary {vocab})")
+
+
+def build_model(work: Path, size: str = "tiny") -> str:
     from engine.tinymodel import build_tiny_model
 
-    return str(build_tiny_model(work / "model", hidden_size=384, num_layers=6, num_heads=6, num_kv_heads=2,
-                                intermediate_size=1024, vocab_size=1024, max_position_embeddings=2048,
-                                extra_texts=[" ".join(WORDS)] * 20))
+    return str(build_tiny_model(work / f"model-{size}", vocab_size=1024, max_position_embeddings=2048,
+                                extra_texts=[" ".join(WORDS)] * 20, **SIZES[size]))
 
 
-def compare(model: str, shape: str, examples: int | None = None, batch_size: int = 8, work: Path | None = None) -> dict:
+def compare(model: str, shape: str, examples: int | None = None, batch_size: int = 8, work: Path | None = None,
+            packing: str = "auto") -> dict:
     """Run both trainers on one dataset shape; returns {"mlx_lm": stats, "lathe": stats, ...}."""
     n_default, max_seq, _ = SHAPES[shape]
     n = examples or n_default
@@ -191,7 +223,8 @@ def compare(model: str, shape: str, examples: int | None = None, batch_size: int
     results = {}
     for which in ("mlx_lm", "lathe"):
         cmd = [sys.executable, __file__, "--child", which, "--model", model, "--data", str(data),
-               "--iters", str(iters), "--batch-size", str(batch_size), "--max-seq-length", str(max_seq)]
+               "--iters", str(iters), "--batch-size", str(batch_size), "--max-seq-length", str(max_seq),
+               "--packing", packing]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
@@ -203,20 +236,26 @@ def compare(model: str, shape: str, examples: int | None = None, batch_size: int
     return results
 
 
-def print_table(rows: list[dict]) -> None:
-    print(f"{'shape':8}{'trainer':13}{'wall s':>8}{'trained tok/s':>15}{'padding':>9}{'peak GB':>9}"
-          f"{'utilisation':>13}{'wall vs mlx_lm':>16}")
+def print_table(rows: list[dict], with_examples: bool = False, file=None) -> None:
+    print = partial(builtins.print, file=file or sys.stdout, flush=True)
+    ex = f"{'examples':>9}  " if with_examples else ""
+    print(f"{'shape':8}{ex}{'trainer':15}{'wall s':>8}{'trained tok/s':>15}{'padding':>9}{'peak GB':>9}"
+          f"{'RSS GB':>8}{'utilisation':>13}{'wall vs mlx_lm':>16}")
     for r in rows:
         m = r["mlx_lm"]
-        for name, x in (("mlx_lm.lora", m), ("Lathe", r["lathe"])):
-            ratio = f"{x['seconds'] / m['seconds']:.2f}x" if name == "Lathe" else ""
-            print(f"{r['shape']:8}{name:13}{x['seconds']:>8.1f}{x['trained'] / x['seconds']:>15.0f}"
-                  f"{x['padding_fraction']:>9.1%}{x['peak_gb']:>9.3f}{x['utilisation']:>13.1%}{ratio:>16}")
+        for name, x in (("mlx_lm.lora", m), (f"Lathe/{r['lathe']['packing']}", r["lathe"])):
+            ratio = f"{x['seconds'] / m['seconds']:.2f}x" if name != "mlx_lm.lora" else ""
+            n = f"{r['examples']:>9}  " if with_examples else ""
+            print(f"{r['shape']:8}{n}{name:15}{x['seconds']:>8.1f}{x['trained'] / x['seconds']:>15.0f}"
+                  f"{x['padding_fraction']:>9.1%}{x['peak_gb']:>9.3f}{x.get('rss_gb', 0):>8.2f}"
+                  f"{x['utilisation']:>13.1%}{ratio:>16}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="Model folder (default: a 6-layer, 384-wide Llama built here).")
+    p.add_argument("--model", help="Model folder (default: one built here, see --size).")
+    p.add_argument("--size", choices=sorted(SIZES), default="tiny", help="Shape of the model built here.")
+    p.add_argument("--packing", default="auto", help="Lathe's data.packing (auto, budget, pack, off).")
     p.add_argument("--shape", choices=sorted(SHAPES), default="mixed")
     p.add_argument("--examples", type=int)
     p.add_argument("--batch-size", type=int, default=8)
@@ -226,14 +265,15 @@ def main() -> None:
     p.add_argument("--iters", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        child(a.child, a.model, a.data, a.iters, a.batch_size, a.max_seq_length)
+        child(a.child, a.model, a.data, a.iters, a.batch_size, a.max_seq_length, a.packing)
         return
     work = Path(tempfile.mkdtemp(prefix="lathe-bench-"))
-    model = a.model or build_model(work)
-    r = compare(model, a.shape, a.examples, a.batch_size, work)
+    model = a.model or build_model(work, a.size)
+    r = compare(model, a.shape, a.examples, a.batch_size, work, a.packing)
     import platform
 
-    print(f"Machine: {platform.platform()}, {os.cpu_count()} cores; model {model}")
+    print(f"Machine: {platform.platform()}, {os.cpu_count()} cores; model {model}"
+          + ("" if a.model else f" ({describe_size(a.size)})"))
     print(f"Data: {r['examples']} examples, {SHAPES[a.shape][2]}; batch {a.batch_size}, one epoch, "
           "LoRA rank 8 on all layers, prompt masking on, same settings for both.\n")
     print_table([r])
