@@ -88,13 +88,13 @@ def _wait(app, cond, timeout: float = 60.0) -> None:
     app.processEvents()
 
 
-def render(page: str, file: str) -> int:
-    if page not in PAGES:
-        print(f"Unknown page '{page}'. Choose one of: {', '.join(PAGES)}.", file=sys.stderr)
-        return 2
+def offscreen_window(home_prefix: str):
+    """(QApplication, MainWindow) drawn offscreen at 1280x820, in a fresh throwaway workspace.
+
+    For screenshots and benchmarks: nothing of the user's (workspace, window geometry) is touched.
+    """
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ["LATHE_HOME"] = tempfile.mkdtemp(prefix="lathe-screenshot-")
-    from PySide6.QtCore import QThreadPool
+    os.environ["LATHE_HOME"] = tempfile.mkdtemp(prefix=home_prefix)
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication(["lathe"])
@@ -104,6 +104,16 @@ def render(page: str, file: str) -> int:
     apply_theme(app)
     window = MainWindow(remember=False)
     window.resize(1280, 820)
+    return app, window
+
+
+def render(page: str, file: str) -> int:
+    if page not in PAGES:
+        print(f"Unknown page '{page}'. Choose one of: {', '.join(PAGES)}.", file=sys.stderr)
+        return 2
+    app, window = offscreen_window("lathe-screenshot-")
+    from PySide6.QtCore import QThreadPool
+
     pool = QThreadPool.globalInstance()
 
     if page in ("runs", "train"):

@@ -143,19 +143,11 @@ class GcWatch:
 
 
 def run_window(args) -> dict:
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ["LATHE_HOME"] = tempfile.mkdtemp(prefix="lathe-bench-")
-    from PySide6.QtWidgets import QApplication
-
-    app = QApplication.instance() or QApplication(["lathe-bench"])
-    from app.theme import apply_theme
-    from app.window import MainWindow
+    from app.screenshot import offscreen_window
     from engine.config import RunConfig
     from engine.tinymodel import build_tiny_model
 
-    apply_theme(app)
-    window = MainWindow(remember=False)
-    window.resize(1280, 820)
+    app, window = offscreen_window("lathe-bench-")
     window.show()
     window.show_page("train")
     page, controller = window.train, window.controller

@@ -185,6 +185,13 @@ class RunConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
+    def apply(self, changes: dict) -> RunConfig:
+        """Set fields named "section.field" (as fit suggestions and automatic choices name them)."""
+        for key, value in changes.items():
+            section, name = key.split(".")
+            setattr(getattr(self, section), name, value)
+        return self
+
     # -- conversion -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

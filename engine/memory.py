@@ -236,10 +236,10 @@ def preflight(config, model_path: str | Path, log: Callable[[str, str], None] | 
         report = estimate(str(model_path), config)
     except LatheError:
         return None
-    for key, value in getattr(report, "automatic", {}).items():
-        section, name = key.split(".")
-        setattr(getattr(config, section), name, value)
-    if getattr(report, "automatic", None) and log:
+    automatic = getattr(report, "automatic", None)
+    if automatic:
+        config.apply(automatic)
+    if automatic and log:
         log("info", "Memory would be tight, so gradient checkpointing is on for this run (same results, "
                     f"slower steps): {report.summary()}. Turn off training.auto_grad_checkpoint to decide yourself.")
     if report.verdict != "will not fit":

@@ -69,7 +69,7 @@ def segment_mask(segments: mx.array) -> mx.array:
 # Architectures whose `Model.__call__` is exactly "hidden = self.model(inputs, cache); logits =
 # lm_head(hidden), or the tied embedding's as_linear": for these the output layer can be applied to
 # the trained positions alone (see `output_head`).
-HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma3_text", "olmo2", "granite"}
+HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma3_text", "olmo2"}
 
 # A batch computes logits only at its trained positions when those are at most this share of it.
 SELECT_MAX_FRACTION = 7 / 8
@@ -81,18 +81,16 @@ def _head(model):
     return head if head is not None else model.model.embed_tokens.as_linear
 
 
-def output_head_supported(model, sample: Sequence[int] | None = None) -> bool:
+def output_head_supported(model, sample: Sequence[int]) -> bool:
     """Whether `masked_loss(..., select=...)` may run the output layer on selected positions only.
 
-    The architecture must be one whose logits are `head(self.model(inputs))`, and, given a sample
-    of token ids, the two ways must agree on it (a guard against a model variant that does more,
-    such as a final soft cap).
+    The architecture must be one whose logits are `head(self.model(inputs))`, and the two ways
+    must agree on a sample of token ids (a guard against a variant that does more, such as a
+    final soft cap or logit scaling).
     """
     model_type = getattr(getattr(model, "args", None), "model_type", None) or getattr(model, "model_type", None)
     if model_type not in HEAD_MODEL_TYPES or not hasattr(model, "model"):
         return False
-    if sample is None:
-        return True
     try:
         x = mx.array(list(sample)[:16] or [0])[None]
         full = model(x)
@@ -118,7 +116,7 @@ def select_positions(weights: np.ndarray) -> np.ndarray | None:
     total = w.size
     eighth = max(1, -(-total // 8))
     size = max(eighth, -(-len(trained) // eighth) * eighth)
-    if size > SELECT_MAX_FRACTION * total or len(trained) == total:
+    if size > SELECT_MAX_FRACTION * total:  # also when every position is trained
         return None
     filler = int(np.flatnonzero(w == 0)[0])
     return np.concatenate([trained, np.full(size - len(trained), filler)]).astype(np.int32)

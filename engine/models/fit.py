@@ -256,11 +256,7 @@ def quantized_weights_bytes(info: ModelInfo, bits: int = 4, group_size: int = 64
 
 
 def _with(cfg: RunConfig, **changes) -> RunConfig:
-    new = copy.deepcopy(cfg)
-    for key, value in changes.items():
-        section, name = key.split(".")
-        setattr(getattr(new, section), name, value)
-    return new
+    return copy.deepcopy(cfg).apply(changes)
 
 
 def _peak(info: ModelInfo, cfg: RunConfig) -> int:
