@@ -72,7 +72,8 @@ def test_a_file_that_is_not_a_dataset_gets_a_clear_message(window, qtbot, tmp_pa
 
 def test_import_can_be_cancelled(window, qtbot, tmp_path, tiny_chat_model):
     path = tmp_path / "big.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in chat_records(60_000)), encoding="utf-8")
+    # Large enough that the import is still running when Cancel lands (60,000 once finished first).
+    path.write_text("".join(json.dumps(r) + "\n" for r in chat_records(250_000)), encoding="utf-8")
     window.data.preferred_model = str(tiny_chat_model)
     window.data.open_path(path)
     qtbot.waitUntil(lambda: "examples" in window.data.progress_label.text(), timeout=60_000)
