@@ -31,6 +31,7 @@ from engine.batching import (
 from engine.checkpoint import TrainState
 from engine.distributed import beat
 from engine.encode import Encoded
+from engine.head import HEAD_CHUNK_VALUES, HEAD_MODEL_TYPES, head_chunk_rows
 
 
 class PackedMask:
@@ -65,11 +66,6 @@ def segment_mask(segments: mx.array) -> mx.array:
     same = segments[:, :, None] == segments[:, None, :]
     return (same & causal)[:, None]
 
-
-# Architectures whose `Model.__call__` is exactly "hidden = self.model(inputs, cache); logits =
-# lm_head(hidden), or the tied embedding's as_linear": for these the output layer can be applied to
-# the trained positions alone (see `output_head`).
-HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma3_text", "olmo2"}
 
 # A batch computes logits only at its trained positions when those are at most this share of it.
 SELECT_MAX_FRACTION = 7 / 8
@@ -122,8 +118,79 @@ def select_positions(weights: np.ndarray) -> np.ndarray | None:
     return np.concatenate([trained, np.full(size - len(trained), filler)]).astype(np.int32)
 
 
+def _vocab_size(model) -> int:
+    head = getattr(model, "lm_head", None) or model.model.embed_tokens
+    return int(head.weight.shape[0])  # quantized weights keep one row per output too
+
+
+def head_frozen(model) -> bool:
+    """Whether the output layer has no trainable weights (LoRA and DoRA; not full fine-tuning)."""
+    from mlx.utils import tree_flatten
+
+    head = getattr(model, "lm_head", None) or model.model.embed_tokens
+    return not tree_flatten(head.trainable_parameters())
+
+
+def head_cross_entropy(head, hidden: mx.array, targets: mx.array, weights: mx.array, chunk: int) -> mx.array:
+    """Per-row cross-entropy of `head(hidden)` against `targets`, times `weights`, `chunk` rows at a
+    time: for evaluation, where nothing is kept for a backward pass."""
+    parts = []
+    for start in range(0, hidden.shape[0], chunk):
+        end = start + chunk
+        h = hidden[start:end] if not parts else mx.depends(hidden[start:end], parts[-1])
+        logits = head(h).astype(mx.float32)
+        picked = mx.take_along_axis(logits, targets[start:end, None], axis=-1)[:, 0]
+        parts.append((mx.logsumexp(logits, axis=-1) - picked) * weights[start:end])
+    return parts[0] if len(parts) == 1 else mx.concatenate(parts)
+
+
+@mx.compile
+def _loss_and_logit_gradient(logits: mx.array, targets: mx.array, weights: mx.array) -> tuple[mx.array, mx.array]:
+    """Weighted cross-entropy per row and its gradient for the logits, (softmax - one-hot) x weight.
+
+    Compiled so the element-wise work runs as one pass: only the logits and their gradient exist.
+    """
+    x = logits.astype(mx.float32)
+    lse = mx.logsumexp(x, axis=-1, keepdims=True)
+    loss = (lse[:, 0] - mx.take_along_axis(x, targets[:, None], axis=-1)[:, 0]) * weights
+    probs = mx.exp(x - lse)
+    target = mx.arange(x.shape[-1])[None] == targets[:, None]
+    return loss, (mx.where(target, probs - 1, probs) * weights[:, None]).astype(logits.dtype)
+
+
+def fused_head_cross_entropy(head, hidden: mx.array, targets: mx.array, weights: mx.array, chunk: int) -> mx.array:
+    """`head_cross_entropy` for training: the gradient for `hidden` is computed in the forward pass,
+    chunk by chunk, so a chunk's logits are freed before the next one's exist and nothing the size of
+    the logits waits for the backward pass (no recomputation either). The output layer must be
+    frozen: it gets no gradient here.
+    """
+
+    @mx.custom_function
+    def rows(hidden, targets, weights):
+        parts = []
+        for start in range(0, hidden.shape[0], chunk):
+            end = start + chunk
+            h, t, w = hidden[start:end], targets[start:end], weights[start:end]
+            if parts:  # MLX runs independent branches side by side: chunk after chunk, explicitly
+                h = mx.depends(h, parts[-1])
+            loss, dlogits = _loss_and_logit_gradient(head(h), t, w)
+            _, (dh,) = mx.vjp(head, [h], [dlogits])
+            # One array per chunk: gradient columns, then the loss.
+            parts.append(mx.concatenate([dh.astype(mx.float32), loss[:, None]], axis=1))
+        return parts[0] if len(parts) == 1 else mx.concatenate(parts)
+
+    @rows.vjp
+    def rows_vjp(primals, cotangent, output):
+        hidden, targets, weights = primals
+        # Row r's loss depends on hidden[r] alone, so its gradient is the stored row times the
+        # row's cotangent. The gradient columns are internal (sliced off below).
+        return (output[:, :-1] * cotangent[:, -1:]).astype(hidden.dtype), mx.zeros_like(targets), mx.zeros_like(weights)
+
+    return rows(hidden, targets, weights)[:, -1]
+
+
 def masked_loss(model, tokens: mx.array, weights: mx.array, segments: mx.array | None = None,
-                denom: mx.array | None = None, select: mx.array | None = None):
+                denom: mx.array | None = None, select: mx.array | None = None, head: str = "auto"):
     """Mean cross-entropy over the tokens marked for training; returns (loss, trained tokens).
 
     `weights[:, t]` says whether token t is a target. Padding has weight 0, so, unlike mlx-lm, no
@@ -133,18 +200,28 @@ def masked_loss(model, tokens: mx.array, weights: mx.array, segments: mx.array |
     equal one process training the whole batch. With `select` (`select_positions`), the output
     layer and the cross-entropy run on the trained positions only: with prompt masking that skips
     most of the largest matrix multiply of a small model and the [tokens x vocabulary] logits.
+
+    `head` says how the output layer runs: "full" (the model's own forward pass), "split" (the
+    layer on chunks of rows, `head_cross_entropy`), "fused" (`fused_head_cross_entropy`, for
+    training with a frozen output layer), or "auto": "split" with `select`, else "full". "split"
+    and "fused" need a model that `output_head_supported` accepts.
     """
     inputs, targets, w = tokens[:, :-1], tokens[:, 1:], weights[:, 1:]
     cache = None if segments is None else [PackedMask(segment_mask(segments[:, :-1]))] * len(model.layers)
-    if select is None:
+    if head == "auto":
+        head = "full" if select is None else "split"
+    if head == "full":
         logits = model(inputs) if cache is None else model(inputs, cache=cache)
+        ce = (nn.losses.cross_entropy(logits, targets) * w).astype(mx.float32)
     else:
         hidden = model.model(inputs, cache)
-        logits = _head(model)(hidden.reshape(-1, hidden.shape[-1])[select])
-        targets, w = targets.reshape(-1)[select], w.reshape(-1)[select]
-    ce = nn.losses.cross_entropy(logits, targets) * w
+        hidden, targets, w = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1), w.reshape(-1)
+        if select is not None:
+            hidden, targets, w = hidden[select], targets[select], w[select]
+        rows = fused_head_cross_entropy if head == "fused" else head_cross_entropy
+        ce = rows(_head(model), hidden, targets, w, head_chunk_rows(_vocab_size(model), HEAD_CHUNK_VALUES))
     ntoks = weights[:, 1:].sum()
-    return ce.astype(mx.float32).sum() / mx.maximum(ntoks if denom is None else denom, 1), ntoks
+    return ce.sum() / mx.maximum(ntoks if denom is None else denom, 1), ntoks
 
 
 def checkpoint_layers(model) -> None:
@@ -191,6 +268,7 @@ class LoopArgs:
     batching: str = "fixed"  # fixed | budget | pack (see batching.choose_batching)
     batch_tokens: int = 0  # token budget per step (budget) or row length (pack)
     select_outputs: bool = False  # output layer on trained positions only (see masked_loss)
+    fused_head: bool = False  # output layer and loss in chunks, gradient in the forward pass (masked_loss)
     # A batch shape of at least this many tokens is compiled the first time it appears; smaller
     # ones run eagerly then and compiled when they recur (see `train`'s step).
     compile_min_tokens: int = 0
@@ -205,9 +283,10 @@ class LoopResult:
     reason: str = ""
 
 
-def compiled_loss(model, loss: Callable = masked_loss) -> Callable:
+def compiled_loss(model, loss: Callable = masked_loss, head: str = "auto") -> Callable:
     """`loss` compiled for evaluation: traced once per batch shape, reading the current weights."""
-    return mx.compile(lambda tokens, weights, segments, select: loss(model, tokens, weights, segments, None, select),
+    return mx.compile(lambda tokens, weights, segments, select: loss(model, tokens, weights, segments, None, select,
+                                                                     head),
                       inputs=[model.state])
 
 
@@ -238,9 +317,11 @@ def evaluate(model, batches: Sequence[Batch], loss: Callable = masked_loss, fn: 
     """Token-weighted mean loss over fixed batches (`fn`: a `compiled_loss` to reuse its traces).
 
     With several ranks each evaluates its rows of every batch and the sums are combined.
-    `select_outputs`: run the output layer on trained positions only (`select_positions`).
+    `select_outputs`: the model passed `output_head_supported`, so the output layer runs in chunks
+    (`head_cross_entropy`) and on trained positions only (`select_positions`).
     """
-    fn = fn or (lambda t, w, s, sel: loss(model, t, w, s, None, sel))
+    head = "split" if select_outputs else "full"
+    fn = fn or (lambda t, w, s, sel: loss(model, t, w, s, None, sel, head))
     total = mx.array(0.0)
     ntoks = mx.array(0.0)
     for full in batches:
@@ -291,8 +372,10 @@ def train(
     loss_value_and_grad = nn.value_and_grad(model, loss)
     compiled_state = [model.state, optimizer.state, mx.random.state]
 
+    head = "fused" if args.fused_head else "auto"
+
     def eager_step(tokens, weights, segments, denom, select, prev_grad, do_update):
-        (value, ntoks), grad = loss_value_and_grad(model, tokens, weights, segments, denom, select)
+        (value, ntoks), grad = loss_value_and_grad(model, tokens, weights, segments, denom, select, head)
         if prev_grad is not None:
             grad = tree_map(lambda a, b: a + b, grad, prev_grad)
         if do_update:
@@ -341,7 +424,7 @@ def train(
         state.seen_examples += batch.examples
         return batch
 
-    eval_fn = compiled_loss(model, loss)
+    eval_fn = compiled_loss(model, loss, "split" if args.select_outputs else "full")
     evals_done = [0]
 
     def run_eval() -> float | None:

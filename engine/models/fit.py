@@ -10,9 +10,11 @@ The estimate counts what MLX keeps alive during one LoRA training step:
   probabilities per head (heads x sequence length: the score matrix is materialised for the
   backward pass). Layers below the trained ones keep nothing: their forward values are freed;
 - at the peak, on top of that, the transients of one layer's backward pass (6 hidden-sized,
-  6 intermediate-sized and 2 attention-matrix-sized values per token) and the logits of the loss,
-  counted as 4 float32 copies of batch x sequence x vocabulary (logits, log-softmax, its gradient,
-  the loss's gather);
+  6 intermediate-sized and 2 attention-matrix-sized values per token) and the logits of the loss.
+  Where the trainer runs the output layer in chunks (`engine.head`; LoRA and DoRA), that is 2
+  float32 copies of batch x sequence x vocabulary (logits and their gradient) plus 2 float32
+  hidden-sized gradient rows per token; otherwise 4 float32 copies (logits, log-softmax, its
+  gradient, the loss's gather);
 - gradient checkpointing keeps only each trained layer's input and recomputes one layer at a time.
 
 The counts come from reading the forward/backward graph of mlx-lm's Llama-style layers and were
@@ -34,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.config import RunConfig
+from engine.head import HEAD_MODEL_TYPES
 from engine.models.info import ModelInfo, inspect_model
 
 GB = 1024**3
@@ -51,6 +54,11 @@ TRANSIENT_HIDDEN = 6
 TRANSIENT_MLP = 6
 TRANSIENT_ATTENTION = 2
 LOGIT_COPIES = 4
+# With the chunked output layer: the logits and their gradient. MLX allocates a step's buffers as it
+# queues the work, ahead of the computation, so every chunk's are counted (measured on the CPU
+# backend); once the memory limit is reached MLX waits and only a chunk's are alive at a time.
+FUSED_LOGIT_COPIES = 2
+HIDDEN_GRADIENT_COPIES = 2  # the chunked output layer's gradient rows, and their concatenation
 LOGIT_BYTES = 4  # float32
 ADAM_COPIES = 4  # parameter, gradient, first and second moment
 LORA_BYTES = 4  # mlx-lm creates LoRA matrices in float32
@@ -213,7 +221,12 @@ def training_breakdown(info: ModelInfo, cfg: RunConfig) -> dict:
     transient = tokens * a * (
         TRANSIENT_HIDDEN * d + TRANSIENT_MLP * i + TRANSIENT_ATTENTION * heads * s
     )
-    logits = tokens * v * LOGIT_BYTES * LOGIT_COPIES
+    if info.model_type in HEAD_MODEL_TYPES and cfg.lora.fine_tune_type != "full":
+        # The trainer's chunked output layer (engine.trainer.fused_head_cross_entropy): logits and
+        # their gradient, plus the gradient rows for the hidden states it keeps (float32).
+        logits = tokens * LOGIT_BYTES * (v * FUSED_LOGIT_COPIES + d * HIDDEN_GRADIENT_COPIES)
+    else:
+        logits = tokens * v * LOGIT_BYTES * LOGIT_COPIES
     return {
         "weights": int(info.weights_bytes),
         "adapter_and_optimizer": int(optimizer),

@@ -1,8 +1,9 @@
 """Measure the real peak memory of LoRA training steps (`models fit --measure`).
 
 Runs a few real optimizer steps at the longest sequence with the same pieces Lathe's trainer uses
-(mlx-lm's LoRA layers, `nn.value_and_grad`, Adam) and reads MLX's peak-memory counter. This loads
-the model, so it takes as long as loading plus the steps; the estimate in `fit.py` is the fast path.
+(mlx-lm's LoRA layers, Lathe's loss with its chunked output layer, `nn.value_and_grad`, Adam) and
+reads MLX's peak-memory counter. This loads the model, so it takes as long as loading plus the
+steps; the estimate in `fit.py` is the fast path.
 """
 
 from __future__ import annotations
@@ -73,29 +74,42 @@ def measure_training(
     weights_bytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
     vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size"))
 
-    def loss_fn(model, inputs, targets):
-        logits = model(inputs)
-        ce = nn.losses.cross_entropy(logits, targets)
-        return ce.astype(mx.float32).mean()
+    from engine.trainer import head_frozen, masked_loss, output_head_supported
+
+    mx.random.seed(seed)
+    tokens = mx.random.randint(0, vocab, (batch_size, seq_length + 1))
+    weights = mx.ones(tokens.shape)
+    # The output layer as the trainer runs it (in chunks, gradient on the way forward) where it can.
+    head = "fused" if output_head_supported(model, tokens[0, :16].tolist()) and head_frozen(model) else "full"
+
+    def loss_fn(model, tokens, weights):
+        return masked_loss(model, tokens, weights, head=head)[0]
 
     optimizer = optim.Adam(learning_rate=1e-5)
     value_and_grad = nn.value_and_grad(model, loss_fn)
-    mx.random.seed(seed)
-    tokens = mx.random.randint(0, vocab, (batch_size, seq_length + 1))
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    mx.eval(model.parameters(), inputs, targets)
+    mx.eval(model.parameters(), tokens, weights)
 
     if grad_checkpoint:
         from engine.trainer import checkpoint_layers
 
         checkpoint_layers(model)  # this model's blocks only, as training does
+    def step(tokens, weights):
+        loss, grads = value_and_grad(model, tokens, weights)
+        optimizer.update(model, grads)
+        return loss
+
+    from engine.train import compile_min_tokens
+
+    if tokens.size >= compile_min_tokens():  # as the trainer runs a batch of this size
+        state = [model.state, optimizer.state, mx.random.state]
+        step = mx.compile(step, inputs=state, outputs=state)
     mx.clear_cache()
     mx.reset_peak_memory()
     for _ in range(steps):
-        loss, grads = value_and_grad(model, inputs, targets)
-        optimizer.update(model, grads)
+        loss = step(tokens, weights)
         mx.eval(loss, model.parameters(), optimizer.state)
-        del loss, grads
+        del loss
+        mx.clear_cache()  # as the trainer does on the CPU backend
     peak = int(mx.get_peak_memory())
     return Measurement(
         peak_bytes=peak,
