@@ -126,16 +126,27 @@ def limits(plan: MemoryPlan) -> Iterator[MemoryPlan]:
                 pass
 
 
-def fit_cache_to(plan: MemoryPlan, training_peak_bytes: int) -> int:
+# Smallest cache cap; also the whole cap on the CPU backend (see `fit_cache_to`).
+MIN_CACHE_BYTES = 256 * 1024**2
+
+
+def fit_cache_to(plan: MemoryPlan, training_peak_bytes: int, gpu: bool | None = None) -> int:
     """Cap MLX's buffer cache at about one training step's working set (the fit estimate's peak).
 
-    Freed buffers are kept for reuse; a cache the size of a step's working set lets a step reuse
-    the last one's, and more only holds memory the user's other apps could use. Returns the cap,
-    which never exceeds the plan's. `limits` restores the previous cap when the run ends.
+    Freed buffers are kept for reuse; on a GPU a cache the size of a step's working set lets a step
+    reuse the last one's, and more only holds memory the user's other apps could use. On MLX's CPU
+    backend the cache is emptied after every step (`clear_cache_threshold`), so it only serves reuse
+    within a step: there it is capped at 256 MB. Measured on the 2-core machine, that took the
+    resident size of a long-document run from 4.36 to 3.70 GB (mixed data 2.03 to 1.97 GB) at the
+    same speed; no cache at all made short-turn runs ~7% slower. Returns the cap, which never
+    exceeds the plan's. `limits` restores the previous cap when the run ends.
     """
     import mlx.core as mx
 
-    cap = int(min(plan.cache_limit_bytes, max(training_peak_bytes, 256 * 1024**2)))
+    if gpu is None:
+        gpu = mx.default_device().type == mx.DeviceType.gpu
+    step = max(training_peak_bytes, MIN_CACHE_BYTES) if gpu else MIN_CACHE_BYTES
+    cap = int(min(plan.cache_limit_bytes, step))
     try:
         mx.set_cache_limit(cap)
     except Exception:  # noqa: BLE001 - a backend without a cache limit still trains
