@@ -313,20 +313,25 @@ def all_sum(x: mx.array, world_size: int) -> mx.array:
 
 
 def evaluate(model, batches: Sequence[Batch], loss: Callable = masked_loss, fn: Callable | None = None,
-             rank: int = 0, world_size: int = 1, select_outputs: bool = False) -> float:
+             rank: int = 0, world_size: int = 1, select_outputs: bool = False,
+             selected: dict | None = None) -> float:
     """Token-weighted mean loss over fixed batches (`fn`: a `compiled_loss` to reuse its traces).
 
     With several ranks each evaluates its rows of every batch and the sums are combined.
     `select_outputs`: the model passed `output_head_supported`, so the output layer runs in chunks
-    (`head_cross_entropy`) and on trained positions only (`select_positions`).
+    (`head_cross_entropy`) and on trained positions only (`select_positions`). `selected`: a dict
+    kept between calls on the same batches, to work out their positions once.
     """
     head = "split" if select_outputs else "full"
     fn = fn or (lambda t, w, s, sel: loss(model, t, w, s, None, sel, head))
     total = mx.array(0.0)
     ntoks = mx.array(0.0)
-    for full in batches:
+    selected = {} if selected is None else selected
+    for i, full in enumerate(batches):
         b = shard(full, rank, world_size)
-        sel = select_positions(b.weights) if select_outputs else None
+        if select_outputs and i not in selected:
+            selected[i] = select_positions(b.weights)
+        sel = selected.get(i)
         value, n = fn(mx.array(b.tokens), mx.array(b.weights), None if b.segments is None else mx.array(b.segments),
                       None if sel is None else mx.array(sel))
         total = total + value * n
@@ -426,6 +431,7 @@ def train(
 
     eval_fn = compiled_loss(model, loss, "split" if args.select_outputs else "full")
     evals_done = [0]
+    val_selected: dict = {}  # the validation batches' trained positions, worked out once
 
     def run_eval() -> float | None:
         if not val_batches:
@@ -434,7 +440,8 @@ def train(
         # The validation batches are the same every time: on a CPU, trace them from the second
         # evaluation on (see `step`).
         compiled = evals_done[0] or args.compile_min_tokens == 0
-        value = evaluate(model, val_batches, loss, eval_fn if compiled else None, rank, world, args.select_outputs)
+        value = evaluate(model, val_batches, loss, eval_fn if compiled else None, rank, world, args.select_outputs,
+                         val_selected)
         evals_done[0] += 1
         model.train()
         if math.isfinite(value) and (state.best_val_loss is None or value < state.best_val_loss):

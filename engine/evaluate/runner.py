@@ -93,7 +93,7 @@ def loss_comparison(chat_model: ChatModel, info: AdapterInfo, config: RunConfig,
     from engine.batching import fixed_eval_batches
     from engine.data import load_splits
     from engine.encode import Encoder
-    from engine.trainer import evaluate
+    from engine.trainer import evaluate, output_head_supported
 
     d, t = config.data, config.training
     splits = load_splits(d.path, valid_fraction=d.valid_fraction, seed=t.seed)
@@ -114,7 +114,8 @@ def loss_comparison(chat_model: ChatModel, info: AdapterInfo, config: RunConfig,
         if cancel is not None and cancel.is_set():
             raise Cancelled("The evaluation was cancelled.")
         with adapter_state(chat_model, side == "tuned") as model:
-            loss = evaluate(model, batches)
+            # The output layer in chunks and on trained positions only, as in training, where it can.
+            loss = evaluate(model, batches, select_outputs=output_head_supported(model, encoded[0].tokens))
         out[side] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
     return out
 
