@@ -296,6 +296,18 @@ class TrainSettingsWidget(QWidget):
             cfg.validate()
         return cfg
 
+    def show_automatic(self, changes: dict) -> None:
+        """Mark the boxes a run will turn on by itself (the fit estimate's `automatic` changes).
+
+        The box stays unticked, since the user's setting has not changed, but says beside it that
+        it will be on for this run; the note goes when the estimate no longer needs it.
+        """
+        for key, w in self.fields.items():
+            if isinstance(w, QCheckBox):
+                auto = bool(changes.get(key)) and not w.isChecked()
+                w.setText("On automatically: memory is tight" if auto else "")
+                w.setProperty("automatic", auto)
+
     def _on_field_changed(self, *_args) -> None:
         if self._filling:
             return

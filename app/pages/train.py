@@ -468,11 +468,13 @@ class TrainPage(QWidget):
             return  # settings changed meanwhile; a newer estimate is on its way
         self.fit_report = report
         self.fit_banner.show_report(report)
+        self.settings.show_automatic(getattr(report, "automatic", {}) or {})
 
     def _on_fit_failed(self, generation: int, message: str) -> None:
         if generation == self._fit_generation:
             self.fit_report = None
             self.fit_banner.show_problem(message)
+            self.settings.show_automatic({})
 
     def _on_fit_apply(self, changes: dict) -> None:
         quantize = changes.pop("model.quantize", None)

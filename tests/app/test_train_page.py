@@ -119,11 +119,15 @@ def test_the_fit_banner_follows_the_settings(window, qtbot, tiny_chat_model, dat
     page.settings.set_config(big)
     qtbot.waitUntil(lambda: "turned on automatically" in page.fit_banner.label.text(), timeout=20_000)
     assert page.settings.config().training.auto_grad_checkpoint
+    box = page.settings.fields["training.grad_checkpoint"]
+    assert not box.isChecked() and "automatically" in box.text()  # the setting itself is unchanged
+    assert not page.settings.config().training.grad_checkpoint
 
     big.training.auto_grad_checkpoint = False
     page.settings.set_config(big)
     qtbot.waitUntil(lambda: page.fit_banner.verdict == "will not fit", timeout=20_000)
     assert "Will not fit" in page.fit_banner.label.text()
+    assert box.text() == ""  # nothing is turned on by itself now
     assert page.fit_banner.fix.isVisibleTo(page.fit_banner)
     page.fit_banner.fix.click()  # "Use batch size 32 with 2 gradient accumulation steps"
     cfg = page.settings.config()
