@@ -305,8 +305,11 @@ class TrainSettingsWidget(QWidget):
         for key, w in self.fields.items():
             if isinstance(w, QCheckBox):
                 auto = bool(changes.get(key)) and not w.isChecked()
-                w.setText("On automatically: memory is tight" if auto else "")
-                w.setProperty("automatic", auto)
+                w.setText("On (auto)" if auto else "")
+                section, name = key.split(".")
+                note = ("\n\nThe memory estimate says this run would be tight without it, so the run turns it "
+                        "on by itself (see \"Checkpointing when memory is tight\").")
+                w.setToolTip(field_help(section, name) + (note if auto else ""))
 
     def _on_field_changed(self, *_args) -> None:
         if self._filling:

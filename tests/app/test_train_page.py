@@ -120,7 +120,8 @@ def test_the_fit_banner_follows_the_settings(window, qtbot, tiny_chat_model, dat
     qtbot.waitUntil(lambda: "turned on automatically" in page.fit_banner.label.text(), timeout=20_000)
     assert page.settings.config().training.auto_grad_checkpoint
     box = page.settings.fields["training.grad_checkpoint"]
-    assert not box.isChecked() and "automatically" in box.text()  # the setting itself is unchanged
+    assert not box.isChecked() and box.text() == "On (auto)"  # the setting itself is unchanged
+    assert "turns it on by itself" in box.toolTip()
     assert not page.settings.config().training.grad_checkpoint
 
     big.training.auto_grad_checkpoint = False
