@@ -118,17 +118,21 @@ def select_positions(weights: np.ndarray) -> np.ndarray | None:
     return np.concatenate([trained, np.full(size - len(trained), filler)]).astype(np.int32)
 
 
+def _head_module(model):
+    """The module holding the output layer's weights: `lm_head`, or the tied input embedding."""
+    head = getattr(model, "lm_head", None)
+    return model.model.embed_tokens if head is None else head
+
+
 def _vocab_size(model) -> int:
-    head = getattr(model, "lm_head", None) or model.model.embed_tokens
-    return int(head.weight.shape[0])  # quantized weights keep one row per output too
+    return int(_head_module(model).weight.shape[0])  # quantized weights keep one row per output too
 
 
 def head_frozen(model) -> bool:
     """Whether the output layer has no trainable weights (LoRA and DoRA; not full fine-tuning)."""
     from mlx.utils import tree_flatten
 
-    head = getattr(model, "lm_head", None) or model.model.embed_tokens
-    return not tree_flatten(head.trainable_parameters())
+    return not tree_flatten(_head_module(model).trainable_parameters())
 
 
 def head_cross_entropy(head, hidden: mx.array, targets: mx.array, weights: mx.array, chunk: int) -> mx.array:
@@ -160,9 +164,10 @@ def _loss_and_logit_gradient(logits: mx.array, targets: mx.array, weights: mx.ar
 
 def fused_head_cross_entropy(head, hidden: mx.array, targets: mx.array, weights: mx.array, chunk: int) -> mx.array:
     """`head_cross_entropy` for training: the gradient for `hidden` is computed in the forward pass,
-    chunk by chunk, so a chunk's logits are freed before the next one's exist and nothing the size of
-    the logits waits for the backward pass (no recomputation either). The output layer must be
-    frozen: it gets no gradient here.
+    chunk by chunk, so nothing the size of the logits waits for the backward pass, and there is no
+    recomputation either. Chunks run one after another; MLX allocates buffers as it queues work, so
+    when memory is plentiful several chunks' logits may exist at once, and once its memory limit
+    makes it wait, one. The output layer must be frozen: it gets no gradient here.
     """
 
     @mx.custom_function
@@ -171,7 +176,7 @@ def fused_head_cross_entropy(head, hidden: mx.array, targets: mx.array, weights:
         for start in range(0, hidden.shape[0], chunk):
             end = start + chunk
             h, t, w = hidden[start:end], targets[start:end], weights[start:end]
-            if parts:  # MLX runs independent branches side by side: chunk after chunk, explicitly
+            if parts:  # independent branches could run in any order: chunk after chunk, explicitly
                 h = mx.depends(h, parts[-1])
             loss, dlogits = _loss_and_logit_gradient(head(h), t, w)
             _, (dh,) = mx.vjp(head, [h], [dlogits])
