@@ -12,8 +12,9 @@ from __future__ import annotations
 HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma3_text", "olmo2"}
 
 # The output layer runs on chunks of rows whose logits hold at most this many values (256 MB in
-# float32), so a batch's [tokens x vocabulary] logits never exist whole: with a 152k vocabulary,
-# 8 x 1024 tokens would need 5 GB for the logits and as much again for their gradient.
+# float32): with a 152k vocabulary, 8 x 1024 tokens would need 5 GB for the logits and as much again
+# for their gradient. Nothing logits-sized is kept for the backward pass; how many chunks exist at
+# once depends on how far MLX queues work ahead (see engine.trainer.fused_head_cross_entropy).
 HEAD_CHUNK_VALUES = 1 << 26
 
 

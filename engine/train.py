@@ -288,7 +288,7 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
 
     from engine import checkpoint as ckpt
     from engine.batching import fixed_eval_batches, padding_fraction
-    from engine.trainer import LoopArgs, evaluate, head_frozen, output_head_supported, train
+    from engine.trainer import LoopArgs, evaluate, train, training_head
 
     t, d = config.training, config.data
     mx.random.seed(t.seed)
@@ -381,14 +381,14 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
 
     # The output layer apart from the model (see engine.trainer.masked_loss): on trained positions
     # only, and in chunks with its gradient computed on the way forward.
-    split_head = output_head_supported(model, prep.train[0].tokens)
+    head = training_head(model, prep.train[0].tokens)
     args = LoopArgs(
         total_steps=steps, batch_size=t.batch_size, grad_accumulation_steps=t.grad_accumulation_steps,
         steps_per_report=t.steps_per_report, steps_per_eval=t.steps_per_eval, save_every=t.save_every,
         seed=t.seed, pad_multiple=t.pad_multiple, max_seq_length=d.max_seq_length,
         clear_cache_threshold=memory.clear_cache_threshold(t.clear_cache_threshold), early_stopping_patience=t.early_stopping_patience,
         batching=batching, batch_tokens=batch_tokens, world_size=ranks.size, rank=ranks.rank,
-        select_outputs=split_head, fused_head=split_head and head_frozen(model),
+        select_outputs=head != "full", fused_head=head == "fused",
         compile_min_tokens=compile_min_tokens(),
     )
     guard = memory.MemoryGuard(plan or memory.machine_plan())

@@ -71,10 +71,16 @@ def segment_mask(segments: mx.array) -> mx.array:
 SELECT_MAX_FRACTION = 7 / 8
 
 
+def _head_module(model):
+    """The module holding the output layer's weights: `lm_head`, or the tied input embedding."""
+    head = getattr(model, "lm_head", None)
+    return model.model.embed_tokens if head is None else head
+
+
 def _head(model):
     """The model's output layer: `lm_head`, or the tied input embedding used as a linear layer."""
-    head = getattr(model, "lm_head", None)
-    return head if head is not None else model.model.embed_tokens.as_linear
+    module = _head_module(model)
+    return module.as_linear if module is model.model.embed_tokens else module
 
 
 def output_head_supported(model, sample: Sequence[int]) -> bool:
@@ -118,12 +124,6 @@ def select_positions(weights: np.ndarray) -> np.ndarray | None:
     return np.concatenate([trained, np.full(size - len(trained), filler)]).astype(np.int32)
 
 
-def _head_module(model):
-    """The module holding the output layer's weights: `lm_head`, or the tied input embedding."""
-    head = getattr(model, "lm_head", None)
-    return model.model.embed_tokens if head is None else head
-
-
 def _vocab_size(model) -> int:
     return int(_head_module(model).weight.shape[0])  # quantized weights keep one row per output too
 
@@ -133,6 +133,15 @@ def head_frozen(model) -> bool:
     from mlx.utils import tree_flatten
 
     return not tree_flatten(_head_module(model).trainable_parameters())
+
+
+def training_head(model, sample: Sequence[int]) -> str:
+    """How training runs this model's output layer (`masked_loss`'s `head`): "fused" where the
+    layer can run apart (`output_head_supported`) and is frozen, "split" where it can run apart but
+    trains (full fine-tuning: on selected positions only), else "full"."""
+    if not output_head_supported(model, sample):
+        return "full"
+    return "fused" if head_frozen(model) else "split"
 
 
 def head_cross_entropy(head, hidden: mx.array, targets: mx.array, weights: mx.array, chunk: int) -> mx.array:

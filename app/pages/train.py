@@ -468,7 +468,7 @@ class TrainPage(QWidget):
             return  # settings changed meanwhile; a newer estimate is on its way
         self.fit_report = report
         self.fit_banner.show_report(report)
-        self.settings.show_automatic(getattr(report, "automatic", {}) or {})
+        self.settings.show_automatic(report.automatic)
 
     def _on_fit_failed(self, generation: int, message: str) -> None:
         if generation == self._fit_generation:

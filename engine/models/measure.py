@@ -74,13 +74,15 @@ def measure_training(
     weights_bytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
     vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size"))
 
-    from engine.trainer import head_frozen, masked_loss, output_head_supported
+    from engine import memory
+    from engine.trainer import masked_loss, training_head
 
     mx.random.seed(seed)
     tokens = mx.random.randint(0, vocab, (batch_size, seq_length + 1))
     weights = mx.ones(tokens.shape)
     # The output layer as the trainer runs it (in chunks, gradient on the way forward) where it can.
-    head = "fused" if output_head_supported(model, tokens[0, :16].tolist()) and head_frozen(model) else "full"
+    # (A trainable layer runs whole: these batches train every position, so none are selected.)
+    head = "fused" if training_head(model, tokens[0, :16].tolist()) == "fused" else "full"
 
     def loss_fn(model, tokens, weights):
         return masked_loss(model, tokens, weights, head=head)[0]
@@ -93,6 +95,7 @@ def measure_training(
         from engine.trainer import checkpoint_layers
 
         checkpoint_layers(model)  # this model's blocks only, as training does
+
     def step(tokens, weights):
         loss, grads = value_and_grad(model, tokens, weights)
         optimizer.update(model, grads)
@@ -109,7 +112,8 @@ def measure_training(
         loss = step(tokens, weights)
         mx.eval(loss, model.parameters(), optimizer.state)
         del loss
-        mx.clear_cache()  # as the trainer does on the CPU backend
+        if memory.clear_cache_threshold(0):  # as the trainer does (after every step on the CPU backend)
+            mx.clear_cache()
     peak = int(mx.get_peak_memory())
     return Measurement(
         peak_bytes=peak,

@@ -77,7 +77,7 @@ def test_fused_output_layer_gives_the_full_loss_and_gradients_in_chunks(which, r
     model.freeze()
     linear_to_lora_layers(model, len(model.layers), {"rank": 4, "dropout": 0.0, "scale": 10.0})
     # Non-zero B matrices, so that every adapter matrix gets a gradient.
-    model.update({k: v for k, v in _lora_b_random(model).items()})
+    model.update(_lora_b_random(model))
     assert trainer.head_frozen(model)
     ex = _examples(tok)
     batch = collate_packed([ex[:3], ex[3:6], ex[6:]]) if which == "packed" else collate(ex)
