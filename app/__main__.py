@@ -18,11 +18,20 @@ T0 = time.time()
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="lathe", description="Lathe: fine-tune language models on your Mac.")
-    p.add_argument("--screenshot", nargs=2, metavar=("PAGE", "FILE"),
-                   help="Render PAGE (welcome, models, data, train, runs, chat) with demo data to FILE.png.")
-    p.add_argument("--probe-startup", action="store_true",
-                   help="Print when the window is shown, then quit (bench/gui_responsiveness.py).")
+    p = argparse.ArgumentParser(
+        prog="lathe", description="Lathe: fine-tune language models on your Mac."
+    )
+    p.add_argument(
+        "--screenshot",
+        nargs=2,
+        metavar=("PAGE", "FILE"),
+        help="Render PAGE (welcome, models, data, train, runs, chat) with demo data to FILE.png.",
+    )
+    p.add_argument(
+        "--probe-startup",
+        action="store_true",
+        help="Print when the window is shown, then quit (bench/gui_responsiveness.py).",
+    )
     p.add_argument("paths", nargs="*", help="Dataset files or model folders to open.")
     return p.parse_args(argv)
 
@@ -71,6 +80,7 @@ def _main(argv: list[str] | None = None) -> int:
     app.installEventFilter(FileOpenFilter(window))
     window.show()
     if args.probe_startup:
+
         def shown():
             print(f"window_shown_at={time.time():.4f} import_started_at={T0:.4f}", flush=True)
             window.quit_confirmed = True

@@ -234,8 +234,10 @@ class LossChartWidget(QWidget):
 
         def to_px(x: float, y: float) -> QPointF:
             ty = self._ty(y)
-            return QPointF(rect.left() + (x - x0) / (x1 - x0) * rect.width(),
-                           rect.bottom() - (ty - y0) / (y1 - y0) * rect.height())
+            return QPointF(
+                rect.left() + (x - x0) / (x1 - x0) * rect.width(),
+                rect.bottom() - (ty - y0) / (y1 - y0) * rect.height(),
+            )
 
         # grid and axis labels
         p.setPen(QPen(grid, 1))
@@ -245,17 +247,26 @@ class LossChartWidget(QWidget):
             p.drawLine(QPointF(rect.left(), py), QPointF(rect.right(), py))
             value = 10**fy if self.log_scale else fy
             p.setPen(muted)
-            p.drawText(QRectF(0, py - 8, rect.left() - 6, 16),
-                       Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{value:.3g}")
+            p.drawText(
+                QRectF(0, py - 8, rect.left() - 6, 16),
+                Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                f"{value:.3g}",
+            )
             p.setPen(QPen(grid, 1))
         for i in range(5):
             px = rect.left() + rect.width() * i / 4
             step = x0 + (x1 - x0) * i / 4
             p.setPen(muted)
-            p.drawText(QRectF(px - 40, rect.bottom() + 4, 80, 16), Qt.AlignmentFlag.AlignCenter,
-                       f"{step:.0f}")
-        p.drawText(QRectF(rect.left(), rect.bottom() + 18, rect.width(), 16),
-                   Qt.AlignmentFlag.AlignCenter, "step")
+            p.drawText(
+                QRectF(px - 40, rect.bottom() + 4, 80, 16),
+                Qt.AlignmentFlag.AlignCenter,
+                f"{step:.0f}",
+            )
+        p.drawText(
+            QRectF(rect.left(), rect.bottom() + 18, rect.width(), 16),
+            Qt.AlignmentFlag.AlignCenter,
+            "step",
+        )
 
         drawn = 0
         buckets = max(16, int(rect.width() / 2))
@@ -321,8 +332,10 @@ class LossChartWidget(QWidget):
         if xs:
             i = _nearest(xs, step)
             smooth = self.train.smoothed[i]
-            parts.append(f"step {xs[i]:.0f}  train {ys[i]:.4f}" +
-                         (f" (smoothed {smooth:.4f})" if self.smoothing > 0 else ""))
+            parts.append(
+                f"step {xs[i]:.0f}  train {ys[i]:.4f}"
+                + (f" (smoothed {smooth:.4f})" if self.smoothing > 0 else "")
+            )
         vx, vy = self.valid.xs, self.valid.ys
         if vx:
             j = _nearest(vx, step)
@@ -339,7 +352,9 @@ class LossChartWidget(QWidget):
         label = self.readout(step)
         fm = p.fontMetrics()
         w = fm.horizontalAdvance(label) + 14
-        box = QRectF(min(max(rect.left(), px + 8), rect.right() - w), rect.top() + 2, w, fm.height() + 8)
+        box = QRectF(
+            min(max(rect.left(), px + 8), rect.right() - w), rect.top() + 2, w, fm.height() + 8
+        )
         bg = QColor(base)
         bg.setAlpha(235)
         p.setPen(QPen(line, 1))
@@ -365,9 +380,11 @@ class LossChartWidget(QWidget):
 
 def _blend(fg: QColor, bg: QColor, amount: float) -> QColor:
     """fg at `amount` opacity over bg, as an opaque colour."""
-    return QColor(int(fg.red() * amount + bg.red() * (1 - amount)),
-                  int(fg.green() * amount + bg.green() * (1 - amount)),
-                  int(fg.blue() * amount + bg.blue() * (1 - amount)))
+    return QColor(
+        int(fg.red() * amount + bg.red() * (1 - amount)),
+        int(fg.green() * amount + bg.green() * (1 - amount)),
+        int(fg.blue() * amount + bg.blue() * (1 - amount)),
+    )
 
 
 def _nearest(xs: list[float], x: float) -> int:

@@ -84,7 +84,12 @@ class ChatController(QObject):
         model_ref = (model_ref or "").strip() or None
         adapter_spec = (adapter_spec or "").strip() or None
         old = self.model
-        same = old is not None and not old.closed and model_ref is not None and model_ref == self.model_ref
+        same = (
+            old is not None
+            and not old.closed
+            and model_ref is not None
+            and model_ref == self.model_ref
+        )
 
         def work():
             from engine.chat import ChatModel
@@ -101,7 +106,9 @@ class ChatController(QObject):
             self.single = self.compare = None
         self.loading = True
         what = model_ref or "the run's model"
-        self.sig_loading.emit(f"Loading {what}" + (f" with {adapter_spec}" if adapter_spec else "") + "…")
+        self.sig_loading.emit(
+            f"Loading {what}" + (f" with {adapter_spec}" if adapter_spec else "") + "…"
+        )
         task = Task(work)
         task.sig_done.connect(lambda m: self._on_load_done(m, model_ref, adapter_spec))
         task.sig_failed.connect(self._on_load_failed)
@@ -117,8 +124,11 @@ class ChatController(QObject):
         self.adapter_spec = adapter_spec
         self.single = ChatSession(model, use_adapter=True, system_prompt=self.system_prompt)
         self.single.history = history  # the conversation goes on with the new model or adapter
-        self.compare = (CompareSession(model, system_prompt=self.system_prompt)
-                        if model.adapter is not None else None)
+        self.compare = (
+            CompareSession(model, system_prompt=self.system_prompt)
+            if model.adapter is not None
+            else None
+        )
         self.sig_loaded.emit(self.state())
 
     def _on_load_failed(self, message: str, hint: str) -> None:
@@ -130,10 +140,15 @@ class ChatController(QObject):
         if m is None:
             return {}
         template, source = m.template()
-        return {"name": m.name, "model": m.model_path, "base_label": m.label(False),
-                "tuned_label": m.label(True) if m.adapter is not None else None,
-                "adapter": str(m.adapter.path) if m.adapter is not None else None,
-                "template_source": source, "context_length": m.context_length}
+        return {
+            "name": m.name,
+            "model": m.model_path,
+            "base_label": m.label(False),
+            "tuned_label": m.label(True) if m.adapter is not None else None,
+            "adapter": str(m.adapter.path) if m.adapter is not None else None,
+            "template_source": source,
+            "context_length": m.context_length,
+        }
 
     def close(self) -> None:
         """Free the model (on a worker thread; never blocks the GUI)."""
@@ -201,7 +216,9 @@ class ChatController(QObject):
         if self.busy or self.loading or self.model is None:
             return False
         if compare and self.compare is None:
-            self.sig_failed.emit("Compare mode needs a run.", "Pick a run to compare with its base model.")
+            self.sig_failed.emit(
+                "Compare mode needs a run.", "Pick a run to compare with its base model."
+            )
             return False
         sides = ["base", "tuned"] if compare else ["single"]
         cancel = threading.Event()
@@ -215,7 +232,9 @@ class ChatController(QObject):
                 events: Iterator = op(session, cancel)
                 progress(("start", side, session.label))
                 for event in events:
-                    progress((event.kind, side, event.reply if event.kind == "done" else event.text))
+                    progress(
+                        (event.kind, side, event.reply if event.kind == "done" else event.text)
+                    )
 
         task = Task(stream)
         task.sig_progress.connect(self._on_task_progress)

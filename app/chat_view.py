@@ -44,10 +44,18 @@ def markdown_html(text: str) -> str:
 def format_stats(reply) -> str:
     """One line under a reply: time to first token, speed, tokens, why it stopped, what made it."""
     s = reply.stats
-    stop = {"eos": "end of reply", "stop_string": "stop string", "length": "max tokens",
-            "cancelled": "stopped by you"}.get(s.stop_reason, s.stop_reason or "?")
-    parts = [f"first token {s.time_to_first_token:.2f} s", f"{s.tokens_per_second:.1f} tokens/s",
-             f"{s.tokens} tokens", stop]
+    stop = {
+        "eos": "end of reply",
+        "stop_string": "stop string",
+        "length": "max tokens",
+        "cancelled": "stopped by you",
+    }.get(s.stop_reason, s.stop_reason or "?")
+    parts = [
+        f"first token {s.time_to_first_token:.2f} s",
+        f"{s.tokens_per_second:.1f} tokens/s",
+        f"{s.tokens} tokens",
+        stop,
+    ]
     if s.trimmed_messages:
         parts.append(f"{s.trimmed_messages} old messages left out")
     return " · ".join(parts)
@@ -179,8 +187,11 @@ class ConversationWidget(QTextBrowser):
                 # While streaming: Markdown too (an open code fence renders as a code block).
                 out.append(markdown_html(turn.text + "▍"))
             else:
-                out.append(markdown_html(turn.text) if turn.text else
-                           f"<p style='{muted}'>(empty reply)</p>")
+                out.append(
+                    markdown_html(turn.text)
+                    if turn.text
+                    else f"<p style='{muted}'>(empty reply)</p>"
+                )
             if turn.stats:
                 out.append(f"<p style='{muted}font-size:11px;'>{html.escape(turn.stats)}</p>")
         if self.waiting and self.streaming is None:
@@ -195,10 +206,15 @@ def turns_of(session) -> list[Turn]:
         if message["role"] == "assistant":
             reply = replies[k] if k < len(replies) else None
             k += 1
-            out.append(Turn("assistant", message["content"],
-                            label=reply.label if reply else "",
-                            stats=format_stats(reply) if reply else "",
-                            notices=list(reply.notices) if reply else []))
+            out.append(
+                Turn(
+                    "assistant",
+                    message["content"],
+                    label=reply.label if reply else "",
+                    stats=format_stats(reply) if reply else "",
+                    notices=list(reply.notices) if reply else [],
+                )
+            )
         else:
             out.append(Turn(message["role"], message["content"]))
     return out
@@ -231,8 +247,13 @@ class ChatInputWidget(QPlainTextEdit):
 class AddToDatasetDialog(QDialog):
     """The last exchange as a training example: pick a dataset, edit the reply if it needs it."""
 
-    def __init__(self, datasets: list[tuple[str, str]], messages: list[dict], reply: str,
-                 parent: QWidget | None = None):
+    def __init__(
+        self,
+        datasets: list[tuple[str, str]],
+        messages: list[dict],
+        reply: str,
+        parent: QWidget | None = None,
+    ):
         super().__init__(parent)
         self.setWindowTitle("Add to dataset")
         self.resize(560, 420)
@@ -246,15 +267,19 @@ class AddToDatasetDialog(QDialog):
         question.setWordWrap(True)
         question.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.reply = QPlainTextEdit(reply)
-        note = QLabel(f"The example keeps the whole conversation ({len(messages)} messages, the system "
-                      "prompt included); edit the reply into the one the model should learn.")
+        note = QLabel(
+            f"The example keeps the whole conversation ({len(messages)} messages, the system "
+            "prompt included); edit the reply into the one the model should learn."
+        )
         note.setObjectName("muted")
         note.setWordWrap(True)
         form = QFormLayout()
         form.addRow("Dataset", self.dataset)
         form.addRow("Question", question)
         form.addRow("Reply", self.reply)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
         buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Add Example")
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)

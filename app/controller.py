@@ -38,9 +38,13 @@ def keep_awake_command(pid: int, platform: str | None = None) -> list[str] | Non
 HOSTS_FILE = "hosts.yaml"  # in a run folder: the Macs a multi-Mac run trains across
 
 
-def worker_command(config_path: Path | None = None, resume: Path | None = None,
-                   python: str | None = None, hosts: Path | None = None,
-                   force: bool = False) -> tuple[str, list[str]]:
+def worker_command(
+    config_path: Path | None = None,
+    resume: Path | None = None,
+    python: str | None = None,
+    hosts: Path | None = None,
+    force: bool = False,
+) -> tuple[str, list[str]]:
     """(program, arguments) of the engine worker for a new run or a resumed one.
 
     `hosts`: a hosts.yaml; the engine then starts the run on every listed Mac with mlx.launch and
@@ -132,7 +136,9 @@ class TrainingController(QObject):
 
             hosts_path = run_dir / HOSTS_FILE
             write_text_atomic(hosts_path, hosts_yaml(hosts))
-        self._launch(*worker_command(config_path=run_dir / "config.yaml", hosts=hosts_path), run_dir=run_dir)
+        self._launch(
+            *worker_command(config_path=run_dir / "config.yaml", hosts=hosts_path), run_dir=run_dir
+        )
         return run_dir
 
     def resume(self, run_dir: Path, force: bool = False) -> None:
@@ -140,8 +146,10 @@ class TrainingController(QObject):
         Macs when it was a multi-Mac run; `force` skips the memory check)."""
         run_dir = Path(run_dir)
         hosts = run_dir / HOSTS_FILE
-        self._launch(*worker_command(resume=run_dir, hosts=hosts if hosts.is_file() else None, force=force),
-                     run_dir=run_dir)
+        self._launch(
+            *worker_command(resume=run_dir, hosts=hosts if hosts.is_file() else None, force=force),
+            run_dir=run_dir,
+        )
 
     def start_command(self, program: str, args: list[str], run_dir: Path | None = None) -> None:
         """Start any process that speaks the events protocol (benchmarks replay recorded runs)."""
@@ -209,7 +217,11 @@ class TrainingController(QObject):
         *lines, self._buffer = self._buffer.split(b"\n")
         for raw in lines:
             self.handle_line(raw.decode("utf-8", "replace"))
-        if self.process is not None and self.process.bytesAvailable() > 0 and not self._more_scheduled:
+        if (
+            self.process is not None
+            and self.process.bytesAvailable() > 0
+            and not self._more_scheduled
+        ):
             self._more_scheduled = True
             QTimer.singleShot(0, self._on_more_stdout)
 

@@ -36,7 +36,11 @@ class ImportProgress:
 
 def estimate_records(path: Path, cancel: threading.Event | None = None) -> int:
     """Newlines in the dataset's text files: about one record per line for JSONL/CSV."""
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES]
+    files = (
+        [path]
+        if path.is_file()
+        else [p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES]
+    )
     total = 0
     for f in files:
         if f.suffix.lower() not in TEXT_SUFFIXES:
@@ -99,9 +103,17 @@ def reference_model(preferred: str | None) -> Path:
     return path
 
 
-def run_import(path: str, fmt: str | None = None, mapping: dict | None = None,
-               model: str | None = None, max_seq_length: int = 2048, batch_size: int = 4,
-               mask_prompt: bool = True, progress=None, cancel: threading.Event | None = None):
+def run_import(
+    path: str,
+    fmt: str | None = None,
+    mapping: dict | None = None,
+    model: str | None = None,
+    max_seq_length: int = 2048,
+    batch_size: int = 4,
+    mask_prompt: bool = True,
+    progress=None,
+    cancel: threading.Event | None = None,
+):
     """Import `path` into the workspace with a token report; returns (Report, model path)."""
     from engine.data import Options, TokenSettings, import_dataset
     from engine.data.tokens import TokenCounter
@@ -116,11 +128,16 @@ def run_import(path: str, fmt: str | None = None, mapping: dict | None = None,
     if cancel.is_set():
         raise TaskCancelled()
     options = Options(format=fmt or None, mapping=mapping or {})
-    tokens = TokenSettings(str(model_dir), max_seq_length=max_seq_length, batch_size=batch_size,
-                           mask_prompt=mask_prompt)
+    tokens = TokenSettings(
+        str(model_dir),
+        max_seq_length=max_seq_length,
+        batch_size=batch_size,
+        mask_prompt=mask_prompt,
+    )
     counter = TokenCounter(str(model_dir), max_seq_length=max_seq_length, mask_prompt=mask_prompt)
-    watched = WatchedCounter(counter, lambda n: emit(ImportProgress(n, estimate, "Reading examples…")),
-                             cancel)
+    watched = WatchedCounter(
+        counter, lambda n: emit(ImportProgress(n, estimate, "Reading examples…")), cancel
+    )
     report = import_dataset(source, options, tokens=tokens, counter=watched)
     return report, model_dir
 
@@ -168,13 +185,18 @@ def csv_columns(path: str | Path) -> list[str]:
     first = head.splitlines()[0] if head else ""
     delimiter = "\t" if p.suffix.lower() == ".tsv" or first.count("\t") > first.count(",") else ","
     try:
-        return [c.strip() for c in next(csv.reader(io.StringIO(first), delimiter=delimiter)) if c.strip()]
+        return [
+            c.strip()
+            for c in next(csv.reader(io.StringIO(first), delimiter=delimiter))
+            if c.strip()
+        ]
     except StopIteration:
         return []
 
 
-def token_view_of(dataset: str, model: str, index: int, max_seq_length: int = 2048,
-                  mask_prompt: bool = True):
+def token_view_of(
+    dataset: str, model: str, index: int, max_seq_length: int = 2048, mask_prompt: bool = True
+):
     from engine.data import token_view
 
     return token_view(dataset, model, index, max_seq_length=max_seq_length, mask_prompt=mask_prompt)

@@ -64,7 +64,9 @@ class _EvalJob(QRunnable):
 
     def run(self) -> None:  # worker thread
         try:
-            result = self.fn(**self.kwargs, progress=self.signals.sig_progress.emit, cancel=self.cancel)
+            result = self.fn(
+                **self.kwargs, progress=self.signals.sig_progress.emit, cancel=self.cancel
+            )
         except Exception as exc:  # noqa: BLE001 - every failure becomes a sentence, never a traceback
             hint = getattr(exc, "hint", "") or ""
             message = str(exc.args[0]) if hint and exc.args else (str(exc) or type(exc).__name__)
@@ -140,7 +142,11 @@ class _HtmlDelegate(QStyledItemDelegate):
         if text is None:
             return super().sizeHint(option, index)
         table = option.widget
-        width = table.columnWidth(index.column()) if isinstance(table, QTableWidget) else option.rect.width()
+        width = (
+            table.columnWidth(index.column())
+            if isinstance(table, QTableWidget)
+            else option.rect.width()
+        )
         doc = self._document(option, text, width)
         return QSize(int(doc.idealWidth()), min(int(doc.size().height()) + 2, 400))
 
@@ -178,8 +184,13 @@ class EvalResultsWidget(QWidget):
     sig_evaluation_finished = Signal(object)  # the results dict
     sig_evaluation_failed = Signal(str, str)  # message, hint
 
-    def __init__(self, parent: QWidget | None = None, *, evaluate_fn: Callable[..., dict] | None = None,
-                 thread_pool: QThreadPool | None = None):
+    def __init__(
+        self,
+        parent: QWidget | None = None,
+        *,
+        evaluate_fn: Callable[..., dict] | None = None,
+        thread_pool: QThreadPool | None = None,
+    ):
         super().__init__(parent)
         self._evaluate_fn = evaluate_fn or _default_evaluate
         self._pool = thread_pool or QThreadPool.globalInstance()
@@ -276,11 +287,15 @@ class EvalResultsWidget(QWidget):
     def _build(self) -> None:
         self._title = QLabel("<b>Evaluate</b>")
         self._checkpoint_combo = QComboBox()
-        self._checkpoint_combo.setToolTip("Which adapter to evaluate and to use: the final one or a checkpoint.")
+        self._checkpoint_combo.setToolTip(
+            "Which adapter to evaluate and to use: the final one or a checkpoint."
+        )
         self._checkpoint_combo.setMinimumContentsLength(22)
         self._evaluate_button = QPushButton("Evaluate")
-        self._evaluate_button.setToolTip("Answer the held-out prompts with the base and the tuned model, "
-                                         "and compare their loss on the test split.")
+        self._evaluate_button.setToolTip(
+            "Answer the held-out prompts with the base and the tuned model, "
+            "and compare their loss on the test split."
+        )
         self._evaluate_button.clicked.connect(lambda: self.evaluate())
         self._cancel_button = QPushButton("Cancel")
         self._cancel_button.clicked.connect(self.cancel)
@@ -350,14 +365,21 @@ class EvalResultsWidget(QWidget):
             combo.addItem("Final adapter", None)
         for step in reversed(steps):
             val = self.history.val_loss_at(step) if self.history else None
-            text = f"Step {step}" + (f" · val {val:.3f}" if val is not None else "") + (" ★" if step == best else "")
+            text = (
+                f"Step {step}"
+                + (f" · val {val:.3f}" if val is not None else "")
+                + (" ★" if step == best else "")
+            )
             combo.addItem(text, step)
 
     def _show_empty(self) -> None:
         for table in (self._metrics_table, self._answers_table):
             table.setRowCount(0)
-        self._status.setText("No evaluation yet. Press Evaluate to compare the tuned model with its base."
-                             if self.run_dir else "Pick a run to evaluate.")
+        self._status.setText(
+            "No evaluation yet. Press Evaluate to compare the tuned model with its base."
+            if self.run_dir
+            else "Pick a run to evaluate."
+        )
 
     def _fill_metrics(self, results: dict) -> None:
         rows = []
@@ -365,8 +387,15 @@ class EvalResultsWidget(QWidget):
         if loss:
             for key, label in (("loss", "Loss"), ("perplexity", "Perplexity")):
                 b, t = loss["base"][key], loss["tuned"][key]
-                rows.append((f"{label} ({loss['split']} split, {loss['tokens']} tokens)", f"{b:.4f}", f"{t:.4f}",
-                             f"{t - b:+.4f}", None if abs(t - b) < 1e-12 else t < b))
+                rows.append(
+                    (
+                        f"{label} ({loss['split']} split, {loss['tokens']} tokens)",
+                        f"{b:.4f}",
+                        f"{t:.4f}",
+                        f"{t - b:+.4f}",
+                        None if abs(t - b) < 1e-12 else t < b,
+                    )
+                )
         for m in results.get("metrics", []):
             b, t, rate = m.get("base"), m.get("tuned"), m.get("rate", True)
 
@@ -405,9 +434,18 @@ class EvalResultsWidget(QWidget):
         for r, ex in enumerate(examples):
             base, tuned = ex.get("base", {}), ex.get("tuned", {})
             b_html, t_html = diff_cells(base.get("output", ""), tuned.get("output", ""))
-            cells = [html.escape(ex.get("prompt", "")), html.escape(ex.get("reference") or "–"),
-                     b_html + _badges(base, specs), t_html + _badges(tuned, specs)]
-            plain = [ex.get("prompt", ""), ex.get("reference") or "", base.get("output", ""), tuned.get("output", "")]
+            cells = [
+                html.escape(ex.get("prompt", "")),
+                html.escape(ex.get("reference") or "–"),
+                b_html + _badges(base, specs),
+                t_html + _badges(tuned, specs),
+            ]
+            plain = [
+                ex.get("prompt", ""),
+                ex.get("reference") or "",
+                base.get("output", ""),
+                tuned.get("output", ""),
+            ]
             for c, (rich, text) in enumerate(zip(cells, plain)):
                 item = QTableWidgetItem(text)
                 item.setData(HTML_ROLE, rich)
@@ -436,7 +474,9 @@ class EvalResultsWidget(QWidget):
             step_item = QTableWidgetItem(f"{step}{mark}")
             step_item.setData(Qt.UserRole, step)
             if step not in saved:
-                step_item.setToolTip("No checkpoint was kept at this step." if step else "The model before training.")
+                step_item.setToolTip(
+                    "No checkpoint was kept at this step." if step else "The model before training."
+                )
             table.setItem(r, 0, step_item)
             table.setItem(r, 1, QTableWidgetItem("–" if val is None else f"{val:.4f}"))
             answers = {a.get("prompt"): a.get("answer", "") for a in entry["answers"]}
@@ -444,7 +484,11 @@ class EvalResultsWidget(QWidget):
                 answer = answers.get(prompt)
                 item = QTableWidgetItem(answer or "")
                 if answer is not None:
-                    rich = diff_cells(previous[prompt], answer)[1] if prompt in previous else html.escape(answer)
+                    rich = (
+                        diff_cells(previous[prompt], answer)[1]
+                        if prompt in previous
+                        else html.escape(answer)
+                    )
                     item.setData(HTML_ROLE, rich)
                     previous[prompt] = answer
                 table.setItem(r, c, item)
@@ -454,7 +498,9 @@ class EvalResultsWidget(QWidget):
         for c in range(2, 2 + len(prompts)):
             header.setSectionResizeMode(c, QHeaderView.Stretch)
         table.resizeRowsToContents()
-        self._tabs.setTabText(2, f"Golden prompts ({len(entries)})" if entries else "Golden prompts")
+        self._tabs.setTabText(
+            2, f"Golden prompts ({len(entries)})" if entries else "Golden prompts"
+        )
 
     def _update_buttons(self) -> None:
         has_run = self.run_dir is not None
@@ -491,7 +537,9 @@ class EvalResultsWidget(QWidget):
 
     def _on_job_failed(self, message: str, hint: str) -> None:
         self._end_job()
-        self._status.setText(f"<span style='color:#c62828'>{html.escape(message)}</span> {html.escape(hint)}")
+        self._status.setText(
+            f"<span style='color:#c62828'>{html.escape(message)}</span> {html.escape(hint)}"
+        )
         self.sig_evaluation_failed.emit(message, hint)
 
 

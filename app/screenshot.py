@@ -19,32 +19,66 @@ from pathlib import Path
 PAGES = ("welcome", "models", "data", "train", "runs", "chat")
 
 
-def synthetic_events(run_id: str, run_dir: Path, total: int, stop_at: int | None = None,
-                     seed: int = 0, finish: str | None = "completed") -> list[dict]:
+def synthetic_events(
+    run_id: str,
+    run_dir: Path,
+    total: int,
+    stop_at: int | None = None,
+    seed: int = 0,
+    finish: str | None = "completed",
+) -> list[dict]:
     """A plausible loss curve (demo data for screenshots only)."""
     rng = random.Random(seed)
     t = time.time() - 3600
-    events = [{"event": "started", "time": t, "run_id": run_id, "run_dir": str(run_dir),
-               "total_steps": total, "resumed_from": None,
-               "config": {"model": "mlx-community/Qwen2.5-0.5B-Instruct-4bit", "data": "bank-support",
-                          "method": "lora", "train_examples": 288}}]
+    events = [
+        {
+            "event": "started",
+            "time": t,
+            "run_id": run_id,
+            "run_dir": str(run_dir),
+            "total_steps": total,
+            "resumed_from": None,
+            "config": {
+                "model": "mlx-community/Qwen2.5-0.5B-Instruct-4bit",
+                "data": "bank-support",
+                "method": "lora",
+                "train_examples": 288,
+            },
+        }
+    ]
     end = stop_at or total
     best = None
     for step in range(1, end + 1):
         base = 0.55 + 2.1 * math.exp(-step / (total / 6))
         loss = base * (1 + rng.gauss(0, 0.07))
-        events.append({"event": "progress", "time": t + step * 2.1, "step": step, "total": total,
-                       "train_loss": loss, "learning_rate": 1e-4 * min(1, step / 30),
-                       "tokens_per_second": 812 + rng.gauss(0, 30), "trained_tokens": step * 900,
-                       "peak_memory_gb": 3.7, "eta_seconds": (total - step) * 2.1})
+        events.append(
+            {
+                "event": "progress",
+                "time": t + step * 2.1,
+                "step": step,
+                "total": total,
+                "train_loss": loss,
+                "learning_rate": 1e-4 * min(1, step / 30),
+                "tokens_per_second": 812 + rng.gauss(0, 30),
+                "trained_tokens": step * 900,
+                "peak_memory_gb": 3.7,
+                "eta_seconds": (total - step) * 2.1,
+            }
+        )
         if step % 50 == 0:
             v = 0.62 + 2.0 * math.exp(-step / (total / 5)) + 0.03 * step / total
             best = v if best is None else min(best, v)
             events.append({"event": "eval", "time": t + step * 2.1, "step": step, "val_loss": v})
     if finish:
-        events.append({"event": "finished", "time": t + end * 2.1 + 5, "status": finish,
-                       "adapter_path": str(run_dir / "adapters"),
-                       "summary": {"steps": end, "best_val_loss": best, "wall_seconds": end * 2.1 + 20}})
+        events.append(
+            {
+                "event": "finished",
+                "time": t + end * 2.1 + 5,
+                "status": finish,
+                "adapter_path": str(run_dir / "adapters"),
+                "summary": {"steps": end, "best_val_loss": best, "wall_seconds": end * 2.1 + 20},
+            }
+        )
     return events
 
 
@@ -53,8 +87,11 @@ def make_demo_runs() -> list[Path]:
     from engine.runs import create_run, write_status
 
     out = []
-    specs = [("bank-support", 600, None, "completed", 1), ("support-style", 900, 420, "stopped", 2),
-             ("faq-long", 1200, 260, None, 3)]
+    specs = [
+        ("bank-support", 600, None, "completed", 1),
+        ("support-style", 900, 420, "stopped", 2),
+        ("faq-long", 1200, 260, None, 3),
+    ]
     for name, total, stop_at, finish, seed in specs:
         cfg = RunConfig()
         cfg.name = name
@@ -70,9 +107,18 @@ def make_demo_runs() -> list[Path]:
         state = finish or "running"
         extra = {"pid": 999_999_999} if state == "running" else {}
         start = events[0]["time"]
-        write_status(run_dir, state, "" if state != "stopped" else "stop requested", step=steps,
-                     total_steps=total, best_val_loss=min(evals) if evals else None,
-                     created=start, started=start, finished=start + steps * 2.1 + 20, **extra)
+        write_status(
+            run_dir,
+            state,
+            "" if state != "stopped" else "stop requested",
+            step=steps,
+            total_steps=total,
+            best_val_loss=min(evals) if evals else None,
+            created=start,
+            started=start,
+            finished=start + steps * 2.1 + 20,
+            **extra,
+        )
         if finish:
             (run_dir / "adapters").mkdir(exist_ok=True)
             (run_dir / "adapters" / "adapters.safetensors").write_bytes(b"")

@@ -20,12 +20,16 @@ def demo_model_note() -> str:
     from engine.workspace import shared_stories_model
 
     if shared_stories_model() is not None:
-        return ("The demo trains stories260K, a real but tiny (260K-parameter) model pretrained on "
-                "children's stories: it shows the whole flow in about a minute, and its answers "
-                "will not be useful.")
-    return ("No model is downloaded, so the demo builds a tiny random-weight model on this Mac: "
-            "it learns the sample's answers by heart but knows nothing else. Download a real "
-            "model on the Models page for real work.")
+        return (
+            "The demo trains stories260K, a real but tiny (260K-parameter) model pretrained on "
+            "children's stories: it shows the whole flow in about a minute, and its answers "
+            "will not be useful."
+        )
+    return (
+        "No model is downloaded, so the demo builds a tiny random-weight model on this Mac: "
+        "it learns the sample's answers by heart but knows nothing else. Download a real "
+        "model on the Models page for real work."
+    )
 
 
 def demo_config() -> tuple[RunConfig, list[str]]:
@@ -151,14 +155,24 @@ def run_rows() -> list[RunRow]:
             import time
 
             duration = time.time() - float(started)
-        rows.append(RunRow(
-            id=info.id, path=info.path, name=info.config.name or info.id, state=info.state,
-            reason=str(s.get("reason") or ""), model=Path(info.config.model.path).name or info.config.model.path,
-            dataset=Path(info.config.data.path).name, step=int(s.get("step") or 0),
-            total_steps=int(s.get("total_steps") or 0), best_val_loss=info.best_val_loss,
-            duration=duration, created=float(s.get("created") or s.get("updated") or 0),
-            checkpoints=list(info.checkpoints), has_adapter=info.adapter_path is not None,
-        ))
+        rows.append(
+            RunRow(
+                id=info.id,
+                path=info.path,
+                name=info.config.name or info.id,
+                state=info.state,
+                reason=str(s.get("reason") or ""),
+                model=Path(info.config.model.path).name or info.config.model.path,
+                dataset=Path(info.config.data.path).name,
+                step=int(s.get("step") or 0),
+                total_steps=int(s.get("total_steps") or 0),
+                best_val_loss=info.best_val_loss,
+                duration=duration,
+                created=float(s.get("created") or s.get("updated") or 0),
+                checkpoints=list(info.checkpoints),
+                has_adapter=info.adapter_path is not None,
+            )
+        )
     return rows
 
 
@@ -223,8 +237,20 @@ def library_rows() -> list[LibraryRow]:
                 problem = str(exc.args[0] if exc.args else exc)
         else:
             problem = "folder missing"
-        rows.append(LibraryRow(e.name, e.kind, e.path, e.size_bytes, quant, template, params,
-                               e.available, e.deletable, problem))
+        rows.append(
+            LibraryRow(
+                e.name,
+                e.kind,
+                e.path,
+                e.size_bytes,
+                quant,
+                template,
+                params,
+                e.available,
+                e.deletable,
+                problem,
+            )
+        )
     return rows
 
 

@@ -55,8 +55,13 @@ def load_presets(path: Path | None = None) -> list[Preset]:
     out = []
     for item in data.get("presets", []) or []:
         if isinstance(item, dict) and item.get("name"):
-            out.append(Preset(str(item["name"]), str(item.get("description", "")),
-                              dict(item.get("values") or {})))
+            out.append(
+                Preset(
+                    str(item["name"]),
+                    str(item.get("description", "")),
+                    dict(item.get("values") or {}),
+                )
+            )
     return out
 
 
@@ -130,13 +135,17 @@ class TrainSettingsWidget(QWidget):
 
         self.model = QComboBox()
         self.model.setEditable(True)
-        self.model.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
         self.model.setMinimumContentsLength(16)
         self.model.setToolTip(field_help("model", "path"))
         self.model.lineEdit().setPlaceholderText("model folder or Hugging Face repo id")
         self.data = QComboBox()
         self.data.setEditable(True)
-        self.data.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.data.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
         self.data.setMinimumContentsLength(16)
         self.data.setToolTip(field_help("data", "path"))
         self.data.lineEdit().setPlaceholderText("dataset file, folder or imported dataset")
@@ -144,7 +153,9 @@ class TrainSettingsWidget(QWidget):
         self.name.setPlaceholderText("optional")
         self.name.setToolTip("A name for the run (used in its folder name).")
         self.preset = QComboBox()
-        self.preset.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.preset.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
         self.preset.addItems([p.name for p in self.presets] + ["Custom"])
         self.preset.setToolTip("\n".join(f"{p.name}: {p.description}" for p in self.presets))
         self.preset_note = QLabel()
@@ -281,9 +292,12 @@ class TrainSettingsWidget(QWidget):
                 value = w.value()
                 if value is None:
                     if validate:
-                        label = next(s[2] for s in MAIN_FIELDS + ADVANCED_FIELDS if f"{s[0]}.{s[1]}" == key)
-                        raise ConfigError(f"{label} must be a number such as 1e-4, not "
-                                          f"'{w.text()}'.")
+                        label = next(
+                            s[2] for s in MAIN_FIELDS + ADVANCED_FIELDS if f"{s[0]}.{s[1]}" == key
+                        )
+                        raise ConfigError(
+                            f"{label} must be a number such as 1e-4, not '{w.text()}'."
+                        )
                     value = getattr(getattr(RunConfig(), section), name)
             elif isinstance(w, QCheckBox):
                 value = w.isChecked()
@@ -307,8 +321,10 @@ class TrainSettingsWidget(QWidget):
                 auto = bool(changes.get(key)) and not w.isChecked()
                 w.setText("On (auto)" if auto else "")
                 section, name = key.split(".")
-                note = ("\n\nThe memory estimate says this run would be tight without it, so the run turns it "
-                        "on by itself (see \"Checkpointing when memory is tight\").")
+                note = (
+                    "\n\nThe memory estimate says this run would be tight without it, so the run turns it "
+                    'on by itself (see "Checkpointing when memory is tight").'
+                )
                 w.setToolTip(field_help(section, name) + (note if auto else ""))
 
     def _on_field_changed(self, *_args) -> None:
@@ -351,7 +367,9 @@ class TrainSettingsWidget(QWidget):
         if not getattr(self, "_choices_wired", False):
             self._choices_wired = True
             for combo in (self.model, self.data):
-                combo.activated.connect(lambda i, c=combo: c.setEditText(str(c.itemData(i) or c.itemText(i))))
+                combo.activated.connect(
+                    lambda i, c=combo: c.setEditText(str(c.itemData(i) or c.itemText(i)))
+                )
 
 
 def parse_hosts(text: str) -> list:
@@ -379,7 +397,7 @@ def check_hosts(hosts: list) -> list[tuple[str, bool, str]]:
 
 
 class HostsWidget(QWidget):
-    """"Train on several Macs": collapsed by default; a host list, a connectivity check, ✓/✗ per host."""
+    """ "Train on several Macs": collapsed by default; a host list, a connectivity check, ✓/✗ per host."""
 
     sig_changed = Signal()
 
@@ -396,15 +414,21 @@ class HostsWidget(QWidget):
         self.toggle.toggled.connect(self._on_toggle_toggled)
         self.body = QWidget()
         self.enabled_box = QCheckBox("Train across these Macs")
-        self.enabled_box.setToolTip("Data-parallel training with mlx.launch: every Mac takes its share of "
-                                    "each batch; this Mac shows the progress and keeps the run folder.")
+        self.enabled_box.setToolTip(
+            "Data-parallel training with mlx.launch: every Mac takes its share of "
+            "each batch; this Mac shows the progress and keeps the run folder."
+        )
         self.editor = QPlainTextEdit()
-        self.editor.setPlaceholderText("one Mac per line, this one included:\n"
-                                       "mac-studio.local 192.168.1.20\nmacbook.local 192.168.1.21")
-        self.editor.setToolTip("What ssh connects to (host, user@host or an ~/.ssh/config alias), "
-                               "optionally followed by the address the Macs use between them "
-                               "(Ethernet or Thunderbolt bridge). Each Mac needs password-less ssh and "
-                               "Lathe's Python at the same path.")
+        self.editor.setPlaceholderText(
+            "one Mac per line, this one included:\n"
+            "mac-studio.local 192.168.1.20\nmacbook.local 192.168.1.21"
+        )
+        self.editor.setToolTip(
+            "What ssh connects to (host, user@host or an ~/.ssh/config alias), "
+            "optionally followed by the address the Macs use between them "
+            "(Ethernet or Thunderbolt bridge). Each Mac needs password-less ssh and "
+            "Lathe's Python at the same path."
+        )
         self.editor.setTabChangesFocus(True)
         self.editor.setFixedHeight(80)
         self.check_button = QPushButton("Check connection")
@@ -463,8 +487,11 @@ class HostsWidget(QWidget):
 
     def _on_check_done(self, results) -> None:
         self.results = [(str(h), bool(ok), str(detail)) for h, ok, detail in results]
-        lines = [f"<span style='color:{'#1a7f37' if ok else '#cf222e'}'>{'✓' if ok else '✗'}</span> "
-                 f"{_esc(h)}: {_esc(detail)}" for h, ok, detail in self.results]
+        lines = [
+            f"<span style='color:{'#1a7f37' if ok else '#cf222e'}'>{'✓' if ok else '✗'}</span> "
+            f"{_esc(h)}: {_esc(detail)}"
+            for h, ok, detail in self.results
+        ]
         self.status.setText("<br>".join(lines))
         self._update_buttons()
 
@@ -481,8 +508,10 @@ class HostsWidget(QWidget):
         self.sig_changed.emit()
 
     def _update_buttons(self) -> None:
-        self.check_button.setEnabled(bool(self.editor.toPlainText().strip())
-                                     and not (self._task is not None and self._task.running))
+        self.check_button.setEnabled(
+            bool(self.editor.toPlainText().strip())
+            and not (self._task is not None and self._task.running)
+        )
 
     def _on_toggle_toggled(self, on: bool) -> None:
         self.body.setVisible(on)
@@ -523,8 +552,10 @@ class FitBannerWidget(QFrame):
         gb = 1024**3
         self.verdict = report.verdict
         icon = {"fits": "✓", "tight": "⚠", "will not fit": "✕"}.get(report.verdict, "")
-        text = (f"{icon} {report.verdict.capitalize()}: training needs about "
-                f"{report.training_peak_bytes / gb:.1f} GB of {report.budget_bytes / gb:.1f} GB")
+        text = (
+            f"{icon} {report.verdict.capitalize()}: training needs about "
+            f"{report.training_peak_bytes / gb:.1f} GB of {report.budget_bytes / gb:.1f} GB"
+        )
         if report.notes:
             text += "\n" + " ".join(report.notes)
         self.label.setText(text)
@@ -533,8 +564,9 @@ class FitBannerWidget(QFrame):
         self.suggestion = dict(sug.changes) if sug else None
         if sug:
             self.fix.setText(_short_fix(sug.description))
-            self.fix.setToolTip(f"Suggested fix: {sug.description} (about "
-                                f"{sug.training_peak_bytes / gb:.1f} GB)")
+            self.fix.setToolTip(
+                f"Suggested fix: {sug.description} (about {sug.training_peak_bytes / gb:.1f} GB)"
+            )
         self.fix.setVisible(bool(sug))
         self._restyle()
 

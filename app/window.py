@@ -36,8 +36,13 @@ from app.pages.welcome import WelcomePage
 from app.tasks import Task
 
 PAGES = ["welcome", "models", "data", "train", "chat", "runs"]
-SIDEBAR = [("models", "Models", "▦"), ("data", "Data", "▤"), ("train", "Train", "◉"),
-           ("chat", "Chat", "◍"), ("runs", "Runs", "☰")]
+SIDEBAR = [
+    ("models", "Models", "▦"),
+    ("data", "Data", "▤"),
+    ("train", "Train", "◉"),
+    ("chat", "Chat", "◍"),
+    ("runs", "Runs", "☰"),
+]
 
 
 def settings_store() -> QSettings:
@@ -75,8 +80,14 @@ class MainWindow(QMainWindow):
         self.train = TrainPage(self.controller)
         self.chat = ChatPage()
         self.runs = RunsPage(self.controller)
-        self.pages = {"welcome": self.welcome, "models": self.models, "data": self.data,
-                      "train": self.train, "chat": self.chat, "runs": self.runs}
+        self.pages = {
+            "welcome": self.welcome,
+            "models": self.models,
+            "data": self.data,
+            "train": self.train,
+            "chat": self.chat,
+            "runs": self.runs,
+        }
         self.stack = QStackedWidget()
         for name in PAGES:
             self.stack.addWidget(self.pages[name])
@@ -236,8 +247,11 @@ class MainWindow(QMainWindow):
     # -- actions ------------------------------------------------------------------------------
     def open_dataset_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Open a dataset", str(Path.home()),
-            "Datasets (*.jsonl *.json *.csv *.tsv *.txt *.md *.parquet *.zip);;All files (*)")
+            self,
+            "Open a dataset",
+            str(Path.home()),
+            "Datasets (*.jsonl *.json *.csv *.tsv *.txt *.md *.parquet *.zip);;All files (*)",
+        )
         if path:
             self.open_path(path)
 
@@ -263,7 +277,9 @@ class MainWindow(QMainWindow):
             return
         task = Task(demo_config)
         task.sig_done.connect(self._on_demo_config_ready)
-        task.sig_failed.connect(lambda m, h: self.welcome.demo_ready(False, f"The demo cannot start: {m} {h}"))
+        task.sig_failed.connect(
+            lambda m, h: self.welcome.demo_ready(False, f"The demo cannot start: {m} {h}")
+        )
         self._demo_task = task.start(self)
 
     def _on_demo_config_ready(self, result) -> None:
@@ -459,7 +475,9 @@ class PreferencesDialog(QDialog):
         form.addRow("Workspace", where)
         form.addRow("", self.keep_awake)
         form.addRow("", self.notify)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
@@ -494,6 +512,7 @@ def about_text() -> str:
         v = version("lathe")
     except Exception:  # noqa: BLE001
         v = "dev"
-    return (f"<b>Lathe {v}</b><br>Fine-tune open language models on your own data, privately, "
-            "on your Mac. Training runs with MLX in a separate process; nothing leaves the machine.")
-
+    return (
+        f"<b>Lathe {v}</b><br>Fine-tune open language models on your own data, privately, "
+        "on your Mac. Training runs with MLX in a separate process; nothing leaves the machine."
+    )

@@ -31,8 +31,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGET = 0.95
-PROMPT = ("You are a helpful assistant for a bank. A customer asks: what is the fee for an "
-          "international transfer, how long does it take, and can I cancel it afterwards?")
+PROMPT = (
+    "You are a helpful assistant for a bank. A customer asks: what is the fee for an "
+    "international transfer, how long does it take, and can I cancel it afterwards?"
+)
 
 
 def build_model_and_adapter(folder: Path, hidden: int, layers: int, rank: int) -> tuple[Path, Path]:
@@ -44,8 +46,13 @@ def build_model_and_adapter(folder: Path, hidden: int, layers: int, rank: int) -
     from engine.tinymodel import build_tiny_model
 
     model_path = build_tiny_model(
-        folder / "model", hidden_size=hidden, num_layers=layers, num_heads=8, num_kv_heads=4,
-        intermediate_size=hidden * 11 // 4, max_position_embeddings=4096,
+        folder / "model",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=8,
+        num_kv_heads=4,
+        intermediate_size=hidden * 11 // 4,
+        max_position_embeddings=4096,
     )
     model, _ = load(str(model_path))
     model.freeze()
@@ -57,9 +64,12 @@ def build_model_and_adapter(folder: Path, hidden: int, layers: int, rank: int) -
             module.lora_b = mx.random.normal(module.lora_b.shape) * 0.01
     adapter = folder / "adapter"
     adapter.mkdir()
-    mx.save_safetensors(str(adapter / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
+    mx.save_safetensors(
+        str(adapter / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
+    )
     (adapter / "adapter_config.json").write_text(
-        json.dumps({"fine_tune_type": "lora", "num_layers": layers, "lora_parameters": params}))
+        json.dumps({"fine_tune_type": "lora", "num_layers": layers, "lora_parameters": params})
+    )
     return model_path, adapter
 
 
@@ -75,15 +85,25 @@ def time_mlx_lm(model, tokenizer, tokens: list[int], max_tokens: int) -> dict:
         first = first or last
         n = response.generation_tokens
         text.append(response.text)
-    return {"tokens": n, "ttft": first - start, "tps": (n - 1) / (last - first),
-            "seconds": last - start, "text": "".join(text)}
+    return {
+        "tokens": n,
+        "ttft": first - start,
+        "tps": (n - 1) / (last - first),
+        "seconds": last - start,
+        "text": "".join(text),
+    }
 
 
 def time_lathe(chat, messages: list[dict], settings) -> dict:
     reply = chat.reply(messages, settings, use_adapter=True)
     s = reply.stats
-    return {"tokens": s.tokens, "ttft": s.time_to_first_token, "tps": s.tokens_per_second,
-            "seconds": s.seconds, "text": reply.text}
+    return {
+        "tokens": s.tokens,
+        "ttft": s.time_to_first_token,
+        "tps": s.tokens_per_second,
+        "seconds": s.seconds,
+        "text": reply.text,
+    }
 
 
 def wrapper_overhead_us(pieces: int = 100_000) -> float:
@@ -109,7 +129,9 @@ def wrapper_overhead_us(pieces: int = 100_000) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="Model folder or repo id (default: build a random-weight one).")
+    parser.add_argument(
+        "--model", help="Model folder or repo id (default: build a random-weight one)."
+    )
     parser.add_argument("--adapter", help="RUN[:STEP] or adapter folder (required with --model).")
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=8)
@@ -131,9 +153,13 @@ def main(argv=None) -> int:
             model_path, adapter_path = args.model, resolve_adapter(args.adapter).path
             what = f"{args.model} + {adapter_path}"
         else:
-            model_path, adapter_path = build_model_and_adapter(Path(tmp), args.hidden, args.layers, args.rank)
-            what = (f"random-weight Llama, hidden {args.hidden}, {args.layers} layers, "
-                    f"LoRA rank {args.rank} on every linear layer")
+            model_path, adapter_path = build_model_and_adapter(
+                Path(tmp), args.hidden, args.layers, args.rank
+            )
+            what = (
+                f"random-weight Llama, hidden {args.hidden}, {args.layers} layers, "
+                f"LoRA rank {args.rank} on every linear layer"
+            )
 
         # mlx-lm's model is loaded first: on CPU the model loaded first ran a few percent faster in
         # trials, and any such edge should go to the reference, not to Lathe.
@@ -158,10 +184,12 @@ def main(argv=None) -> int:
                 lathe.append(time_lathe(chat, messages, settings))
 
     def summary(runs):
-        return {"tokens": runs[0]["tokens"],
-                "tokens_per_second": statistics.median(r["tps"] for r in runs),
-                "time_to_first_token_ms": 1000 * statistics.median(r["ttft"] for r in runs),
-                "seconds": statistics.median(r["seconds"] for r in runs)}
+        return {
+            "tokens": runs[0]["tokens"],
+            "tokens_per_second": statistics.median(r["tps"] for r in runs),
+            "time_to_first_token_ms": 1000 * statistics.median(r["ttft"] for r in runs),
+            "seconds": statistics.median(r["seconds"] for r in runs),
+        }
 
     result = {
         "model": what,
@@ -178,26 +206,36 @@ def main(argv=None) -> int:
     result["ratio"] = ratio
     # Each pair ran back to back under the same load; on a busy machine the median of the pairs'
     # ratios is steadier than the ratio of the medians.
-    result["paired_ratio"] = statistics.median(a["tps"] / b["tps"] for a, b in zip(lathe, mlx_lm, strict=True))
+    result["paired_ratio"] = statistics.median(
+        a["tps"] / b["tps"] for a, b in zip(lathe, mlx_lm, strict=True)
+    )
     result["lathe_overhead_us_per_token"] = wrapper_overhead_us()
     result["target"] = TARGET
     result["meets_target"] = result["paired_ratio"] >= TARGET
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{what}; {len(tokens)} prompt tokens, {args.max_tokens} generated, "
-              f"median of {args.repeats}, {result['device']} on {result['machine']}")
+        print(
+            f"{what}; {len(tokens)} prompt tokens, {args.max_tokens} generated, "
+            f"median of {args.repeats}, {result['device']} on {result['machine']}"
+        )
         print(f"{'':10}{'tokens/s':>10}{'first token':>14}{'total':>9}")
         for name in ("lathe", "mlx_lm"):
             s = result[name]
-            print(f"{name:10}{s['tokens_per_second']:10.1f}{s['time_to_first_token_ms']:11.1f} ms"
-                  f"{s['seconds']:8.2f}s")
-        print(f"Lathe / mlx-lm tokens per second: {ratio:.3f}x (median of pairs "
-              f"{result['paired_ratio']:.3f}x; target {TARGET}x: "
-              f"{'met' if result['meets_target'] else 'NOT met'}); same text: {result['same_text']}")
+            print(
+                f"{name:10}{s['tokens_per_second']:10.1f}{s['time_to_first_token_ms']:11.1f} ms"
+                f"{s['seconds']:8.2f}s"
+            )
+        print(
+            f"Lathe / mlx-lm tokens per second: {ratio:.3f}x (median of pairs "
+            f"{result['paired_ratio']:.3f}x; target {TARGET}x: "
+            f"{'met' if result['meets_target'] else 'NOT met'}); same text: {result['same_text']}"
+        )
         per_token_us = 1e6 / result["mlx_lm"]["tokens_per_second"]
-        print(f"Lathe's own work per token: {result['lathe_overhead_us_per_token']:.1f} µs "
-              f"({100 * result['lathe_overhead_us_per_token'] / per_token_us:.2f}% of a token)")
+        print(
+            f"Lathe's own work per token: {result['lathe_overhead_us_per_token']:.1f} µs "
+            f"({100 * result['lathe_overhead_us_per_token'] / per_token_us:.2f}% of a token)"
+        )
     return 0 if result["same_text"] else 1
 
 

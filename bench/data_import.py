@@ -28,8 +28,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STORIES = ROOT.parent / "shared" / "models" / "stories260K"
-WORDS = ("account fee transfer card bank money day euro branch limit app help balance statement "
-         "international payment cancel online password security loan rate mortgage savings").split()
+WORDS = (
+    "account fee transfer card bank money day euro branch limit app help balance statement "
+    "international payment cancel online password security loan rate mortgage savings"
+).split()
 
 
 def generate(path: Path, n: int, seed: int = 0) -> int:
@@ -39,9 +41,14 @@ def generate(path: Path, n: int, seed: int = 0) -> int:
         for i in range(n):
             q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(15, 45)))
             a = " ".join(rng.choice(WORDS) for _ in range(rng.randint(90, 150)))
-            messages = [{"role": "user", "content": f"#{i} {q}?"}, {"role": "assistant", "content": a + "."}]
+            messages = [
+                {"role": "user", "content": f"#{i} {q}?"},
+                {"role": "assistant", "content": a + "."},
+            ]
             if i % 3 == 0:
-                messages.insert(0, {"role": "system", "content": "You are the bank's support assistant."})
+                messages.insert(
+                    0, {"role": "system", "content": "You are the bank's support assistant."}
+                )
             fh.write(json.dumps({"messages": messages}) + "\n")
     return path.stat().st_size
 
@@ -80,7 +87,9 @@ def run(cmd: list[str], env: dict) -> tuple[float, float, int, int, str]:
     of its tree, stdout). CPU time says what the work costs even on a machine others share."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     peak_tree = 0
     done = threading.Event()
 
@@ -106,11 +115,17 @@ def run(cmd: list[str], env: dict) -> tuple[float, float, int, int, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--examples", type=int, default=100_000)
     parser.add_argument("--model", default=str(STORIES), help="Model folder for the tokenizer.")
-    parser.add_argument("--import", dest="do_import", action="store_true",
-                        help="Also time `data import` (into a temporary workspace).")
+    parser.add_argument(
+        "--import",
+        dest="do_import",
+        action="store_true",
+        help="Also time `data import` (into a temporary workspace).",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -120,35 +135,55 @@ def main() -> None:
         size = generate(data, args.examples)
         gen_s = time.perf_counter() - t0
         env = dict(os.environ, LATHE_HOME=str(Path(tmp) / "home"))
-        results = {"examples": args.examples, "file_mb": round(size / 1e6, 1), "generate_s": round(gen_s, 1),
-                   "cpus": os.cpu_count(), "machine": f"{platform.system()} {platform.machine()}"}
+        results = {
+            "examples": args.examples,
+            "file_mb": round(size / 1e6, 1),
+            "generate_s": round(gen_s, 1),
+            "cpus": os.cpu_count(),
+            "machine": f"{platform.system()} {platform.machine()}",
+        }
         runs = [("inspect", ["data", "inspect", str(data), "--model", args.model, "--json"])]
         if args.do_import:
             runs.append(("import", ["data", "import", str(data), "--model", args.model, "--json"]))
         for name, cmd in runs:
-            seconds, cpu, peak_proc, peak_tree, out = run([sys.executable, "-m", "engine", *cmd], env)
+            seconds, cpu, peak_proc, peak_tree, out = run(
+                [sys.executable, "-m", "engine", *cmd], env
+            )
             report = json.loads(out)
             tok = report["tokens"]
             results[name] = {
-                "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
-                "load_average_1min": round(os.getloadavg()[0], 1), "examples_per_s": round(report["kept"] / seconds),
-                "peak_rss_engine_mb": round(peak_proc / 1e6), "peak_rss_with_workers_mb": round(peak_tree / 1e6),
-                "kept": report["kept"], "splits": report["splits"],
+                "seconds": round(seconds, 1),
+                "cpu_seconds": round(cpu, 1),
+                "load_average_1min": round(os.getloadavg()[0], 1),
+                "examples_per_s": round(report["kept"] / seconds),
+                "peak_rss_engine_mb": round(peak_proc / 1e6),
+                "peak_rss_with_workers_mb": round(peak_tree / 1e6),
+                "kept": report["kept"],
+                "splits": report["splits"],
                 "trained_tokens": sum(s["trained_tokens"] for s in tok["splits"].values()),
                 "median_length": tok["splits"]["train"]["median"],
             }
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"{results['examples']:,} examples, {results['file_mb']} MB (generated in {results['generate_s']} s), "
-          f"{results['cpus']} CPUs, {results['machine']}")
+    print(
+        f"{results['examples']:,} examples, {results['file_mb']} MB (generated in {results['generate_s']} s), "
+        f"{results['cpus']} CPUs, {results['machine']}"
+    )
     for name, _cmd in runs:
         r = results[name]
-        ok = "OK" if r["seconds"] < 60 and max(r["peak_rss_engine_mb"], r["peak_rss_with_workers_mb"]) < 1000 else "MISSED"
-        print(f"data {name}: {r['seconds']} s ({r['examples_per_s']:,} examples/s; {r['cpu_seconds']} CPU-s, "
-              f"load average {r['load_average_1min']}), peak RSS {r['peak_rss_engine_mb']} MB "
-              f"(engine) / {r['peak_rss_with_workers_mb']} MB (engine + workers); kept {r['kept']:,}, "
-              f"{r['trained_tokens']:,} trained tokens, median length {r['median_length']:g}  [{ok}: <60 s, <1 GB]")
+        ok = (
+            "OK"
+            if r["seconds"] < 60
+            and max(r["peak_rss_engine_mb"], r["peak_rss_with_workers_mb"]) < 1000
+            else "MISSED"
+        )
+        print(
+            f"data {name}: {r['seconds']} s ({r['examples_per_s']:,} examples/s; {r['cpu_seconds']} CPU-s, "
+            f"load average {r['load_average_1min']}), peak RSS {r['peak_rss_engine_mb']} MB "
+            f"(engine) / {r['peak_rss_with_workers_mb']} MB (engine + workers); kept {r['kept']:,}, "
+            f"{r['trained_tokens']:,} trained tokens, median length {r['median_length']:g}  [{ok}: <60 s, <1 GB]"
+        )
 
 
 if __name__ == "__main__":

@@ -70,18 +70,26 @@ def measure(model_path: str, data: Path, batch_size: int, max_seq: int) -> dict:
 
     def lathe_eval():
         model.eval()
-        out["lathe_eval_loss"] = evaluate(model, batches, fn=fn, select_outputs=select, selected=selected)
+        out["lathe_eval_loss"] = evaluate(
+            model, batches, fn=fn, select_outputs=select, selected=selected
+        )
 
     # The forward pass of Lathe's training steps over the same examples (loss only, no gradient).
     plan = plan_epoch([len(e.tokens) for e in encoded], batch_size, 0, 0)
     train_batches = [collate([encoded[i] for i in item], 8, max_seq, batch_size) for item in plan]
-    forward = mx.compile(lambda t, w, s: masked_loss(model, t, w, None, None, s)[0], inputs=[model.state])
+    forward = mx.compile(
+        lambda t, w, s: masked_loss(model, t, w, None, None, s)[0], inputs=[model.state]
+    )
 
     def train_forward():
         model.train()
         for b in train_batches:
             sel = select_positions(b.weights) if select else None
-            mx.eval(forward(mx.array(b.tokens), mx.array(b.weights), None if sel is None else mx.array(sel)))
+            mx.eval(
+                forward(
+                    mx.array(b.tokens), mx.array(b.weights), None if sel is None else mx.array(sel)
+                )
+            )
 
     # First passes trace every batch shape; then two rounds, alternating, and the faster of each
     # (this machine's speed drifts by several percent within a minute).
@@ -100,14 +108,17 @@ def measure(model_path: str, data: Path, batch_size: int, max_seq: int) -> dict:
     config = argparse.Namespace(mask_prompt=chat)
     dataset = CacheDataset(create_dataset(records, tokenizer, config))
     tic = time.perf_counter()
-    out["mlx_lm_eval_loss"] = mlx_lm_evaluate(model, dataset, batch_size=batch_size, num_batches=-1,
-                                              max_seq_length=max_seq)
+    out["mlx_lm_eval_loss"] = mlx_lm_evaluate(
+        model, dataset, batch_size=batch_size, num_batches=-1, max_seq_length=max_seq
+    )
     out["mlx_lm_eval_seconds"] = time.perf_counter() - tic
     return out
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", help="Model folder (default: one built here, see --size).")
     p.add_argument("--size", choices=sorted(SIZES), default="tiny")
     p.add_argument("--shape", choices=sorted(SHAPES), default="mixed")
@@ -123,9 +134,17 @@ def main() -> None:
 
     import mlx.core as mx
 
-    print(f"Machine: {platform.platform()}, {os.cpu_count()} cores, MLX {mx.__version__} ({mx.default_device()})")
-    print(f"Model: {model}" + ("" if a.model else f" ({describe_size(a.size)})") + ", LoRA rank 8 on all layers")
-    print(f"Data: {r['examples']} examples ({SHAPES[a.shape][2]}), {r['real_tokens']} tokens, batch {a.batch_size}\n")
+    print(
+        f"Machine: {platform.platform()}, {os.cpu_count()} cores, MLX {mx.__version__} ({mx.default_device()})"
+    )
+    print(
+        f"Model: {model}"
+        + ("" if a.model else f" ({describe_size(a.size)})")
+        + ", LoRA rank 8 on all layers"
+    )
+    print(
+        f"Data: {r['examples']} examples ({SHAPES[a.shape][2]}), {r['real_tokens']} tokens, batch {a.batch_size}\n"
+    )
     n = r["real_tokens"]
     rows = [
         ("Lathe evaluate, first pass (traces shapes)", r["lathe_eval_first_seconds"]),
@@ -138,10 +157,14 @@ def main() -> None:
     for name, seconds in rows:
         print(f"{name:46}{seconds:>9.2f}{n / seconds:>10.0f}")
     ratio = r["train_forward_seconds"] / r["lathe_eval_seconds"]
-    print(f"\nLathe evaluation runs at {ratio:.2f}x the per-token speed of its training forward pass "
-          f"(target >= 1.0) and {r['mlx_lm_eval_seconds'] / r['lathe_eval_seconds']:.2f}x mlx_lm's evaluation.")
-    print(f"Losses: Lathe {r['lathe_eval_loss']:.4f}, mlx_lm {r['mlx_lm_eval_loss']:.4f} (mlx-lm also scores "
-          "each example's prediction of one padding token).")
+    print(
+        f"\nLathe evaluation runs at {ratio:.2f}x the per-token speed of its training forward pass "
+        f"(target >= 1.0) and {r['mlx_lm_eval_seconds'] / r['lathe_eval_seconds']:.2f}x mlx_lm's evaluation."
+    )
+    print(
+        f"Losses: Lathe {r['lathe_eval_loss']:.4f}, mlx_lm {r['mlx_lm_eval_loss']:.4f} (mlx-lm also scores "
+        "each example's prediction of one padding token)."
+    )
 
 
 if __name__ == "__main__":

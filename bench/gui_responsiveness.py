@@ -62,8 +62,14 @@ def measure_startup(runs: int) -> list[float]:
         env = dict(os.environ, LATHE_HOME=tempfile.mkdtemp(prefix="lathe-bench-"))
         env.setdefault("QT_QPA_PLATFORM", "offscreen")
         t0 = time.time()
-        out = subprocess.run([sys.executable, "-m", "app", "--probe-startup"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "app", "--probe-startup"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         line = next((x for x in out.stdout.splitlines() if x.startswith("window_shown_at=")), None)
         if line is None:
             raise SystemExit(f"the app did not report its window:\n{out.stderr[-2000:]}")
@@ -187,10 +193,16 @@ def run_window(args) -> dict:
     state, details = wait_finished(600)
     probe.stop()
     elapsed = time.perf_counter() - first_progress.get("t", time.perf_counter())
-    results["real"] = {"state": state, "events": controller.events_seen - events_before,
-                       "progress_per_s": args.iters / elapsed if elapsed > 0 else float("nan"),
-                       "max_stall_ms": probe.max_stall_ms, "p99_stall_ms": probe.p99_ms(),
-                       "max_busy_ms": probe.max_busy_ms, "chart_points": page.chart.point_count, "paints": page.chart.paints}
+    results["real"] = {
+        "state": state,
+        "events": controller.events_seen - events_before,
+        "progress_per_s": args.iters / elapsed if elapsed > 0 else float("nan"),
+        "max_stall_ms": probe.max_stall_ms,
+        "p99_stall_ms": probe.p99_ms(),
+        "max_busy_ms": probe.max_busy_ms,
+        "chart_points": page.chart.point_count,
+        "paints": page.chart.paints,
+    }
     events_file = Path(details["run_dir"]) / "events.jsonl"
 
     # 3. a firehose replaying that run's events
@@ -198,22 +210,34 @@ def run_window(args) -> dict:
     paints_before = page.chart.paints
     page._reset_view("replay")
     t0 = time.perf_counter()
-    controller.start_command(sys.executable, ["-c", REPLAY, str(events_file), str(args.replay_events)])
+    controller.start_command(
+        sys.executable, ["-c", REPLAY, str(events_file), str(args.replay_events)]
+    )
     probe.start()
     with GcWatch() as gcw:
         state, _ = wait_finished(600)
     probe.stop()
     elapsed = time.perf_counter() - t0
-    results["replay"] = {"state": state, "events": controller.events_seen,
-                         "events_per_s": controller.events_seen / elapsed,
-                         "max_stall_ms": probe.max_stall_ms, "p99_stall_ms": probe.p99_ms(),
-                         "max_busy_ms": probe.max_busy_ms, "chart_points": page.chart.point_count, "gc_pause_ms": gcw.longest * 1000,
-                         "paints": page.chart.paints - paints_before}
+    results["replay"] = {
+        "state": state,
+        "events": controller.events_seen,
+        "events_per_s": controller.events_seen / elapsed,
+        "max_stall_ms": probe.max_stall_ms,
+        "p99_stall_ms": probe.p99_ms(),
+        "max_busy_ms": probe.max_busy_ms,
+        "chart_points": page.chart.point_count,
+        "gc_pause_ms": gcw.longest * 1000,
+        "paints": page.chart.paints - paints_before,
+    }
     # 4. a large dataset import on the Data page (worker thread), cancelled after a while
     if args.import_mb > 0:
         big = Path(os.environ["LATHE_HOME"]) / "big.jsonl"
-        line = {"messages": [{"role": "user", "content": "How do I change my card's PIN? " * 3},
-                             {"role": "assistant", "content": "Open the app, tap Cards, then PIN. " * 3}]}
+        line = {
+            "messages": [
+                {"role": "user", "content": "How do I change my card's PIN? " * 3},
+                {"role": "assistant", "content": "Open the app, tap Cards, then PIN. " * 3},
+            ]
+        }
         with open(big, "w", encoding="utf-8") as fh:
             i = 0
             while fh.tell() < args.import_mb * 1024 * 1024:
@@ -238,10 +262,14 @@ def run_window(args) -> dict:
             app.processEvents()
             time.sleep(0.0005)
         probe.stop()
-        results["import"] = {"file_mb": big.stat().st_size / 2**20, "progress": read,
-                             "cancel_s": time.perf_counter() - t_cancel,
-                             "max_stall_ms": probe.max_stall_ms, "p99_stall_ms": probe.p99_ms(),
-                             "max_busy_ms": probe.max_busy_ms}
+        results["import"] = {
+            "file_mb": big.stat().st_size / 2**20,
+            "progress": read,
+            "cancel_s": time.perf_counter() - t_cancel,
+            "max_stall_ms": probe.max_stall_ms,
+            "p99_stall_ms": probe.p99_ms(),
+            "max_busy_ms": probe.max_busy_ms,
+        }
     window.quit_confirmed = True
     window.close()
     return results
@@ -252,7 +280,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="launches to time")
     ap.add_argument("--iters", type=int, default=400, help="steps of the real training run")
     ap.add_argument("--replay-events", type=int, default=200_000, help="progress events replayed")
-    ap.add_argument("--import-mb", type=int, default=300, help="size of the dataset imported (0: skip)")
+    ap.add_argument(
+        "--import-mb", type=int, default=300, help="size of the dataset imported (0: skip)"
+    )
     ap.add_argument("--import-seconds", type=float, default=15, help="import time before Cancel")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -264,28 +294,38 @@ def main() -> int:
         print(json.dumps(res, indent=2))
         return 0
     s = res["startup_s"]
-    print(f"launch to main window shown: median {s['median']:.2f} s, max {s['max']:.2f} s "
-          f"over {len(startup)} launches (target < 1.5 s)")
+    print(
+        f"launch to main window shown: median {s['median']:.2f} s, max {s['max']:.2f} s "
+        f"over {len(startup)} launches (target < 1.5 s)"
+    )
     r = res["real"]
-    print(f"real worker (engine train, tiny model, a progress event per step): {r['events']} events, "
-          f"{r['progress_per_s']:.0f} steps/s, max GUI stall {r['max_stall_ms']:.1f} ms, "
-          f"p99 {r['p99_stall_ms']:.1f} ms, longest GUI-thread work in one gap {r['max_busy_ms']:.1f} ms "
-          f"(target < 50 ms); run {r['state']}")
+    print(
+        f"real worker (engine train, tiny model, a progress event per step): {r['events']} events, "
+        f"{r['progress_per_s']:.0f} steps/s, max GUI stall {r['max_stall_ms']:.1f} ms, "
+        f"p99 {r['p99_stall_ms']:.1f} ms, longest GUI-thread work in one gap {r['max_busy_ms']:.1f} ms "
+        f"(target < 50 ms); run {r['state']}"
+    )
     f = res["replay"]
-    print(f"replayed events.jsonl at full speed: {f['events']} events at {f['events_per_s']:,.0f}/s, "
-          f"max GUI stall {f['max_stall_ms']:.1f} ms, p99 {f['p99_stall_ms']:.1f} ms, longest GUI-thread "
-          f"work in one gap {f['max_busy_ms']:.1f} ms; "
-          f"longest GC pause {f['gc_pause_ms']:.0f} ms; {f['paints']} chart repaints (timer-capped at 20/s), {f['chart_points']} points kept")
+    print(
+        f"replayed events.jsonl at full speed: {f['events']} events at {f['events_per_s']:,.0f}/s, "
+        f"max GUI stall {f['max_stall_ms']:.1f} ms, p99 {f['p99_stall_ms']:.1f} ms, longest GUI-thread "
+        f"work in one gap {f['max_busy_ms']:.1f} ms; "
+        f"longest GC pause {f['gc_pause_ms']:.0f} ms; {f['paints']} chart repaints (timer-capped at 20/s), {f['chart_points']} points kept"
+    )
     if "import" in res:
         m = res["import"]
-        print(f"importing a {m['file_mb']:.0f} MB JSONL on the Data page ({m['progress']!r} when "
-              f"cancelled): max GUI stall {m['max_stall_ms']:.1f} ms, p99 {m['p99_stall_ms']:.1f} ms, "
-              f"longest GUI-thread work in one gap {m['max_busy_ms']:.1f} ms; Cancel took "
-              f"{m['cancel_s']:.2f} s")
+        print(
+            f"importing a {m['file_mb']:.0f} MB JSONL on the Data page ({m['progress']!r} when "
+            f"cancelled): max GUI stall {m['max_stall_ms']:.1f} ms, p99 {m['p99_stall_ms']:.1f} ms, "
+            f"longest GUI-thread work in one gap {m['max_busy_ms']:.1f} ms; Cancel took "
+            f"{m['cancel_s']:.2f} s"
+        )
     ok = s["median"] < 1.5 and r["max_stall_ms"] < 50 and f["max_stall_ms"] < 50
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(("PASS" if ok else "OVER TARGET") + f" (load average {load:.1f} on {os.cpu_count()} cores: "
-          "on a busy machine the OS preempts the GUI; compare stall with GUI-thread work)")
+    print(
+        ("PASS" if ok else "OVER TARGET") + f" (load average {load:.1f} on {os.cpu_count()} cores: "
+        "on a busy machine the OS preempts the GUI; compare stall with GUI-thread work)"
+    )
     return 0
 
 

@@ -24,11 +24,24 @@ from bench.train_vs_mlx_lm import SHAPES, SIZES, build_model, compare, describe_
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", choices=sorted(SIZES), default="tiny", help="Shape of the model built for the run.")
-    p.add_argument("--scale", type=float, default=1.0, help="Multiply every shape's number of examples.")
-    p.add_argument("--shapes", default="short,mixed,long", help="Comma-separated dataset shapes to run.")
-    p.add_argument("--packing", default="auto", help="Lathe's data.packing (auto, budget, pack, off).")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="tiny",
+        help="Shape of the model built for the run.",
+    )
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="Multiply every shape's number of examples."
+    )
+    p.add_argument(
+        "--shapes", default="short,mixed,long", help="Comma-separated dataset shapes to run."
+    )
+    p.add_argument(
+        "--packing", default="auto", help="Lathe's data.packing (auto, budget, pack, off)."
+    )
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lathe-bench-"))
     model = build_model(work, a.size)
@@ -41,8 +54,10 @@ def main() -> None:
     import mlx.core as mx
 
     device = mx.device_info().get("device_name", "") if hasattr(mx, "device_info") else ""
-    print(f"Machine: {platform.platform()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
-          f"{', ' + device if device else ''}, MLX {mx.__version__} ({mx.default_device()})")
+    print(
+        f"Machine: {platform.platform()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+        f"{', ' + device if device else ''}, MLX {mx.__version__} ({mx.default_device()})"
+    )
     print(f"Model: {describe_size(a.size)}, LoRA rank 8 on all layers, batch 8, one epoch.\n")
     print_table(rows, with_examples=True)
     print()
@@ -50,8 +65,10 @@ def main() -> None:
         m, lt = r["mlx_lm"], r["lathe"]
         target = 1.0 if r["shape"] == "long" else 0.6
         ok = lt["seconds"] / m["seconds"] <= target and lt["peak_gb"] <= m["peak_gb"] * 1.0
-        print(f"{r['shape']:6} wall {lt['seconds'] / m['seconds']:.2f}x (target <= {target}x), "
-              f"peak {lt['peak_gb'] / m['peak_gb']:.2f}x, batching {lt['packing']}: {'met' if ok else 'MISSED'}")
+        print(
+            f"{r['shape']:6} wall {lt['seconds'] / m['seconds']:.2f}x (target <= {target}x), "
+            f"peak {lt['peak_gb'] / m['peak_gb']:.2f}x, batching {lt['packing']}: {'met' if ok else 'MISSED'}"
+        )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-WORDS = ("account fee transfer card bank money day euro branch limit app help savings rate loan "
-         "interest statement payment cash deposit withdraw online mobile secure support").split()
+WORDS = (
+    "account fee transfer card bank money day euro branch limit app help savings rate loan "
+    "interest statement payment cash deposit withdraw online mobile secure support"
+).split()
 
 
 SHAPES = {
@@ -58,7 +60,9 @@ def make_data(folder: Path, n: int, seed: int = 0, shape: str = "mixed") -> Path
         else:
             q = _words(rng, rng.randint(4, 40)) + "?"
             a = _words(rng, min(600, int(rng.lognormvariate(3.8, 0.8)) + 5)) + "."
-        rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+        rows.append(
+            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        )
     with open(folder / "train.jsonl", "w") as fh:
         for r in rows:
             fh.write(json.dumps(r) + "\n")
@@ -103,15 +107,38 @@ def run_mlx_lm(model: str, data: str, iters: int, batch_size: int, max_seq: int)
 
         model = kwargs.get("model", args[0] if args else None)
         steps = max(1, iters)
-        stats.update(utilisation(model, len(model.layers), False, stats["real"], stats["seconds"],
-                                 stats["real"] / max(1, steps * batch_size), stats["real"] // steps))
+        stats.update(
+            utilisation(
+                model,
+                len(model.layers),
+                False,
+                stats["real"],
+                stats["seconds"],
+                stats["real"] / max(1, steps * batch_size),
+                stats["real"] // steps,
+            )
+        )
 
     lora.train = timed_train
     args = dict(lora.CONFIG_DEFAULTS)
-    args.update(model=model, data=data, train=True, iters=iters, batch_size=batch_size, num_layers=-1,
-                learning_rate=1e-4, max_seq_length=max_seq, mask_prompt=_is_chat(data), steps_per_report=10_000,
-                steps_per_eval=10_000_000, save_every=10_000_000, seed=0, val_batches=0,
-                adapter_path=tempfile.mkdtemp(), lora_parameters={"rank": 8, "dropout": 0.0, "scale": 20.0})
+    args.update(
+        model=model,
+        data=data,
+        train=True,
+        iters=iters,
+        batch_size=batch_size,
+        num_layers=-1,
+        learning_rate=1e-4,
+        max_seq_length=max_seq,
+        mask_prompt=_is_chat(data),
+        steps_per_report=10_000,
+        steps_per_eval=10_000_000,
+        save_every=10_000_000,
+        seed=0,
+        val_batches=0,
+        adapter_path=tempfile.mkdtemp(),
+        lora_parameters={"rank": 8, "dropout": 0.0, "scale": 20.0},
+    )
     with open(os.devnull, "w") as null:
         old = sys.stdout
         sys.stdout = null
@@ -122,7 +149,9 @@ def run_mlx_lm(model: str, data: str, iters: int, batch_size: int, max_seq: int)
     return stats
 
 
-def run_lathe(model: str, data: str, iters: int, batch_size: int, max_seq: int, packing: str = "auto") -> dict:
+def run_lathe(
+    model: str, data: str, iters: int, batch_size: int, max_seq: int, packing: str = "auto"
+) -> dict:
     import mlx.core as mx
 
     import engine.trainer as trainer
@@ -145,7 +174,11 @@ def run_lathe(model: str, data: str, iters: int, batch_size: int, max_seq: int, 
     trainer.train = timed_train
     cfg = RunConfig()
     cfg.model.path, cfg.data.path = model, data
-    cfg.data.max_seq_length, cfg.data.valid_fraction, cfg.data.mask_prompt = max_seq, 0.0, _is_chat(data)
+    cfg.data.max_seq_length, cfg.data.valid_fraction, cfg.data.mask_prompt = (
+        max_seq,
+        0.0,
+        _is_chat(data),
+    )
     cfg.data.packing = packing
     cfg.lora.num_layers, cfg.lora.rank, cfg.lora.scale = -1, 8, 20.0
     t = cfg.training
@@ -167,7 +200,9 @@ def run_lathe(model: str, data: str, iters: int, batch_size: int, max_seq: int, 
     return stats
 
 
-def child(which: str, model: str, data: str, iters: int, batch_size: int, max_seq: int, packing: str) -> None:
+def child(
+    which: str, model: str, data: str, iters: int, batch_size: int, max_seq: int, packing: str
+) -> None:
     if which == "mlx_lm":
         stats = run_mlx_lm(model, data, iters, batch_size, max_seq)
     else:
@@ -185,31 +220,67 @@ def child(which: str, model: str, data: str, iters: int, batch_size: int, max_se
 # (the proportion decides how much skipping the output layer on masked tokens saves). "0.5b" is
 # Qwen2.5-0.5B's shape (random weights, bfloat16), for a GPU.
 SIZES = {
-    "tiny": dict(arch="llama", hidden_size=384, num_layers=6, num_heads=6, num_kv_heads=2, intermediate_size=1024,
-                 model_vocab_size=8192),
-    "tiny-vocab": dict(arch="llama", hidden_size=384, num_layers=6, num_heads=6, num_kv_heads=2,
-                       intermediate_size=1024),
-    "0.5b": dict(arch="qwen2", hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864,
-                 model_vocab_size=151936, dtype="bfloat16"),
+    "tiny": dict(
+        arch="llama",
+        hidden_size=384,
+        num_layers=6,
+        num_heads=6,
+        num_kv_heads=2,
+        intermediate_size=1024,
+        model_vocab_size=8192,
+    ),
+    "tiny-vocab": dict(
+        arch="llama",
+        hidden_size=384,
+        num_layers=6,
+        num_heads=6,
+        num_kv_heads=2,
+        intermediate_size=1024,
+    ),
+    "0.5b": dict(
+        arch="qwen2",
+        hidden_size=896,
+        num_layers=24,
+        num_heads=14,
+        num_kv_heads=2,
+        intermediate_size=4864,
+        model_vocab_size=151936,
+        dtype="bfloat16",
+    ),
 }
 
 
 def describe_size(size: str) -> str:
     c = SIZES[size]
     vocab = c.get("model_vocab_size") or "~600"
-    return (f"{c['num_layers']}-layer, {c['hidden_size']}-wide {c['arch']} ({c.get('dtype', 'float32')}, random "
-            f"weights, vocabulary {vocab})")
+    return (
+        f"{c['num_layers']}-layer, {c['hidden_size']}-wide {c['arch']} ({c.get('dtype', 'float32')}, random "
+        f"weights, vocabulary {vocab})"
+    )
 
 
 def build_model(work: Path, size: str = "tiny") -> str:
     from engine.tinymodel import build_tiny_model
 
-    return str(build_tiny_model(work / f"model-{size}", vocab_size=1024, max_position_embeddings=2048,
-                                extra_texts=[" ".join(WORDS)] * 20, **SIZES[size]))
+    return str(
+        build_tiny_model(
+            work / f"model-{size}",
+            vocab_size=1024,
+            max_position_embeddings=2048,
+            extra_texts=[" ".join(WORDS)] * 20,
+            **SIZES[size],
+        )
+    )
 
 
-def compare(model: str, shape: str, examples: int | None = None, batch_size: int = 8, work: Path | None = None,
-            packing: str = "auto") -> dict:
+def compare(
+    model: str,
+    shape: str,
+    examples: int | None = None,
+    batch_size: int = 8,
+    work: Path | None = None,
+    packing: str = "auto",
+) -> dict:
     """Run both trainers on one dataset shape; returns {"mlx_lm": stats, "lathe": stats, ...}."""
     n_default, max_seq, _ = SHAPES[shape]
     n = examples or n_default
@@ -222,9 +293,24 @@ def compare(model: str, shape: str, examples: int | None = None, batch_size: int
         env["LD_PRELOAD"] = blas  # both trainers get the same BLAS
     results = {}
     for which in ("mlx_lm", "lathe"):
-        cmd = [sys.executable, __file__, "--child", which, "--model", model, "--data", str(data),
-               "--iters", str(iters), "--batch-size", str(batch_size), "--max-seq-length", str(max_seq),
-               "--packing", packing]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            which,
+            "--model",
+            model,
+            "--data",
+            str(data),
+            "--iters",
+            str(iters),
+            "--batch-size",
+            str(batch_size),
+            "--max-seq-length",
+            str(max_seq),
+            "--packing",
+            packing,
+        ]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
@@ -239,23 +325,33 @@ def compare(model: str, shape: str, examples: int | None = None, batch_size: int
 def print_table(rows: list[dict], with_examples: bool = False, file=None) -> None:
     print = partial(builtins.print, file=file or sys.stdout, flush=True)
     ex = f"{'examples':>9}  " if with_examples else ""
-    print(f"{'shape':8}{ex}{'trainer':15}{'wall s':>8}{'trained tok/s':>15}{'padding':>9}{'peak GB':>9}"
-          f"{'RSS GB':>8}{'utilisation':>13}{'wall vs mlx_lm':>16}")
+    print(
+        f"{'shape':8}{ex}{'trainer':15}{'wall s':>8}{'trained tok/s':>15}{'padding':>9}{'peak GB':>9}"
+        f"{'RSS GB':>8}{'utilisation':>13}{'wall vs mlx_lm':>16}"
+    )
     for r in rows:
         m = r["mlx_lm"]
         for name, x in (("mlx_lm.lora", m), (f"Lathe/{r['lathe']['packing']}", r["lathe"])):
             ratio = f"{x['seconds'] / m['seconds']:.2f}x" if name != "mlx_lm.lora" else ""
             n = f"{r['examples']:>9}  " if with_examples else ""
-            print(f"{r['shape']:8}{n}{name:15}{x['seconds']:>8.1f}{x['trained'] / x['seconds']:>15.0f}"
-                  f"{x['padding_fraction']:>9.1%}{x['peak_gb']:>9.3f}{x.get('rss_gb', 0):>8.2f}"
-                  f"{x['utilisation']:>13.1%}{ratio:>16}")
+            print(
+                f"{r['shape']:8}{n}{name:15}{x['seconds']:>8.1f}{x['trained'] / x['seconds']:>15.0f}"
+                f"{x['padding_fraction']:>9.1%}{x['peak_gb']:>9.3f}{x.get('rss_gb', 0):>8.2f}"
+                f"{x['utilisation']:>13.1%}{ratio:>16}"
+            )
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", help="Model folder (default: one built here, see --size).")
-    p.add_argument("--size", choices=sorted(SIZES), default="tiny", help="Shape of the model built here.")
-    p.add_argument("--packing", default="auto", help="Lathe's data.packing (auto, budget, pack, off).")
+    p.add_argument(
+        "--size", choices=sorted(SIZES), default="tiny", help="Shape of the model built here."
+    )
+    p.add_argument(
+        "--packing", default="auto", help="Lathe's data.packing (auto, budget, pack, off)."
+    )
     p.add_argument("--shape", choices=sorted(SHAPES), default="mixed")
     p.add_argument("--examples", type=int)
     p.add_argument("--batch-size", type=int, default=8)
@@ -272,15 +368,23 @@ def main() -> None:
     r = compare(model, a.shape, a.examples, a.batch_size, work, a.packing)
     import platform
 
-    print(f"Machine: {platform.platform()}, {os.cpu_count()} cores; model {model}"
-          + ("" if a.model else f" ({describe_size(a.size)})"))
-    print(f"Data: {r['examples']} examples, {SHAPES[a.shape][2]}; batch {a.batch_size}, one epoch, "
-          "LoRA rank 8 on all layers, prompt masking on, same settings for both.\n")
+    print(
+        f"Machine: {platform.platform()}, {os.cpu_count()} cores; model {model}"
+        + ("" if a.model else f" ({describe_size(a.size)})")
+    )
+    print(
+        f"Data: {r['examples']} examples, {SHAPES[a.shape][2]}; batch {a.batch_size}, one epoch, "
+        "LoRA rank 8 on all layers, prompt masking on, same settings for both.\n"
+    )
     print_table([r])
     m, lt = r["mlx_lm"], r["lathe"]
-    print(f"\nLathe wall time: {lt['seconds'] / m['seconds']:.2f}x mlx_lm's (target <= 0.6x); "
-          f"peak memory {lt['peak_gb'] / m['peak_gb']:.2f}x (target <= 1.0x); Lathe batching: {lt['packing']}.")
-    print("Trained tokens differ slightly: mlx-lm also trains each example to predict one padding token.")
+    print(
+        f"\nLathe wall time: {lt['seconds'] / m['seconds']:.2f}x mlx_lm's (target <= 0.6x); "
+        f"peak memory {lt['peak_gb'] / m['peak_gb']:.2f}x (target <= 1.0x); Lathe batching: {lt['packing']}."
+    )
+    print(
+        "Trained tokens differ slightly: mlx-lm also trains each example to predict one padding token."
+    )
 
 
 if __name__ == "__main__":

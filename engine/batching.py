@@ -75,8 +75,9 @@ def bucket_width(length: int, pad_multiple: int = 8) -> int:
     return -(-int(length) // step) * step
 
 
-def plan_epoch_budget(lengths: Sequence[int], token_budget: int, seed: int, epoch: int,
-                      pad_multiple: int = 8) -> list[np.ndarray]:
+def plan_epoch_budget(
+    lengths: Sequence[int], token_budget: int, seed: int, epoch: int, pad_multiple: int = 8
+) -> list[np.ndarray]:
     """Batches of similar-length examples holding up to `token_budget` padded tokens each.
 
     Short examples share a step in larger numbers, long ones in smaller: every step does about the
@@ -98,7 +99,10 @@ def plan_epoch_budget(lengths: Sequence[int], token_budget: int, seed: int, epoc
         while i < len(chunk):
             j = i + 1
             # Sorted ascending, so the newest example sets the width of the batch.
-            while j < len(chunk) and (j - i + 1) * bucket_width(int(lengths[chunk[j]]), pad_multiple) <= token_budget:
+            while (
+                j < len(chunk)
+                and (j - i + 1) * bucket_width(int(lengths[chunk[j]]), pad_multiple) <= token_budget
+            ):
                 j += 1
             batches.append(chunk[i:j])
             i = j
@@ -107,7 +111,10 @@ def plan_epoch_budget(lengths: Sequence[int], token_budget: int, seed: int, epoc
 
 
 def collate(
-    examples: Sequence[Encoded], pad_multiple: int = 8, max_length: int | None = None, rows: int | None = None
+    examples: Sequence[Encoded],
+    pad_multiple: int = 8,
+    max_length: int | None = None,
+    rows: int | None = None,
 ) -> Batch:
     """Pad examples to a common bucketed width (capped at `max_length`) and to `rows` rows.
 
@@ -175,7 +182,9 @@ def plan_epoch_packed(
     return [[rows[j] for j in idx] for idx in plan_epoch(row_lengths, batch_size, seed, epoch)]
 
 
-def collate_packed(rows: Sequence[Sequence[Encoded]], pad_multiple: int = 8, n_rows: int | None = None) -> Batch:
+def collate_packed(
+    rows: Sequence[Sequence[Encoded]], pad_multiple: int = 8, n_rows: int | None = None
+) -> Batch:
     """Concatenate each row's examples, with segment ids and no target across an example boundary."""
     row_lengths = np.array([sum(len(e.tokens) for e in row) for row in rows], dtype=np.int32)
     width = bucket_width(int(row_lengths.max()), pad_multiple)
@@ -197,8 +206,13 @@ def collate_packed(rows: Sequence[Sequence[Encoded]], pad_multiple: int = 8, n_r
     return Batch(tokens, weights, row_lengths, segments, examples=sum(len(r) for r in rows))
 
 
-def choose_batching(lengths: Sequence[int], batch_size: int, setting: str, model_type: str | None,
-                    pack_length: int = 0) -> tuple[str, int, str]:
+def choose_batching(
+    lengths: Sequence[int],
+    batch_size: int,
+    setting: str,
+    model_type: str | None,
+    pack_length: int = 0,
+) -> tuple[str, int, str]:
     """(mode, size, why): how a run forms its batches.
 
     - "fixed": `batch_size` examples per step, grouped by length (size unused).
@@ -218,27 +232,57 @@ def choose_batching(lengths: Sequence[int], batch_size: int, setting: str, model
     budget = batch_size * longest
     if setting in ("pack", "on"):
         if model_type not in PACKABLE_MODEL_TYPES:
-            return "fixed", 0, (f"Packing is not available for {model_type} models; batches are grouped by "
-                                "length instead.")
+            return (
+                "fixed",
+                0,
+                (
+                    f"Packing is not available for {model_type} models; batches are grouped by "
+                    "length instead."
+                ),
+            )
         size = pack_length or longest
-        return "pack", size, f"Packing examples into rows of {size} tokens with attention kept inside each example."
+        return (
+            "pack",
+            size,
+            f"Packing examples into rows of {size} tokens with attention kept inside each example.",
+        )
     if setting == "budget":
         return "budget", budget, f"Batches hold up to {budget} tokens of similar-length examples."
     mean_padded = float(np.mean([bucket_width(int(x)) for x in lengths]))
     per_step = budget / mean_padded
     steps = len(lengths) / per_step
     if per_step < 1.5 * batch_size:
-        return "fixed", 0, "Batches hold a fixed number of examples, grouped by length (lengths are even)."
+        return (
+            "fixed",
+            0,
+            "Batches hold a fixed number of examples, grouped by length (lengths are even).",
+        )
     if steps < 32:
-        return "fixed", 0, (f"Batches hold {batch_size} examples, grouped by length: the data is small, and "
-                            "more, smaller steps train it better.")
-    return "budget", budget, (f"Short examples share steps: up to {budget} tokens of similar-length examples "
-                              f"per step (about {per_step:.0f} examples on average, never more memory than a "
-                              f"batch of {batch_size} of the longest).")
+        return (
+            "fixed",
+            0,
+            (
+                f"Batches hold {batch_size} examples, grouped by length: the data is small, and "
+                "more, smaller steps train it better."
+            ),
+        )
+    return (
+        "budget",
+        budget,
+        (
+            f"Short examples share steps: up to {budget} tokens of similar-length examples "
+            f"per step (about {per_step:.0f} examples on average, never more memory than a "
+            f"batch of {batch_size} of the longest)."
+        ),
+    )
 
 
 def fixed_eval_batches(
-    examples: Sequence[Encoded], batch_size: int, num_batches: int, seed: int, pad_multiple: int = 8,
+    examples: Sequence[Encoded],
+    batch_size: int,
+    num_batches: int,
+    seed: int,
+    pad_multiple: int = 8,
     max_length: int | None = None,
 ) -> list[Batch]:
     """The same validation batches for the whole run (mlx-lm redraws them at every evaluation).

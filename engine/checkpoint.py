@@ -81,13 +81,17 @@ def write_safetensors(path: Path, arrays: dict) -> None:
     except RuntimeError as exc:
         if "write" not in str(exc).lower() and "open" not in str(exc).lower():
             raise
-        raise OSError(_write_errno(path), f"{path.name} could not be written ({exc})", str(path)) from exc
+        raise OSError(
+            _write_errno(path), f"{path.name} could not be written ({exc})", str(path)
+        ) from exc
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
             (length,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(length))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        end = max(
+            (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
+        )
         complete = size == 8 + length + end
     except (OSError, ValueError, KeyError, struct.error):
         complete = False
@@ -150,7 +154,9 @@ def _read_text(path: Path) -> str | None:
 
 
 def _is_complete(folder: Path) -> bool:
-    return folder.is_dir() and all((folder / f).exists() for f in (ADAPTER_FILE, STATE_FILE, OPTIMIZER_FILE))
+    return folder.is_dir() and all(
+        (folder / f).exists() for f in (ADAPTER_FILE, STATE_FILE, OPTIMIZER_FILE)
+    )
 
 
 def _test_pause() -> None:

@@ -30,7 +30,9 @@ class ConfigError(LatheError, ValueError):
 
 def _f(default: Any, help: str, **extra: Any) -> Any:
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **extra})
+        return field(
+            default_factory=lambda: type(default)(default), metadata={"help": help, **extra}
+        )
     return field(default=default, metadata={"help": help, **extra})
 
 
@@ -46,7 +48,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    path: str = _f("", "Dataset: a JSONL file, or a folder with train.jsonl, valid.jsonl, test.jsonl.")
+    path: str = _f(
+        "", "Dataset: a JSONL file, or a folder with train.jsonl, valid.jsonl, test.jsonl."
+    )
     mask_prompt: bool = _f(
         True,
         "Train only on the answers (assistant turns / completions), not on the prompts.",
@@ -55,12 +59,15 @@ class DataConfig:
         2048, "Longest example in tokens; longer examples are truncated (the report says how many)."
     )
     valid_fraction: float = _f(
-        0.1, "Share of the training examples held out for validation when the data has no valid split."
+        0.1,
+        "Share of the training examples held out for validation when the data has no valid split.",
     )
     val_batches: int = _f(
         25, "Validation batches per evaluation, always the same examples; -1 uses the whole set."
     )
-    test_batches: int = _f(500, "Test batches for the final test evaluation; -1 uses the whole set.")
+    test_batches: int = _f(
+        500, "Test batches for the final test evaluation; -1 uses the whole set."
+    )
     packing: str = _f(
         "auto",
         "How examples share a step. auto: short examples of similar length share steps up to the "
@@ -110,9 +117,7 @@ class TrainingConfig:
     epochs: float = _f(2.0, "Passes over the training data (used when `iters` is empty).")
     batch_size: int = _f(4, "Examples per step.")
     learning_rate: float = _f(1e-4, "Peak learning rate.")
-    optimizer: str = _f(
-        "adam", "Optimizer.", choices=("adam", "adamw", "sgd", "adafactor", "muon")
-    )
+    optimizer: str = _f("adam", "Optimizer.", choices=("adam", "adamw", "sgd", "adafactor", "muon"))
     optimizer_config: dict = _f({}, "Extra optimizer arguments, e.g. {weight_decay: 0.01}.")
     lr_schedule: dict | None = _f(
         None,
@@ -131,8 +136,9 @@ class TrainingConfig:
     save_every: int = _f(100, "Steps between checkpoints.")
     seed: int = _f(0, "Random seed for data order, the validation subset and dropout.")
     clear_cache_threshold: int = _f(
-        0, "Free MLX's buffer cache after a step when it holds more than this many bytes (0: Lathe "
-        "decides: after every step on a CPU, where that is faster; capped at one step's working set on a GPU)."
+        0,
+        "Free MLX's buffer cache after a step when it holds more than this many bytes (0: Lathe "
+        "decides: after every step on a CPU, where that is faster; capped at one step's working set on a GPU).",
     )
     test: bool = _f(False, "Evaluate on the test split after training.")
     resume_adapter_file: str | None = _f(
@@ -144,17 +150,21 @@ class TrainingConfig:
         "answers change (shown on the Runs page and in the report).",
     )
     golden_prompts_file: str | None = _f(
-        None, "A file of golden prompts, one per line (.txt) or one JSON object with a prompt per line (.jsonl)."
+        None,
+        "A file of golden prompts, one per line (.txt) or one JSON object with a prompt per line (.jsonl).",
     )
     golden_max_tokens: int = _f(64, "Longest golden answer in tokens.")
     early_stopping_patience: int = _f(
-        0, "Stop when the validation loss has not improved for this many evaluations; 0 never stops early."
+        0,
+        "Stop when the validation loss has not improved for this many evaluations; 0 never stops early.",
     )
     report_utilisation: bool = _f(
-        True, "At the end, measure how close training ran to this machine's matmul speed (takes ~0.5 s)."
+        True,
+        "At the end, measure how close training ran to this machine's matmul speed (takes ~0.5 s).",
     )
     pad_multiple: int = _f(
-        8, "Batches are padded to a multiple of this many tokens (fewer distinct shapes to compile)."
+        8,
+        "Batches are padded to a multiple of this many tokens (fewer distinct shapes to compile).",
     )
     nan_retry: bool = _f(
         False,
@@ -246,7 +256,9 @@ class RunConfig:
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
             line = f" at line {where.line + 1}" if where is not None else ""
-            raise ConfigError(f"{path} is not valid YAML{line}: {getattr(exc, 'problem', exc)}.") from None
+            raise ConfigError(
+                f"{path} is not valid YAML{line}: {getattr(exc, 'problem', exc)}."
+            ) from None
         return cls.from_dict(data, warnings)
 
     def to_mlx_lm_dict(self) -> dict:
@@ -293,25 +305,42 @@ class RunConfig:
         t, d, lo = self.training, self.data, self.lora
         checks = [
             (t.batch_size >= 1, "training.batch_size must be at least 1."),
-            (t.iters is None or t.iters >= 1, "training.iters must be at least 1 (or empty to use epochs)."),
+            (
+                t.iters is None or t.iters >= 1,
+                "training.iters must be at least 1 (or empty to use epochs).",
+            ),
             (t.epochs > 0, "training.epochs must be more than 0."),
             (t.learning_rate > 0, "training.learning_rate must be more than 0, e.g. 1e-4."),
-            (t.grad_accumulation_steps >= 1, "training.grad_accumulation_steps must be at least 1."),
+            (
+                t.grad_accumulation_steps >= 1,
+                "training.grad_accumulation_steps must be at least 1.",
+            ),
             (t.steps_per_report >= 1, "training.steps_per_report must be at least 1."),
             (t.steps_per_eval >= 1, "training.steps_per_eval must be at least 1."),
             (t.save_every >= 1, "training.save_every must be at least 1."),
             (t.pad_multiple >= 1, "training.pad_multiple must be at least 1."),
-            (t.early_stopping_patience >= 0, "training.early_stopping_patience must be 0 (off) or more."),
+            (
+                t.early_stopping_patience >= 0,
+                "training.early_stopping_patience must be 0 (off) or more.",
+            ),
             (t.golden_max_tokens >= 1, "training.golden_max_tokens must be at least 1."),
             (d.max_seq_length >= 2, "data.max_seq_length must be at least 2 tokens."),
-            (d.packing in ("auto", "budget", "pack", "on", "off"), "data.packing must be auto, budget, pack or off."),
+            (
+                d.packing in ("auto", "budget", "pack", "on", "off"),
+                "data.packing must be auto, budget, pack or off.",
+            ),
             (d.pack_length >= 0, "data.pack_length must be 0 (automatic) or a number of tokens."),
             (0 <= d.valid_fraction < 1, "data.valid_fraction must be between 0 and 1, e.g. 0.1."),
             (lo.rank >= 1, "lora.rank must be at least 1."),
             (0 <= lo.dropout < 1, "lora.dropout must be between 0 and 1."),
-            (lo.fine_tune_type in ("lora", "dora", "full"), "lora.fine_tune_type must be lora, dora or full."),
-            (t.optimizer in ("adam", "adamw", "sgd", "adafactor", "muon"),
-             "training.optimizer must be one of adam, adamw, sgd, adafactor, muon."),
+            (
+                lo.fine_tune_type in ("lora", "dora", "full"),
+                "lora.fine_tune_type must be lora, dora or full.",
+            ),
+            (
+                t.optimizer in ("adam", "adamw", "sgd", "adafactor", "muon"),
+                "training.optimizer must be one of adam, adamw, sgd, adafactor, muon.",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -350,7 +379,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none")):
+        if value is None or (
+            isinstance(value, str) and value.strip().lower() in ("", "null", "none")
+        ):
             return None
         return _coerce(args[0], value, where)
     if tp is bool:
@@ -358,7 +389,16 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return value
         if isinstance(value, (int, float)) and value in (0, 1):
             return bool(value)
-        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        if isinstance(value, str) and value.strip().lower() in (
+            "true",
+            "yes",
+            "on",
+            "1",
+            "false",
+            "no",
+            "off",
+            "0",
+        ):
             return value.strip().lower() in ("true", "yes", "on", "1")
         raise ConfigError(f"{where} must be true or false, not {value!r}.")
     if tp is int:
@@ -479,9 +519,13 @@ def _from_mlx_lm(flat: dict, warnings: list[str]) -> dict:
                 nested["training"]["optimizer_config"] = value.get(chosen) or {}
         elif key == "trust_remote_code":
             if value:
-                warnings.append("trust_remote_code is never enabled: Lathe does not run code from model folders.")
+                warnings.append(
+                    "trust_remote_code is never enabled: Lathe does not run code from model folders."
+                )
         elif key == "hf_dataset":
-            warnings.append("hf_dataset is not supported: import the dataset as a file or folder instead.")
+            warnings.append(
+                "hf_dataset is not supported: import the dataset as a file or folder instead."
+            )
         elif key in _MLX_LM_KEYS:
             target = _MLX_LM_KEYS[key]
             if target is not None:

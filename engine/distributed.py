@@ -42,7 +42,9 @@ class World:
 
 def launched() -> bool:
     """True in a process started by `mlx.launch` (or MPI) as one of several ranks."""
-    return "MLX_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ or "PMI_RANK" in os.environ
+    return (
+        "MLX_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ or "PMI_RANK" in os.environ
+    )
 
 
 def world() -> World:
@@ -98,14 +100,20 @@ def read_hosts(path: str | Path) -> list[Host]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DistributedError(f"Host list {path} does not exist.", "Create it with one Mac per line.") from None
+        raise DistributedError(
+            f"Host list {path} does not exist.", "Create it with one Mac per line."
+        ) from None
     except yaml.YAMLError as exc:
-        raise DistributedError(f"{path} is not valid YAML: {exc}.", "Fix the file and try again.") from None
+        raise DistributedError(
+            f"{path} is not valid YAML: {exc}.", "Fix the file and try again."
+        ) from None
     if isinstance(data, dict):
         data = data.get("hosts")
     if not isinstance(data, list) or not data:
-        raise DistributedError(f"{path} lists no hosts.",
-                               "Write a list such as:\n- ssh: mac-studio.local\n  ips: [192.168.1.20]")
+        raise DistributedError(
+            f"{path} lists no hosts.",
+            "Write a list such as:\n- ssh: mac-studio.local\n  ips: [192.168.1.20]",
+        )
     hosts = []
     for i, entry in enumerate(data, 1):
         if isinstance(entry, str):
@@ -116,8 +124,10 @@ def read_hosts(path: str | Path) -> list[Host]:
                 ips = [ips]
             hosts.append(Host(entry["ssh"], [str(ip) for ip in ips]))
         else:
-            raise DistributedError(f"{path}, entry {i}: expected a hostname or {{ssh: NAME, ips: [...]}}.",
-                                   "Fix that entry.")
+            raise DistributedError(
+                f"{path}, entry {i}: expected a hostname or {{ssh: NAME, ips: [...]}}.",
+                "Fix that entry.",
+            )
     return hosts
 
 
@@ -127,25 +137,52 @@ def write_hostfile(hosts: list[Host], path: Path) -> Path:
     return path
 
 
-def launch_command(hostfile: Path, train_args: list[str], backend: str = "ring",
-                   python: str | None = None) -> list[str]:
+def launch_command(
+    hostfile: Path, train_args: list[str], backend: str = "ring", python: str | None = None
+) -> list[str]:
     """The `mlx.launch` command that runs `python -m engine train ARGS` on every host."""
     launcher = shutil.which("mlx.launch") or str(Path(sys.executable).with_name("mlx.launch"))
-    return [launcher, "--hostfile", str(hostfile), "--backend", backend,
-            "--python", python or sys.executable, "--cwd", os.getcwd(), "--",
-            "-m", "engine", "train", *train_args]
+    return [
+        launcher,
+        "--hostfile",
+        str(hostfile),
+        "--backend",
+        backend,
+        "--python",
+        python or sys.executable,
+        "--cwd",
+        os.getcwd(),
+        "--",
+        "-m",
+        "engine",
+        "train",
+        *train_args,
+    ]
 
 
 def check_hosts(hosts: list[Host], timeout: float = 10.0) -> list[tuple[str, bool, str]]:
     """(host, reachable, detail) for each host: password-less ssh and the same Python path."""
     results = []
     for h in hosts:
-        cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(timeout)}", h.ssh,
-               f"test -x {shlex.quote(sys.executable)} && echo ok"]
+        cmd = [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"ConnectTimeout={int(timeout)}",
+            h.ssh,
+            f"test -x {shlex.quote(sys.executable)} && echo ok",
+        ]
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5)
             ok = out.returncode == 0 and "ok" in out.stdout
-            detail = "reachable" if ok else (out.stderr.strip().splitlines() or ["no Lathe Python at " + sys.executable])[-1]
+            detail = (
+                "reachable"
+                if ok
+                else (out.stderr.strip().splitlines() or ["no Lathe Python at " + sys.executable])[
+                    -1
+                ]
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             ok, detail = False, str(exc)
         results.append((h.ssh, ok, detail))
@@ -190,7 +227,9 @@ class Watchdog:
             os.close(write_fd)
             os.close(read_fd)
             read_fd = None
-        threading.Thread(target=self._watch, args=(read_fd,), name="lathe-watchdog", daemon=True).start()
+        threading.Thread(
+            target=self._watch, args=(read_fd,), name="lathe-watchdog", daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:
@@ -208,7 +247,9 @@ class Watchdog:
             stalled = now - _last_beat[0]
             hung = stalled > self.timeout
             if self.signalled_at is not None:  # told to stop, and no step finished since
-                hung = hung or (now - self.signalled_at > self.after_signal and stalled > self.after_signal)
+                hung = hung or (
+                    now - self.signalled_at > self.after_signal and stalled > self.after_signal
+                )
             if hung:
                 self._done.set()
                 self.on_hang(stalled)

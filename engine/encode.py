@@ -105,8 +105,11 @@ class Encoder:
 
     # -- internals -------------------------------------------------------------------------
     def _apply(self, messages, tools=None, add_generation_prompt=False, tokenize=True):
-        kwargs = {"chat_template": self.template, "add_generation_prompt": add_generation_prompt,
-                  "tokenize": tokenize}
+        kwargs = {
+            "chat_template": self.template,
+            "add_generation_prompt": add_generation_prompt,
+            "tokenize": tokenize,
+        }
         if tools:
             kwargs["tools"] = tools
         if tokenize:
@@ -126,9 +129,13 @@ class Encoder:
                 continue
             # The assistant turn i spans from the end of the prompt that precedes it to the end of
             # the conversation rendered up to and including it.
-            start = _common_prefix(tokens, self._apply(messages[:i], tools, add_generation_prompt=True))
+            start = _common_prefix(
+                tokens, self._apply(messages[:i], tools, add_generation_prompt=True)
+            )
             if i == len(messages) - 1:
-                end = len(tokens)  # the last turn runs to the end: no need to render and tokenize again
+                end = len(
+                    tokens
+                )  # the last turn runs to the end: no need to render and tokenize again
             else:
                 end = _common_prefix(tokens, self._apply(messages[: i + 1], tools))
             for j in range(start, max(start, end)):

@@ -24,8 +24,14 @@ KINDS = ("started", "progress", "eval", "checkpoint", "log", "error", "finished"
 REQUIRED: dict[str, tuple[str, ...]] = {
     "started": ("run_id", "config", "total_steps"),
     "progress": (
-        "step", "total", "train_loss", "learning_rate", "tokens_per_second", "trained_tokens",
-        "peak_memory_gb", "eta_seconds",
+        "step",
+        "total",
+        "train_loss",
+        "learning_rate",
+        "tokens_per_second",
+        "trained_tokens",
+        "peak_memory_gb",
+        "eta_seconds",
     ),
     "eval": ("step", "val_loss"),
     "checkpoint": ("step", "path"),
@@ -228,7 +234,9 @@ class ConsolePrinter:
             self._print(f"  checkpoint saved at step {e['step']}")
         elif kind == "golden":
             for a in e["answers"]:
-                self._print(f"  golden @ {e['step']}: {a.get('prompt', '')!r} -> {a.get('answer', '')!r}")
+                self._print(
+                    f"  golden @ {e['step']}: {a.get('prompt', '')!r} -> {a.get('answer', '')!r}"
+                )
         elif kind == "log":
             self._print(f"  {e['level']}: {e['message']}")
         elif kind == "error":
@@ -239,5 +247,8 @@ class ConsolePrinter:
             summary = e.get("summary", {})
             self._print(f"Run {e['status']}. Adapter: {e.get('adapter_path')}")
             if summary:
-                parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()]
+                parts = [
+                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in summary.items()
+                ]
                 self._print("  " + ", ".join(parts))

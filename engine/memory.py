@@ -58,7 +58,10 @@ class MemoryPlan:
 def _device_info() -> dict:
     import mlx.core as mx
 
-    for fn in (getattr(mx, "device_info", None), getattr(getattr(mx, "metal", None), "device_info", None)):
+    for fn in (
+        getattr(mx, "device_info", None),
+        getattr(getattr(mx, "metal", None), "device_info", None),
+    ):
         if fn is None:
             continue
         try:
@@ -108,7 +111,10 @@ def limits(plan: MemoryPlan) -> Iterator[MemoryPlan]:
     import mlx.core as mx
 
     previous = []
-    for name, value in (("set_memory_limit", plan.limit_bytes), ("set_cache_limit", plan.cache_limit_bytes)):
+    for name, value in (
+        ("set_memory_limit", plan.limit_bytes),
+        ("set_cache_limit", plan.cache_limit_bytes),
+    ):
         setter = getattr(mx, name, None) or getattr(getattr(mx, "metal", None), name, None)
         if setter is None:
             continue
@@ -217,25 +223,40 @@ class MemoryGuard:
         return False
 
 
-MEMORY_HINT = ("Resume with a smaller batch size, a shorter max_seq_length, fewer trained layers or "
-               "gradient checkpointing, or close other apps that use a lot of memory.")
+MEMORY_HINT = (
+    "Resume with a smaller batch size, a shorter max_seq_length, fewer trained layers or "
+    "gradient checkpointing, or close other apps that use a lot of memory."
+)
 
-_ALLOCATION_WORDS = ("unable to allocate", "out of memory", "outofmemory", "insufficient memory",
-                     "bad_alloc", "failed to allocate", "malloc")
+_ALLOCATION_WORDS = (
+    "unable to allocate",
+    "out of memory",
+    "outofmemory",
+    "insufficient memory",
+    "bad_alloc",
+    "failed to allocate",
+    "malloc",
+)
 
 
 def is_allocation_error(exc: BaseException) -> bool:
     """Whether `exc` is MLX (or Python) failing to allocate memory."""
     if isinstance(exc, MemoryError):
         return True
-    if isinstance(exc, (RuntimeError, ValueError, OSError)) and not isinstance(exc, FileNotFoundError):
+    if isinstance(exc, (RuntimeError, ValueError, OSError)) and not isinstance(
+        exc, FileNotFoundError
+    ):
         text = str(exc).lower()
         return any(word in text for word in _ALLOCATION_WORDS)
     return False
 
 
-def preflight(config, model_path: str | Path, log: Callable[[str, str], None] | None = None,
-              estimate: Callable | None = None):
+def preflight(
+    config,
+    model_path: str | Path,
+    log: Callable[[str, str], None] | None = None,
+    estimate: Callable | None = None,
+):
     """Refuse a run predicted not to fit (OutOfMemory with the numbers and a suggestion).
 
     Returns the FitReport (None when no estimate can be made: the loader then reports what is
@@ -251,24 +272,39 @@ def preflight(config, model_path: str | Path, log: Callable[[str, str], None] | 
     if automatic:
         config.apply(automatic)
     if automatic and log:
-        log("info", "Memory would be tight, so gradient checkpointing is on for this run (same results, "
-                    f"slower steps): {report.summary()}. Turn off training.auto_grad_checkpoint to decide yourself.")
+        log(
+            "info",
+            "Memory would be tight, so gradient checkpointing is on for this run (same results, "
+            f"slower steps): {report.summary()}. Turn off training.auto_grad_checkpoint to decide yourself.",
+        )
     if report.verdict != "will not fit":
         if report.verdict == "tight" and log:
-            log("warning", f"Memory will be tight: {report.summary()}. Other apps may slow training down.")
+            log(
+                "warning",
+                f"Memory will be tight: {report.summary()}. Other apps may slow training down.",
+            )
         return report
     needed, offered = report.training_peak_bytes / GB, report.budget_bytes / GB
-    message = (f"This run needs about {needed:.1f} GB of memory but this machine offers "
-               f"{offered:.1f} GB ({report.budget_source}), so it was not started.")
+    message = (
+        f"This run needs about {needed:.1f} GB of memory but this machine offers "
+        f"{offered:.1f} GB ({report.budget_source}), so it was not started."
+    )
     if getattr(config.training, "ignore_fit_check", False):
         if log:
-            log("warning", message.replace("so it was not started", "and it was started anyway because "
-                                           "the memory check is turned off") +
-                " It may stop when memory runs short.")
+            log(
+                "warning",
+                message.replace(
+                    "so it was not started",
+                    "and it was started anyway because the memory check is turned off",
+                )
+                + " It may stop when memory runs short.",
+            )
         return report
     if report.suggestion is not None:
-        hint = f"To make it fit: {report.suggestion.description} (about " \
-               f"{report.suggestion.training_peak_bytes / GB:.1f} GB)."
+        hint = (
+            f"To make it fit: {report.suggestion.description} (about "
+            f"{report.suggestion.training_peak_bytes / GB:.1f} GB)."
+        )
     else:
         hint = "Pick a smaller or quantized model, or shorten max_seq_length and the batch size."
     hint += " To start anyway, use `train --force` (or turn off the memory check in settings)."

@@ -21,7 +21,9 @@ class FlopModel:
     attention_width: int  # heads * head_dim of the attention (for the QK^T and AV products)
     shapes: list[tuple[int, int]]  # distinct (in, out) linear shapes, for the reference matmul
 
-    def training_flops_per_token(self, layers_trained: int, context: float, full: bool = False) -> float:
+    def training_flops_per_token(
+        self, layers_trained: int, context: float, full: bool = False
+    ) -> float:
         """FLOPs to train one token with the last `layers_trained` blocks adapted.
 
         Forward: 2 FLOPs per weight and token, plus attention over `context` earlier tokens.
@@ -33,7 +35,7 @@ class FlopModel:
         k = max(0, min(layers_trained, n))
         attn = 4 * context * self.attention_width  # QK^T and AV, per layer
         forward = 2 * (sum(self.per_layer_linear) + self.head) + n * attn
-        trained = self.per_layer_linear[n - k:]
+        trained = self.per_layer_linear[n - k :]
         backward = 2 * (sum(trained) + self.head) + k * 2 * attn
         if full:
             backward += 2 * sum(trained)
@@ -60,7 +62,11 @@ def flop_model(model) -> FlopModel:
     for layer in model.layers:
         total = 0
         for _, m in layer.named_modules():
-            if hasattr(m, "linear") and _dims(m) is not None and not isinstance(m, (nn.Linear, nn.QuantizedLinear)):
+            if (
+                hasattr(m, "linear")
+                and _dims(m) is not None
+                and not isinstance(m, (nn.Linear, nn.QuantizedLinear))
+            ):
                 continue  # counted through its inner .linear
             d = _dims(m)
             if d is not None:
@@ -78,11 +84,15 @@ def flop_model(model) -> FlopModel:
     return FlopModel(per_layer, head, (heads or 0) * head_dim, sorted(shapes))
 
 
-def reference_flops_per_second(shapes: list[tuple[int, int]], tokens: int, dtype=mx.float32,
-                               seconds: float = 0.5) -> float:
+def reference_flops_per_second(
+    shapes: list[tuple[int, int]], tokens: int, dtype=mx.float32, seconds: float = 0.5
+) -> float:
     """FLOP/s of plain `x @ w.T` on the model's shapes with `tokens` rows, measured now."""
     tokens = max(8, int(tokens))
-    pairs = [(mx.random.normal((tokens, i)).astype(dtype), mx.random.normal((o, i)).astype(dtype)) for i, o in shapes]
+    pairs = [
+        (mx.random.normal((tokens, i)).astype(dtype), mx.random.normal((o, i)).astype(dtype))
+        for i, o in shapes
+    ]
     mx.eval(pairs)
     for x, w in pairs:  # warm up
         mx.eval(x @ w.T)
@@ -105,8 +115,15 @@ def compute_dtype(model):
     return mx.float32
 
 
-def utilisation(model, layers_trained: int, full: bool, processed_tokens: int, seconds: float,
-                mean_length: float, batch_tokens: int) -> dict:
+def utilisation(
+    model,
+    layers_trained: int,
+    full: bool,
+    processed_tokens: int,
+    seconds: float,
+    mean_length: float,
+    batch_tokens: int,
+) -> dict:
     """Achieved training FLOP/s, the reference matmul FLOP/s and their ratio, for a finished run."""
     fm = flop_model(model)
     per_token = fm.training_flops_per_token(layers_trained, context=mean_length / 2, full=full)

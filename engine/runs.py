@@ -91,7 +91,9 @@ def find_run(ref: str | Path) -> Path:
     candidate = runs_dir() / safe_name(str(ref))
     if (candidate / "config.yaml").exists():
         return candidate
-    raise RunError(f"No run called '{ref}' was found.", "List runs with `python -m engine train --list`.")
+    raise RunError(
+        f"No run called '{ref}' was found.", "List runs with `python -m engine train --list`."
+    )
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -117,8 +119,11 @@ def load_run(ref: str | Path) -> RunInfo:
     config = RunConfig.load(path / "config.yaml")
     status = read_json(path / "status.json", {}) or {"state": "created"}
     if status.get("state") == "running" and not _pid_alive(status.get("pid")):
-        status = dict(status, state="interrupted",
-                      reason="The training process ended without finishing (crash, kill or power loss).")
+        status = dict(
+            status,
+            state="interrupted",
+            reason="The training process ended without finishing (crash, kill or power loss).",
+        )
     steps = [int(c.name) for c in ckpt.list_checkpoints(path)]
     return RunInfo(path.name, path, config, status, steps)
 
@@ -126,7 +131,10 @@ def load_run(ref: str | Path) -> RunInfo:
 def mark_interrupted(ref: str | Path) -> RunInfo:
     """Persist the interrupted state of a run whose worker died (e.g. found at app start)."""
     info = load_run(ref)
-    if info.state == "interrupted" and (read_json(info.path / "status.json", {}) or {}).get("state") == "running":
+    if (
+        info.state == "interrupted"
+        and (read_json(info.path / "status.json", {}) or {}).get("state") == "running"
+    ):
         info.status = write_status(info.path, "interrupted", info.status["reason"])
     return info
 
@@ -136,8 +144,12 @@ def adapter_steps(run_dir: Path) -> list[int]:
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    return sorted(int(p.name) for p in folder.iterdir()
-                  if p.name.isdigit() and all((p / f).is_file() for f in (ckpt.ADAPTER_FILE, ckpt.ADAPTER_CONFIG)))
+    return sorted(
+        int(p.name)
+        for p in folder.iterdir()
+        if p.name.isdigit()
+        and all((p / f).is_file() for f in (ckpt.ADAPTER_FILE, ckpt.ADAPTER_CONFIG))
+    )
 
 
 def base_model_of(run_dir: Path) -> str | None:
@@ -160,7 +172,9 @@ def list_runs() -> list[RunInfo]:
                 runs.append(load_run(p))
             except LatheError:
                 continue
-    return sorted(runs, key=lambda r: r.status.get("created", r.status.get("updated", 0)), reverse=True)
+    return sorted(
+        runs, key=lambda r: r.status.get("created", r.status.get("updated", 0)), reverse=True
+    )
 
 
 def delete_run(ref: str | Path) -> Path:

@@ -19,7 +19,7 @@ _CORPUS = [
     "Once upon a time there was a little girl named Lily who loved to play outside.",
     "What is the fee for an international transfer? The fee is 5 euros per transfer.",
     "How long does a transfer take? Transfers within the country arrive the same day.",
-    "Please answer in JSON: {\"name\": \"value\", \"count\": 3}.",
+    'Please answer in JSON: {"name": "value", "count": 3}.',
     "You are a helpful assistant. Answer briefly and politely.",
     "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20",
     "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\"()[]{}<>/\\-_=+*&^%$#@~`|",

@@ -51,7 +51,10 @@ def resolve_model(path: str) -> Path:
     local = Path(path).expanduser()
     looks_local = local.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1
     if looks_local and not local.exists():
-        raise ModelError(f"Model folder {path} does not exist.", "Check the path, or pick a model in the library.")
+        raise ModelError(
+            f"Model folder {path} does not exist.",
+            "Check the path, or pick a model in the library.",
+        )
     if not local.is_dir():
         try:
             local = resolve(path)
@@ -72,11 +75,19 @@ def load_model(path: str):
     try:
         model, tokenizer = load(str(local), trust_remote_code=False)
     except FileNotFoundError as exc:
-        raise ModelError(f"Model {path} is missing a file: {exc}.", "Re-download or re-import the model.") from None
+        raise ModelError(
+            f"Model {path} is missing a file: {exc}.", "Re-download or re-import the model."
+        ) from None
     except ValueError as exc:
-        raise ModelError(f"Model {path} cannot be loaded: {exc}", "Check that it is a model mlx-lm supports.") from None
+        raise ModelError(
+            f"Model {path} cannot be loaded: {exc}", "Check that it is a model mlx-lm supports."
+        ) from None
     except Exception as exc:  # noqa: BLE001 - hub/network errors come in many types
-        if "offline" in str(exc).lower() or "connect" in str(exc).lower() or "resolve" in str(exc).lower():
+        if (
+            "offline" in str(exc).lower()
+            or "connect" in str(exc).lower()
+            or "resolve" in str(exc).lower()
+        ):
             raise ModelError(
                 f"Model {path} is not on this Mac and cannot be downloaded now ({type(exc).__name__}).",
                 "Download it from the Models page while online, or pick a local model.",
@@ -116,13 +127,20 @@ def build_optimizer(config: RunConfig):
 
     t = config.training
     lr = build_schedule(t.lr_schedule) if t.lr_schedule else t.learning_rate
-    classes = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD,
-               "adafactor": optim.Adafactor, "muon": optim.Muon}
+    classes = {
+        "adam": optim.Adam,
+        "adamw": optim.AdamW,
+        "sgd": optim.SGD,
+        "adafactor": optim.Adafactor,
+        "muon": optim.Muon,
+    }
     try:
         return classes[t.optimizer](learning_rate=lr, **t.optimizer_config)
     except TypeError as exc:
-        raise LatheError(f"training.optimizer_config does not fit {t.optimizer}: {exc}.",
-                         "Remove the keys that optimizer does not take.") from None
+        raise LatheError(
+            f"training.optimizer_config does not fit {t.optimizer}: {exc}.",
+            "Remove the keys that optimizer does not take.",
+        ) from None
 
 
 def prepare(config: RunConfig, sink: events.Sink) -> Prepared:
@@ -137,9 +155,14 @@ def prepare(config: RunConfig, sink: events.Sink) -> Prepared:
     model, tokenizer = load_model(str(model_dir))
     d = config.data
     encoder = Encoder(
-        tokenizer, chat_template=config.model.chat_template, mask_prompt=d.mask_prompt,
-        max_seq_length=d.max_seq_length, prompt_feature=d.prompt_feature,
-        completion_feature=d.completion_feature, chat_feature=d.chat_feature, text_feature=d.text_feature,
+        tokenizer,
+        chat_template=config.model.chat_template,
+        mask_prompt=d.mask_prompt,
+        max_seq_length=d.max_seq_length,
+        prompt_feature=d.prompt_feature,
+        completion_feature=d.completion_feature,
+        chat_feature=d.chat_feature,
+        text_feature=d.text_feature,
     )
     splits = load_splits(d.path, valid_fraction=d.valid_fraction, seed=config.training.seed)
     for note in splits.notes:
@@ -152,27 +175,52 @@ def prepare(config: RunConfig, sink: events.Sink) -> Prepared:
             try:
                 enc = encoder.encode(record)
             except (ValueError, TypeError, KeyError) as exc:
-                raise TrainingError(f"A {name} example cannot be encoded: {exc}.",
-                                    "Inspect the dataset with `python -m engine data inspect`.") from None
+                raise TrainingError(
+                    f"A {name} example cannot be encoded: {exc}.",
+                    "Inspect the dataset with `python -m engine data inspect`.",
+                ) from None
             if enc.trained_tokens == 0:
                 empty += 1
                 continue
             truncated += enc.truncated
             kept.append(enc)
         if empty:
-            log("warning", f"{empty} {name} example(s) train no tokens after masking and were skipped.")
+            log(
+                "warning",
+                f"{empty} {name} example(s) train no tokens after masking and were skipped.",
+            )
         if truncated:
-            log("warning", f"{truncated} {name} example(s) are longer than max_seq_length "
-                           f"({d.max_seq_length} tokens) and were truncated.")
+            log(
+                "warning",
+                f"{truncated} {name} example(s) are longer than max_seq_length "
+                f"({d.max_seq_length} tokens) and were truncated.",
+            )
         encoded[name] = kept
     if not encoded["train"]:
-        raise TrainingError("The dataset has no trainable training examples.",
-                            "Check that examples have answers (assistant turns or completions).")
-    if encoder.template_source == "default" and any(encoder.kind(r) != "text" for r in splits.train[:50]):
-        log("info", "This model has no chat template, so Lathe's default template is used; "
-                    "chat and export use the same template.")
-    return Prepared(model, tokenizer, encoder, encoded["train"], encoded["valid"], encoded["test"],
-                    splits.notes, is_quantized(model), 0, int(getattr(fit, "training_peak_bytes", 0) or 0))
+        raise TrainingError(
+            "The dataset has no trainable training examples.",
+            "Check that examples have answers (assistant turns or completions).",
+        )
+    if encoder.template_source == "default" and any(
+        encoder.kind(r) != "text" for r in splits.train[:50]
+    ):
+        log(
+            "info",
+            "This model has no chat template, so Lathe's default template is used; "
+            "chat and export use the same template.",
+        )
+    return Prepared(
+        model,
+        tokenizer,
+        encoder,
+        encoded["train"],
+        encoded["valid"],
+        encoded["test"],
+        splits.notes,
+        is_quantized(model),
+        0,
+        int(getattr(fit, "training_peak_bytes", 0) or 0),
+    )
 
 
 def decide_batching(config: RunConfig, model, train_set: list, log) -> tuple[str, int, int]:
@@ -181,7 +229,9 @@ def decide_batching(config: RunConfig, model, train_set: list, log) -> tuple[str
 
     d, t = config.data, config.training
     lengths = [len(e) for e in train_set]
-    model_type = getattr(getattr(model, "args", None), "model_type", None) or getattr(model, "model_type", None)
+    model_type = getattr(getattr(model, "args", None), "model_type", None) or getattr(
+        model, "model_type", None
+    )
     mode, size, why = choose_batching(lengths, t.batch_size, d.packing, model_type, d.pack_length)
     if d.packing in ("pack", "on") and mode != "pack":
         raise TrainingError(why, "Set data.packing to auto or off.")
@@ -217,7 +267,9 @@ def run(
     `error` event with a hint. Nothing raises out of here except KeyboardInterrupt.
     """
     run_dir = Path(run_dir)
-    config = copy.deepcopy(config)  # the run may adjust it (automatic choices); the caller's stays as given
+    config = copy.deepcopy(
+        config
+    )  # the run may adjust it (automatic choices); the caller's stays as given
     log = _logger(sink)
     started = time.time()
     watchdog = _start_watchdog(run_dir, sink)
@@ -231,37 +283,65 @@ def run(
 def _run_guarded(config, run_dir, sink, should_stop, resume, log, started) -> str:
     """`run` without the watchdog: every failure becomes an error event and a final status."""
     try:
-        write_status(run_dir, "running", pid=os.getpid(), started=started,
-                     **({} if resume else {"created": started}))
+        write_status(
+            run_dir,
+            "running",
+            pid=os.getpid(),
+            started=started,
+            **({} if resume else {"created": started}),
+        )
         plan = memory.machine_plan()
         with memory.limits(plan):
-            log("info", f"Memory: MLX may use {plan.limit_bytes / memory.GB:.1f} GB ({plan.source}); the run "
-                        f"saves a checkpoint and stops if it needs more than {plan.stop_bytes / memory.GB:.1f} GB.")
+            log(
+                "info",
+                f"Memory: MLX may use {plan.limit_bytes / memory.GB:.1f} GB ({plan.source}); the run "
+                f"saves a checkpoint and stops if it needs more than {plan.stop_bytes / memory.GB:.1f} GB.",
+            )
             return _run(config, run_dir, sink, should_stop, resume, log, started, plan)
     except LatheError as exc:
-        return _fail(run_dir, sink, exc.kind, str(exc.args[0]), exc.hint, **getattr(exc, "details", {}))
+        return _fail(
+            run_dir, sink, exc.kind, str(exc.args[0]), exc.hint, **getattr(exc, "details", {})
+        )
     except Exception as exc:  # noqa: BLE001 - the run must end with an explanation, not a traceback
         if memory.is_allocation_error(exc):
-            return _fail(run_dir, sink, "memory",
-                         f"The Mac ran out of memory during training ({_first_line(exc)}). "
-                         f"{_checkpoint_note(run_dir)}", memory.MEMORY_HINT)
+            return _fail(
+                run_dir,
+                sink,
+                "memory",
+                f"The Mac ran out of memory during training ({_first_line(exc)}). "
+                f"{_checkpoint_note(run_dir)}",
+                memory.MEMORY_HINT,
+            )
         from engine.distributed import describe_lost_peer, is_peer_lost, world
 
         if is_peer_lost(exc):
             w = world()
-            return _fail(run_dir, sink, "distributed",
-                         f"Training stopped: the connection to {describe_lost_peer(w.rank, w.size)} was lost "
-                         f"({_first_line(exc)}). {_checkpoint_note(run_dir)}",
-                         "Check that every Mac is awake and connected, then resume the run with the same hosts.")
+            return _fail(
+                run_dir,
+                sink,
+                "distributed",
+                f"Training stopped: the connection to {describe_lost_peer(w.rank, w.size)} was lost "
+                f"({_first_line(exc)}). {_checkpoint_note(run_dir)}",
+                "Check that every Mac is awake and connected, then resume the run with the same hosts.",
+            )
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             what = Path(exc.filename).name if exc.filename else "the run's files"
-            return _fail(run_dir, sink, "disk_full",
-                         f"The disk is full, so Lathe could not write {what} and stopped the run. "
-                         f"{_checkpoint_note(run_dir)}",
-                         "Free some disk space (delete old runs or exports), then resume the run.")
+            return _fail(
+                run_dir,
+                sink,
+                "disk_full",
+                f"The disk is full, so Lathe could not write {what} and stopped the run. "
+                f"{_checkpoint_note(run_dir)}",
+                "Free some disk space (delete old runs or exports), then resume the run.",
+            )
         _emit(sink, events.make("log", level="debug", message=traceback.format_exc()))
-        return _fail(run_dir, sink, "internal", f"Training failed unexpectedly: {type(exc).__name__}: {exc}",
-                     "Resume from the last checkpoint; if it happens again, report it with the run's events.jsonl.")
+        return _fail(
+            run_dir,
+            sink,
+            "internal",
+            f"Training failed unexpectedly: {type(exc).__name__}: {exc}",
+            "Resume from the last checkpoint; if it happens again, report it with the run's events.jsonl.",
+        )
 
 
 def _start_watchdog(run_dir: Path, sink: events.Sink):
@@ -273,10 +353,14 @@ def _start_watchdog(run_dir: Path, sink: events.Sink):
         return None
 
     def on_hang(seconds: float) -> None:
-        _fail(run_dir, sink, "distributed",
-              f"Training stopped: {describe_lost_peer(ranks.rank, ranks.size)} stopped answering "
-              f"({seconds:.0f} s without progress). {_checkpoint_note(run_dir)}",
-              "Check that every Mac is awake and connected, then resume the run with the same hosts.")
+        _fail(
+            run_dir,
+            sink,
+            "distributed",
+            f"Training stopped: {describe_lost_peer(ranks.rank, ranks.size)} stopped answering "
+            f"({seconds:.0f} s without progress). {_checkpoint_note(run_dir)}",
+            "Check that every Mac is awake and connected, then resume the run with the same hosts.",
+        )
         os._exit(1)  # the main thread is blocked inside a collective and cannot return
 
     return Watchdog(on_hang).start()
@@ -327,55 +411,71 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
     ranks = world()
     batching, batch_tokens, batches_per_epoch = decide_batching(config, model, prep.train, log)
     steps = total_steps(config, len(prep.train), batches_per_epoch)
-    val_batches = fixed_eval_batches(prep.valid, t.batch_size, d.val_batches, t.seed, t.pad_multiple,
-                                     d.max_seq_length)
+    val_batches = fixed_eval_batches(
+        prep.valid, t.batch_size, d.val_batches, t.seed, t.pad_multiple, d.max_seq_length
+    )
     n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     n_total = sum(v.size for _, v in tree_flatten(model.parameters()))
     method = config.lora.fine_tune_type
     if prep.quantized and method != "full":
         method = "q" + method
-    sink(events.make(
-        "started",
-        run_id=run_dir.name,
-        run_dir=str(run_dir),
-        total_steps=steps,
-        resumed_from=resumed_from,
-        config={
-            "model": config.model.path,
-            "data": config.data.path,
-            "method": method,
-            "quantized": prep.quantized,
-            "chat_template": prep.encoder.template_source,
-            "train_examples": len(prep.train),
-            "valid_examples": len(prep.valid),
-            "valid_eval_examples": sum(len(b.lengths) for b in val_batches),
-            "test_examples": len(prep.test),
-            "layers_trained": num_layers,
-            "trainable_parameters": int(n_trainable),
-            "total_parameters": int(n_total),
-            "batch_size": t.batch_size,
-            "learning_rate": t.learning_rate,
-            "max_seq_length": d.max_seq_length,
-            "batching": batching,
-            "grad_checkpoint": t.grad_checkpoint,
-            "packing": batching == "pack",
-            "backend": _backend(),
-            "ranks": ranks.size,
-        },
-    ))
+    sink(
+        events.make(
+            "started",
+            run_id=run_dir.name,
+            run_dir=str(run_dir),
+            total_steps=steps,
+            resumed_from=resumed_from,
+            config={
+                "model": config.model.path,
+                "data": config.data.path,
+                "method": method,
+                "quantized": prep.quantized,
+                "chat_template": prep.encoder.template_source,
+                "train_examples": len(prep.train),
+                "valid_examples": len(prep.valid),
+                "valid_eval_examples": sum(len(b.lengths) for b in val_batches),
+                "test_examples": len(prep.test),
+                "layers_trained": num_layers,
+                "trainable_parameters": int(n_trainable),
+                "total_parameters": int(n_total),
+                "batch_size": t.batch_size,
+                "learning_rate": t.learning_rate,
+                "max_seq_length": d.max_seq_length,
+                "batching": batching,
+                "grad_checkpoint": t.grad_checkpoint,
+                "packing": batching == "pack",
+                "backend": _backend(),
+                "ranks": ranks.size,
+            },
+        )
+    )
     write_status(run_dir, "running", step=state.step if state else 0, total_steps=steps)
 
     # Golden prompts (training.golden_prompts): greedy answers now and at every checkpoint, as events.
     from engine.evaluate.golden import golden_hook
 
-    golden = golden_hook(config, model, prep.tokenizer, prep.encoder.template, sink, at_start=state is None,
-                         run_dir=run_dir)
+    golden = golden_hook(
+        config,
+        model,
+        prep.tokenizer,
+        prep.encoder.template,
+        sink,
+        at_start=state is None,
+        run_dir=run_dir,
+    )
 
     def save(s):
         path = ckpt.save_checkpoint(run_dir, model, optimizer, s, adapter_cfg)
         _publish_adapters(path, run_dir / "adapters")
-        write_status(run_dir, "running", step=s.step, total_steps=steps, best_val_loss=s.best_val_loss,
-                     checkpoint=str(path))
+        write_status(
+            run_dir,
+            "running",
+            step=s.step,
+            total_steps=steps,
+            best_val_loss=s.best_val_loss,
+            checkpoint=str(path),
+        )
         sink(events.make("checkpoint", step=s.step, path=str(path)))
         golden(s.step)
 
@@ -383,22 +483,44 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
     # only, and in chunks with its gradient computed on the way forward.
     head = training_head(model, prep.train[0].tokens)
     args = LoopArgs(
-        total_steps=steps, batch_size=t.batch_size, grad_accumulation_steps=t.grad_accumulation_steps,
-        steps_per_report=t.steps_per_report, steps_per_eval=t.steps_per_eval, save_every=t.save_every,
-        seed=t.seed, pad_multiple=t.pad_multiple, max_seq_length=d.max_seq_length,
-        clear_cache_threshold=memory.clear_cache_threshold(t.clear_cache_threshold), early_stopping_patience=t.early_stopping_patience,
-        batching=batching, batch_tokens=batch_tokens, world_size=ranks.size, rank=ranks.rank,
-        select_outputs=head != "full", fused_head=head == "fused",
+        total_steps=steps,
+        batch_size=t.batch_size,
+        grad_accumulation_steps=t.grad_accumulation_steps,
+        steps_per_report=t.steps_per_report,
+        steps_per_eval=t.steps_per_eval,
+        save_every=t.save_every,
+        seed=t.seed,
+        pad_multiple=t.pad_multiple,
+        max_seq_length=d.max_seq_length,
+        clear_cache_threshold=memory.clear_cache_threshold(t.clear_cache_threshold),
+        early_stopping_patience=t.early_stopping_patience,
+        batching=batching,
+        batch_tokens=batch_tokens,
+        world_size=ranks.size,
+        rank=ranks.rank,
+        select_outputs=head != "full",
+        fused_head=head == "fused",
         compile_min_tokens=compile_min_tokens(),
     )
     guard = memory.MemoryGuard(plan or memory.machine_plan())
     nan = _NanWatch(sink)
     status_now = read_json(run_dir / "status.json", {}) or {}
     retried = status_now.get("nan_retry")  # a run retries once in its life, resumes included
-    initial = dict(tree_flatten(model.trainable_parameters()))  # step 0, for a rollback without checkpoint
+    initial = dict(
+        tree_flatten(model.trainable_parameters())
+    )  # step 0, for a rollback without checkpoint
     while True:
-        result = train(model, optimizer, prep.train, val_batches, args, nan, save,
-                       lambda: should_stop() or guard.check(), state)
+        result = train(
+            model,
+            optimizer,
+            prep.train,
+            val_batches,
+            args,
+            nan,
+            save,
+            lambda: should_stop() or guard.check(),
+            state,
+        )
         if nan.error is None or not t.nan_retry or retried:
             break
         # The weights in memory took a non-finite update: go back to the last good checkpoint.
@@ -416,27 +538,45 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
         if t.lr_schedule is None:
             optimizer.learning_rate = t.learning_rate  # the checkpoint restored the old rate
         back_to = state.step if state else 0
-        retried = {"step": nan.error.get("step"), "rolled_back_to": back_to, "learning_rate": t.learning_rate}
+        retried = {
+            "step": nan.error.get("step"),
+            "rolled_back_to": back_to,
+            "learning_rate": t.learning_rate,
+        }
         write_text_atomic(run_dir / "config.yaml", config.to_yaml())
         write_status(run_dir, "running", step=back_to, nan_retry=retried)
-        log("warning", f"{nan.error['message'].replace(', so training stopped', '')} Lathe went back to "
-                       f"{'the checkpoint at step ' + str(back_to) if back_to else 'the start'} and retries once "
-                       f"at half the learning rate ({t.learning_rate:g}).")
+        log(
+            "warning",
+            f"{nan.error['message'].replace(', so training stopped', '')} Lathe went back to "
+            f"{'the checkpoint at step ' + str(back_to) if back_to else 'the start'} and retries once "
+            f"at half the learning rate ({t.learning_rate:g}).",
+        )
         nan.error = None
     if nan.error is not None:
         if retried:
-            nan.error["hint"] = ("It happened again after one retry at half the learning rate. Lower the learning "
-                                 "rate further or check the data, then start again; the last good checkpoint is kept.")
+            nan.error["hint"] = (
+                "It happened again after one retry at half the learning rate. Lower the learning "
+                "rate further or check the data, then start again; the last good checkpoint is kept."
+            )
         elif not t.nan_retry:
-            nan.error["hint"] += (" Or turn on training.nan_retry (retry once at half the learning rate) to let "
-                                  "Lathe do this by itself.")
+            nan.error["hint"] += (
+                " Or turn on training.nan_retry (retry once at half the learning rate) to let "
+                "Lathe do this by itself."
+            )
         sink(nan.error)
     if result.status == "stopped" and getattr(should_stop, "reason", ""):
         result.reason = f"Stopped ({should_stop.reason})."
     if guard.message and result.status == "stopped" and not should_stop():
-        sink(events.make("error", kind="memory", step=result.state.step,
-                         message=f"{guard.message} The checkpoint at step {result.state.step} is saved.",
-                         hint=memory.MEMORY_HINT, memory=guard.plan.to_dict()))
+        sink(
+            events.make(
+                "error",
+                kind="memory",
+                step=result.state.step,
+                message=f"{guard.message} The checkpoint at step {result.state.step} is saved.",
+                hint=memory.MEMORY_HINT,
+                memory=guard.plan.to_dict(),
+            )
+        )
         result.status, result.reason = "failed", guard.message
 
     summary = {
@@ -454,22 +594,37 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
     }
     if t.report_utilisation and result.state.step > 0 and result.state.elapsed_seconds > 0:
         summary.update(_utilisation(model, num_layers, config, result.state, prep.train))
-        log("info", f"Training ran at {summary['achieved_gflops']:.1f} GFLOP/s, "
-                    f"{summary['utilisation']:.0%} of this machine's {summary['reference_gflops']:.1f} GFLOP/s "
-                    "on a plain matrix multiply of the model's shapes.")
+        log(
+            "info",
+            f"Training ran at {summary['achieved_gflops']:.1f} GFLOP/s, "
+            f"{summary['utilisation']:.0%} of this machine's {summary['reference_gflops']:.1f} GFLOP/s "
+            "on a plain matrix multiply of the model's shapes.",
+        )
     if result.status == "completed" and t.test and prep.test:
-        test_batches = fixed_eval_batches(prep.test, t.batch_size, d.test_batches, t.seed, t.pad_multiple,
-                                          d.max_seq_length)
+        test_batches = fixed_eval_batches(
+            prep.test, t.batch_size, d.test_batches, t.seed, t.pad_multiple, d.max_seq_length
+        )
         model.eval()
         summary["test_loss"] = evaluate(model, test_batches, select_outputs=args.select_outputs)
         summary["test_perplexity"] = math.exp(min(summary["test_loss"], 50))
         summary["test_padding"] = padding_fraction(test_batches)
-        log("info", f"Test loss {summary['test_loss']:.4f} (perplexity {summary['test_perplexity']:.2f}).")
+        log(
+            "info",
+            f"Test loss {summary['test_loss']:.4f} (perplexity {summary['test_perplexity']:.2f}).",
+        )
 
     adapters = run_dir / "adapters"
     adapter_path = str(adapters) if (adapters / ckpt.ADAPTER_FILE).exists() else None
-    write_status(run_dir, result.status, result.reason, step=result.state.step, total_steps=steps,
-                 best_val_loss=result.state.best_val_loss, summary=summary, finished=time.time())
+    write_status(
+        run_dir,
+        result.status,
+        result.reason,
+        step=result.state.step,
+        total_steps=steps,
+        best_val_loss=result.state.best_val_loss,
+        summary=summary,
+        finished=time.time(),
+    )
     sink(events.make("finished", status=result.status, adapter_path=adapter_path, summary=summary))
     return result.status
 
@@ -478,8 +633,15 @@ def _utilisation(model, num_layers: int, config: RunConfig, state, train_set) ->
     from engine.perf import utilisation
 
     mean_length = sum(len(e) for e in train_set) / max(1, len(train_set))
-    return utilisation(model, num_layers, config.lora.fine_tune_type == "full", state.processed_tokens,
-                       state.elapsed_seconds, mean_length, state.processed_tokens // max(1, state.step))
+    return utilisation(
+        model,
+        num_layers,
+        config.lora.fine_tune_type == "full",
+        state.processed_tokens,
+        state.elapsed_seconds,
+        mean_length,
+        state.processed_tokens // max(1, state.step),
+    )
 
 
 def _publish_adapters(checkpoint: Path, adapters: Path) -> None:
@@ -510,8 +672,16 @@ def _fail(run_dir: Path, sink: events.Sink, kind: str, message: str, hint: str, 
     except OSError as exc:
         # With the disk full even status.json may not fit; the app still gets the events, and the
         # run then reads as interrupted (its worker is gone), which is resumable too.
-        _emit(sink, events.make("log", level="warning", message=f"status.json could not be updated: {exc}"))
-    _emit(sink, events.make("finished", status="failed", adapter_path=adapter_path, summary={"reason": message}))
+        _emit(
+            sink,
+            events.make("log", level="warning", message=f"status.json could not be updated: {exc}"),
+        )
+    _emit(
+        sink,
+        events.make(
+            "finished", status="failed", adapter_path=adapter_path, summary={"reason": message}
+        ),
+    )
     return "failed"
 
 
@@ -561,7 +731,9 @@ def _halve_learning_rate(config: RunConfig) -> RunConfig:
         schedule = dict(t.lr_schedule)
         arguments = list(schedule.get("arguments") or [])
         if arguments:
-            arguments[0] = float(arguments[0]) / 2  # every mlx schedule starts with its initial rate
+            arguments[0] = (
+                float(arguments[0]) / 2
+            )  # every mlx schedule starts with its initial rate
             schedule["arguments"] = arguments
         if "warmup_init" in schedule:
             schedule["warmup_init"] = float(schedule["warmup_init"]) / 2

@@ -90,7 +90,9 @@ def output_head_supported(model, sample: Sequence[int]) -> bool:
     must agree on a sample of token ids (a guard against a variant that does more, such as a
     final soft cap or logit scaling).
     """
-    model_type = getattr(getattr(model, "args", None), "model_type", None) or getattr(model, "model_type", None)
+    model_type = getattr(getattr(model, "args", None), "model_type", None) or getattr(
+        model, "model_type", None
+    )
     if model_type not in HEAD_MODEL_TYPES or not hasattr(model, "model"):
         return False
     try:
@@ -102,7 +104,9 @@ def output_head_supported(model, sample: Sequence[int]) -> bool:
         return False
     scale = float(mx.abs(full).max().item()) + 1e-6
     tolerance = 1e-4 if full.dtype == mx.float32 else 2e-2
-    return full.shape == split.shape and float(mx.abs(full - split).max().item()) <= tolerance * scale
+    return (
+        full.shape == split.shape and float(mx.abs(full - split).max().item()) <= tolerance * scale
+    )
 
 
 def select_positions(weights: np.ndarray) -> np.ndarray | None:
@@ -144,7 +148,9 @@ def training_head(model, sample: Sequence[int]) -> str:
     return "fused" if head_frozen(model) else "split"
 
 
-def head_cross_entropy(head, hidden: mx.array, targets: mx.array, weights: mx.array, chunk: int) -> mx.array:
+def head_cross_entropy(
+    head, hidden: mx.array, targets: mx.array, weights: mx.array, chunk: int
+) -> mx.array:
     """Per-row cross-entropy of `head(hidden)` against `targets`, times `weights`, `chunk` rows at a
     time: for evaluation, where nothing is kept for a backward pass."""
     parts = []
@@ -158,7 +164,9 @@ def head_cross_entropy(head, hidden: mx.array, targets: mx.array, weights: mx.ar
 
 
 @mx.compile
-def _loss_and_logit_gradient(logits: mx.array, targets: mx.array, weights: mx.array) -> tuple[mx.array, mx.array]:
+def _loss_and_logit_gradient(
+    logits: mx.array, targets: mx.array, weights: mx.array
+) -> tuple[mx.array, mx.array]:
     """Weighted cross-entropy per row and its gradient for the logits, (softmax - one-hot) x weight.
 
     Compiled so the element-wise work runs as one pass: only the logits and their gradient exist.
@@ -171,7 +179,9 @@ def _loss_and_logit_gradient(logits: mx.array, targets: mx.array, weights: mx.ar
     return loss, (mx.where(target, probs - 1, probs) * weights[:, None]).astype(logits.dtype)
 
 
-def fused_head_cross_entropy(head, hidden: mx.array, targets: mx.array, weights: mx.array, chunk: int) -> mx.array:
+def fused_head_cross_entropy(
+    head, hidden: mx.array, targets: mx.array, weights: mx.array, chunk: int
+) -> mx.array:
     """`head_cross_entropy` for training: the gradient for `hidden` is computed in the forward pass,
     chunk by chunk, so nothing the size of the logits waits for the backward pass, and there is no
     recomputation either. Chunks run one after another; MLX allocates buffers as it queues work, so
@@ -198,13 +208,24 @@ def fused_head_cross_entropy(head, hidden: mx.array, targets: mx.array, weights:
         hidden, targets, weights = primals
         # Row r's loss depends on hidden[r] alone, so its gradient is the stored row times the
         # row's cotangent. The gradient columns are internal (sliced off below).
-        return (output[:, :-1] * cotangent[:, -1:]).astype(hidden.dtype), mx.zeros_like(targets), mx.zeros_like(weights)
+        return (
+            (output[:, :-1] * cotangent[:, -1:]).astype(hidden.dtype),
+            mx.zeros_like(targets),
+            mx.zeros_like(weights),
+        )
 
     return rows(hidden, targets, weights)[:, -1]
 
 
-def masked_loss(model, tokens: mx.array, weights: mx.array, segments: mx.array | None = None,
-                denom: mx.array | None = None, select: mx.array | None = None, head: str = "auto"):
+def masked_loss(
+    model,
+    tokens: mx.array,
+    weights: mx.array,
+    segments: mx.array | None = None,
+    denom: mx.array | None = None,
+    select: mx.array | None = None,
+    head: str = "auto",
+):
     """Mean cross-entropy over the tokens marked for training; returns (loss, trained tokens).
 
     `weights[:, t]` says whether token t is a target. Padding has weight 0, so, unlike mlx-lm, no
@@ -221,7 +242,11 @@ def masked_loss(model, tokens: mx.array, weights: mx.array, segments: mx.array |
     and "fused" need a model that `output_head_supported` accepts.
     """
     inputs, targets, w = tokens[:, :-1], tokens[:, 1:], weights[:, 1:]
-    cache = None if segments is None else [PackedMask(segment_mask(segments[:, :-1]))] * len(model.layers)
+    cache = (
+        None
+        if segments is None
+        else [PackedMask(segment_mask(segments[:, :-1]))] * len(model.layers)
+    )
     if head == "auto":
         head = "full" if select is None else "split"
     if head == "full":
@@ -229,11 +254,17 @@ def masked_loss(model, tokens: mx.array, weights: mx.array, segments: mx.array |
         ce = (nn.losses.cross_entropy(logits, targets) * w).astype(mx.float32)
     else:
         hidden = model.model(inputs, cache)
-        hidden, targets, w = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1), w.reshape(-1)
+        hidden, targets, w = (
+            hidden.reshape(-1, hidden.shape[-1]),
+            targets.reshape(-1),
+            w.reshape(-1),
+        )
         if select is not None:
             hidden, targets, w = hidden[select], targets[select], w[select]
         rows = fused_head_cross_entropy if head == "fused" else head_cross_entropy
-        ce = rows(_head(model), hidden, targets, w, head_chunk_rows(_vocab_size(model), HEAD_CHUNK_VALUES))
+        ce = rows(
+            _head(model), hidden, targets, w, head_chunk_rows(_vocab_size(model), HEAD_CHUNK_VALUES)
+        )
     ntoks = weights[:, 1:].sum()
     return ce.sum() / mx.maximum(ntoks if denom is None else denom, 1), ntoks
 
@@ -282,7 +313,9 @@ class LoopArgs:
     batching: str = "fixed"  # fixed | budget | pack (see batching.choose_batching)
     batch_tokens: int = 0  # token budget per step (budget) or row length (pack)
     select_outputs: bool = False  # output layer on trained positions only (see masked_loss)
-    fused_head: bool = False  # output layer and loss in chunks, gradient in the forward pass (masked_loss)
+    fused_head: bool = (
+        False  # output layer and loss in chunks, gradient in the forward pass (masked_loss)
+    )
     # A batch shape of at least this many tokens is compiled the first time it appears; smaller
     # ones run eagerly then and compiled when they recur (see `train`'s step).
     compile_min_tokens: int = 0
@@ -299,9 +332,12 @@ class LoopResult:
 
 def compiled_loss(model, loss: Callable = masked_loss, head: str = "auto") -> Callable:
     """`loss` compiled for evaluation: traced once per batch shape, reading the current weights."""
-    return mx.compile(lambda tokens, weights, segments, select: loss(model, tokens, weights, segments, None, select,
-                                                                     head),
-                      inputs=[model.state])
+    return mx.compile(
+        lambda tokens, weights, segments, select: loss(
+            model, tokens, weights, segments, None, select, head
+        ),
+        inputs=[model.state],
+    )
 
 
 def shard(batch: Batch, rank: int, world_size: int) -> Batch:
@@ -318,17 +354,29 @@ def shard(batch: Batch, rank: int, world_size: int) -> Batch:
             a = np.concatenate([a, np.zeros((extra, *a.shape[1:]), dtype=a.dtype)])
         return a[rank::world_size]
 
-    return Batch(take(batch.tokens), take(batch.weights), take(batch.lengths), take(batch.segments),
-                 examples=batch.examples)
+    return Batch(
+        take(batch.tokens),
+        take(batch.weights),
+        take(batch.lengths),
+        take(batch.segments),
+        examples=batch.examples,
+    )
 
 
 def all_sum(x: mx.array, world_size: int) -> mx.array:
     return mx.distributed.all_sum(x, stream=mx.cpu) if world_size > 1 else x
 
 
-def evaluate(model, batches: Sequence[Batch], loss: Callable = masked_loss, fn: Callable | None = None,
-             rank: int = 0, world_size: int = 1, select_outputs: bool = False,
-             selected: dict | None = None) -> float:
+def evaluate(
+    model,
+    batches: Sequence[Batch],
+    loss: Callable = masked_loss,
+    fn: Callable | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    select_outputs: bool = False,
+    selected: dict | None = None,
+) -> float:
     """Token-weighted mean loss over fixed batches (`fn`: a `compiled_loss` to reuse its traces).
 
     With several ranks each evaluates its rows of every batch and the sums are combined.
@@ -346,8 +394,12 @@ def evaluate(model, batches: Sequence[Batch], loss: Callable = masked_loss, fn: 
         if select_outputs and i not in selected:
             selected[i] = select_positions(b.weights)
         sel = selected.get(i)
-        value, n = fn(mx.array(b.tokens), mx.array(b.weights), None if b.segments is None else mx.array(b.segments),
-                      None if sel is None else mx.array(sel))
+        value, n = fn(
+            mx.array(b.tokens),
+            mx.array(b.weights),
+            None if b.segments is None else mx.array(b.segments),
+            None if sel is None else mx.array(sel),
+        )
         total = total + value * n
         ntoks = ntoks + n
         mx.eval(total, ntoks)
@@ -382,7 +434,9 @@ def train(
         if args.batching == "pack":
             return plan_epoch_packed(lengths, args.batch_size, args.batch_tokens, args.seed, epoch)
         if args.batching == "budget":
-            return plan_epoch_budget(lengths, args.batch_tokens, args.seed, epoch, args.pad_multiple)
+            return plan_epoch_budget(
+                lengths, args.batch_tokens, args.seed, epoch, args.pad_multiple
+            )
         return plan_epoch(lengths, args.batch_size, args.seed, epoch)
 
     plan = plan_for(state.epoch)
@@ -394,7 +448,9 @@ def train(
     head = "fused" if args.fused_head else "auto"
 
     def eager_step(tokens, weights, segments, denom, select, prev_grad, do_update):
-        (value, ntoks), grad = loss_value_and_grad(model, tokens, weights, segments, denom, select, head)
+        (value, ntoks), grad = loss_value_and_grad(
+            model, tokens, weights, segments, denom, select, head
+        )
         if prev_grad is not None:
             grad = tree_map(lambda a, b: a + b, grad, prev_grad)
         if do_update:
@@ -416,12 +472,18 @@ def train(
         # traced again. Where tracing costs about as much as a step (small batches on a CPU), a
         # shape runs eagerly the first time it appears and compiled once it comes back (later
         # epochs); batches of at least `compile_min_tokens` tokens are compiled at once.
-        key = (tokens.shape, segments is None, None if select is None else select.shape, prev_grad is None,
-               do_update)
+        key = (
+            tokens.shape,
+            segments is None,
+            None if select is None else select.shape,
+            prev_grad is None,
+            do_update,
+        )
         compiled = key in seen_shapes or tokens.size >= args.compile_min_tokens
         seen_shapes.add(key)
-        return (compiled_step if compiled else eager_step)(tokens, weights, segments, denom, select, prev_grad,
-                                                           do_update)
+        return (compiled_step if compiled else eager_step)(
+            tokens, weights, segments, denom, select, prev_grad, do_update
+        )
 
     def next_batch() -> Batch:
         nonlocal plan
@@ -432,14 +494,19 @@ def train(
         item = plan[state.position]
         state.position += 1
         if args.batching == "pack":
-            batch = collate_packed([[train_set[i] for i in row] for row in item], args.pad_multiple,
-                                   args.batch_size)
+            batch = collate_packed(
+                [[train_set[i] for i in row] for row in item], args.pad_multiple, args.batch_size
+            )
         elif args.batching == "budget":
             # No empty filler rows: a first-epoch shape runs eagerly anyway (see `step`).
             batch = collate([train_set[i] for i in item], args.pad_multiple, args.max_seq_length)
         else:
-            batch = collate([train_set[i] for i in item], args.pad_multiple, args.max_seq_length,
-                            args.batch_size)
+            batch = collate(
+                [train_set[i] for i in item],
+                args.pad_multiple,
+                args.max_seq_length,
+                args.batch_size,
+            )
         state.seen_examples += batch.examples
         return batch
 
@@ -454,8 +521,16 @@ def train(
         # The validation batches are the same every time: on a CPU, trace them from the second
         # evaluation on (see `step`).
         compiled = evals_done[0] or args.compile_min_tokens == 0
-        value = evaluate(model, val_batches, loss, eval_fn if compiled else None, rank, world, args.select_outputs,
-                         val_selected)
+        value = evaluate(
+            model,
+            val_batches,
+            loss,
+            eval_fn if compiled else None,
+            rank,
+            world,
+            args.select_outputs,
+            val_selected,
+        )
         evals_done[0] += 1
         model.train()
         if math.isfinite(value) and (state.best_val_loss is None or value < state.best_val_loss):
@@ -509,8 +584,13 @@ def train(
             # so data-parallel runs keep the full output layer.
             select = select_positions(mine.weights) if args.select_outputs and world == 1 else None
             value, _, grad = step(
-                mx.array(mine.tokens), mx.array(mine.weights), segments, mx.array(float(max(n_batch, 1))),
-                None if select is None else mx.array(select), grad, micro == accum - 1,
+                mx.array(mine.tokens),
+                mx.array(mine.weights),
+                segments,
+                mx.array(float(max(n_batch, 1))),
+                None if select is None else mx.array(select),
+                grad,
+                micro == accum - 1,
             )
             # One sync per batch keeps memory bounded, as in mlx-lm.
             mx.eval(compiled_state, value, grad)
@@ -529,49 +609,68 @@ def train(
 
         if not math.isfinite(step_loss):
             # The update already applied non-finite gradients; the last checkpoint stays untouched.
-            sink(events.make(
-                "error", kind="nan_loss", step=state.step,
-                message=f"The training loss became {step_loss} at step {state.step}, so training stopped.",
-                hint="Lower the learning rate (for example to half of it) and resume or start again; "
-                     "the last good checkpoint is kept.",
-            ))
-            return LoopResult("failed", state, step_loss, last_val,
-                              f"Non-finite loss ({step_loss}) at step {state.step}.")
+            sink(
+                events.make(
+                    "error",
+                    kind="nan_loss",
+                    step=state.step,
+                    message=f"The training loss became {step_loss} at step {state.step}, so training stopped.",
+                    hint="Lower the learning rate (for example to half of it) and resume or start again; "
+                    "the last good checkpoint is kept.",
+                )
+            )
+            return LoopResult(
+                "failed",
+                state,
+                step_loss,
+                last_val,
+                f"Non-finite loss ({step_loss}) at step {state.step}.",
+            )
         last_loss = step_loss
         window_losses.append(step_loss)
 
         if state.step % args.steps_per_report == 0 or state.step == args.total_steps:
             recent = step_times[-50:]
             eta = (args.total_steps - state.step) * (sum(recent) / len(recent))
-            sink(events.make(
-                "progress",
-                step=state.step,
-                total=args.total_steps,
-                epoch=state.epoch,
-                train_loss=sum(window_losses) / len(window_losses),
-                learning_rate=float(optimizer.learning_rate.item()),
-                tokens_per_second=window_tokens / window_time if window_time else 0.0,
-                trained_tokens=state.trained_tokens,
-                padding_fraction=1.0 - window_real / window_padded if window_padded else 0.0,
-                peak_memory_gb=mx.get_peak_memory() / 1e9,
-                eta_seconds=eta,
-            ))
+            sink(
+                events.make(
+                    "progress",
+                    step=state.step,
+                    total=args.total_steps,
+                    epoch=state.epoch,
+                    train_loss=sum(window_losses) / len(window_losses),
+                    learning_rate=float(optimizer.learning_rate.item()),
+                    tokens_per_second=window_tokens / window_time if window_time else 0.0,
+                    trained_tokens=state.trained_tokens,
+                    padding_fraction=1.0 - window_real / window_padded if window_padded else 0.0,
+                    peak_memory_gb=mx.get_peak_memory() / 1e9,
+                    eta_seconds=eta,
+                )
+            )
             window_losses, window_tokens, window_real, window_padded, window_time = [], 0, 0, 0, 0.0
 
         if state.step % args.steps_per_eval == 0 or state.step == args.total_steps:
             last_val = run_eval()
             if last_val is not None and not math.isfinite(last_val):
-                sink(events.make(
-                    "error", kind="nan_loss", step=state.step,
-                    message=f"The validation loss became {last_val} at step {state.step}, so training stopped.",
-                    hint="Lower the learning rate and resume or start again; the last good checkpoint is kept.",
-                ))
-                return LoopResult("failed", state, last_loss, last_val, "Non-finite validation loss.")
+                sink(
+                    events.make(
+                        "error",
+                        kind="nan_loss",
+                        step=state.step,
+                        message=f"The validation loss became {last_val} at step {state.step}, so training stopped.",
+                        hint="Lower the learning rate and resume or start again; the last good checkpoint is kept.",
+                    )
+                )
+                return LoopResult(
+                    "failed", state, last_loss, last_val, "Non-finite validation loss."
+                )
             patience = args.early_stopping_patience
             if patience and state.evals_since_best >= patience and state.step < args.total_steps:
                 save_checkpoint(state)
-                reason = (f"Stopped early at step {state.step}: the validation loss has not improved for "
-                          f"{patience} evaluations (best {state.best_val_loss:.4f} at step {state.best_val_step}).")
+                reason = (
+                    f"Stopped early at step {state.step}: the validation loss has not improved for "
+                    f"{patience} evaluations (best {state.best_val_loss:.4f} at step {state.best_val_step})."
+                )
                 sink(events.make("log", level="info", message=reason))
                 return LoopResult("completed", state, last_loss, last_val, reason)
 

@@ -53,10 +53,20 @@ def chat_runs() -> list[ChatRun]:
     out = []
     for info in list_runs():
         steps = checkpoint_steps(info.path)
-        has_final = (info.path / "adapters" / "adapter_config.json").is_file() and info.adapter_path is not None
+        has_final = (
+            info.path / "adapters" / "adapter_config.json"
+        ).is_file() and info.adapter_path is not None
         if steps or has_final:
-            out.append(ChatRun(info.id, str(info.path), info.config.name or info.id,
-                               info.config.model.path, steps, has_final))
+            out.append(
+                ChatRun(
+                    info.id,
+                    str(info.path),
+                    info.config.name or info.id,
+                    info.config.model.path,
+                    steps,
+                    has_final,
+                )
+            )
     return out
 
 
@@ -64,8 +74,10 @@ def workspace_datasets() -> list[tuple[str, str]]:
     """(label, folder) of Lathe's own datasets: the only files "Add to dataset" may change."""
     from engine.data import list_datasets
 
-    return [(f"{d.name}  ({d.splits.get('train', 0)} train examples)", str(d.path))
-            for d in list_datasets()]
+    return [
+        (f"{d.name}  ({d.splits.get('train', 0)} train examples)", str(d.path))
+        for d in list_datasets()
+    ]
 
 
 class ChatPage(QWidget):
@@ -97,8 +109,9 @@ class ChatPage(QWidget):
         self.checkpoint.setMinimumContentsLength(10)
         self.load_button = QPushButton("Load")
         self.compare_box = QCheckBox("Compare with base")
-        self.compare_box.setToolTip("One prompt, two columns: the base model on the left, the tuned "
-                                    "model on the right.")
+        self.compare_box.setToolTip(
+            "One prompt, two columns: the base model on the left, the tuned model on the right."
+        )
         picker = QHBoxLayout()
         picker.addWidget(title)
         picker.addSpacing(12)
@@ -116,8 +129,10 @@ class ChatPage(QWidget):
         self.error.hide()
 
         # Conversations: one view, or two columns in compare mode.
-        self.view = ConversationWidget("Say something to start. Replies stream in here, with what "
-                                       "produced them and how fast under each one.")
+        self.view = ConversationWidget(
+            "Say something to start. Replies stream in here, with what "
+            "produced them and how fast under each one."
+        )
         self.base_view = ConversationWidget("The base model's replies appear here.")
         self.tuned_view = ConversationWidget("The tuned model's replies appear here.")
         columns = QSplitter(Qt.Orientation.Horizontal)
@@ -139,8 +154,13 @@ class ChatPage(QWidget):
         self.clear_button = QPushButton("Clear")
         self.add_button = QPushButton("Add to Dataset…")
         buttons = QHBoxLayout()
-        for b in (self.stop_button, self.regenerate_button, self.edit_button, self.copy_button,
-                  self.clear_button):
+        for b in (
+            self.stop_button,
+            self.regenerate_button,
+            self.edit_button,
+            self.copy_button,
+            self.clear_button,
+        ):
             buttons.addWidget(b)
         buttons.addStretch(1)
         buttons.addWidget(self.add_button)
@@ -155,16 +175,28 @@ class ChatPage(QWidget):
 
         # Side panel: system prompt and sampling.
         self.system_prompt = QPlainTextEdit()
-        self.system_prompt.setPlaceholderText("System prompt (optional), e.g. “You answer in one short "
-                                              "paragraph.”")
+        self.system_prompt.setPlaceholderText(
+            "System prompt (optional), e.g. “You answer in one short paragraph.”"
+        )
         self.system_prompt.setMaximumHeight(120)
         self.temperature = _double(0.0, 2.0, 0.7, 0.05, "0 always picks the likeliest token.")
-        self.top_p = _double(0.01, 1.0, 1.0, 0.05, "Sample only from the likeliest tokens that "
-                             "together have this probability (1 is off).")
-        self.min_p = _double(0.0, 0.99, 0.0, 0.01, "Drop tokens less likely than this fraction of the "
-                             "likeliest one (0 is off).")
-        self.repetition_penalty = _double(0.5, 2.0, 1.0, 0.05, "Above 1 discourages repeating recent "
-                                          "tokens (1 is off).")
+        self.top_p = _double(
+            0.01,
+            1.0,
+            1.0,
+            0.05,
+            "Sample only from the likeliest tokens that together have this probability (1 is off).",
+        )
+        self.min_p = _double(
+            0.0,
+            0.99,
+            0.0,
+            0.01,
+            "Drop tokens less likely than this fraction of the likeliest one (0 is off).",
+        )
+        self.repetition_penalty = _double(
+            0.5, 2.0, 1.0, 0.05, "Above 1 discourages repeating recent tokens (1 is off)."
+        )
         self.max_tokens = QSpinBox()
         self.max_tokens.setRange(1, 32768)
         self.max_tokens.setValue(512)
@@ -239,7 +271,8 @@ class ChatPage(QWidget):
         self.clear_button.clicked.connect(self.clear)
         self.add_button.clicked.connect(self.add_to_dataset)
         self.system_prompt.textChanged.connect(
-            lambda: c.set_system_prompt(self.system_prompt.toPlainText()))
+            lambda: c.set_system_prompt(self.system_prompt.toPlainText())
+        )
         QShortcut(QKeySequence("Ctrl+."), self, activated=self.stop)
 
     # -- runs and models ----------------------------------------------------------------------
@@ -285,8 +318,9 @@ class ChatPage(QWidget):
         index = 0
         if run_dir:
             want = _norm(run_dir)
-            index = next((i for i in range(1, self.run.count())
-                          if _norm(self.run.itemData(i)) == want), 0)
+            index = next(
+                (i for i in range(1, self.run.count()) if _norm(self.run.itemData(i)) == want), 0
+            )
         self.run.setCurrentIndex(index)
         self._on_run_changed(index)
 
@@ -328,8 +362,10 @@ class ChatPage(QWidget):
             if self.run_dir is not None and self.run.currentIndex() > 0:
                 self.load()
             else:
-                self._show_error(f"The run {self.run_dir} has no adapter to chat with yet.",
-                                 "Wait for its first checkpoint, or pick another run.")
+                self._show_error(
+                    f"The run {self.run_dir} has no adapter to chat with yet.",
+                    "Wait for its first checkpoint, or pick another run.",
+                )
 
         self.refresh(then=select_and_load)
 
@@ -351,12 +387,18 @@ class ChatPage(QWidget):
 
     def _on_controller_loaded(self, state: dict) -> None:
         tuned = state.get("tuned_label")
-        self.status.setText(f"Chatting with {tuned or state['base_label']}  ·  context "
-                            f"{state['context_length']} tokens")
-        source = {"run": "the run's chat template", "model": "the model's own chat template",
-                  "default": "Lathe's default chat template (the model has none)"}
-        self.template_note.setText("Prompts use " + source.get(state["template_source"],
-                                                               state["template_source"]) + ".")
+        self.status.setText(
+            f"Chatting with {tuned or state['base_label']}  ·  context "
+            f"{state['context_length']} tokens"
+        )
+        source = {
+            "run": "the run's chat template",
+            "model": "the model's own chat template",
+            "default": "Lathe's default chat template (the model has none)",
+        }
+        self.template_note.setText(
+            "Prompts use " + source.get(state["template_source"], state["template_source"]) + "."
+        )
         context = int(state["context_length"])
         if self.max_tokens.value() >= context:  # leave the conversation room in a small context
             self.max_tokens.setValue(max(1, context // 2))
@@ -381,9 +423,14 @@ class ChatPage(QWidget):
         from engine.chat import ChatSettings
 
         seed = self.seed.value()
-        return ChatSettings(temperature=self.temperature.value(), top_p=self.top_p.value(),
-                            min_p=self.min_p.value(), repetition_penalty=self.repetition_penalty.value(),
-                            max_tokens=self.max_tokens.value(), seed=None if seed < 0 else seed)
+        return ChatSettings(
+            temperature=self.temperature.value(),
+            top_p=self.top_p.value(),
+            min_p=self.min_p.value(),
+            repetition_penalty=self.repetition_penalty.value(),
+            max_tokens=self.max_tokens.value(),
+            seed=None if seed < 0 else seed,
+        )
 
     def _views(self) -> list[ConversationWidget]:
         return [self.base_view, self.tuned_view] if self.compare else [self.view]
@@ -427,8 +474,14 @@ class ChatPage(QWidget):
         session = self._main_session()
         if session is None:
             return
-        index = next((i for i in range(len(session.history) - 1, -1, -1)
-                      if session.history[i]["role"] == "user"), None)
+        index = next(
+            (
+                i
+                for i in range(len(session.history) - 1, -1, -1)
+                if session.history[i]["role"] == "user"
+            ),
+            None,
+        )
         if index is None:
             return
         self._editing_index = index
@@ -455,7 +508,9 @@ class ChatPage(QWidget):
         session = self._main_session()
         if session is None:
             return None
-        return next((m["content"] for m in reversed(session.history) if m["role"] == "assistant"), None)
+        return next(
+            (m["content"] for m in reversed(session.history) if m["role"] == "assistant"), None
+        )
 
     def clear(self) -> None:
         self.controller.stop()

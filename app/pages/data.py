@@ -85,7 +85,10 @@ class HistogramWidget(QWidget):
             return
         rect = QRectF(40, 10, self.width() - 56, self.height() - 40)
         lo = self.edges[0]
-        hi = max(self.edges[-1], int(self.limit * 1.05) if self.limit and self.limit < self.edges[-1] * 3 else 0)
+        hi = max(
+            self.edges[-1],
+            int(self.limit * 1.05) if self.limit and self.limit < self.edges[-1] * 3 else 0,
+        )
         top = max(self.counts) or 1
         span = max(1, hi - lo)
         bar = QColor(10, 132, 255, 190)
@@ -98,11 +101,22 @@ class HistogramWidget(QWidget):
             p.setBrush(over if self.limit and self.edges[i] >= self.limit else bar)
             p.drawRect(QRectF(x0 + 0.5, rect.bottom() - h, max(1.0, x1 - x0 - 1), h))
         p.setPen(muted)
-        p.drawText(QRectF(0, rect.bottom() + 4, rect.left() + 30, 16), Qt.AlignmentFlag.AlignLeft, str(lo))
-        p.drawText(QRectF(rect.right() - 80, rect.bottom() + 4, 80, 16), Qt.AlignmentFlag.AlignRight, str(hi))
-        p.drawText(QRectF(rect.left(), rect.bottom() + 4, rect.width(), 16), Qt.AlignmentFlag.AlignCenter,
-                   "tokens per example")
-        p.drawText(QRectF(0, rect.top() - 2, rect.left() - 4, 14), Qt.AlignmentFlag.AlignRight, str(top))
+        p.drawText(
+            QRectF(0, rect.bottom() + 4, rect.left() + 30, 16), Qt.AlignmentFlag.AlignLeft, str(lo)
+        )
+        p.drawText(
+            QRectF(rect.right() - 80, rect.bottom() + 4, 80, 16),
+            Qt.AlignmentFlag.AlignRight,
+            str(hi),
+        )
+        p.drawText(
+            QRectF(rect.left(), rect.bottom() + 4, rect.width(), 16),
+            Qt.AlignmentFlag.AlignCenter,
+            "tokens per example",
+        )
+        p.drawText(
+            QRectF(0, rect.top() - 2, rect.left() - 4, 14), Qt.AlignmentFlag.AlignRight, str(top)
+        )
         if self.limit:
             if self.limit <= hi:
                 x = rect.left() + (self.limit - lo) / span * rect.width()
@@ -113,8 +127,11 @@ class HistogramWidget(QWidget):
             p.setPen(QPen(QColor(255, 69, 58), 1.5, Qt.PenStyle.DashLine))
             p.drawLine(QPointF(x, rect.top()), QPointF(x, rect.bottom()))
             p.setPen(QColor(255, 69, 58))
-            p.drawText(QRectF(x - 104, rect.top(), 100, 16),
-                       Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, label)
+            p.drawText(
+                QRectF(x - 104, rect.top(), 100, 16),
+                Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                label,
+            )
         p.end()
 
 
@@ -129,8 +146,11 @@ def token_html(view) -> str:
             parts.append(f'<span style="background-color: rgba(52,199,89,0.35);">{text}</span>')
         else:
             parts.append(f'<span style="color: rgba(128,128,128,0.95);">{text}</span>')
-    return ('<div style="font-family: Menlo, monospace; white-space: pre-wrap;">'
-            + "".join(parts) + "</div>")
+    return (
+        '<div style="font-family: Menlo, monospace; white-space: pre-wrap;">'
+        + "".join(parts)
+        + "</div>"
+    )
 
 
 class ColumnMapDialog(QDialog):
@@ -150,11 +170,15 @@ class ColumnMapDialog(QDialog):
                 combo.setCurrentIndex(columns.index(mapping[target]) + 1)
             self.combos[target] = combo
             form.addRow(target.capitalize(), combo)
-        note = QLabel("Prompt + completion make a question/answer pair; text alone trains on "
-                      "plain text. System is optional.")
+        note = QLabel(
+            "Prompt + completion make a question/answer pair; text alone trains on "
+            "plain text. System is optional."
+        )
         note.setWordWrap(True)
         note.setObjectName("muted")
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
@@ -219,10 +243,12 @@ class DataPage(QWidget):
         self.progress_row.setVisible(False)
 
         # empty state: a drop zone
-        self.drop_zone = QLabel("Drop a dataset here — or anywhere on the window\n\n"
-                                "JSONL, JSON, CSV, TSV, TXT, Markdown, Parquet, a folder or a zip.\n"
-                                "Chat (messages), prompt/completion, Alpaca, ShareGPT and plain "
-                                "text are recognised.")
+        self.drop_zone = QLabel(
+            "Drop a dataset here — or anywhere on the window\n\n"
+            "JSONL, JSON, CSV, TSV, TXT, Markdown, Parquet, a folder or a zip.\n"
+            "Chat (messages), prompt/completion, Alpaca, ShareGPT and plain "
+            "text are recognised."
+        )
         self.drop_zone.setObjectName("dropZone")
         self.drop_zone.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.drop_zone.setWordWrap(True)
@@ -260,8 +286,10 @@ class DataPage(QWidget):
         self.example_index.setPrefix("example ")
         self.show_tokens = QPushButton("Show tokens")
         self.show_tokens.clicked.connect(self.load_token_view)
-        legend = QLabel('<span style="background-color: rgba(52,199,89,0.35);">&nbsp;trained&nbsp;</span>'
-                        '&nbsp;&nbsp;<span style="color: gray;">masked (prompt, template)</span>')
+        legend = QLabel(
+            '<span style="background-color: rgba(52,199,89,0.35);">&nbsp;trained&nbsp;</span>'
+            '&nbsp;&nbsp;<span style="color: gray;">masked (prompt, template)</span>'
+        )
         trow = QHBoxLayout()
         trow.addWidget(self.example_index)
         trow.addWidget(self.show_tokens)
@@ -321,12 +349,17 @@ class DataPage(QWidget):
     # -- opening ------------------------------------------------------------------------------
     def open_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Open a dataset", str(Path.home()),
-            "Datasets (*.jsonl *.json *.csv *.tsv *.txt *.md *.parquet *.zip);;All files (*)")
+            self,
+            "Open a dataset",
+            str(Path.home()),
+            "Datasets (*.jsonl *.json *.csv *.tsv *.txt *.md *.parquet *.zip);;All files (*)",
+        )
         if path:
             self.open_path(path)
 
-    def open_path(self, path: str | Path, fmt: str | None = None, mapping: dict | None = None) -> None:
+    def open_path(
+        self, path: str | Path, fmt: str | None = None, mapping: dict | None = None
+    ) -> None:
         """Import a dataset on a worker thread (a running import is cancelled first)."""
         from app.data_import import csv_columns, run_import
 
@@ -343,8 +376,14 @@ class DataPage(QWidget):
         self.progress_row.setVisible(True)
         self.progress.setRange(0, 0)
         self.progress_label.setText(f"Reading {self.path.name}…")
-        task = Task(run_import, str(self.path), fmt or self.format.currentData(), self.mapping or None,
-                    self.preferred_model, self.max_seq_length)
+        task = Task(
+            run_import,
+            str(self.path),
+            fmt or self.format.currentData(),
+            self.mapping or None,
+            self.preferred_model,
+            self.max_seq_length,
+        )
         task.sig_progress.connect(self._on_import_progress)
         task.sig_done.connect(lambda res, t=task: self._on_import_done(t, res))
         task.sig_failed.connect(lambda m, h, t=task: self._on_import_failed(t, m, h))
@@ -383,9 +422,11 @@ class DataPage(QWidget):
             return
         self.progress_row.setVisible(False)
         self.last_error = message
-        self.error.setText(f"<b>{html.escape(self.path.name if self.path else 'This file')} "
-                           f"cannot be used.</b> {html.escape(message)}"
-                           + (f"<br>{html.escape(hint)}" if hint else ""))
+        self.error.setText(
+            f"<b>{html.escape(self.path.name if self.path else 'This file')} "
+            f"cannot be used.</b> {html.escape(message)}"
+            + (f"<br>{html.escape(hint)}" if hint else "")
+        )
         self.error.setVisible(True)
         self.sig_import_failed.emit(message)
 
@@ -401,17 +442,27 @@ class DataPage(QWidget):
         self.report = report
         self.body.setCurrentIndex(1)
         splits = report.splits
-        lines = [f"<b style='font-size: 15px'>{html.escape(report.name)}</b> &nbsp; "
-                 f"<span style='color: gray'>{_size(report.size_bytes)}, {html.escape(report.container)}</span>",
-                 f"<b>Format:</b> {html.escape(report.format_label)}"]
+        lines = [
+            f"<b style='font-size: 15px'>{html.escape(report.name)}</b> &nbsp; "
+            f"<span style='color: gray'>{_size(report.size_bytes)}, {html.escape(report.container)}</span>",
+            f"<b>Format:</b> {html.escape(report.format_label)}",
+        ]
         if report.format_reason:
-            lines.append(f"<span style='color: gray'>because {html.escape(report.format_reason)}</span>")
+            lines.append(
+                f"<span style='color: gray'>because {html.escape(report.format_reason)}</span>"
+            )
         if report.mapping:
-            lines.append("<b>Columns:</b> " + ", ".join(f"{html.escape(t)} ← {html.escape(c)}"
-                                                        for t, c in report.mapping.items()))
-        lines.append(f"<b>Examples:</b> {report.kept:,} of {report.rows:,} records kept — train "
-                     f"{splits.get('train', 0):,}, validation {splits.get('valid', 0):,}, test "
-                     f"{splits.get('test', 0):,}")
+            lines.append(
+                "<b>Columns:</b> "
+                + ", ".join(
+                    f"{html.escape(t)} ← {html.escape(c)}" for t, c in report.mapping.items()
+                )
+            )
+        lines.append(
+            f"<b>Examples:</b> {report.kept:,} of {report.rows:,} records kept — train "
+            f"{splits.get('train', 0):,}, validation {splits.get('valid', 0):,}, test "
+            f"{splits.get('test', 0):,}"
+        )
         for n in report.split_notes:
             lines.append(f"<span style='color: gray'>{html.escape(n)}</span>")
         if report.summary:
@@ -420,7 +471,9 @@ class DataPage(QWidget):
             lines.append(f"<span style='color: gray'>Note: {html.escape(n)}</span>")
         if report.dataset_id:
             verb = "Already imported as" if report.reused else "Imported as"
-            lines.append(f"<span style='color: gray'>{verb} {html.escape(report.dataset_id)}</span>")
+            lines.append(
+                f"<span style='color: gray'>{verb} {html.escape(report.dataset_id)}</span>"
+            )
         self.summary.setText("<br>".join(lines))
         self.use_button.setEnabled(bool(report.dataset_path))
 
@@ -428,12 +481,17 @@ class DataPage(QWidget):
         if t is not None:
             self.histogram.set_data(t.histogram, t.max_seq_length)
             train = t.splits.get("train")
-            src = {"model": "the model's own", "default": "Lathe's default (the model has none)",
-                   "config": "the one given"}.get(t.template_source, t.template_source)
+            src = {
+                "model": "the model's own",
+                "default": "Lathe's default (the model has none)",
+                "config": "the one given",
+            }.get(t.template_source, t.template_source)
             text = f"Measured with {Path(t.model).name} ({src} chat template)."
             if train:
-                text = (f"Median {train.median:g}, 95% under {train.p95:g}, longest {train.max} tokens; "
-                        f"{train.trained_tokens:,} trained tokens. ") + text
+                text = (
+                    f"Median {train.median:g}, 95% under {train.p95:g}, longest {train.max} tokens; "
+                    f"{train.trained_tokens:,} trained tokens. "
+                ) + text
                 over = sum(s.over_max for s in t.splits.values())
                 if over:
                     text += f" {over} example(s) exceed {t.max_seq_length} tokens and will be truncated."
@@ -445,7 +503,9 @@ class DataPage(QWidget):
 
         self.problems.clear()
         for prob in report.problems:
-            item = QListWidgetItem(("⚠ " if prob.get("severity") == "warning" else "✕ ") + prob.get("text", ""))
+            item = QListWidgetItem(
+                ("⚠ " if prob.get("severity") == "warning" else "✕ ") + prob.get("text", "")
+            )
             item.setData(Qt.ItemDataRole.UserRole, prob)
             item.setToolTip(prob.get("hint", ""))
             self.problems.addItem(item)
@@ -456,8 +516,9 @@ class DataPage(QWidget):
             self.problems.addItem(f"… and {total - len(report.problems)} more of the same kinds.")
         self.tabs.setTabText(0, f"Problems ({total})" if total else "Problems")
         self.record.clear()
-        self.example_index.setRange(0, max(0, splits.get("train", 0) + splits.get("valid", 0)
-                                           + splits.get("test", 0) - 1))
+        self.example_index.setRange(
+            0, max(0, splits.get("train", 0) + splits.get("valid", 0) + splits.get("test", 0) - 1)
+        )
         self.tokens.clear()
         self.token_info.setText("")
         self.sig_report_ready.emit(report)
@@ -473,9 +534,12 @@ class DataPage(QWidget):
             raw = json.dumps(json.loads(raw), indent=2, ensure_ascii=False)
         except (json.JSONDecodeError, TypeError):
             pass
-        self.record.setPlainText(f"{prob.get('where', '')}\n{prob.get('message', '')}\n"
-                                 + (f"What to do: {prob['hint']}\n" if prob.get("hint") else "")
-                                 + "\n" + raw)
+        self.record.setPlainText(
+            f"{prob.get('where', '')}\n{prob.get('message', '')}\n"
+            + (f"What to do: {prob['hint']}\n" if prob.get("hint") else "")
+            + "\n"
+            + raw
+        )
 
     def load_token_view(self) -> None:
         from app.data_import import token_view_of
@@ -483,8 +547,13 @@ class DataPage(QWidget):
         if self.report is None or not self.report.dataset_path or self.model_dir is None:
             return
         self.token_info.setText("Tokenizing…")
-        task = Task(token_view_of, self.report.dataset_path, str(self.model_dir),
-                    self.example_index.value(), self.max_seq_length)
+        task = Task(
+            token_view_of,
+            self.report.dataset_path,
+            str(self.model_dir),
+            self.example_index.value(),
+            self.max_seq_length,
+        )
         task.sig_done.connect(self._on_token_view_done)
         task.sig_failed.connect(lambda m, h: self.token_info.setText(f"{m} {h}".strip()))
         self._view_task = task.start(self)
@@ -493,7 +562,9 @@ class DataPage(QWidget):
         self.tokens.setHtml(token_html(view))
         self.token_info.setText(
             f"{view.where}: {view.length} tokens, {view.trained_tokens} trained"
-            + (f", truncated to {view.max_seq_length}" if view.truncated else "") + ".")
+            + (f", truncated to {view.max_seq_length}" if view.truncated else "")
+            + "."
+        )
 
     def _on_format_activated(self, _index: int) -> None:
         if self.path is not None:

@@ -97,7 +97,9 @@ class ModelsPage(QWidget):
         rec_title = QLabel("Recommended for this Mac")
         rec_title.setObjectName("sectionTitle")
         self.rec_table = QTreeWidget()
-        self.rec_table.setHeaderLabels(["Model", "Parameters", "Download", "Training memory", "Notes", ""])
+        self.rec_table.setHeaderLabels(
+            ["Model", "Parameters", "Download", "Training memory", "Notes", ""]
+        )
         self.rec_table.setRootIsDecorated(False)
         self.rec_table.setUniformRowHeights(True)
         h = self.rec_table.header()
@@ -112,7 +114,9 @@ class ModelsPage(QWidget):
         lib_title = QLabel("On this Mac")
         lib_title.setObjectName("sectionTitle")
         self.lib_table = QTreeWidget()
-        self.lib_table.setHeaderLabels(["Name", "Kind", "Size", "Quantization", "Chat template", "Path"])
+        self.lib_table.setHeaderLabels(
+            ["Name", "Kind", "Size", "Quantization", "Chat template", "Path"]
+        )
         self.lib_table.setRootIsDecorated(False)
         self.lib_table.setAlternatingRowColors(True)
         lh = self.lib_table.header()
@@ -120,8 +124,10 @@ class ModelsPage(QWidget):
             lh.setSectionResizeMode(i, QHeaderView.ResizeMode.ResizeToContents)
         lh.setSectionResizeMode(5, QHeaderView.ResizeMode.Stretch)
         self.lib_table.itemSelectionChanged.connect(self._update_buttons)
-        self.lib_empty = QLabel("No models yet: download a recommended one, or import a folder "
-                                "(drag it onto the window).")
+        self.lib_empty = QLabel(
+            "No models yet: download a recommended one, or import a folder "
+            "(drag it onto the window)."
+        )
         self.lib_empty.setObjectName("muted")
 
         self.import_button = QPushButton("Import Folder…")
@@ -165,11 +171,15 @@ class ModelsPage(QWidget):
         if not self.recommended:
             t = Task(recommended_rows)
             t.sig_done.connect(self._on_recommended_loaded)
-            t.sig_failed.connect(lambda m, h: self.status.setText(f"The recommended list cannot be read: {m}"))
+            t.sig_failed.connect(
+                lambda m, h: self.status.setText(f"The recommended list cannot be read: {m}")
+            )
             self._keep(t)
         t = Task(library_rows)
         t.sig_done.connect(self._on_library_loaded)
-        t.sig_failed.connect(lambda m, h: self.status.setText(f"The library cannot be read: {m} {h}"))
+        t.sig_failed.connect(
+            lambda m, h: self.status.setText(f"The library cannot be read: {m} {h}")
+        )
         self._keep(t)
 
     def _keep(self, task: Task) -> Task:
@@ -182,11 +192,22 @@ class ModelsPage(QWidget):
         self.rec_table.clear()
         self.cells.clear()
         for r in recs:
-            item = QTreeWidgetItem([r.name, f"{r.params_b:g} B", f"{r.download_gb:g} GB",
-                                    f"{r.train_gb:g} GB", r.notes, ""])
+            item = QTreeWidgetItem(
+                [
+                    r.name,
+                    f"{r.params_b:g} B",
+                    f"{r.download_gb:g} GB",
+                    f"{r.train_gb:g} GB",
+                    r.notes,
+                    "",
+                ]
+            )
             item.setToolTip(0, r.repo_id)
-            item.setToolTip(3, "Peak memory of LoRA training at batch 2, 512 tokens, rank 8, 16 "
-                               "layers; the Train page re-estimates for your settings.")
+            item.setToolTip(
+                3,
+                "Peak memory of LoRA training at batch 2, 512 tokens, rank 8, 16 "
+                "layers; the Train page re-estimates for your settings.",
+            )
             item.setToolTip(4, r.notes)
             self.rec_table.addTopLevelItem(item)
             cell = DownloadCellWidget(r.repo_id)
@@ -200,8 +221,16 @@ class ModelsPage(QWidget):
         self.library = rows
         self.lib_table.clear()
         for r in rows:
-            item = QTreeWidgetItem([r.name, r.kind, _size(r.size_bytes), r.quantization or "—",
-                                    r.chat_template or "—", r.path])
+            item = QTreeWidgetItem(
+                [
+                    r.name,
+                    r.kind,
+                    _size(r.size_bytes),
+                    r.quantization or "—",
+                    r.chat_template or "—",
+                    r.path,
+                ]
+            )
             if r.problem:
                 item.setToolTip(0, r.problem)
                 item.setText(3, "⚠ " + r.problem[:40])
@@ -228,16 +257,21 @@ class ModelsPage(QWidget):
     def select_model(self, ref: str) -> None:
         for i in range(self.lib_table.topLevelItemCount()):
             item = self.lib_table.topLevelItem(i)
-            row = next((r for r in self.library if r.name == item.data(0, Qt.ItemDataRole.UserRole)), None)
+            row = next(
+                (r for r in self.library if r.name == item.data(0, Qt.ItemDataRole.UserRole)), None
+            )
             item.setSelected(row is not None and (row.path == ref or row.name == ref))
         if self.selected() is not None:
-            self.status.setText("Quantizing to 4 bits makes the model about 4× smaller in memory: "
-                                "press Quantize…")
+            self.status.setText(
+                "Quantizing to 4 bits makes the model about 4× smaller in memory: press Quantize…"
+            )
 
     def _update_buttons(self) -> None:
         row = self.selected()
         self.use_button.setEnabled(row is not None and row.available)
-        self.quantize_button.setEnabled(row is not None and row.available and "group size" not in row.quantization)
+        self.quantize_button.setEnabled(
+            row is not None and row.available and "group size" not in row.quantization
+        )
         self.delete_button.setEnabled(row is not None and row.kind != "cached")
 
     # -- downloads ----------------------------------------------------------------------------
@@ -251,11 +285,18 @@ class ModelsPage(QWidget):
         self.downloads[repo_id] = task
         if cell:
             cell.set_progress(None)
-        task.sig_progress.connect(lambda p, c=cell: c and c.set_progress(getattr(p, "fraction", None)))
+        task.sig_progress.connect(
+            lambda p, c=cell: c and c.set_progress(getattr(p, "fraction", None))
+        )
         task.sig_done.connect(lambda _e, r=repo_id: self._on_download_ended(r, f"{r} downloaded."))
-        task.sig_failed.connect(lambda m, h, r=repo_id: self._on_download_ended(r, f"{m} {h}".strip()))
-        task.sig_cancelled.connect(lambda r=repo_id: self._on_download_ended(
-            r, f"Download of {r} cancelled; the bytes so far are kept for next time."))
+        task.sig_failed.connect(
+            lambda m, h, r=repo_id: self._on_download_ended(r, f"{m} {h}".strip())
+        )
+        task.sig_cancelled.connect(
+            lambda r=repo_id: self._on_download_ended(
+                r, f"Download of {r} cancelled; the bytes so far are kept for next time."
+            )
+        )
         task.start(self)
 
     def cancel_download(self, repo_id: str) -> None:
@@ -279,8 +320,10 @@ class ModelsPage(QWidget):
         from app.services import import_model
 
         self.status.setText(f"Checking {Path(folder).name}…")
-        self._run_library_task(Task(import_model, str(folder)),
-                               lambda e: f"Imported {e.name} (the folder stays where it is).")
+        self._run_library_task(
+            Task(import_model, str(folder)),
+            lambda e: f"Imported {e.name} (the folder stays where it is).",
+        )
 
     def _on_quantize_clicked(self) -> None:
         from app.services import quantize_model
@@ -288,35 +331,51 @@ class ModelsPage(QWidget):
         row = self.selected()
         if row is None:
             return
-        bits, ok = QInputDialog.getItem(self, "Quantize", f"Write a quantized copy of {row.name}:",
-                                        ["4-bit (smallest)", "8-bit (closest to the original)"], 0, False)
+        bits, ok = QInputDialog.getItem(
+            self,
+            "Quantize",
+            f"Write a quantized copy of {row.name}:",
+            ["4-bit (smallest)", "8-bit (closest to the original)"],
+            0,
+            False,
+        )
         if not ok:
             return
         n = 4 if bits.startswith("4") else 8
         self.status.setText(f"Quantizing {row.name} to {n} bits…")
-        self._run_library_task(Task(quantize_model, row.path, n),
-                               lambda e: f"Wrote {e.name} ({_size(e.size_bytes)}).")
+        self._run_library_task(
+            Task(quantize_model, row.path, n), lambda e: f"Wrote {e.name} ({_size(e.size_bytes)})."
+        )
 
     def _on_delete_clicked(self) -> None:
         row = self.selected()
         if row is None:
             return
-        what = {"imported": "Lathe forgets it; your folder is not touched.",
-                "converted": "Its folder is deleted from the workspace.",
-                "downloaded": "Its files are removed from the Hugging Face cache if Lathe downloaded them."}
+        what = {
+            "imported": "Lathe forgets it; your folder is not touched.",
+            "converted": "Its folder is deleted from the workspace.",
+            "downloaded": "Its files are removed from the Hugging Face cache if Lathe downloaded them.",
+        }
         answer = QMessageBox.question(
-            self, "Delete model?", f"Delete {row.name}?\n\n{what.get(row.kind, '')}",
+            self,
+            "Delete model?",
+            f"Delete {row.name}?\n\n{what.get(row.kind, '')}",
             QMessageBox.StandardButton.Cancel | QMessageBox.StandardButton.Yes,
-            QMessageBox.StandardButton.Cancel)
+            QMessageBox.StandardButton.Cancel,
+        )
         if answer == QMessageBox.StandardButton.Yes:
             self.delete_model(row.name)
 
     def delete_model(self, name: str) -> None:
         from app.services import delete_model
 
-        self._run_library_task(Task(delete_model, name),
-                               lambda d: f"Deleted {d['name']}" + (
-                                   f", freed {_size(d['freed_bytes'])}." if d.get("freed_bytes") else "."))
+        self._run_library_task(
+            Task(delete_model, name),
+            lambda d: (
+                f"Deleted {d['name']}"
+                + (f", freed {_size(d['freed_bytes'])}." if d.get("freed_bytes") else ".")
+            ),
+        )
 
     def _run_library_task(self, task: Task, done_text) -> None:
         self.busy.setVisible(True)

@@ -35,8 +35,12 @@ from app.tasks import Task
 
 COLUMNS = ["Run", "Status", "Model", "Dataset", "Steps", "Best val loss", "Duration", "Created"]
 STATE_LABELS = {
-    "completed": "✓ completed", "stopped": "■ stopped", "failed": "✕ failed",
-    "interrupted": "⚠ interrupted", "running": "● running", "created": "○ created",
+    "completed": "✓ completed",
+    "stopped": "■ stopped",
+    "failed": "✕ failed",
+    "interrupted": "⚠ interrupted",
+    "running": "● running",
+    "created": "○ created",
 }
 
 
@@ -93,8 +97,10 @@ class RunsPage(QWidget):
         for i in range(1, len(COLUMNS)):
             header.setSectionResizeMode(i, QHeaderView.ResizeMode.ResizeToContents)
         self.table.itemSelectionChanged.connect(self._on_table_selection_changed)
-        self.empty = QLabel("No runs yet. Start one on the Train page, or try the demo from the "
-                            "Welcome view (Help ▸ Welcome).")
+        self.empty = QLabel(
+            "No runs yet. Start one on the Train page, or try the demo from the "
+            "Welcome view (Help ▸ Welcome)."
+        )
         self.empty.setObjectName("muted")
 
         self.detail_title = QLabel("")
@@ -114,7 +120,9 @@ class RunsPage(QWidget):
         self.resume_button = QPushButton("Resume")
         self.chat_button = QPushButton("Open in Chat")
         self.export_button = QPushButton("Export…")
-        self.reveal_button = QPushButton("Reveal in Finder" if sys.platform == "darwin" else "Open folder")
+        self.reveal_button = QPushButton(
+            "Reveal in Finder" if sys.platform == "darwin" else "Open folder"
+        )
         self.delete_button = QPushButton("Delete…")
         self.delete_button.setObjectName("destructive")
         actions = QHBoxLayout()
@@ -160,7 +168,9 @@ class RunsPage(QWidget):
             return
         self._task = Task(run_rows)
         self._task.sig_done.connect(self._on_rows_loaded)
-        self._task.sig_failed.connect(lambda m, h: self.empty.setText(f"Runs cannot be listed: {m}"))
+        self._task.sig_failed.connect(
+            lambda m, h: self.empty.setText(f"Runs cannot be listed: {m}")
+        )
         self._task.start(self)
 
     def _on_rows_loaded(self, rows) -> None:
@@ -170,13 +180,20 @@ class RunsPage(QWidget):
         self.table.clear()
         for row in rows:
             steps = f"{row.step}/{row.total_steps}" if row.total_steps else str(row.step or "")
-            item = QTreeWidgetItem([
-                row.name if row.name != row.id else row.id, STATE_LABELS.get(row.state, row.state),
-                row.model, row.dataset, steps,
-                "" if row.best_val_loss is None else f"{row.best_val_loss:.4f}",
-                format_duration(row.duration),
-                time.strftime("%d %b %H:%M", time.localtime(row.created)) if row.created else "",
-            ])
+            item = QTreeWidgetItem(
+                [
+                    row.name if row.name != row.id else row.id,
+                    STATE_LABELS.get(row.state, row.state),
+                    row.model,
+                    row.dataset,
+                    steps,
+                    "" if row.best_val_loss is None else f"{row.best_val_loss:.4f}",
+                    format_duration(row.duration),
+                    time.strftime("%d %b %H:%M", time.localtime(row.created))
+                    if row.created
+                    else "",
+                ]
+            )
             item.setToolTip(0, str(row.path))
             if row.reason:
                 item.setToolTip(1, row.reason)
@@ -248,11 +265,18 @@ class RunsPage(QWidget):
 
     def _update_buttons(self) -> None:
         row = self.selected_row()
-        busy = row is not None and self.controller.active and self.controller.run_dir is not None \
+        busy = (
+            row is not None
+            and self.controller.active
+            and self.controller.run_dir is not None
             and Path(self.controller.run_dir) == Path(row.path)
+        )
         has = row is not None
-        self.resume_button.setEnabled(has and row.state in ("stopped", "failed", "interrupted", "created")
-                                      and not self.controller.active)
+        self.resume_button.setEnabled(
+            has
+            and row.state in ("stopped", "failed", "interrupted", "created")
+            and not self.controller.active
+        )
         self.chat_button.setEnabled(has and row.has_adapter)
         self.export_button.setEnabled(has and row.has_adapter and not busy)
         self.reveal_button.setEnabled(has)
@@ -265,7 +289,7 @@ class RunsPage(QWidget):
             signal.emit(str(row.path))
 
     def _on_eval_view_use_checkpoint(self, run_id: str, step: int) -> None:
-        """"Use this checkpoint": offer it (RUN:STEP) to chat and to export."""
+        """ "Use this checkpoint": offer it (RUN:STEP) to chat and to export."""
         run_dir = self.eval_view.run_dir
         if run_dir is None or run_dir.name != run_id:
             return
@@ -298,11 +322,13 @@ class RunsPage(QWidget):
         if row is None:
             return
         answer = QMessageBox.question(
-            self, "Delete run?",
+            self,
+            "Delete run?",
             f"Delete the run {row.id}?\n\nIts adapter, checkpoints and curves are removed from "
             "disk. This cannot be undone.",
             QMessageBox.StandardButton.Cancel | QMessageBox.StandardButton.Yes,
-            QMessageBox.StandardButton.Cancel)
+            QMessageBox.StandardButton.Cancel,
+        )
         if answer != QMessageBox.StandardButton.Yes:
             return
         self.delete_run(row.path)
@@ -312,5 +338,7 @@ class RunsPage(QWidget):
 
         task = Task(delete_run, path)
         task.sig_done.connect(lambda _: self.refresh())
-        task.sig_failed.connect(lambda m, h: QMessageBox.warning(self, "Cannot delete", f"{m}\n{h}".strip()))
+        task.sig_failed.connect(
+            lambda m, h: QMessageBox.warning(self, "Cannot delete", f"{m}\n{h}".strip())
+        )
         self._delete_task = task.start(self)

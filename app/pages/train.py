@@ -117,12 +117,19 @@ class TrainPage(QWidget):
         self.export_button = QPushButton("Export…")
         self.resume_button = QPushButton("Resume")
         self.force_button = QPushButton("Start anyway")
-        self.force_button.setToolTip("Start this run although the memory estimate says it will not fit; "
-                                     "it saves a checkpoint and stops if memory runs short.")
+        self.force_button.setToolTip(
+            "Start this run although the memory estimate says it will not fit; "
+            "it saves a checkpoint and stops if memory runs short."
+        )
         self.runs_button = QPushButton("Show in Runs")
         result_buttons = QHBoxLayout()
-        for b in (self.chat_button, self.export_button, self.resume_button, self.force_button,
-                  self.runs_button):
+        for b in (
+            self.chat_button,
+            self.export_button,
+            self.resume_button,
+            self.force_button,
+            self.runs_button,
+        ):
             result_buttons.addWidget(b)
         result_buttons.addStretch(1)
         rl = QVBoxLayout(self.result)
@@ -198,9 +205,11 @@ class TrainPage(QWidget):
             cfg = self.settings.config(validate=True)
             hosts = self.settings.hosts.distributed_hosts()
             if hosts is not None and len(hosts) < 2:
-                raise ConfigError("Train on several Macs needs at least two Macs in the host list.",
-                                  "List every Mac that takes part, this one included, or turn the "
-                                  "option off to train on this Mac alone.")
+                raise ConfigError(
+                    "Train on several Macs needs at least two Macs in the host list.",
+                    "List every Mac that takes part, this one included, or turn the "
+                    "option off to train on this Mac alone.",
+                )
             if self.fit_banner.verdict == "will not fit" and not cfg.training.ignore_fit_check:
                 if not self.confirm_start_anyway():
                     return False
@@ -208,12 +217,16 @@ class TrainPage(QWidget):
             self._reset_view(cfg.name or Path(cfg.data.path).name)
             self.controller.start_config(cfg, hosts=hosts)
             if hosts:
-                self._append_log(f"Training across {len(hosts)} Macs: "
-                                 + ", ".join(h.ssh for h in hosts) + ".")
+                self._append_log(
+                    f"Training across {len(hosts)} Macs: " + ", ".join(h.ssh for h in hosts) + "."
+                )
         except Exception as exc:  # noqa: BLE001 - ConfigError, RunError, OSError: shown to the user
             message, hint = describe_error(exc)
-            self._show_result("problem", f"<b>Cannot start:</b> {_esc(message)}"
-                              + (f"<br>{_esc(hint)}" if hint else ""), buttons=())
+            self._show_result(
+                "problem",
+                f"<b>Cannot start:</b> {_esc(message)}" + (f"<br>{_esc(hint)}" if hint else ""),
+                buttons=(),
+            )
             return False
         return True
 
@@ -221,15 +234,29 @@ class TrainPage(QWidget):
         """Ask before starting a run the memory estimate says will not fit."""
         report = self.fit_report
         gb = 1024**3
-        numbers = (f"It needs about {report.training_peak_bytes / gb:.1f} GB of memory and this Mac "
-                   f"offers {report.budget_bytes / gb:.1f} GB. ") if report is not None else ""
-        fix = (f"\n\nTo make it fit: {report.suggestion.description}."
-               if report is not None and report.suggestion is not None else "")
-        box = QMessageBox(QMessageBox.Icon.Warning, "Start a run that will not fit?",
-                          "This run is predicted not to fit in memory.", parent=self)
+        numbers = (
+            (
+                f"It needs about {report.training_peak_bytes / gb:.1f} GB of memory and this Mac "
+                f"offers {report.budget_bytes / gb:.1f} GB. "
+            )
+            if report is not None
+            else ""
+        )
+        fix = (
+            f"\n\nTo make it fit: {report.suggestion.description}."
+            if report is not None and report.suggestion is not None
+            else ""
+        )
+        box = QMessageBox(
+            QMessageBox.Icon.Warning,
+            "Start a run that will not fit?",
+            "This run is predicted not to fit in memory.",
+            parent=self,
+        )
         box.setInformativeText(
             f"{numbers}Training may slow the Mac down badly; if memory runs short the run saves a "
-            f"checkpoint and stops.{fix}")
+            f"checkpoint and stops.{fix}"
+        )
         start = box.addButton("Start anyway", QMessageBox.ButtonRole.AcceptRole)
         box.addButton(QMessageBox.StandardButton.Cancel)
         box.setDefaultButton(QMessageBox.StandardButton.Cancel)
@@ -312,8 +339,10 @@ class TrainPage(QWidget):
         data = Path(str(cfg.get("data", ""))).name
         self.header.setText(f"Training {data} · {model}")
         self.chart.placeholder = "Waiting for the first step…"
-        self._append_log(f"Run {e.get('run_id')} started: {total} steps, "
-                         f"{cfg.get('train_examples', '?')} training examples.")
+        self._append_log(
+            f"Run {e.get('run_id')} started: {total} steps, "
+            f"{cfg.get('train_examples', '?')} training examples."
+        )
 
     def _on_controller_progress(self, e: dict) -> None:
         # Cheap on purpose: append to the chart's buffer; labels refresh on the stats timer.
@@ -321,7 +350,9 @@ class TrainPage(QWidget):
 
     def _on_controller_eval(self, e: dict) -> None:
         self.chart.add_valid(e.get("step", 0), e.get("val_loss"))
-        self._append_log(f"step {e.get('step')}: validation loss {e.get('val_loss', float('nan')):.4f}")
+        self._append_log(
+            f"step {e.get('step')}: validation loss {e.get('val_loss', float('nan')):.4f}"
+        )
 
     def _on_controller_checkpoint(self, e: dict) -> None:
         self._append_log(f"checkpoint saved at step {e.get('step')}")
@@ -330,7 +361,9 @@ class TrainPage(QWidget):
         self._append_log(message if level in ("info", "output") else f"{level}: {message}")
 
     def _on_controller_error(self, e: dict) -> None:
-        self._append_log(f"error: {e.get('message')}" + (f" ({e.get('hint')})" if e.get("hint") else ""))
+        self._append_log(
+            f"error: {e.get('message')}" + (f" ({e.get('hint')})" if e.get("hint") else "")
+        )
 
     def _on_controller_finished(self, state: str, details: dict) -> None:
         self.final_state = state
@@ -343,19 +376,26 @@ class TrainPage(QWidget):
         run_name = details.get("run_id") or "the run"
         if state == "completed":
             self.progress.setValue(self.progress.maximum())
-            text = (f"<b>Training completed.</b> {int(summary.get('steps', 0))} steps in "
-                    f"{format_eta(summary.get('wall_seconds'))}")
+            text = (
+                f"<b>Training completed.</b> {int(summary.get('steps', 0))} steps in "
+                f"{format_eta(summary.get('wall_seconds'))}"
+            )
             if summary.get("best_val_loss") is not None:
                 text += f", best validation loss {summary['best_val_loss']:.4f}"
             text += f".<br>Adapter: {_esc(str(fin.get('adapter_path') or ''))}"
             self._show_result("completed", text, ("chat", "export", "runs"))
             self.eta.setText("done")
-            note = f"{run_name} completed" + (f", validation loss {summary['best_val_loss']:.3f}"
-                                              if summary.get("best_val_loss") is not None else "")
+            note = f"{run_name} completed" + (
+                f", validation loss {summary['best_val_loss']:.3f}"
+                if summary.get("best_val_loss") is not None
+                else ""
+            )
         elif state == "stopped":
             ck = details.get("last_checkpoint") or {}
-            text = (f"<b>Training stopped</b> at step {summary.get('steps', ck.get('step', '?'))}; "
-                    f"the checkpoint is kept, so you can resume later.")
+            text = (
+                f"<b>Training stopped</b> at step {summary.get('steps', ck.get('step', '?'))}; "
+                f"the checkpoint is kept, so you can resume later."
+            )
             self._show_result("stopped", text, ("resume", "chat", "export", "runs"))
             self.eta.setText("stopped")
             note = f"{run_name} stopped at step {summary.get('steps', '?')}"
@@ -363,29 +403,50 @@ class TrainPage(QWidget):
             error = details["error"]
             headline, body = failure_summary(error)
             refused = bool(error.get("fit")) and not details.get("last_progress")
-            can_resume = bool(details.get("last_checkpoint")) or _has_checkpoint(details.get("run_dir"))
-            verb = "Not started" if refused else ("Training crashed" if state == CRASHED else "Training stopped")
+            can_resume = bool(details.get("last_checkpoint")) or _has_checkpoint(
+                details.get("run_dir")
+            )
+            verb = (
+                "Not started"
+                if refused
+                else ("Training crashed" if state == CRASHED else "Training stopped")
+            )
             text = f"<b>{verb}: {_esc(headline)}</b><br>{body}"
             if refused:
-                text += ("<br>Start anyway ignores the estimate; the run still saves a checkpoint and "
-                         "stops if memory runs short.")
+                text += (
+                    "<br>Start anyway ignores the estimate; the run still saves a checkpoint and "
+                    "stops if memory runs short."
+                )
             elif can_resume:
                 text += "<br>Resume continues from the last checkpoint."
             self._show_result("problem", text, ("force", "runs") if refused else ("resume", "runs"))
             self.eta.setText(state)
             note = f"{run_name} stopped: {headline}"
         else:
-            message = describe_crash(details) if state == CRASHED else (
-                (details.get("error") or {}).get("message") or str(summary.get("reason") or "The run failed."))
+            message = (
+                describe_crash(details)
+                if state == CRASHED
+                else (
+                    (details.get("error") or {}).get("message")
+                    or str(summary.get("reason") or "The run failed.")
+                )
+            )
             hint = (details.get("error") or {}).get("hint") if state != CRASHED else ""
-            can_resume = bool(details.get("last_checkpoint")) or _has_checkpoint(details.get("run_dir"))
-            text = f"<b>Training {'crashed' if state == CRASHED else 'failed'}.</b><br>" + _esc(message).replace("\n", "<br>")
+            can_resume = bool(details.get("last_checkpoint")) or _has_checkpoint(
+                details.get("run_dir")
+            )
+            text = f"<b>Training {'crashed' if state == CRASHED else 'failed'}.</b><br>" + _esc(
+                message
+            ).replace("\n", "<br>")
             if hint:
                 text += f"<br>What to do: {_esc(hint)}"
             if state == CRASHED and details.get("exit_code") not in (None, -1):
                 text += f"<br>Exit code {details['exit_code']}."
-            text += ("<br>Resume continues from the last checkpoint." if can_resume
-                     else "<br>No checkpoint was saved yet; Resume starts the run again.")
+            text += (
+                "<br>Resume continues from the last checkpoint."
+                if can_resume
+                else "<br>No checkpoint was saved yet; Resume starts the run again."
+            )
             self._show_result("problem", text, ("resume", "runs"))
             self.eta.setText(state)
             note = f"{run_name} {'crashed' if state == CRASHED else 'failed'}"
@@ -430,7 +491,8 @@ class TrainPage(QWidget):
             self.eta.setText(f"ETA {format_eta(e.get('eta_seconds'))}")
         self.stats.setText(
             f"{e.get('tokens_per_second') or 0:,.0f} tok/s  ·  peak {e.get('peak_memory_gb') or 0:.2f} GB  ·  "
-            f"lr {e.get('learning_rate') or 0:.2e}  ·  loss {e.get('train_loss') or float('nan'):.4f}")
+            f"lr {e.get('learning_rate') or 0:.2e}  ·  loss {e.get('train_loss') or float('nan'):.4f}"
+        )
 
     def _append_log(self, line: str) -> None:
         self._pending_log.append(line)
@@ -500,8 +562,11 @@ def failure_summary(error: dict | None) -> tuple[str, str] | None:
         gb = 1024**3
         need = fit.get("training_peak_gb") or (fit.get("training_peak_bytes") or 0) / gb
         have = fit.get("budget_gb") or (fit.get("budget_bytes") or 0) / gb
-        body = (f"Training needs about <b>{need:.1f} GB</b>; this Mac offers <b>{have:.1f} GB</b>"
-                + (f" ({_esc(str(fit['budget_source']))})" if fit.get("budget_source") else "") + ".")
+        body = (
+            f"Training needs about <b>{need:.1f} GB</b>; this Mac offers <b>{have:.1f} GB</b>"
+            + (f" ({_esc(str(fit['budget_source']))})" if fit.get("budget_source") else "")
+            + "."
+        )
         suggestion = fit.get("suggestion") or {}
         if suggestion.get("description"):
             body += f"<br>To make it fit: {_esc(str(suggestion['description']))}"

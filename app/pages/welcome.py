@@ -45,18 +45,24 @@ class WelcomePage(QWidget):
 
         title = QLabel("Welcome to Lathe")
         title.setObjectName("heroTitle")
-        lead = QLabel("Lathe teaches an open language model your own examples — support answers, "
-                      "a writing style, a task — right on this Mac.\nNothing leaves the machine: "
-                      "drop a dataset, pick a model, watch it learn, then chat with the result.")
+        lead = QLabel(
+            "Lathe teaches an open language model your own examples — support answers, "
+            "a writing style, a task — right on this Mac.\nNothing leaves the machine: "
+            "drop a dataset, pick a model, watch it learn, then chat with the result."
+        )
         lead.setObjectName("lead")
         lead.setWordWrap(True)
 
-        self.sample = QLabel("bank-support: 288 chat examples of a bank's support assistant "
-                             "answering customers (fees, cards, transfers), plus 24 for validation.")
+        self.sample = QLabel(
+            "bank-support: 288 chat examples of a bank's support assistant "
+            "answering customers (fees, cards, transfers), plus 24 for validation."
+        )
         open_button = QPushButton("Open your own dataset…")
         open_button.clicked.connect(self.sig_open_dataset)
-        self.model = QLabel("Qwen2.5 0.5B Instruct (4-bit): a 0.3 GB download that trains in "
-                            "about 4 GB of memory — the quickest real model to start with.")
+        self.model = QLabel(
+            "Qwen2.5 0.5B Instruct (4-bit): a 0.3 GB download that trains in "
+            "about 4 GB of memory — the quickest real model to start with."
+        )
         models_button = QPushButton("Models…")
         models_button.clicked.connect(self.sig_show_models)
         self.demo_note = QLabel(demo_model_note())

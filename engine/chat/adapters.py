@@ -131,7 +131,11 @@ def _looks_like_run(path: Path) -> bool:
 def _run_of_adapter(path: Path) -> tuple[Path | None, int | None]:
     if path.name == "adapters" and _looks_like_run(path.parent):
         return path.parent, None
-    if path.parent.name == "checkpoints" and path.name.isdigit() and _looks_like_run(path.parent.parent):
+    if (
+        path.parent.name == "checkpoints"
+        and path.name.isdigit()
+        and _looks_like_run(path.parent.parent)
+    ):
         return path.parent.parent, int(path.name)
     return None, None
 
@@ -143,8 +147,9 @@ def _info(path: Path, run_dir: Path | None, step: int | None) -> AdapterInfo:
         if jinja.is_file():
             template = jinja.read_text(encoding="utf-8") or None
         base_model = base_model_of(run_dir)
-    return AdapterInfo(path=path, run_dir=run_dir, step=step, chat_template=template,
-                       base_model=base_model)
+    return AdapterInfo(
+        path=path, run_dir=run_dir, step=step, chat_template=template, base_model=base_model
+    )
 
 
 def adapter_config(path: Path) -> dict:
@@ -187,7 +192,11 @@ class AdapterSwitch:
         model.eval()
         after_modules = dict(model.named_modules())
         # A module replaced by load_adapters is a LoRA/DoRA wrapper around the original object.
-        replaced = [n for n, m in after_modules.items() if n in before_modules and before_modules[n] is not m]
+        replaced = [
+            n
+            for n, m in after_modules.items()
+            if n in before_modules and before_modules[n] is not m
+        ]
         replaced = [n for n in replaced if not any(n.startswith(o + ".") for o in replaced)]
         self._base_modules = [(n, before_modules[n]) for n in replaced]
         self._tuned_modules = [(n, after_modules[n]) for n in replaced]

@@ -1,4 +1,4 @@
-""""Add to dataset": a chat turn the user liked (or corrected) becomes a training example.
+""" "Add to dataset": a chat turn the user liked (or corrected) becomes a training example.
 
 Examples are appended only to Lathe's own copy of a dataset in the workspace
 (`datasets/<id>/train.jsonl`), never to the file the user imported, and the file is rewritten
@@ -37,10 +37,14 @@ def validate_example(example: dict) -> dict:
             kept["weight"] = message["weight"]
         clean.append(kept)
     if not any(m["role"] == "user" for m in clean):
-        raise ChatError("The example has no user message.", "An example teaches a reply to a question.")
+        raise ChatError(
+            "The example has no user message.", "An example teaches a reply to a question."
+        )
     if clean[-1]["role"] != "assistant" or not clean[-1]["content"].strip():
-        raise ChatError("The example must end with a reply that is not empty.",
-                        "Wait for the reply, or type the reply you want the model to learn.")
+        raise ChatError(
+            "The example must end with a reply that is not empty.",
+            "Wait for the reply, or type the reply you want the model to learn.",
+        )
     return {"messages": clean}
 
 
@@ -55,8 +59,10 @@ def dataset_file(dataset: str | Path, *, create: bool = False) -> Path:
         path = workspace.inside(root, text)
         if not path.is_dir():
             if not create:
-                raise ChatError(f"There is no dataset called '{text}'.",
-                                "Pick one from the Data page, or create a new one.")
+                raise ChatError(
+                    f"There is no dataset called '{text}'.",
+                    "Pick one from the Data page, or create a new one.",
+                )
             workspace.ensure_dir(path)
     path = path.resolve()
     if root not in path.parents:
@@ -73,8 +79,9 @@ def dataset_file(dataset: str | Path, *, create: bool = False) -> Path:
     return path
 
 
-def add_to_dataset(dataset: str | Path, messages: list[dict], reply: str | None = None, *,
-                   create: bool = False) -> Path:
+def add_to_dataset(
+    dataset: str | Path, messages: list[dict], reply: str | None = None, *, create: bool = False
+) -> Path:
     """Append the conversation `messages` (the last reply replaced by `reply` when given) as one
     `{"messages": [...]}` line to the dataset's train file; return that file."""
     messages = [dict(m) for m in messages]

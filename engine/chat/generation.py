@@ -41,7 +41,10 @@ class ChatSettings:
 
     def validate(self) -> None:
         checks = [
-            (self.temperature >= 0, "Temperature must be 0 or more (0 always picks the likeliest token)."),
+            (
+                self.temperature >= 0,
+                "Temperature must be 0 or more (0 always picks the likeliest token).",
+            ),
             (0 < self.top_p <= 1, "Top-p must be more than 0 and at most 1."),
             (0 <= self.min_p < 1, "Min-p must be between 0 and 1."),
             (self.top_k >= 0, "Top-k must be 0 (off) or more."),
@@ -146,7 +149,9 @@ class ChatModel:
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
-    def load(cls, model: str | Path | None = None, adapter: str | Path | AdapterInfo | None = None) -> ChatModel:
+    def load(
+        cls, model: str | Path | None = None, adapter: str | Path | AdapterInfo | None = None
+    ) -> ChatModel:
         """Load `model` (a folder or Hugging Face repo id) and attach `adapter` (RUN[:STEP] or a folder).
 
         Without `model`, the model the adapter's run was trained on is loaded.
@@ -154,7 +159,9 @@ class ChatModel:
         info = _as_info(adapter) if adapter is not None else None
         if not model:
             if info is None or not info.base_model:
-                raise ChatError("No model given.", "Pass --model, or a run whose config names its model.")
+                raise ChatError(
+                    "No model given.", "Pass --model, or a run whose config names its model."
+                )
             model = info.base_model
         from mlx_lm import load
 
@@ -279,16 +286,22 @@ class ChatModel:
                 self._adapter.set_enabled(tuned)
             yield from self._stream_locked(messages, settings, tuned, cancel)
 
-    def reply(self, messages: list[dict], settings: ChatSettings | None = None, *,
-              use_adapter: bool = True) -> Reply:
+    def reply(
+        self,
+        messages: list[dict],
+        settings: ChatSettings | None = None,
+        *,
+        use_adapter: bool = True,
+    ) -> Reply:
         """The whole reply at once (no streaming)."""
         for event in self.stream(messages, settings, use_adapter=use_adapter):
             if event.kind == "done":
                 return event.reply
         raise AssertionError("a reply stream always ends with a done event")
 
-    def _stream_locked(self, messages, settings: ChatSettings, tuned: bool,
-                       cancel: threading.Event) -> Iterator[ChatEvent]:
+    def _stream_locked(
+        self, messages, settings: ChatSettings, tuned: bool, cancel: threading.Event
+    ) -> Iterator[ChatEvent]:
         import mlx.core as mx
         from mlx_lm.generate import stream_generate
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
@@ -306,25 +319,40 @@ class ChatModel:
             )
         tokens, dropped = _fit(self.tokenizer, messages, template, budget)
         if dropped:
-            notice = (f"Left out the {dropped} oldest message{'s' if dropped != 1 else ''} to fit "
-                      f"the model's {self.context_length}-token context.")
+            notice = (
+                f"Left out the {dropped} oldest message{'s' if dropped != 1 else ''} to fit "
+                f"the model's {self.context_length}-token context."
+            )
             notices.append(notice)
             yield ChatEvent("notice", notice)
-        if self.adapter and self.adapter.base_model and tuned and not _same_model(self.adapter.base_model, self.model_path):
-            notice = (f"This run was trained on {self.adapter.base_model}, not on {self.name}; "
-                      "its replies may not mean much.")
+        if (
+            self.adapter
+            and self.adapter.base_model
+            and tuned
+            and not _same_model(self.adapter.base_model, self.model_path)
+        ):
+            notice = (
+                f"This run was trained on {self.adapter.base_model}, not on {self.name}; "
+                "its replies may not mean much."
+            )
             notices.append(notice)
             yield ChatEvent("notice", notice)
 
-        stops = list(settings.stop) if settings.stop is not None else (
-            list(DEFAULT_TEMPLATE_STOPS) if template == DEFAULT_CHAT_TEMPLATE else [])
+        stops = (
+            list(settings.stop)
+            if settings.stop is not None
+            else (list(DEFAULT_TEMPLATE_STOPS) if template == DEFAULT_CHAT_TEMPLATE else [])
+        )
         matcher = StopMatcher(stops)
         if settings.seed is not None:
             mx.random.seed(settings.seed)
-        sampler = make_sampler(settings.temperature, settings.top_p, settings.min_p,
-                               top_k=settings.top_k)
+        sampler = make_sampler(
+            settings.temperature, settings.top_p, settings.min_p, top_k=settings.top_k
+        )
         processors = make_logits_processors(
-            repetition_penalty=settings.repetition_penalty if settings.repetition_penalty != 1.0 else None,
+            repetition_penalty=settings.repetition_penalty
+            if settings.repetition_penalty != 1.0
+            else None,
             repetition_context_size=settings.repetition_context_size,
         )
 
@@ -338,8 +366,13 @@ class ChatModel:
         first = last = None
         reason = "length"
         generator = stream_generate(
-            self.model, self.tokenizer, tokens, max_tokens=settings.max_tokens, sampler=sampler,
-            logits_processors=processors or None, prompt_progress_callback=check_cancel,
+            self.model,
+            self.tokenizer,
+            tokens,
+            max_tokens=settings.max_tokens,
+            sampler=sampler,
+            logits_processors=processors or None,
+            prompt_progress_callback=check_cancel,
         )
         try:
             for response in generator:
@@ -420,8 +453,9 @@ def _context_length(config: dict, tokenizer) -> int:
 def _render(tokenizer, messages: list[dict], template: str) -> list[int]:
     clean = [{"role": m["role"], "content": m["content"]} for m in messages]
     try:
-        out = tokenizer.apply_chat_template(clean, chat_template=template,
-                                            add_generation_prompt=True, tokenize=True)
+        out = tokenizer.apply_chat_template(
+            clean, chat_template=template, add_generation_prompt=True, tokenize=True
+        )
     except Exception as exc:  # noqa: BLE001 - jinja raises TemplateError from the template itself
         if clean and clean[0]["role"] == "system" and len(clean) > 1:
             # Some templates (Gemma, Mistral) refuse a system role; fold it into the first turn.
@@ -440,7 +474,7 @@ def _fit(tokenizer, messages: list[dict], template: str, budget: int) -> tuple[l
     the model never sees a reply without its question.
     """
     system = [m for m in messages[:1] if m.get("role") == "system"]
-    rest = list(messages[len(system):])
+    rest = list(messages[len(system) :])
     dropped = 0
     while True:
         tokens = _render(tokenizer, system + rest, template)

@@ -18,13 +18,21 @@ class ChatSession:
     be called from any thread.
     """
 
-    def __init__(self, model: ChatModel, *, use_adapter: bool = True, system_prompt: str = "",
-                 settings: ChatSettings | None = None):
+    def __init__(
+        self,
+        model: ChatModel,
+        *,
+        use_adapter: bool = True,
+        system_prompt: str = "",
+        settings: ChatSettings | None = None,
+    ):
         self.model = model
         self.use_adapter = use_adapter
         self.system_prompt = system_prompt
         self.settings = settings or ChatSettings()
-        self.history: list[dict] = []  # user/assistant turns, oldest first, without the system prompt
+        self.history: list[
+            dict
+        ] = []  # user/assistant turns, oldest first, without the system prompt
         self.replies: list[Reply] = []  # the Reply behind each assistant turn, in order
         self._cancel: threading.Event | None = None
 
@@ -34,11 +42,16 @@ class ChatSession:
 
     def messages(self) -> list[dict]:
         """The conversation as the model sees it: the system prompt first, when there is one."""
-        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt.strip() else []
+        system = (
+            [{"role": "system", "content": self.system_prompt}]
+            if self.system_prompt.strip()
+            else []
+        )
         return system + [dict(m) for m in self.history]
 
-    def send(self, text: str, settings: ChatSettings | None = None,
-             cancel: threading.Event | None = None) -> Iterator[ChatEvent]:
+    def send(
+        self, text: str, settings: ChatSettings | None = None, cancel: threading.Event | None = None
+    ) -> Iterator[ChatEvent]:
         if not text.strip():
             raise ChatError("The message is empty.", "Type something to send.")
         self.history.append({"role": "user", "content": text})
@@ -48,8 +61,9 @@ class ChatSession:
             self.history.pop()
             raise
 
-    def regenerate(self, settings: ChatSettings | None = None,
-                   cancel: threading.Event | None = None) -> Iterator[ChatEvent]:
+    def regenerate(
+        self, settings: ChatSettings | None = None, cancel: threading.Event | None = None
+    ) -> Iterator[ChatEvent]:
         """A new reply to the last user message, in place of the last reply."""
         if self.history and self.history[-1]["role"] == "assistant":
             self.history.pop()
@@ -59,8 +73,13 @@ class ChatSession:
             raise ChatError("There is nothing to regenerate yet.", "Send a message first.")
         return self._respond(settings, cancel)
 
-    def edit_and_resend(self, index: int, text: str, settings: ChatSettings | None = None,
-                        cancel: threading.Event | None = None) -> Iterator[ChatEvent]:
+    def edit_and_resend(
+        self,
+        index: int,
+        text: str,
+        settings: ChatSettings | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[ChatEvent]:
         """Replace the user message at `index` in `history`, forget everything after it, reply again."""
         if not (0 <= index < len(self.history)) or self.history[index]["role"] != "user":
             raise ChatError("Only a message you sent can be edited.")
@@ -96,8 +115,12 @@ class ChatSession:
 
     def _respond(self, settings, cancel, sent: bool = False) -> Iterator[ChatEvent]:
         self._cancel = cancel if cancel is not None else threading.Event()
-        stream = self.model.stream(self.messages(), settings or self.settings,
-                                   use_adapter=self.use_adapter, cancel=self._cancel)
+        stream = self.model.stream(
+            self.messages(),
+            settings or self.settings,
+            use_adapter=self.use_adapter,
+            cancel=self._cancel,
+        )
         return self._record(stream, sent)
 
     def _record(self, stream: Iterator[ChatEvent], sent: bool) -> Iterator[ChatEvent]:
@@ -122,19 +145,28 @@ class CompareSession:
     for the base side's reply and on for the tuned side's.
     """
 
-    def __init__(self, model: ChatModel, *, system_prompt: str = "",
-                 settings: ChatSettings | None = None):
+    def __init__(
+        self, model: ChatModel, *, system_prompt: str = "", settings: ChatSettings | None = None
+    ):
         if model.adapter is None:
-            raise ChatError("Compare mode needs an adapter.", "Pick a run to compare with its base model.")
-        self.base = ChatSession(model, use_adapter=False, system_prompt=system_prompt, settings=settings)
-        self.tuned = ChatSession(model, use_adapter=True, system_prompt=system_prompt, settings=settings)
+            raise ChatError(
+                "Compare mode needs an adapter.", "Pick a run to compare with its base model."
+            )
+        self.base = ChatSession(
+            model, use_adapter=False, system_prompt=system_prompt, settings=settings
+        )
+        self.tuned = ChatSession(
+            model, use_adapter=True, system_prompt=system_prompt, settings=settings
+        )
         self._cancel = threading.Event()
 
     @property
     def sides(self) -> dict[str, ChatSession]:
         return {"base": self.base, "tuned": self.tuned}
 
-    def send(self, text: str, settings: ChatSettings | None = None) -> Iterator[tuple[str, ChatEvent]]:
+    def send(
+        self, text: str, settings: ChatSettings | None = None
+    ) -> Iterator[tuple[str, ChatEvent]]:
         """(side, event) pairs: the base side's whole reply, then the tuned side's."""
         if not text.strip():
             raise ChatError("The message is empty.", "Type something to send.")

@@ -22,23 +22,42 @@ def register(subparsers) -> None:
         help="Chat with a model, with or without a run's adapter.",
         description="Chat with a model, base or tuned. Replies stream to stdout.",
     )
-    p.add_argument("--model", help="Model folder or Hugging Face repo id (default: the run's model).")
-    p.add_argument("--adapter", metavar="RUN[:STEP]",
-                   help="A run id or folder, optionally with a checkpoint step, or an adapter folder.")
+    p.add_argument(
+        "--model", help="Model folder or Hugging Face repo id (default: the run's model)."
+    )
+    p.add_argument(
+        "--adapter",
+        metavar="RUN[:STEP]",
+        help="A run id or folder, optionally with a checkpoint step, or an adapter folder.",
+    )
     p.add_argument("--prompt", help="Send one message and exit; without it, chat interactively.")
     p.add_argument("--system", default="", help="System prompt.")
     p.add_argument("--base", action="store_true", help="Start with the adapter switched off.")
-    p.add_argument("--compare", action="store_true",
-                   help="Answer each message twice: base model, then with the adapter.")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="Answer each message twice: base model, then with the adapter.",
+    )
     p.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (deterministic).")
     p.add_argument("--top-p", type=float, default=1.0, help="Nucleus sampling (1 is off).")
-    p.add_argument("--min-p", type=float, default=0.0, help="Minimum probability relative to the top token.")
-    p.add_argument("--top-k", type=int, default=0, help="Sample from the k likeliest tokens (0 is off).")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="Above 1 discourages repeats.")
+    p.add_argument(
+        "--min-p", type=float, default=0.0, help="Minimum probability relative to the top token."
+    )
+    p.add_argument(
+        "--top-k", type=int, default=0, help="Sample from the k likeliest tokens (0 is off)."
+    )
+    p.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="Above 1 discourages repeats."
+    )
     p.add_argument("--max-tokens", type=int, default=512, help="Longest reply in tokens.")
     p.add_argument("--seed", type=int, default=None, help="Random seed, for repeatable sampling.")
-    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="Stop the reply at this text (repeatable).")
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="Stop the reply at this text (repeatable).",
+    )
     add_json_flag(p)
     p.set_defaults(handler=run)
 
@@ -49,10 +68,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.model and not args.adapter:
         raise ChatError("No model given.", "Pass --model, or --adapter with a run.")
     if args.compare and not args.adapter:
-        raise ChatError("--compare needs --adapter.", "Pass the run to compare with its base model.")
+        raise ChatError(
+            "--compare needs --adapter.", "Pass the run to compare with its base model."
+        )
     settings = ChatSettings(
-        temperature=args.temperature, top_p=args.top_p, min_p=args.min_p, top_k=args.top_k,
-        repetition_penalty=args.repetition_penalty, max_tokens=args.max_tokens, seed=args.seed,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
         stop=args.stop,
     )
     settings.validate()
@@ -61,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
         if args.compare:
             session = CompareSession(model, system_prompt=args.system, settings=settings)
         else:
-            session = ChatSession(model, use_adapter=not args.base, system_prompt=args.system,
-                                  settings=settings)
+            session = ChatSession(
+                model, use_adapter=not args.base, system_prompt=args.system, settings=settings
+            )
         out = _Printer(args.json)
         if args.prompt is not None:
             return _turn(session, args.prompt, out)
@@ -173,8 +200,12 @@ class _Printer:
                 return
             s = reply.stats
             print(flush=True)
-            print(f"[{s.tokens} tokens · {s.tokens_per_second:.1f} tok/s · first token "
-                  f"{s.time_to_first_token * 1000:.0f} ms · {s.stop_reason}]", file=sys.stderr, flush=True)
+            print(
+                f"[{s.tokens} tokens · {s.tokens_per_second:.1f} tok/s · first token "
+                f"{s.time_to_first_token * 1000:.0f} ms · {s.stop_reason}]",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def info(self, text: str) -> None:
         if self.json:

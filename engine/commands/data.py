@@ -12,9 +12,11 @@ from engine.cli import add_json_flag, print_json
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "data", help="Inspect, import and look inside datasets.",
+        "data",
+        help="Inspect, import and look inside datasets.",
         description="Read a dataset in any common format, report what was found and what is "
-                    "wrong, and import it into the workspace.")
+        "wrong, and import it into the workspace.",
+    )
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)
 
@@ -24,7 +26,9 @@ def register(subparsers) -> None:
     add_json_flag(p)
     p.set_defaults(handler=_inspect)
 
-    p = sub.add_parser("import", help="Import a dataset into the workspace (the original is not changed).")
+    p = sub.add_parser(
+        "import", help="Import a dataset into the workspace (the original is not changed)."
+    )
     _source_args(p)
     _token_args(p)
     p.add_argument("--name", help="A name for the dataset (default: the file's name).")
@@ -33,14 +37,33 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("show", help="Show one example token by token: trained or masked.")
     _source_args(p)
-    p.add_argument("--model", "-m", required=True, help="Model folder whose tokenizer and chat template to use.")
-    p.add_argument("--index", "-n", type=int, default=0, help="Which example, counting from 0 (default 0).")
-    p.add_argument("--split", choices=("train", "valid", "test"),
-                   help="Count within this split (after held-out splits are chosen) instead of file order.")
-    p.add_argument("--max-seq-length", type=int, default=2048, help="Longer examples are truncated (default 2048).")
+    p.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="Model folder whose tokenizer and chat template to use.",
+    )
+    p.add_argument(
+        "--index", "-n", type=int, default=0, help="Which example, counting from 0 (default 0)."
+    )
+    p.add_argument(
+        "--split",
+        choices=("train", "valid", "test"),
+        help="Count within this split (after held-out splits are chosen) instead of file order.",
+    )
+    p.add_argument(
+        "--max-seq-length",
+        type=int,
+        default=2048,
+        help="Longer examples are truncated (default 2048).",
+    )
     p.add_argument("--no-mask-prompt", action="store_true", help="Train on prompts too.")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
-                   help="Colour trained/masked tokens (default: when printing to a terminal).")
+    p.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="Colour trained/masked tokens (default: when printing to a terminal).",
+    )
     add_json_flag(p)
     p.set_defaults(handler=_show)
 
@@ -50,35 +73,70 @@ def register(subparsers) -> None:
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE",
-                   help="A data file, a folder with train/valid/test files, a .zip, or an imported dataset id.")
-    p.add_argument("--format", "-f",
-                   help="Skip detection: chat, completion, alpaca, sharegpt or text.")
-    p.add_argument("--map", dest="mapping", metavar="TARGET=COLUMN,...",
-                   help="Which columns or fields hold what, e.g. prompt=question,completion=answer "
-                        "(targets: system, prompt, completion, text).")
-    p.add_argument("--strict", action="store_true", help="Stop at the first bad example instead of skipping it.")
+    p.add_argument(
+        "file",
+        metavar="FILE",
+        help="A data file, a folder with train/valid/test files, a .zip, or an imported dataset id.",
+    )
+    p.add_argument(
+        "--format", "-f", help="Skip detection: chat, completion, alpaca, sharegpt or text."
+    )
+    p.add_argument(
+        "--map",
+        dest="mapping",
+        metavar="TARGET=COLUMN,...",
+        help="Which columns or fields hold what, e.g. prompt=question,completion=answer "
+        "(targets: system, prompt, completion, text).",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="Stop at the first bad example instead of skipping it.",
+    )
     p.add_argument("--keep-duplicates", action="store_true", help="Keep repeated examples.")
-    p.add_argument("--valid-fraction", type=float, default=0.1,
-                   help="Share held out for validation when the data has no valid split (default 0.1).")
-    p.add_argument("--test-fraction", type=float, default=0.0,
-                   help="Share held out for testing when the data has no test split (default 0).")
+    p.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.1,
+        help="Share held out for validation when the data has no valid split (default 0.1).",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="Share held out for testing when the data has no test split (default 0).",
+    )
     p.add_argument("--seed", type=int, default=0, help="Seed for the held-out splits (default 0).")
 
 
 def _token_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", help="Model folder: adds token lengths and trained tokens to the report.")
-    p.add_argument("--max-seq-length", type=int, default=2048, help="Longer examples are truncated (default 2048).")
-    p.add_argument("--batch-size", type=int, default=4, help="For the steps-per-epoch estimate (default 4).")
+    p.add_argument(
+        "--model", "-m", help="Model folder: adds token lengths and trained tokens to the report."
+    )
+    p.add_argument(
+        "--max-seq-length",
+        type=int,
+        default=2048,
+        help="Longer examples are truncated (default 2048).",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=4, help="For the steps-per-epoch estimate (default 4)."
+    )
     p.add_argument("--no-mask-prompt", action="store_true", help="Train on prompts too.")
 
 
 def _options(args):
     from engine.data import Options
 
-    return Options(format=args.format, mapping=args.mapping, strict=args.strict,
-                   valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
-                   seed=args.seed, dedupe=not args.keep_duplicates)
+    return Options(
+        format=args.format,
+        mapping=args.mapping,
+        strict=args.strict,
+        valid_fraction=args.valid_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        dedupe=not args.keep_duplicates,
+    )
 
 
 def _tokens(args):
@@ -86,8 +144,12 @@ def _tokens(args):
 
     if not args.model:
         return None
-    return TokenSettings(args.model, max_seq_length=args.max_seq_length, batch_size=args.batch_size,
-                         mask_prompt=not args.no_mask_prompt)
+    return TokenSettings(
+        args.model,
+        max_seq_length=args.max_seq_length,
+        batch_size=args.batch_size,
+        mask_prompt=not args.no_mask_prompt,
+    )
 
 
 def _source(text: str) -> Path:
@@ -98,7 +160,9 @@ def _source(text: str) -> Path:
         return path
     folder = dataset_dir(text)
     if folder is None:
-        raise DataError(f"{text} does not exist.", "Check the path, or see `python -m engine data list`.")
+        raise DataError(
+            f"{text} does not exist.", "Check the path, or see `python -m engine data list`."
+        )
     return folder
 
 
@@ -113,7 +177,9 @@ def _inspect(args) -> int:
 def _import(args) -> int:
     from engine.data import import_dataset
 
-    report = import_dataset(_source(args.file), _options(args), name=args.name, tokens=_tokens(args))
+    report = import_dataset(
+        _source(args.file), _options(args), name=args.name, tokens=_tokens(args)
+    )
     print_json(report.to_dict()) if args.json else print(report.to_text())
     return 0
 
@@ -143,16 +209,26 @@ _RESET = "\x1b[0m"
 def _show(args) -> int:
     from engine.data import token_view
 
-    view = token_view(_source(args.file), args.model, args.index, split=args.split,
-                      options=_options(args), max_seq_length=args.max_seq_length,
-                      mask_prompt=not args.no_mask_prompt)
+    view = token_view(
+        _source(args.file),
+        args.model,
+        args.index,
+        split=args.split,
+        options=_options(args),
+        max_seq_length=args.max_seq_length,
+        mask_prompt=not args.no_mask_prompt,
+    )
     if args.json:
         print_json(view.to_dict())
         return 0
-    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty()
-                                       and not os.environ.get("NO_COLOR"))
-    print(f"Example {view.index} ({view.where}): {view.length} tokens, {view.trained_tokens} trained"
-          + (f", truncated to {view.max_seq_length}" if view.truncated else "") + ".")
+    color = args.color == "always" or (
+        args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    )
+    print(
+        f"Example {view.index} ({view.where}): {view.length} tokens, {view.trained_tokens} trained"
+        + (f", truncated to {view.max_seq_length}" if view.truncated else "")
+        + "."
+    )
     if color:
         print(f"Legend: {_TRAINED[0]} trained {_RESET} {_MASKED[0]} masked {_RESET}\n")
     else:

@@ -14,8 +14,10 @@ import sys
 
 from engine.cli import add_json_flag, print_json
 
-METRIC_HELP = ("Task metric (repeatable): exact, contains, regex:PATTERN, json, schema:FILE.json, length. "
-               "Default: the run's data.eval_metrics, else exact, contains and length.")
+METRIC_HELP = (
+    "Task metric (repeatable): exact, contains, regex:PATTERN, json, schema:FILE.json, length. "
+    "Default: the run's data.eval_metrics, else exact, contains and length."
+)
 
 
 def register(subparsers) -> None:
@@ -23,49 +25,82 @@ def register(subparsers) -> None:
         "eval",
         help="Evaluate a run against its base model: loss, task metrics, answers side by side.",
         description="Evaluate what fine-tuning changed: base model against tuned model on the same "
-                    "tokens and prompts, the best checkpoint, and an HTML report.",
+        "tokens and prompts, the best checkpoint, and an HTML report.",
     )
     sub = p.add_subparsers(dest="eval_command", metavar="ACTION")
 
-    r = sub.add_parser("run", help="Evaluate RUN[:STEP] and its base model on held-out prompts.",
-                       description="Loss and perplexity on the test split, task metrics on held-out "
-                                   "prompts, greedy answers of base and tuned; saved in the run's eval/ folder.")
-    r.add_argument("run", metavar="RUN[:STEP]", help="A run id or folder, optionally with a checkpoint step.")
+    r = sub.add_parser(
+        "run",
+        help="Evaluate RUN[:STEP] and its base model on held-out prompts.",
+        description="Loss and perplexity on the test split, task metrics on held-out "
+        "prompts, greedy answers of base and tuned; saved in the run's eval/ folder.",
+    )
+    r.add_argument(
+        "run", metavar="RUN[:STEP]", help="A run id or folder, optionally with a checkpoint step."
+    )
     _prompt_args(r)
     r.add_argument("--metric", action="append", default=None, metavar="SPEC", help=METRIC_HELP)
-    r.add_argument("--no-loss", action="store_true", help="Skip the loss comparison on the test split.")
+    r.add_argument(
+        "--no-loss", action="store_true", help="Skip the loss comparison on the test split."
+    )
     add_json_flag(r)
     r.set_defaults(handler=_run)
 
-    b = sub.add_parser("best", help="Name the best checkpoint, by validation loss or a task metric.",
-                       description="The best checkpoint of a run. By a metric, every checkpoint answers the "
-                                   "held-out prompts. Use the answer as RUN:STEP in chat, export and eval.")
+    b = sub.add_parser(
+        "best",
+        help="Name the best checkpoint, by validation loss or a task metric.",
+        description="The best checkpoint of a run. By a metric, every checkpoint answers the "
+        "held-out prompts. Use the answer as RUN:STEP in chat, export and eval.",
+    )
     b.add_argument("run", metavar="RUN", help="A run id or folder.")
-    b.add_argument("--by", default="val_loss", metavar="val_loss|METRIC",
-                   help="val_loss (default) or a metric spec such as exact or schema:FILE.json.")
+    b.add_argument(
+        "--by",
+        default="val_loss",
+        metavar="val_loss|METRIC",
+        help="val_loss (default) or a metric spec such as exact or schema:FILE.json.",
+    )
     _prompt_args(b)
     add_json_flag(b)
     b.set_defaults(handler=_best)
 
-    rep = sub.add_parser("report", help="Write the run's report: one self-contained HTML file.",
-                         description="Config, loss curves, metrics base versus tuned, answers side by side "
-                                     "and the golden prompt timeline, in one HTML file.")
+    rep = sub.add_parser(
+        "report",
+        help="Write the run's report: one self-contained HTML file.",
+        description="Config, loss curves, metrics base versus tuned, answers side by side "
+        "and the golden prompt timeline, in one HTML file.",
+    )
     rep.add_argument("run", metavar="RUN", help="A run id or folder.")
-    rep.add_argument("--results", metavar="FILE", help="An evaluation's results.json (default: the latest).")
-    rep.add_argument("--evaluate", action="store_true", help="Run an evaluation first when the run has none.")
-    rep.add_argument("--out", metavar="FILE.html", help="Where to write it (default: RUN/report.html).")
+    rep.add_argument(
+        "--results", metavar="FILE", help="An evaluation's results.json (default: the latest)."
+    )
+    rep.add_argument(
+        "--evaluate", action="store_true", help="Run an evaluation first when the run has none."
+    )
+    rep.add_argument(
+        "--out", metavar="FILE.html", help="Where to write it (default: RUN/report.html)."
+    )
     add_json_flag(rep)
     rep.set_defaults(handler=_report)
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
 
 def _prompt_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompts", metavar="FILE.jsonl",
-                   help="Held-out prompts with reference answers (default: data.eval_prompts, else the test split).")
-    p.add_argument("--max-tokens", type=int, default=128, help="Longest answer in tokens (default 128).")
+    p.add_argument(
+        "--prompts",
+        metavar="FILE.jsonl",
+        help="Held-out prompts with reference answers (default: data.eval_prompts, else the test split).",
+    )
+    p.add_argument(
+        "--max-tokens", type=int, default=128, help="Longest answer in tokens (default 128)."
+    )
     p.add_argument("--limit", type=int, default=None, help="Use only the first N prompts.")
-    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="End each answer at this text (repeatable), e.g. a newline for models that never emit EOS.")
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="End each answer at this text (repeatable), e.g. a newline for models that never emit EOS.",
+    )
 
 
 def _progress(as_json: bool):
@@ -100,8 +135,16 @@ def _run(args) -> int:
     from engine.evaluate import evaluate_run
 
     _check(args)
-    results = evaluate_run(args.run, prompts=args.prompts, metrics=args.metric, max_tokens=args.max_tokens,
-                           stop=_stops(args), limit=args.limit, loss=not args.no_loss, progress=_progress(args.json))
+    results = evaluate_run(
+        args.run,
+        prompts=args.prompts,
+        metrics=args.metric,
+        max_tokens=args.max_tokens,
+        stop=_stops(args),
+        limit=args.limit,
+        loss=not args.no_loss,
+        progress=_progress(args.json),
+    )
     if args.json:
         print_json(results)
         return 0
@@ -115,11 +158,19 @@ def format_summary(results: dict) -> str:
     loss = results.get("loss")
     if loss:
         for key in ("loss", "perplexity"):
-            rows.append((f"{key} ({loss['split']}, {loss['tokens']} tokens)",
-                         f"{loss['base'][key]:.4f}", f"{loss['tuned'][key]:.4f}"))
+            rows.append(
+                (
+                    f"{key} ({loss['split']}, {loss['tokens']} tokens)",
+                    f"{loss['base'][key]:.4f}",
+                    f"{loss['tuned'][key]:.4f}",
+                )
+            )
     for m in results["metrics"]:
-        fmt = (lambda v: "–" if v is None else f"{v * 100:.1f}%") if m["rate"] else (
-            lambda v: "–" if v is None else f"{v:.1f}")
+        fmt = (
+            (lambda v: "–" if v is None else f"{v * 100:.1f}%")
+            if m["rate"]
+            else (lambda v: "–" if v is None else f"{v:.1f}")
+        )
         rows.append((m["label"], fmt(m["base"]), fmt(m["tuned"])))
     width = max(len(r[0]) for r in rows)
     lines += [f"  {a:<{width}}  {b:>9}  {c:>9}" for a, b, c in rows]
@@ -135,15 +186,22 @@ def _best(args) -> int:
     _check(args)
     kwargs = {}
     if args.by not in ("val_loss", "loss", "validation"):
-        kwargs = dict(prompts=args.prompts, max_tokens=args.max_tokens, stop=_stops(args), limit=args.limit,
-                      progress=_progress(args.json))
+        kwargs = dict(
+            prompts=args.prompts,
+            max_tokens=args.max_tokens,
+            stop=_stops(args),
+            limit=args.limit,
+            progress=_progress(args.json),
+        )
     best = best_checkpoint(args.run, args.by, **kwargs)
     if args.json:
         print_json(best)
         return 0
     value = best["value"]
     shown = f"{value:.4f}" if best["by"] == "val_loss" else f"{value * 100:.1f}%"
-    print(f"Best checkpoint by {best['by']}: step {best['step']} ({shown}). Use it as {best['spec']}.")
+    print(
+        f"Best checkpoint by {best['by']}: step {best['step']} ({shown}). Use it as {best['spec']}."
+    )
     if best.get("base") is not None:
         print(f"  base model: {best['base'] * 100:.1f}%")
     for note in best.get("notes", []):
@@ -169,6 +227,9 @@ def _report(args) -> int:
     else:
         print(f"Report written to {path}")
         if results is None:
-            print("  It has no evaluation yet; run `python -m engine eval run "
-                  f"{run_dir.name}` or pass --evaluate.", file=sys.stderr)
+            print(
+                "  It has no evaluation yet; run `python -m engine eval run "
+                f"{run_dir.name}` or pass --evaluate.",
+                file=sys.stderr,
+            )
     return 0

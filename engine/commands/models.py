@@ -21,12 +21,16 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="models_command", metavar="ACTION")
 
     s = sub.add_parser("list", help="List downloaded, imported and converted models.")
-    s.add_argument("--recommended", action="store_true", help="List the recommended models instead.")
+    s.add_argument(
+        "--recommended", action="store_true", help="List the recommended models instead."
+    )
     add_json_flag(s)
     s.set_defaults(handler=_list)
 
     s = sub.add_parser("download", help="Download a model from the Hugging Face Hub.")
-    s.add_argument("repo_id", metavar="ID", help="Hub model id, e.g. mlx-community/Qwen2.5-0.5B-Instruct-4bit.")
+    s.add_argument(
+        "repo_id", metavar="ID", help="Hub model id, e.g. mlx-community/Qwen2.5-0.5B-Instruct-4bit."
+    )
     s.add_argument("--revision", default=None, help="Branch, tag or commit (default main).")
     add_json_flag(s)
     s.set_defaults(handler=_download)
@@ -56,11 +60,19 @@ def register(subparsers) -> None:
     add_json_flag(s)
     s.set_defaults(handler=_inspect)
 
-    s = sub.add_parser("fit", help="Estimate whether training a model with a config fits in memory.")
+    s = sub.add_parser(
+        "fit", help="Estimate whether training a model with a config fits in memory."
+    )
     s.add_argument("path", metavar="PATH", help="Model folder or library name.")
     s.add_argument("--config", required=True, metavar="FILE", help="Run config YAML.")
-    s.add_argument("--budget-gb", type=float, default=None, help="Memory to plan for (default: this machine).")
-    s.add_argument("--measure", action="store_true", help="Also run two real training steps and report the measured peak.")
+    s.add_argument(
+        "--budget-gb", type=float, default=None, help="Memory to plan for (default: this machine)."
+    )
+    s.add_argument(
+        "--measure",
+        action="store_true",
+        help="Also run two real training steps and report the measured peak.",
+    )
     add_json_flag(s)
     s.set_defaults(handler=_fit)
 
@@ -81,7 +93,9 @@ def _list(args: argparse.Namespace) -> int:
             print_json(items)
         else:
             for r in items:
-                print(f"{r['repo_id']:<48} ~{r['download_gb']:.1f} GB download, ~{r['train_gb']:.1f} GB to train")
+                print(
+                    f"{r['repo_id']:<48} ~{r['download_gb']:.1f} GB download, ~{r['train_gb']:.1f} GB to train"
+                )
         return 0
     from engine.models.library import list_models
 
@@ -90,7 +104,9 @@ def _list(args: argparse.Namespace) -> int:
         print_json([e.to_dict() for e in entries])
         return 0
     if not entries:
-        print("No models yet. Download one (models download ID) or import a folder (models import PATH).")
+        print(
+            "No models yet. Download one (models download ID) or import a folder (models import PATH)."
+        )
     for e in entries:
         flag = "" if e.available else "  (missing)"
         print(f"{e.kind:<11} {e.name:<48} {_gb(e.size_bytes):>10}  {e.path}{flag}")
@@ -109,7 +125,11 @@ def _download(args: argparse.Namespace) -> int:
         pct = int(p.fraction * 100)
         if pct != last[0]:
             last[0] = pct
-            print(f"\r{pct:3d}%  {_gb(p.done_bytes)} of {_gb(p.total_bytes)}  {p.filename}", end="", file=sys.stderr)
+            print(
+                f"\r{pct:3d}%  {_gb(p.done_bytes)} of {_gb(p.total_bytes)}  {p.filename}",
+                end="",
+                file=sys.stderr,
+            )
 
     entry = download(args.repo_id, revision=args.revision, progress=progress)
     if not args.json and sys.stderr.isatty():
@@ -128,7 +148,9 @@ def _import(args: argparse.Namespace) -> int:
     if args.json:
         print_json(entry.to_dict())
     else:
-        print(f"Imported {entry.name} ({_gb(entry.size_bytes)}) from {entry.path}; the folder stays where it is.")
+        print(
+            f"Imported {entry.name} ({_gb(entry.size_bytes)}) from {entry.path}; the folder stays where it is."
+        )
     return 0
 
 
@@ -143,7 +165,9 @@ def _convert_progress(args):
 def _quantize(args: argparse.Namespace) -> int:
     from engine.models.convert import quantize
 
-    entry = quantize(args.path, args.bits, args.group_size, name=args.name, progress=_convert_progress(args))
+    entry = quantize(
+        args.path, args.bits, args.group_size, name=args.name, progress=_convert_progress(args)
+    )
     if args.json:
         print_json(entry.to_dict())
     else:
@@ -226,7 +250,9 @@ def _fit(args: argparse.Namespace) -> int:
     elif report.verdict != "fits":
         print("no single change makes it fit; choose a smaller model.")
     if "measured" in out:
-        print(f"measured peak of two real steps: {_gb(out['measured']['peak_bytes'])} on {out['measured']['device']}")
+        print(
+            f"measured peak of two real steps: {_gb(out['measured']['peak_bytes'])} on {out['measured']['device']}"
+        )
     for note in report.notes + warnings:
         print(f"note: {note}")
     return 0
@@ -241,5 +267,7 @@ def _delete(args: argparse.Namespace) -> int:
     elif result["removed_files"]:
         print(f"Deleted {result['name']} and freed {_gb(result['freed_bytes'])}.")
     else:
-        print(f"Removed {result['name']} from the library; its files were not Lathe's, so they stay.")
+        print(
+            f"Removed {result['name']} from the library; its files were not Lathe's, so they stay."
+        )
     return 0

@@ -46,33 +46,74 @@ def register(sub) -> None:
         description="Fine-tune a model on a dataset. Reads Lathe configs and the YAML files "
         "`mlx_lm.lora -c` reads; flags override the config file.",
     )
-    p.add_argument("--config", "-c", metavar="FILE", help="YAML config (Lathe or mlx_lm.lora format).")
+    p.add_argument(
+        "--config", "-c", metavar="FILE", help="YAML config (Lathe or mlx_lm.lora format)."
+    )
     for flag, (section, name, tp) in FLAGS.items():
         p.add_argument(flag, type=tp, default=None, help=field_help(section, name))
-    p.add_argument("--mask-prompt", dest="mask_prompt", action="store_true", default=None,
-                   help=field_help("data", "mask_prompt"))
-    p.add_argument("--no-mask-prompt", dest="mask_prompt", action="store_false",
-                   help="Train on the whole text, prompts included.")
-    p.add_argument("--grad-checkpoint", action="store_true", default=None,
-                   help=field_help("training", "grad_checkpoint"))
+    p.add_argument(
+        "--mask-prompt",
+        dest="mask_prompt",
+        action="store_true",
+        default=None,
+        help=field_help("data", "mask_prompt"),
+    )
+    p.add_argument(
+        "--no-mask-prompt",
+        dest="mask_prompt",
+        action="store_false",
+        help="Train on the whole text, prompts included.",
+    )
+    p.add_argument(
+        "--grad-checkpoint",
+        action="store_true",
+        default=None,
+        help=field_help("training", "grad_checkpoint"),
+    )
     p.add_argument("--test", action="store_true", default=None, help=field_help("training", "test"))
-    p.add_argument("--nan-retry", action="store_true", default=None, help=field_help("training", "nan_retry"))
-    p.add_argument("--force", action="store_true", default=None,
-                   help=field_help("training", "ignore_fit_check"))
+    p.add_argument(
+        "--nan-retry", action="store_true", default=None, help=field_help("training", "nan_retry")
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        default=None,
+        help=field_help("training", "ignore_fit_check"),
+    )
     p.add_argument("--name", help="A name for the run (used in its folder name).")
-    p.add_argument("--resume", metavar="RUN", help="Continue a run (id or folder) from its newest checkpoint.")
-    p.add_argument("--demo", action="store_true",
-                   help="Fine-tune a demo model on the bundled bank-support sample, no other arguments needed.")
-    p.add_argument("--events", action="store_true",
-                   help="Write events as JSON lines to stdout (for the app); `stop` on stdin stops the run.")
-    p.add_argument("--write-mlx-lm-config", metavar="FILE",
-                   help="Write the resolved config as an `mlx_lm.lora -c` YAML file and exit.")
-    p.add_argument("--print-config", action="store_true", help="Print the resolved config and exit.")
-    p.add_argument("--hosts", metavar="FILE",
-                   help="Train data-parallel across the Macs listed in this YAML file (ssh, same Python "
-                        "path on each), through mlx.launch; rank 0's events come back here.")
-    p.add_argument("--backend", default="ring", choices=("ring", "mpi"),
-                   help="mlx.launch backend for --hosts (ring: Ethernet or Thunderbolt).")
+    p.add_argument(
+        "--resume", metavar="RUN", help="Continue a run (id or folder) from its newest checkpoint."
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="Fine-tune a demo model on the bundled bank-support sample, no other arguments needed.",
+    )
+    p.add_argument(
+        "--events",
+        action="store_true",
+        help="Write events as JSON lines to stdout (for the app); `stop` on stdin stops the run.",
+    )
+    p.add_argument(
+        "--write-mlx-lm-config",
+        metavar="FILE",
+        help="Write the resolved config as an `mlx_lm.lora -c` YAML file and exit.",
+    )
+    p.add_argument(
+        "--print-config", action="store_true", help="Print the resolved config and exit."
+    )
+    p.add_argument(
+        "--hosts",
+        metavar="FILE",
+        help="Train data-parallel across the Macs listed in this YAML file (ssh, same Python "
+        "path on each), through mlx.launch; rank 0's events come back here.",
+    )
+    p.add_argument(
+        "--backend",
+        default="ring",
+        choices=("ring", "mpi"),
+        help="mlx.launch backend for --hosts (ring: Ethernet or Thunderbolt).",
+    )
     p.set_defaults(handler=handle)
 
 
@@ -119,18 +160,27 @@ def demo_defaults(cfg: RunConfig, notes: list[str]) -> None:
     stories = shared_stories_model()
     if stories is not None:
         cfg.model.path = str(stories)
-        notes.append(f"Demo model: stories260K ({stories}), a real 260K-parameter model pretrained on "
-                     "children's stories: small enough to train in a minute, too small to be useful.")
+        notes.append(
+            f"Demo model: stories260K ({stories}), a real 260K-parameter model pretrained on "
+            "children's stories: small enough to train in a minute, too small to be useful."
+        )
     else:
         from engine.tinymodel import build_tiny_model
 
         target = models_dir() / "lathe-demo-tiny"
         if not (target / "model.safetensors").exists():
-            build_tiny_model(target, hidden_size=96, num_layers=4, chat_template=True,
-                             extra_texts=_sample_texts(Path(cfg.data.path)))
+            build_tiny_model(
+                target,
+                hidden_size=96,
+                num_layers=4,
+                chat_template=True,
+                extra_texts=_sample_texts(Path(cfg.data.path)),
+            )
         cfg.model.path = str(target)
-        notes.append(f"Demo model: a tiny random-weight model built on this Mac ({target}); it learns "
-                     "the sample's answers by heart but knows nothing else. Download a real model for real work.")
+        notes.append(
+            f"Demo model: a tiny random-weight model built on this Mac ({target}); it learns "
+            "the sample's answers by heart but knows nothing else. Download a real model for real work."
+        )
     cfg.data.max_seq_length = 512
     cfg.training.iters = cfg.training.iters or 300
     cfg.training.batch_size = 8
@@ -237,10 +287,16 @@ def handle(args: argparse.Namespace) -> int:
     stop = StopSignal()
     stop.install(watch_stdin=args.events)
     sinks = [events.EventLog(run_dir / "events.jsonl")]
-    sinks.append(events.JsonLinesWriter(sys.stdout) if args.events else events.ConsolePrinter(sys.stderr))
+    sinks.append(
+        events.JsonLinesWriter(sys.stdout) if args.events else events.ConsolePrinter(sys.stderr)
+    )
     sink = events.Fanout(sinks)
     for w in warnings:
-        sink(events.make("log", level="warning" if "ignored" in w or "not" in w else "info", message=w))
+        sink(
+            events.make(
+                "log", level="warning" if "ignored" in w or "not" in w else "info", message=w
+            )
+        )
 
     from engine.train import run
 
@@ -286,7 +342,9 @@ def _secondary_rank(args: argparse.Namespace, ranks) -> int:
             config = build_config(args, [])
         stop = StopSignal()
         stop.install(watch_stdin=False)
-        status = run(config, scratch, lambda event: None, should_stop=stop, resume=bool(args.resume))
+        status = run(
+            config, scratch, lambda event: None, should_stop=stop, resume=bool(args.resume)
+        )
         return {"completed": 0, "stopped": 0}.get(status, 1)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -305,13 +363,19 @@ def _launch_on_hosts(args: argparse.Namespace) -> int:
     hostfile = distributed.write_hostfile(hosts, Path(tempfile.mkstemp(suffix=".json")[1]))
     argv = list(sys.argv[1:])
     i = argv.index("--hosts")
-    train_args = argv[argv.index("train") + 1:i] + argv[i + 2:] if "train" in argv else argv[:i] + argv[i + 2:]
+    train_args = (
+        argv[argv.index("train") + 1 : i] + argv[i + 2 :]
+        if "train" in argv
+        else argv[:i] + argv[i + 2 :]
+    )
     cmd = distributed.launch_command(hostfile, train_args, args.backend)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
     stop = StopSignal()
     stop.install(watch_stdin=args.events)
-    threading.Thread(target=lambda: (stop.event.wait(), proc.poll() is None and proc.send_signal(sig.SIGTERM)),
-                     daemon=True).start()
+    threading.Thread(
+        target=lambda: (stop.event.wait(), proc.poll() is None and proc.send_signal(sig.SIGTERM)),
+        daemon=True,
+    ).start()
     printer = None if args.events else events.ConsolePrinter(sys.stderr)
     status = None
     for line in proc.stdout:
@@ -331,7 +395,10 @@ def _launch_on_hosts(args: argparse.Namespace) -> int:
     proc.wait()
     Path(hostfile).unlink(missing_ok=True)
     if status is None:
-        print(f"lathe-engine: the run across {len(hosts)} Macs ended without a result (mlx.launch exit "
-              f"code {proc.returncode}); see the messages above.", file=sys.stderr)
+        print(
+            f"lathe-engine: the run across {len(hosts)} Macs ended without a result (mlx.launch exit "
+            f"code {proc.returncode}); see the messages above.",
+            file=sys.stderr,
+        )
         return 1
     return {"completed": 0, "stopped": 0}.get(status, 1)

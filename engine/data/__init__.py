@@ -31,10 +31,27 @@ from engine.data.tokens import load_tokenizer
 from engine.data.view import TokenPiece, TokenView, token_view
 
 __all__ = [
-    "FORMATS", "DataError", "DatasetInfo", "Options", "Problem", "Report", "Splits", "TokenPiece",
-    "TokenReport", "TokenSettings", "TokenStats", "TokenView", "dataset_dir", "import_dataset",
-    "inspect_dataset", "list_datasets", "load_report", "load_splits", "load_tokenizer",
-    "read_imported", "token_view",
+    "FORMATS",
+    "DataError",
+    "DatasetInfo",
+    "Options",
+    "Problem",
+    "Report",
+    "Splits",
+    "TokenPiece",
+    "TokenReport",
+    "TokenSettings",
+    "TokenStats",
+    "TokenView",
+    "dataset_dir",
+    "import_dataset",
+    "inspect_dataset",
+    "list_datasets",
+    "load_report",
+    "load_splits",
+    "load_tokenizer",
+    "read_imported",
+    "token_view",
 ]
 
 
@@ -43,7 +60,9 @@ class Splits:
     train: list[dict]
     valid: list[dict]
     test: list[dict]
-    notes: list[str] = field(default_factory=list)  # things the user should know (carved valid, ...)
+    notes: list[str] = field(
+        default_factory=list
+    )  # things the user should know (carved valid, ...)
 
 
 def load_splits(path: str | Path, *, valid_fraction: float = 0.1, seed: int = 0) -> Splits:
@@ -60,7 +79,9 @@ def load_splits(path: str | Path, *, valid_fraction: float = 0.1, seed: int = 0)
     if folder is not None:
         return _load_imported(folder, valid_fraction, seed)
     if not p.exists():
-        raise DataError(f"Dataset {path} does not exist.", "Check the path, or drop the file again.")
+        raise DataError(
+            f"Dataset {path} does not exist.", "Check the path, or drop the file again."
+        )
     from engine.data.importer import _run
 
     options = Options(valid_fraction=valid_fraction, seed=seed, dedupe=False)
@@ -72,7 +93,9 @@ def load_splits(path: str | Path, *, valid_fraction: float = 0.1, seed: int = 0)
         parts[names[code]].append(record)
     notes = list(report.split_notes)
     if report.summary:
-        notes.append(report.summary + (f" First: {report.problems[0]['text']}" if report.problems else ""))
+        notes.append(
+            report.summary + (f" First: {report.problems[0]['text']}" if report.problems else "")
+        )
     notes += report.notes
     return Splits(parts["train"], parts["valid"], parts["test"], notes)
 
@@ -81,12 +104,16 @@ def _load_imported(folder: Path, valid_fraction: float, seed: int) -> Splits:
     parts = read_imported(folder)
     notes: list[str] = []
     if not parts["train"]:
-        raise DataError(f"The dataset {folder.name} has no training examples.",
-                        "Import the data again.")
+        raise DataError(
+            f"The dataset {folder.name} has no training examples.", "Import the data again."
+        )
     if not parts["valid"] and valid_fraction > 0:
         codes = np.zeros(len(parts["train"]), np.int8)
-        final, notes = plan_splits(codes, Options(valid_fraction=valid_fraction, seed=seed),
-                                   {"train": True, "valid": False, "test": True})
+        final, notes = plan_splits(
+            codes,
+            Options(valid_fraction=valid_fraction, seed=seed),
+            {"train": True, "valid": False, "test": True},
+        )
         train = parts["train"]
         parts["train"] = [r for r, c in zip(train, final, strict=True) if c == 0]
         parts["valid"] = [r for r, c in zip(train, final, strict=True) if c == 1]

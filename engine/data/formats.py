@@ -22,29 +22,81 @@ FORMATS = {
     "text": "plain text",
 }
 FORMAT_ALIASES = {
-    "openai": "chat", "messages": "chat", "prompt-completion": "completion",
-    "prompt_completion": "completion", "bedrock": "completion", "conversations": "sharegpt",
+    "openai": "chat",
+    "messages": "chat",
+    "prompt-completion": "completion",
+    "prompt_completion": "completion",
+    "bedrock": "completion",
+    "conversations": "sharegpt",
 }
 # `--map TARGET=COLUMN`: the targets a column can be mapped to.
-MAP_TARGETS = {"system", "prompt", "completion", "text", "messages", "conversations",
-               "instruction", "input", "output", "tools"}
-MAP_ALIASES = {"response": "completion", "answer": "completion", "question": "prompt", "user": "prompt"}
+MAP_TARGETS = {
+    "system",
+    "prompt",
+    "completion",
+    "text",
+    "messages",
+    "conversations",
+    "instruction",
+    "input",
+    "output",
+    "tools",
+}
+MAP_ALIASES = {
+    "response": "completion",
+    "answer": "completion",
+    "question": "prompt",
+    "user": "prompt",
+}
 
 # Column names that make the mapping clear (compared lower-cased, without spaces/underscores).
 _SYNONYMS = {
     "system": ("system", "systemprompt", "systemmessage", "sys", "persona"),
-    "prompt": ("prompt", "question", "query", "input", "user", "human", "instruction", "request",
-               "q", "usermessage", "inputtext"),
-    "completion": ("completion", "response", "answer", "output", "assistant", "gpt", "reply",
-                   "target", "a", "chosen", "assistantmessage", "outputtext", "bot"),
+    "prompt": (
+        "prompt",
+        "question",
+        "query",
+        "input",
+        "user",
+        "human",
+        "instruction",
+        "request",
+        "q",
+        "usermessage",
+        "inputtext",
+    ),
+    "completion": (
+        "completion",
+        "response",
+        "answer",
+        "output",
+        "assistant",
+        "gpt",
+        "reply",
+        "target",
+        "a",
+        "chosen",
+        "assistantmessage",
+        "outputtext",
+        "bot",
+    ),
     "text": ("text", "content", "body", "document", "passage", "article"),
 }
 
 CHAT_ROLES = {"system", "user", "assistant", "tool"}
 _SHAREGPT_ROLES = {
-    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-    "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "model": "assistant",
-    "system": "system", "function_call": "function_call", "observation": "tool", "tool": "tool",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "function_call": "function_call",
+    "observation": "tool",
+    "tool": "tool",
     "function": "tool",
 }
 
@@ -62,16 +114,21 @@ def parse_mapping(spec: str | dict | None) -> dict[str, str]:
     """`"prompt=question,completion=answer"` -> {"prompt": "question", "completion": "answer"}."""
     if not spec:
         return {}
-    items = spec.items() if isinstance(spec, dict) else (
-        part.split("=", 1) if "=" in part else (part, "") for part in spec.split(","))
+    items = (
+        spec.items()
+        if isinstance(spec, dict)
+        else (part.split("=", 1) if "=" in part else (part, "") for part in spec.split(","))
+    )
     mapping = {}
     for target, column in items:
         target = MAP_ALIASES.get(target.strip().lower(), target.strip().lower())
         column = column.strip()
         if target not in MAP_TARGETS or not column:
-            raise DataError(f"Cannot read the mapping '{target}={column}'.",
-                            "Write it as TARGET=COLUMN pairs, e.g. --map prompt=question,"
-                            "completion=answer (targets: system, prompt, completion, text).")
+            raise DataError(
+                f"Cannot read the mapping '{target}={column}'.",
+                "Write it as TARGET=COLUMN pairs, e.g. --map prompt=question,"
+                "completion=answer (targets: system, prompt, completion, text).",
+            )
         mapping[target] = column
     return mapping
 
@@ -104,8 +161,10 @@ def detect(rows: list, mapping: dict[str, str]) -> tuple[str, str]:
     """(format, why) from the first rows of a file (after `mapping` renamed their keys)."""
     dicts = [apply_mapping(r, mapping) for r in rows if isinstance(r, dict)]
     if not dicts:
-        raise DataError("the first records are not JSON objects, so the format cannot be told.",
-                        "Each example must be an object such as {\"messages\": [...]}.")
+        raise DataError(
+            "the first records are not JSON objects, so the format cannot be told.",
+            'Each example must be an object such as {"messages": [...]}.',
+        )
     votes = Counter(_guess(d) for d in dicts)
     votes.pop(None, None)
     if not votes:
@@ -113,7 +172,8 @@ def detect(rows: list, mapping: dict[str, str]) -> tuple[str, str]:
         raise DataError(
             f"the format cannot be told from the fields ({', '.join(map(str, keys)) or 'none'}).",
             "Name the fields with --map (e.g. --map prompt=question,completion=answer) or pick "
-            f"the format with --format ({', '.join(FORMATS)}).")
+            f"the format with --format ({', '.join(FORMATS)}).",
+        )
     fmt, n = votes.most_common(1)[0]
     return fmt, f"{n} of the first {len(dicts)} records {_REASONS[fmt]}"
 
@@ -154,8 +214,13 @@ def apply_mapping(row, mapping: dict[str, str]):
 
 
 def normaliser(fmt: str) -> Callable[[dict], dict]:
-    return {"chat": norm_chat, "completion": norm_completion, "alpaca": norm_alpaca,
-            "sharegpt": norm_sharegpt, "text": norm_text}[fmt]
+    return {
+        "chat": norm_chat,
+        "completion": norm_completion,
+        "alpaca": norm_alpaca,
+        "sharegpt": norm_sharegpt,
+        "text": norm_text,
+    }[fmt]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,22 +228,42 @@ def normaliser(fmt: str) -> Callable[[dict], dict]:
 
 
 def _type_name(v) -> str:
-    return {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object",
-            type(None): "null"}.get(type(v), type(v).__name__)
+    return {
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)
 
 
-def _text(record: dict, key: str, *, required: bool = True, allow_empty: bool = False,
-          field: str | None = None) -> str:
+def _text(
+    record: dict,
+    key: str,
+    *,
+    required: bool = True,
+    allow_empty: bool = False,
+    field: str | None = None,
+) -> str:
     field = field or key
     if key not in record or record[key] is None:
         if required:
-            raise RecordProblem("missing_field", f"the field '{key}' is missing",
-                                f"Add '{key}' with the text.", field)
+            raise RecordProblem(
+                "missing_field",
+                f"the field '{key}' is missing",
+                f"Add '{key}' with the text.",
+                field,
+            )
         return ""
     value = record[key]
     if not isinstance(value, str):
-        raise RecordProblem("not_text", f"is {_type_name(value)}, not text",
-                            "Put the text in quotes (a JSON string).", field)
+        raise RecordProblem(
+            "not_text",
+            f"is {_type_name(value)}, not text",
+            "Put the text in quotes (a JSON string).",
+            field,
+        )
     if not allow_empty and required and not value.strip():
         raise RecordProblem("empty_field", "is empty", "Fill it in or remove the example.", field)
     return value
@@ -198,9 +283,13 @@ def norm_completion(record: dict) -> dict:
     system = _text(record, "system", required=False)
     if system.strip():
         # The completion shape has no system prompt; a chat keeps it.
-        return {"messages": [{"role": "system", "content": system},
-                             {"role": "user", "content": prompt},
-                             {"role": "assistant", "content": completion}]}
+        return {
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": completion},
+            ]
+        }
     return {"prompt": prompt, "completion": completion}
 
 
@@ -208,24 +297,46 @@ def norm_alpaca(record: dict) -> dict:
     instruction = _text(record, "instruction", allow_empty=True)
     extra = _text(record, "input", required=False)
     output = _text(record, "output")
-    prompt = f"{instruction}\n\n{extra}" if instruction.strip() and extra.strip() else (instruction or extra)
+    prompt = (
+        f"{instruction}\n\n{extra}"
+        if instruction.strip() and extra.strip()
+        else (instruction or extra)
+    )
     if not prompt.strip():
-        raise RecordProblem("empty_field", "both 'instruction' and 'input' are empty",
-                            "Write the instruction for this example.", "instruction")
+        raise RecordProblem(
+            "empty_field",
+            "both 'instruction' and 'input' are empty",
+            "Write the instruction for this example.",
+            "instruction",
+        )
     system = _text(record, "system", required=False)
     history = record.get("history") or []
     if not isinstance(history, list):
-        raise RecordProblem("bad_value", f"is {_type_name(history)}, not a list of [prompt, response] pairs",
-                            "Write history as [[\"question\", \"answer\"], ...].", "history")
+        raise RecordProblem(
+            "bad_value",
+            f"is {_type_name(history)}, not a list of [prompt, response] pairs",
+            'Write history as [["question", "answer"], ...].',
+            "history",
+        )
     if not system.strip() and not history:
         return {"prompt": prompt, "completion": output}
     messages = [{"role": "system", "content": system}] if system.strip() else []
     for i, pair in enumerate(history):
-        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
-                or not all(isinstance(x, str) for x in pair)):
-            raise RecordProblem("bad_value", "is not a [prompt, response] pair of texts",
-                                "Write history as [[\"question\", \"answer\"], ...].", f"history[{i}]")
-        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+        if (
+            not isinstance(pair, (list, tuple))
+            or len(pair) != 2
+            or not all(isinstance(x, str) for x in pair)
+        ):
+            raise RecordProblem(
+                "bad_value",
+                "is not a [prompt, response] pair of texts",
+                'Write history as [["question", "answer"], ...].',
+                f"history[{i}]",
+            )
+        messages += [
+            {"role": "user", "content": pair[0]},
+            {"role": "assistant", "content": pair[1]},
+        ]
     messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
     check_messages(messages, "history")  # built in order from validated pairs: a safety net
     return {"messages": messages}
@@ -234,12 +345,19 @@ def norm_alpaca(record: dict) -> dict:
 def norm_chat(record: dict) -> dict:
     messages = record.get("messages")
     if messages is None:
-        raise RecordProblem("missing_field", "the field 'messages' is missing",
-                            "Every example in this file needs a 'messages' list.", "messages")
+        raise RecordProblem(
+            "missing_field",
+            "the field 'messages' is missing",
+            "Every example in this file needs a 'messages' list.",
+            "messages",
+        )
     if not isinstance(messages, list):
-        raise RecordProblem("bad_value", f"is {_type_name(messages)}, not a list of messages",
-                            "Write messages as [{\"role\": \"user\", \"content\": \"...\"}, ...].",
-                            "messages")
+        raise RecordProblem(
+            "bad_value",
+            f"is {_type_name(messages)}, not a list of messages",
+            'Write messages as [{"role": "user", "content": "..."}, ...].',
+            "messages",
+        )
     out = [_chat_message(m, i) for i, m in enumerate(messages)]
     check_messages(out, "messages")
     result: dict = {"messages": out}
@@ -252,18 +370,30 @@ def norm_chat(record: dict) -> dict:
 def _chat_message(m, i: int) -> dict:
     f = f"messages[{i}]"
     if not isinstance(m, dict):
-        raise RecordProblem("bad_value", f"is {_type_name(m)}, not a message object",
-                            "Write each message as {\"role\": ..., \"content\": ...}.", f)
+        raise RecordProblem(
+            "bad_value",
+            f"is {_type_name(m)}, not a message object",
+            'Write each message as {"role": ..., "content": ...}.',
+            f,
+        )
     role = m.get("role")
     if not isinstance(role, str) or not role:
-        raise RecordProblem("missing_field", "has no role",
-                            "Give it \"role\": \"user\", \"assistant\", \"system\" or \"tool\".", f"{f}.role")
+        raise RecordProblem(
+            "missing_field",
+            "has no role",
+            'Give it "role": "user", "assistant", "system" or "tool".',
+            f"{f}.role",
+        )
     role = role.lower().strip()
     if role == "developer":  # OpenAI's newer name for the system message
         role = "system"
     if role not in CHAT_ROLES:
-        raise RecordProblem("bad_role", f"has the unknown role '{m.get('role')}'",
-                            "Use user, assistant, system or tool.", f"{f}.role")
+        raise RecordProblem(
+            "bad_role",
+            f"has the unknown role '{m.get('role')}'",
+            "Use user, assistant, system or tool.",
+            f"{f}.role",
+        )
     out: dict = {"role": role}
     tool_calls = m.get("tool_calls")
     content = _content(m.get("content"), f"{f}.content")
@@ -272,10 +402,13 @@ def _chat_message(m, i: int) -> dict:
         out["tool_calls"] = _tool_calls(tool_calls, f"{f}.tool_calls")
     else:
         if content is None:
-            raise RecordProblem("missing_field", "has no content", "Add the message text.", f"{f}.content")
+            raise RecordProblem(
+                "missing_field", "has no content", "Add the message text.", f"{f}.content"
+            )
         if not content.strip() and role != "system":
-            raise RecordProblem("empty_field", "is empty", "Fill in the message or remove it.",
-                                f"{f}.content")
+            raise RecordProblem(
+                "empty_field", "is empty", "Fill in the message or remove it.", f"{f}.content"
+            )
         out["content"] = content
     if role == "tool":
         for key in ("tool_call_id", "name"):
@@ -284,11 +417,19 @@ def _chat_message(m, i: int) -> dict:
     if "weight" in m and m["weight"] is not None:
         w = m["weight"]
         if role != "assistant":
-            raise RecordProblem("bad_value", "a weight is only allowed on assistant messages",
-                                "Remove the weight.", f"{f}.weight")
+            raise RecordProblem(
+                "bad_value",
+                "a weight is only allowed on assistant messages",
+                "Remove the weight.",
+                f"{f}.weight",
+            )
         if isinstance(w, bool) or w not in (0, 1):
-            raise RecordProblem("bad_value", f"is {w!r}; a weight must be 0 or 1",
-                                "Use 0 to skip learning this turn, 1 to learn it.", f"{f}.weight")
+            raise RecordProblem(
+                "bad_value",
+                f"is {w!r}; a weight must be 0 or 1",
+                "Use 0 to skip learning this turn, 1 to learn it.",
+                f"{f}.weight",
+            )
         out["weight"] = int(w)
     return out
 
@@ -300,41 +441,66 @@ def _content(value, field: str) -> str | None:
         # OpenAI content parts: keep text, refuse images and audio rather than drop them silently.
         texts = []
         for part in value:
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            if (
+                isinstance(part, dict)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+            ):
                 texts.append(part["text"])
             elif isinstance(part, str):
                 texts.append(part)
             else:
                 kind = part.get("type") if isinstance(part, dict) else _type_name(part)
-                raise RecordProblem("unsupported", f"has a '{kind}' part; only text can be trained",
-                                    "Remove image or audio parts from this example.", field)
+                raise RecordProblem(
+                    "unsupported",
+                    f"has a '{kind}' part; only text can be trained",
+                    "Remove image or audio parts from this example.",
+                    field,
+                )
         return "".join(texts)
-    raise RecordProblem("not_text", f"is {_type_name(value)}, not text",
-                        "Put the message text in quotes (a JSON string).", field)
+    raise RecordProblem(
+        "not_text",
+        f"is {_type_name(value)}, not text",
+        "Put the message text in quotes (a JSON string).",
+        field,
+    )
 
 
 def _tool_calls(calls, field: str) -> list[dict]:
     if not isinstance(calls, list):
-        raise RecordProblem("bad_value", f"is {_type_name(calls)}, not a list", "Write tool_calls as a list.", field)
+        raise RecordProblem(
+            "bad_value", f"is {_type_name(calls)}, not a list", "Write tool_calls as a list.", field
+        )
     out = []
     for j, call in enumerate(calls):
         f = f"{field}[{j}]"
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise RecordProblem("bad_value", "has no function name",
-                                "Write {\"type\": \"function\", \"function\": {\"name\": ..., "
-                                "\"arguments\": ...}}.", f)
+            raise RecordProblem(
+                "bad_value",
+                "has no function name",
+                'Write {"type": "function", "function": {"name": ..., "arguments": ...}}.',
+                f,
+            )
         args = fn.get("arguments", {})
         if isinstance(args, str):
             # OpenAI sends arguments as a JSON string; chat templates expect an object.
             try:
                 args = json.loads(args) if args.strip() else {}
             except json.JSONDecodeError:
-                raise RecordProblem("invalid_json", "the arguments are not valid JSON",
-                                    "Write the arguments as a JSON object.", f"{f}.function.arguments") from None
+                raise RecordProblem(
+                    "invalid_json",
+                    "the arguments are not valid JSON",
+                    "Write the arguments as a JSON object.",
+                    f"{f}.function.arguments",
+                ) from None
         if not isinstance(args, dict):
-            raise RecordProblem("bad_value", f"the arguments are {_type_name(args)}, not an object",
-                                "Write the arguments as a JSON object.", f"{f}.function.arguments")
+            raise RecordProblem(
+                "bad_value",
+                f"the arguments are {_type_name(args)}, not an object",
+                "Write the arguments as a JSON object.",
+                f"{f}.function.arguments",
+            )
         item = {"type": "function", "function": {"name": fn["name"], "arguments": args}}
         if isinstance(call.get("id"), str):
             item["id"] = call["id"]
@@ -349,10 +515,16 @@ def _tools(tools) -> list[dict] | None:
         try:
             tools = json.loads(tools)
         except json.JSONDecodeError:
-            raise RecordProblem("invalid_json", "is not valid JSON", "Write tools as a JSON list.", "tools") from None
+            raise RecordProblem(
+                "invalid_json", "is not valid JSON", "Write tools as a JSON list.", "tools"
+            ) from None
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-        raise RecordProblem("bad_value", "is not a list of tool definitions",
-                            "Write tools as [{\"type\": \"function\", \"function\": {...}}].", "tools")
+        raise RecordProblem(
+            "bad_value",
+            "is not a list of tool definitions",
+            'Write tools as [{"type": "function", "function": {...}}].',
+            "tools",
+        )
     return [t if "function" in t else {"type": "function", "function": t} for t in tools]
 
 
@@ -360,7 +532,9 @@ def check_messages(messages: list[dict], field: str, positions: list | None = No
     """Roles in a trainable order, with at least one assistant turn to learn. `positions` maps each
     message to its index in the user's list (None for one Lathe added, such as a system field)."""
     if not messages:
-        raise RecordProblem("empty_field", "has no messages", "Add a user and an assistant message.", field)
+        raise RecordProblem(
+            "empty_field", "has no messages", "Add a user and an assistant message.", field
+        )
     seen_other = False
     prev = None
     for i, m in enumerate(messages):
@@ -369,43 +543,81 @@ def check_messages(messages: list[dict], field: str, positions: list | None = No
         f = f"{field}[{pos}].role" if pos is not None else "system"
         if role == "system":
             if seen_other:
-                raise RecordProblem("role_order", "a system message comes after the conversation started",
-                                    "Move the system message to the start.", f)
+                raise RecordProblem(
+                    "role_order",
+                    "a system message comes after the conversation started",
+                    "Move the system message to the start.",
+                    f,
+                )
         elif role == "tool":
-            if prev not in ("assistant", "tool") or (prev == "assistant" and not messages[i - 1].get("tool_calls")):
-                raise RecordProblem("role_order", "a tool result does not follow an assistant tool call",
-                                    "Put tool messages right after the assistant message with tool_calls.", f)
+            if prev not in ("assistant", "tool") or (
+                prev == "assistant" and not messages[i - 1].get("tool_calls")
+            ):
+                raise RecordProblem(
+                    "role_order",
+                    "a tool result does not follow an assistant tool call",
+                    "Put tool messages right after the assistant message with tool_calls.",
+                    f,
+                )
         elif role == "assistant":
             if prev in (None, "system"):
-                raise RecordProblem("role_order", "the conversation starts with the assistant",
-                                    "Start with a user message.", f)
+                raise RecordProblem(
+                    "role_order",
+                    "the conversation starts with the assistant",
+                    "Start with a user message.",
+                    f,
+                )
             if prev == "assistant" and not messages[i - 1].get("tool_calls"):
-                raise RecordProblem("role_order", "two assistant messages in a row",
-                                    "Merge them, or put a user message between them.", f)
+                raise RecordProblem(
+                    "role_order",
+                    "two assistant messages in a row",
+                    "Merge them, or put a user message between them.",
+                    f,
+                )
         elif role == "user" and prev == "user":
-            raise RecordProblem("role_order", "two user messages in a row",
-                                "Merge them, or put the assistant's reply between them.", f)
+            raise RecordProblem(
+                "role_order",
+                "two user messages in a row",
+                "Merge them, or put the assistant's reply between them.",
+                f,
+            )
         if role != "system":
             seen_other = True
         prev = role
     assistants = [m for m in messages if m["role"] == "assistant"]
     if not assistants:
-        raise RecordProblem("no_assistant", "the conversation has no assistant turn, so there is nothing to learn",
-                            "Add the assistant's reply.", field)
+        raise RecordProblem(
+            "no_assistant",
+            "the conversation has no assistant turn, so there is nothing to learn",
+            "Add the assistant's reply.",
+            field,
+        )
     if all(m.get("weight", 1) == 0 for m in assistants):
-        raise RecordProblem("nothing_trained", "every assistant turn has weight 0, so nothing is learned",
-                            "Set weight 1 on at least one assistant turn.", field)
+        raise RecordProblem(
+            "nothing_trained",
+            "every assistant turn has weight 0, so nothing is learned",
+            "Set weight 1 on at least one assistant turn.",
+            field,
+        )
 
 
 def norm_sharegpt(record: dict) -> dict:
     key = "conversations" if "conversations" in record else "conversation"
     conv = record.get(key)
     if conv is None:
-        raise RecordProblem("missing_field", "the field 'conversations' is missing",
-                            "Every example in this file needs a 'conversations' list.", "conversations")
+        raise RecordProblem(
+            "missing_field",
+            "the field 'conversations' is missing",
+            "Every example in this file needs a 'conversations' list.",
+            "conversations",
+        )
     if not isinstance(conv, list):
-        raise RecordProblem("bad_value", f"is {_type_name(conv)}, not a list of turns",
-                            "Write [{\"from\": \"human\", \"value\": \"...\"}, ...].", key)
+        raise RecordProblem(
+            "bad_value",
+            f"is {_type_name(conv)}, not a list of turns",
+            'Write [{"from": "human", "value": "..."}, ...].',
+            key,
+        )
     messages: list[dict] = []
     positions: list[int | None] = []
     system = _text(record, "system", required=False)
@@ -415,32 +627,58 @@ def norm_sharegpt(record: dict) -> dict:
     for i, turn in enumerate(conv):
         f = f"{key}[{i}]"
         if not isinstance(turn, dict):
-            raise RecordProblem("bad_value", f"is {_type_name(turn)}, not a turn object",
-                                "Write each turn as {\"from\": ..., \"value\": ...}.", f)
+            raise RecordProblem(
+                "bad_value",
+                f"is {_type_name(turn)}, not a turn object",
+                'Write each turn as {"from": ..., "value": ...}.',
+                f,
+            )
         who = turn.get("from", turn.get("role"))
         value = turn.get("value", turn.get("content"))
         if not isinstance(who, str):
-            raise RecordProblem("missing_field", "has no 'from'", "Say who speaks: human, gpt or system.", f"{f}.from")
+            raise RecordProblem(
+                "missing_field",
+                "has no 'from'",
+                "Say who speaks: human, gpt or system.",
+                f"{f}.from",
+            )
         role = _SHAREGPT_ROLES.get(who.lower().strip())
         if role is None:
-            raise RecordProblem("bad_role", f"has the unknown speaker '{who}'",
-                                "Use human, gpt, system, function_call or observation.", f"{f}.from")
+            raise RecordProblem(
+                "bad_role",
+                f"has the unknown speaker '{who}'",
+                "Use human, gpt, system, function_call or observation.",
+                f"{f}.from",
+            )
         if not isinstance(value, str):
-            raise RecordProblem("not_text" if value is not None else "missing_field",
-                                "has no 'value'" if value is None else f"is {_type_name(value)}, not text",
-                                "Put the turn's text in 'value' as a string.", f"{f}.value")
+            raise RecordProblem(
+                "not_text" if value is not None else "missing_field",
+                "has no 'value'" if value is None else f"is {_type_name(value)}, not text",
+                "Put the turn's text in 'value' as a string.",
+                f"{f}.value",
+            )
         if not value.strip() and role != "system":
-            raise RecordProblem("empty_field", "is empty", "Fill in the turn or remove it.", f"{f}.value")
+            raise RecordProblem(
+                "empty_field", "is empty", "Fill in the turn or remove it.", f"{f}.value"
+            )
         if role == "function_call":
             try:
                 call = json.loads(value)
             except json.JSONDecodeError:
-                raise RecordProblem("invalid_json", "a function_call value must be JSON with name and arguments",
-                                    "Write {\"name\": ..., \"arguments\": {...}}.", f"{f}.value") from None
+                raise RecordProblem(
+                    "invalid_json",
+                    "a function_call value must be JSON with name and arguments",
+                    'Write {"name": ..., "arguments": {...}}.',
+                    f"{f}.value",
+                ) from None
             calls = call if isinstance(call, list) else [call]
-            msg = {"role": "assistant", "content": "",
-                   "tool_calls": _tool_calls([{"function": c} if isinstance(c, dict) else c for c in calls],
-                                             f"{f}.value")}
+            msg = {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": _tool_calls(
+                    [{"function": c} if isinstance(c, dict) else c for c in calls], f"{f}.value"
+                ),
+            }
         else:
             msg = {"role": role, "content": value}
         if role in ("assistant", "function_call") and turn.get("weight") in (0, 1):

@@ -25,7 +25,9 @@ from engine.data.problems import DataError, ProblemLog
 from engine.data.report import Report, TokenReport, TokenStats, format_label, histogram
 
 META = "dataset.json"
-BIG_SOURCE_BYTES = 8 * 1024**2  # from this size on, token counting starts its worker processes at once
+BIG_SOURCE_BYTES = (
+    8 * 1024**2
+)  # from this size on, token counting starts its worker processes at once
 
 
 @dataclass
@@ -40,8 +42,13 @@ class TokenSettings:
     workers: int | None = None  # processes that encode; default: one per core (up to 8)
 
 
-def inspect_dataset(path: str | Path, options: Options | None = None, *,
-                    tokens: TokenSettings | None = None, counter=None) -> Report:
+def inspect_dataset(
+    path: str | Path,
+    options: Options | None = None,
+    *,
+    tokens: TokenSettings | None = None,
+    counter=None,
+) -> Report:
     """Read a dataset (any supported format, a folder or a zip) and report on it; nothing is written.
 
     With `tokens` the report includes token lengths, trained tokens and steps per epoch, and
@@ -51,8 +58,14 @@ def inspect_dataset(path: str | Path, options: Options | None = None, *,
     return report
 
 
-def import_dataset(path: str | Path, options: Options | None = None, *, name: str | None = None,
-                   tokens: TokenSettings | None = None, counter=None) -> Report:
+def import_dataset(
+    path: str | Path,
+    options: Options | None = None,
+    *,
+    name: str | None = None,
+    tokens: TokenSettings | None = None,
+    counter=None,
+) -> Report:
     """Copy a dataset, normalised, into `workspace/datasets/<id>/`; returns the report with
     `dataset_id` and `dataset_path` set. Importing the same file with the same options again returns
     the existing dataset (`reused` is True). The original is only read."""
@@ -75,6 +88,7 @@ def import_dataset(path: str | Path, options: Options | None = None, *, name: st
     try:
         pool_path = tmp / ".pool.jsonl"
         with open(pool_path, "w", encoding="utf-8") as pool:
+
             def sink(ex: Example) -> None:
                 pool.write(json.dumps(ex.record, ensure_ascii=False, default=str) + "\n")
 
@@ -84,10 +98,17 @@ def import_dataset(path: str | Path, options: Options | None = None, *, name: st
         report.dataset_id = ds_id
         report.dataset_path = str(root / ds_id)
         meta = {
-            "id": ds_id, "name": name or _stem(source), "created": time.time(),
-            "original": {"name": source.name, "path": str(source.resolve()),
-                         "size_bytes": report.size_bytes, "sha256": sha},
-            "signature": signature, "report": report.to_dict(),
+            "id": ds_id,
+            "name": name or _stem(source),
+            "created": time.time(),
+            "original": {
+                "name": source.name,
+                "path": str(source.resolve()),
+                "size_bytes": report.size_bytes,
+                "sha256": sha,
+            },
+            "signature": signature,
+            "report": report.to_dict(),
         }
         workspace.write_json_atomic(tmp / META, meta)
         os.replace(tmp, root / ds_id)
@@ -109,8 +130,12 @@ def _signature(options: Options, tokens: TokenSettings | None) -> dict:
     sig = options.signature()
     if tokens is not None:
         # Examples that train no token are left out, and that depends on these.
-        sig["tokens"] = {"model": str(tokens.model), "max_seq_length": tokens.max_seq_length,
-                         "mask_prompt": tokens.mask_prompt, "chat_template": tokens.chat_template}
+        sig["tokens"] = {
+            "model": str(tokens.model),
+            "max_seq_length": tokens.max_seq_length,
+            "mask_prompt": tokens.mask_prompt,
+            "chat_template": tokens.chat_template,
+        }
     return sig
 
 
@@ -135,17 +160,27 @@ def _distribute(pool_path: Path, final: np.ndarray, folder: Path) -> None:
         os.chmod(folder / f"{s}.jsonl", workspace.FILE_MODE)
 
 
-def _run(path, options: Options, tokens: TokenSettings | None, sink: Callable[[Example], None] | None,
-         counter=None, sha: str | None = None) -> tuple[Report, np.ndarray]:
+def _run(
+    path,
+    options: Options,
+    tokens: TokenSettings | None,
+    sink: Callable[[Example], None] | None,
+    counter=None,
+    sha: str | None = None,
+) -> tuple[Report, np.ndarray]:
     """The single streaming pass shared by inspect, import and load_splits."""
     source = Path(path).expanduser()
     log = ProblemLog(strict=options.strict)
     if tokens is not None and counter is None:
         from engine.data.tokens import TokenCounter
 
-        counter = TokenCounter(tokens.model, chat_template=tokens.chat_template,
-                               mask_prompt=tokens.mask_prompt, max_seq_length=tokens.max_seq_length,
-                               workers=tokens.workers)
+        counter = TokenCounter(
+            tokens.model,
+            chat_template=tokens.chat_template,
+            mask_prompt=tokens.mask_prompt,
+            max_seq_length=tokens.max_seq_length,
+            workers=tokens.workers,
+        )
     codes = array("b")
     lengths = array("l")
     trained = array("l")
@@ -168,38 +203,73 @@ def _run(path, options: Options, tokens: TokenSettings | None, sink: Callable[[E
     present = {s: bool((source_codes == c).any()) for s, c in SPLIT_CODES.items()}
     if not present["train"]:
         first = f" First: {log.examples[0]}" if log.examples else ""
-        raise DataError(f"Nothing to train on in {source.name}: none of its {scan.rows} records "
-                        f"could be used. {log.summary()}{first}".strip(),
-                        "Fix the problems listed, or check that this is the right file.")
+        raise DataError(
+            f"Nothing to train on in {source.name}: none of its {scan.rows} records "
+            f"could be used. {log.summary()}{first}".strip(),
+            "Fix the problems listed, or check that this is the right file.",
+        )
     final, split_notes = plan_splits(source_codes, options, present)
     report = _report(source, scan, log, final, split_notes, options, sha)
     if counter is not None:
-        report.tokens = _token_report(counter, tokens, final, np.asarray(lengths), np.asarray(trained),
-                                      log.counts.get("zero_trained", 0))
+        report.tokens = _token_report(
+            counter,
+            tokens,
+            final,
+            np.asarray(lengths),
+            np.asarray(trained),
+            log.counts.get("zero_trained", 0),
+        )
     return report, final
 
 
-def _report(source: Path, scan: Scan, log: ProblemLog, final: np.ndarray, split_notes: list[str],
-            options: Options, sha: str | None) -> Report:
+def _report(
+    source: Path,
+    scan: Scan,
+    log: ProblemLog,
+    final: np.ndarray,
+    split_notes: list[str],
+    options: Options,
+    sha: str | None,
+) -> Report:
     formats_used = [f.format for f in scan.files if f.rows]
     fmt = formats_used[0] if formats_used and len(set(formats_used)) == 1 else "mixed"
     reason = next((f.format_reason for f in scan.files if f.rows), "")
     mappings = [f.mapping for f in scan.files if f.mapping]
     counts = {s: int((final == c).sum()) for s, c in SPLIT_CODES.items()}
     return Report(
-        source=str(source), name=source.name, size_bytes=sources.size_of(source),
-        sha256=sha or sources.sha256_of(source), container=scan.container, format=fmt,
-        format_label=format_label(fmt), format_reason=reason,
-        mapping=mappings[0] if mappings else {}, files=[f.to_dict() for f in scan.files],
-        splits=counts, split_notes=split_notes, kinds=dict(scan.kinds), rows=scan.rows,
-        kept=int(len(final)), skipped=log.skipped, problem_counts=dict(log.counts),
-        warning_counts=dict(log.warning_counts), problems=[p.to_dict() for p in log.examples],
-        notes=list(log.notes), summary=log.summary(), options=options.signature(),
+        source=str(source),
+        name=source.name,
+        size_bytes=sources.size_of(source),
+        sha256=sha or sources.sha256_of(source),
+        container=scan.container,
+        format=fmt,
+        format_label=format_label(fmt),
+        format_reason=reason,
+        mapping=mappings[0] if mappings else {},
+        files=[f.to_dict() for f in scan.files],
+        splits=counts,
+        split_notes=split_notes,
+        kinds=dict(scan.kinds),
+        rows=scan.rows,
+        kept=int(len(final)),
+        skipped=log.skipped,
+        problem_counts=dict(log.counts),
+        warning_counts=dict(log.warning_counts),
+        problems=[p.to_dict() for p in log.examples],
+        notes=list(log.notes),
+        summary=log.summary(),
+        options=options.signature(),
     )
 
 
-def _token_report(counter, tokens: TokenSettings, final: np.ndarray, lengths: np.ndarray,
-                  trained: np.ndarray, zero_trained: int) -> TokenReport:
+def _token_report(
+    counter,
+    tokens: TokenSettings,
+    final: np.ndarray,
+    lengths: np.ndarray,
+    trained: np.ndarray,
+    zero_trained: int,
+) -> TokenReport:
     limit = tokens.max_seq_length
     splits = {}
     for s, c in SPLIT_CODES.items():
@@ -209,9 +279,14 @@ def _token_report(counter, tokens: TokenSettings, final: np.ndarray, lengths: np
             splits[s] = stats
     n_train = int((final == 0).sum())
     return TokenReport(
-        model=str(tokens.model), template_source=counter.template_source, max_seq_length=limit,
-        batch_size=tokens.batch_size, splits=splits, histogram=histogram(lengths[final == 0]),
-        steps_per_epoch=-(-n_train // max(1, tokens.batch_size)), zero_trained=zero_trained,
+        model=str(tokens.model),
+        template_source=counter.template_source,
+        max_seq_length=limit,
+        batch_size=tokens.batch_size,
+        splits=splits,
+        histogram=histogram(lengths[final == 0]),
+        steps_per_epoch=-(-n_train // max(1, tokens.batch_size)),
+        zero_trained=zero_trained,
     )
 
 
@@ -239,10 +314,18 @@ def list_datasets() -> list[DatasetInfo]:
         if not isinstance(meta, dict) or "report" not in meta:
             continue
         rep = meta["report"]
-        out.append(DatasetInfo(meta.get("id", meta_path.parent.name), meta.get("name", ""),
-                               meta_path.parent, float(meta.get("created", 0)), rep.get("format", ""),
-                               rep.get("splits", {}), meta.get("original", {}).get("name", ""),
-                               meta.get("original", {}).get("sha256", "")))
+        out.append(
+            DatasetInfo(
+                meta.get("id", meta_path.parent.name),
+                meta.get("name", ""),
+                meta_path.parent,
+                float(meta.get("created", 0)),
+                rep.get("format", ""),
+                rep.get("splits", {}),
+                meta.get("original", {}).get("name", ""),
+                meta.get("original", {}).get("sha256", ""),
+            )
+        )
     return sorted(out, key=lambda d: d.created, reverse=True)
 
 
@@ -258,7 +341,9 @@ def dataset_dir(id_or_path: str | Path) -> Path | None:
     exact = root / text
     if (exact / META).exists():
         return exact
-    matches = [d for d in root.iterdir() if d.is_dir() and d.name.startswith(text) and (d / META).exists()]
+    matches = [
+        d for d in root.iterdir() if d.is_dir() and d.name.startswith(text) and (d / META).exists()
+    ]
     return matches[0] if len(matches) == 1 else None
 
 
@@ -283,7 +368,9 @@ def read_imported(folder: Path) -> dict[str, list[dict]]:
                         try:
                             rows.append(json.loads(line))
                         except json.JSONDecodeError:
-                            raise DataError(f"{f}, line {n}: the imported dataset is damaged.",
-                                            "Import the original file again.") from None
+                            raise DataError(
+                                f"{f}, line {n}: the imported dataset is damaged.",
+                                "Import the original file again.",
+                            ) from None
         parts[s] = rows
     return parts

@@ -49,17 +49,27 @@ class Options:
         for name in ("valid_fraction", "test_fraction"):
             v = getattr(self, name)
             if not 0 <= v < 1:
-                raise DataError(f"{name.replace('_', ' ')} must be between 0 and 1, not {v}.",
-                                "Use, for example, 0.1 for 10%.")
+                raise DataError(
+                    f"{name.replace('_', ' ')} must be between 0 and 1, not {v}.",
+                    "Use, for example, 0.1 for 10%.",
+                )
         if self.valid_fraction + self.test_fraction >= 1:
-            raise DataError("The valid and test fractions leave nothing to train on.",
-                            "Keep their sum well below 1.")
+            raise DataError(
+                "The valid and test fractions leave nothing to train on.",
+                "Keep their sum well below 1.",
+            )
 
     def signature(self) -> dict:
         """The options that change the imported data (re-import with these finds the same dataset)."""
-        return {"format": self.format, "mapping": dict(sorted(self.mapping.items())),
-                "valid_fraction": self.valid_fraction, "test_fraction": self.test_fraction,
-                "seed": self.seed, "dedupe": self.dedupe, "text_chunk_chars": self.text_chunk_chars}
+        return {
+            "format": self.format,
+            "mapping": dict(sorted(self.mapping.items())),
+            "valid_fraction": self.valid_fraction,
+            "test_fraction": self.test_fraction,
+            "seed": self.seed,
+            "dedupe": self.dedupe,
+            "text_chunk_chars": self.text_chunk_chars,
+        }
 
 
 @dataclass
@@ -98,7 +108,9 @@ def record_kind(record: dict) -> str:
 class Scan:
     """A dataset opened for reading. Use as a context manager (a zip is unpacked meanwhile)."""
 
-    def __init__(self, path: str | Path, options: Options | None = None, log: ProblemLog | None = None):
+    def __init__(
+        self, path: str | Path, options: Options | None = None, log: ProblemLog | None = None
+    ):
         self.path = Path(path).expanduser()
         self.options = options or Options()
         self.log = log or ProblemLog(strict=self.options.strict)
@@ -125,12 +137,16 @@ class Scan:
                 return self
             what = sources.describe_binary(path, head)
             if what:
-                raise DataError(f"{path.name} is {what}, not a dataset.",
-                                "Drop a .jsonl, .json, .csv, .tsv, .txt, .md or .parquet file.")
+                raise DataError(
+                    f"{path.name} is {what}, not a dataset.",
+                    "Drop a .jsonl, .json, .csv, .tsv, .txt, .md or .parquet file.",
+                )
             self.container = "file"
         else:
             self.container = "folder"
-        self._sources = sources.discover(path, None if path.is_file() else path.name, self.log.notes)
+        self._sources = sources.discover(
+            path, None if path.is_file() else path.name, self.log.notes
+        )
         return self
 
     def __exit__(self, *exc) -> None:
@@ -153,12 +169,15 @@ class Scan:
             yield from self._file_examples(index, src, info, seen)
         if self.rows == 0:
             what = self.path.name
-            raise DataError(f"{what} has no examples (the file is empty or only blank lines).",
-                            "Choose the file that has the examples.")
+            raise DataError(
+                f"{what} has no examples (the file is empty or only blank lines).",
+                "Choose the file that has the examples.",
+            )
 
     # -- internals -------------------------------------------------------------------------
-    def _file_examples(self, index: int, src: sources.SourceFile, info: FileInfo,
-                       seen: dict) -> Iterator[Example]:
+    def _file_examples(
+        self, index: int, src: sources.SourceFile, info: FileInfo, seen: dict
+    ) -> Iterator[Example]:
         path = src.path
         if path.stat().st_size == 0:
             self.log.note(f"{src.name} is empty.")
@@ -166,7 +185,9 @@ class Scan:
         with open(path, "rb") as fh:
             what = sources.describe_binary(path, fh.read(8192))
         if what:
-            raise DataError(f"{src.name} is {what}, not a dataset file.", "Remove it from the folder.")
+            raise DataError(
+                f"{src.name} is {what}, not a dataset file.", "Remove it from the folder."
+            )
         info.container, info.container_reason = readers.sniff_container(path)
         rows, text = readers.read(path, info.container, self.options.text_chunk_chars)
         head = list(itertools.islice(rows, SNIFF_ROWS))
@@ -184,8 +205,11 @@ class Scan:
             if problem is None:
                 value = row.value
                 if not isinstance(value, dict):
-                    problem = RecordProblem("not_object", f"is {formats._type_name(value)}, not an object",
-                                            "Each example must be a JSON object like {\"messages\": [...]}.")
+                    problem = RecordProblem(
+                        "not_object",
+                        f"is {formats._type_name(value)}, not an object",
+                        'Each example must be a JSON object like {"messages": [...]}.',
+                    )
                 else:
                     try:
                         record = normalise(formats.apply_mapping(value, mapping))
@@ -207,7 +231,9 @@ class Scan:
                 repeat.severity = "warning"
                 log.add(repeat)
             else:
-                seen[key] = (index << 42) | (SPLIT_CODES[split] << 40) | min(row.number, (1 << 40) - 1)
+                seen[key] = (
+                    (index << 42) | (SPLIT_CODES[split] << 40) | min(row.number, (1 << 40) - 1)
+                )
             info.kept += 1
             self.kinds[record_kind(record)] += 1
             yield Example(split, where, record)
@@ -222,23 +248,37 @@ class Scan:
     def _repeat_problem(self, where: str, split: str, first: int) -> Problem:
         info = self.files[first >> 42]
         first_split = sources.SPLITS[(first >> 40) & 3]
-        unit = {"csv": "row", "tsv": "row", "parquet": "row", "json": "item"}.get(info.container, "line")
+        unit = {"csv": "row", "tsv": "row", "parquet": "row", "json": "item"}.get(
+            info.container, "line"
+        )
         at = f"{info.name}, {unit} {first & ((1 << 40) - 1)}"
         if first_split != split:
             order_split = first_split
-            return Problem("overlap", where, f"the same example is also in {order_split} ({at})",
-                           f"The {split} loss is only honest on examples the model has not trained on; "
-                           "remove it from one of the files.")
-        return Problem("duplicate", where, f"repeats the example at {at}",
-                       "Remove the copy, or keep duplicates on purpose with --keep-duplicates.")
+            return Problem(
+                "overlap",
+                where,
+                f"the same example is also in {order_split} ({at})",
+                f"The {split} loss is only honest on examples the model has not trained on; "
+                "remove it from one of the files.",
+            )
+        return Problem(
+            "duplicate",
+            where,
+            f"repeats the example at {at}",
+            "Remove the copy, or keep duplicates on purpose with --keep-duplicates.",
+        )
 
     def _detect(self, src: sources.SourceFile, info: FileInfo, head: list) -> tuple[str, str, dict]:
         opts = self.options
         mapping = dict(opts.mapping)
         values = [r.value for r in head if r.problem is None]
         if info.container == "text":
-            return "text", f"{info.container_reason}: cut into chunks of up to {opts.text_chunk_chars} " \
-                           "characters at paragraph breaks", {}
+            return (
+                "text",
+                f"{info.container_reason}: cut into chunks of up to {opts.text_chunk_chars} "
+                "characters at paragraph breaks",
+                {},
+            )
         if not values:
             if not head:
                 return opts.format or "text", "no examples", mapping
@@ -248,11 +288,17 @@ class Scan:
         for target, column in mapping.items():
             if column not in keys:
                 shown = ", ".join(map(str, keys[:12])) or "none"
-                raise DataError(f"{src.name} has no column or field '{column}' (for {target}); "
-                                f"it has: {shown}.", "Fix the --map option.")
+                raise DataError(
+                    f"{src.name} has no column or field '{column}' (for {target}); "
+                    f"it has: {shown}.",
+                    "Fix the --map option.",
+                )
         mapping_reason = "given with --map" if mapping else ""
-        if not mapping and not opts.format and all(formats._guess(v) is None
-                                                   for v in values if isinstance(v, dict)):
+        if (
+            not mapping
+            and not opts.format
+            and all(formats._guess(v) is None for v in values if isinstance(v, dict))
+        ):
             auto = formats.auto_mapping([str(k) for k in keys])
             if auto:
                 mapping, mapping_reason = auto
@@ -270,10 +316,14 @@ class Scan:
 
 def _digest(record: dict) -> int:
     text = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+    return int.from_bytes(
+        hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"
+    )
 
 
-def plan_splits(source: np.ndarray, options: Options, has_split: dict[str, bool]) -> tuple[np.ndarray, list[str]]:
+def plan_splits(
+    source: np.ndarray, options: Options, has_split: dict[str, bool]
+) -> tuple[np.ndarray, list[str]]:
     """Final split codes (0 train, 1 valid, 2 test) for each kept example, carving valid/test from
     train with `options.seed` when the data has none. Deterministic for the same inputs."""
     final = source.astype(np.int8, copy=True)
@@ -297,8 +347,10 @@ def plan_splits(source: np.ndarray, options: Options, has_split: dict[str, bool]
         k = min(k, n - start - 1)  # always leave at least one example to train on
         if k <= 0:
             continue
-        final[train_idx[perm[start:start + k]]] = code
+        final[train_idx[perm[start : start + k]]] = code
         start += k
-        notes.append(f"No {label} split in the data: held out {k} of {n} training examples "
-                     f"({fraction:.0%}, seed {options.seed}).")
+        notes.append(
+            f"No {label} split in the data: held out {k} of {n} training examples "
+            f"({fraction:.0%}, seed {options.seed})."
+        )
     return final, notes

@@ -87,8 +87,11 @@ class ProblemLog:
         counts = self.counts if problem.severity == "error" else self.warning_counts
         counts[problem.code] = counts.get(problem.code, 0) + 1
         if self.strict and problem.severity == "error":
-            raise DataError(str(problem), "Strict mode stops at the first problem; "
-                                          "without --strict bad examples are skipped and listed.")
+            raise DataError(
+                str(problem),
+                "Strict mode stops at the first problem; "
+                "without --strict bad examples are skipped and listed.",
+            )
         kept_of_code = sum(1 for p in self.examples if p.code == problem.code)
         if kept_of_code < self.keep_per_code and len(self.examples) < self.keep_total:
             self.examples.append(problem)
@@ -109,11 +112,14 @@ class ProblemLog:
             out.append(f"Skipped {self.skipped} {noun}: {_parts(self.counts)}.")
         if self.warning_counts:
             n = sum(self.warning_counts.values())
-            out.append(f"Kept {n} {'example' if n == 1 else 'examples'} with a warning: "
-                       f"{_parts(self.warning_counts)}.")
+            out.append(
+                f"Kept {n} {'example' if n == 1 else 'examples'} with a warning: "
+                f"{_parts(self.warning_counts)}."
+            )
         return " ".join(out)
 
 
 def _parts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {LABELS.get(code, code)}"
-                     for code, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return ", ".join(
+        f"{n} {LABELS.get(code, code)}" for code, n in sorted(counts.items(), key=lambda kv: -kv[1])
+    )

@@ -58,7 +58,7 @@ def sniff_container(path: Path) -> tuple[str, str]:
         return "json", "the file is a JSON array"
     if stripped.startswith("{") and not _is_json_object(first_line):
         return "json", "the file is one JSON object spread over several lines"
-    if suffix == ".json" and stripped.startswith("{") and not stripped[len(first_line):].strip():
+    if suffix == ".json" and stripped.startswith("{") and not stripped[len(first_line) :].strip():
         return "json", "the file is one JSON object"
     if suffix in (".json", ".jsonl") or stripped.startswith("{"):
         return "jsonl", "one JSON object per line"
@@ -74,7 +74,9 @@ def _is_json_object(line: str) -> bool:
         return False
 
 
-def read(path: Path, container: str, text_chunk_chars: int = 4000) -> tuple[Iterator[Row], TextFile | None]:
+def read(
+    path: Path, container: str, text_chunk_chars: int = 4000
+) -> tuple[Iterator[Row], TextFile | None]:
     """Rows of one file, and the TextFile (for its encoding note) when it is text."""
     if container == "parquet":
         return _parquet_rows(path), None
@@ -99,13 +101,24 @@ def _jsonl_rows(text: TextFile) -> Iterator[Row]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield Row("line", n, problem=RecordProblem(
-                "invalid_json", f"not valid JSON ({exc.msg} at column {exc.colno})",
-                "Each line must be one complete JSON object; fix or remove this line."))
+            yield Row(
+                "line",
+                n,
+                problem=RecordProblem(
+                    "invalid_json",
+                    f"not valid JSON ({exc.msg} at column {exc.colno})",
+                    "Each line must be one complete JSON object; fix or remove this line.",
+                ),
+            )
             continue
         except RecursionError:
-            yield Row("line", n, problem=RecordProblem("invalid_json", "JSON nested too deeply",
-                                                       "Remove this line."))
+            yield Row(
+                "line",
+                n,
+                problem=RecordProblem(
+                    "invalid_json", "JSON nested too deeply", "Remove this line."
+                ),
+            )
             continue
         yield Row("line", n, value)
 
@@ -122,7 +135,7 @@ def _json_rows(text: TextFile, path: Path) -> Iterator[Row]:
         if buf.strip():
             break
     start = len(buf) - len(buf.lstrip())
-    if buf[start:start + 1] == "{":
+    if buf[start : start + 1] == "{":
         yield from _json_object_rows(buf, chunks, path)
     else:
         yield from _json_array_rows(buf, start, chunks, path.name)
@@ -130,23 +143,33 @@ def _json_rows(text: TextFile, path: Path) -> Iterator[Row]:
 
 def _json_object_rows(buf: str, chunks: Iterator[str], path: Path) -> Iterator[Row]:
     if path.stat().st_size > MAX_JSON_OBJECT_FILE:
-        raise DataError(f"{path.name} is one JSON object of {path.stat().st_size / 1024**2:.0f} MB, "
-                        "too big to read at once.",
-                        "Save it as JSON lines (one example per line) or as a JSON array.")
+        raise DataError(
+            f"{path.name} is one JSON object of {path.stat().st_size / 1024**2:.0f} MB, "
+            "too big to read at once.",
+            "Save it as JSON lines (one example per line) or as a JSON array.",
+        )
     doc = buf + "".join(chunks)
     try:
         value = json.loads(doc)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path.name}, line {exc.lineno}: not valid JSON ({exc.msg} at column "
-                        f"{exc.colno}).", "Fix the JSON (a missing comma or bracket?) and try again.") from None
+        raise DataError(
+            f"{path.name}, line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}).",
+            "Fix the JSON (a missing comma or bracket?) and try again.",
+        ) from None
     except RecursionError:
-        raise DataError(f"{path.name}: JSON nested too deeply.", "Check the file's structure.") from None
+        raise DataError(
+            f"{path.name}: JSON nested too deeply.", "Check the file's structure."
+        ) from None
     from engine.data.formats import _guess
 
     if not isinstance(value, dict) or _guess(value) is not None:
         yield Row("item", 1, value, line=1)  # one example on its own
         return
-    lists = {k: v for k, v in value.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)}
+    lists = {
+        k: v
+        for k, v in value.items()
+        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
+    }
     if lists and all(k.lower() in SPLIT_NAMES for k in lists):
         # {"train": [...], "validation": [...]}: the object carries its own splits.
         for key, items in lists.items():
@@ -164,9 +187,11 @@ def _json_object_rows(buf: str, chunks: Iterator[str], path: Path) -> Iterator[R
 def _json_array_rows(buf: str, pos: int, chunks: Iterator[str], name: str) -> Iterator[Row]:
     decoder = json.JSONDecoder()
     line = 1 + buf.count("\n", 0, pos)
-    if buf[pos:pos + 1] != "[":
-        raise DataError(f"{name}: expected a JSON array or object, found "
-                        f"'{buf[pos:pos + 20].strip()}'.", "Check that this is a JSON file.")
+    if buf[pos : pos + 1] != "[":
+        raise DataError(
+            f"{name}: expected a JSON array or object, found '{buf[pos : pos + 20].strip()}'.",
+            "Check that this is a JSON file.",
+        )
     pos += 1
     eof = False
     item = 0
@@ -196,8 +221,10 @@ def _json_array_rows(buf: str, pos: int, chunks: Iterator[str], name: str) -> It
                 return ""
 
     def fail(msg: str) -> DataError:
-        return DataError(f"{name}, line {line}: {msg}; the rest of the file cannot be read.",
-                         "Fix the JSON (a missing comma or bracket?) and try again.")
+        return DataError(
+            f"{name}, line {line}: {msg}; the rest of the file cannot be read.",
+            "Fix the JSON (a missing comma or bracket?) and try again.",
+        )
 
     if skip_ws() == "]":
         return
@@ -229,7 +256,11 @@ def _json_array_rows(buf: str, pos: int, chunks: Iterator[str], name: str) -> It
             continue
         if ch == "]":
             return
-        raise fail("expected ',' or ']' after an element" if ch else "the JSON array is not closed (missing ']')")
+        raise fail(
+            "expected ',' or ']' after an element"
+            if ch
+            else "the JSON array is not closed (missing ']')"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,17 +280,23 @@ def _csv_rows(text: TextFile, path: Path, delimiter: str | None) -> Iterator[Row
     try:
         header = next(reader, None)
     except csv.Error as exc:
-        raise DataError(f"{path.name}: the header row cannot be read ({exc}).",
-                        "Check that the file is CSV with a header row.") from None
+        raise DataError(
+            f"{path.name}: the header row cannot be read ({exc}).",
+            "Check that the file is CSV with a header row.",
+        ) from None
     if not header or not any(h.strip() for h in header):
-        raise DataError(f"{path.name} has no header row.",
-                        "The first row must name the columns, e.g. prompt,response.")
+        raise DataError(
+            f"{path.name} has no header row.",
+            "The first row must name the columns, e.g. prompt,response.",
+        )
     header = [h.strip().lstrip("\ufeff") for h in header]
     seen = set()
     for h in header:
         if h and h in seen:
-            raise DataError(f"{path.name}: the column name '{h}' appears twice in the header.",
-                            "Give every column a different name.")
+            raise DataError(
+                f"{path.name}: the column name '{h}' appears twice in the header.",
+                "Give every column a different name.",
+            )
         seen.add(h)
     number = 1  # spreadsheet row numbers: the header is row 1
     while True:
@@ -269,17 +306,29 @@ def _csv_rows(text: TextFile, path: Path, delimiter: str | None) -> Iterator[Row
             return
         except csv.Error as exc:
             number += 1
-            yield Row("row", number, problem=RecordProblem("bad_row", f"cannot be read as CSV ({exc})",
-                                                           "Check the quotes in this row."))
+            yield Row(
+                "row",
+                number,
+                problem=RecordProblem(
+                    "bad_row", f"cannot be read as CSV ({exc})", "Check the quotes in this row."
+                ),
+            )
             continue
         number += 1
         if not any(c.strip() for c in cells):
             continue
         if len(cells) != len(header):
-            yield Row("row", number, problem=RecordProblem(
-                "bad_row", f"has {len(cells)} cell{'s' if len(cells) != 1 else ''} but the header has {len(header)}",
-                f"Put text that contains '{delimiter}' in double quotes."
-                if delimiter != "\t" else "Check for stray tabs in this row."))
+            yield Row(
+                "row",
+                number,
+                problem=RecordProblem(
+                    "bad_row",
+                    f"has {len(cells)} cell{'s' if len(cells) != 1 else ''} but the header has {len(header)}",
+                    f"Put text that contains '{delimiter}' in double quotes."
+                    if delimiter != "\t"
+                    else "Check for stray tabs in this row.",
+                ),
+            )
             continue
         yield Row("row", number, {h: c for h, c in zip(header, cells, strict=True) if h})
 
@@ -359,9 +408,11 @@ def pyarrow_parquet():
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataError("Reading Parquet files needs pyarrow, which is not installed.",
-                        "Install it with: pip install 'lathe[parquet]' (or pip install pyarrow), "
-                        "or convert the file to JSON lines.") from None
+        raise DataError(
+            "Reading Parquet files needs pyarrow, which is not installed.",
+            "Install it with: pip install 'lathe[parquet]' (or pip install pyarrow), "
+            "or convert the file to JSON lines.",
+        ) from None
     return pq
 
 
@@ -370,8 +421,10 @@ def _parquet_rows(path: Path) -> Iterator[Row]:
     try:
         pf = pq.ParquetFile(str(path))
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several unrelated types
-        raise DataError(f"{path.name} cannot be read as Parquet ({exc}).",
-                        "Check the file, or export the data as JSON lines.") from None
+        raise DataError(
+            f"{path.name} cannot be read as Parquet ({exc}).",
+            "Check the file, or export the data as JSON lines.",
+        ) from None
     number = 0
     for batch in pf.iter_batches(batch_size=1024):
         for value in batch.to_pylist():

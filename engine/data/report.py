@@ -32,10 +32,14 @@ class TokenStats:
         if len(lengths) == 0:
             return None
         return cls(
-            examples=int(len(lengths)), min=int(lengths.min()), median=float(np.median(lengths)),
-            p95=float(np.percentile(lengths, 95)), max=int(lengths.max()),
+            examples=int(len(lengths)),
+            min=int(lengths.min()),
+            median=float(np.median(lengths)),
+            p95=float(np.percentile(lengths, 95)),
+            max=int(lengths.max()),
             mean=round(float(lengths.mean()), 1),
-            total_tokens=int(np.minimum(lengths, limit).sum()), trained_tokens=int(trained.sum()),
+            total_tokens=int(np.minimum(lengths, limit).sum()),
+            trained_tokens=int(trained.sum()),
             over_max=int((lengths > limit).sum()),
         )
 
@@ -120,20 +124,29 @@ class Report:
         out += [f"Note: {n}" for n in self.notes]
         t = self.tokens
         if t:
-            src = {"model": "the model's own", "default": "Lathe's default (the model has none)",
-                   "config": "the one given"}.get(t.template_source, t.template_source)
-            out.append(f"Tokens ({t.model}, chat template: {src}, max_seq_length {t.max_seq_length}):")
+            src = {
+                "model": "the model's own",
+                "default": "Lathe's default (the model has none)",
+                "config": "the one given",
+            }.get(t.template_source, t.template_source)
+            out.append(
+                f"Tokens ({t.model}, chat template: {src}, max_seq_length {t.max_seq_length}):"
+            )
             for split, s in t.splits.items():
-                out.append(f"  {split:<5} {s.examples} examples, length min {s.min} / median "
-                           f"{s.median:g} / p95 {s.p95:g} / max {s.max}, trained tokens "
-                           f"{s.trained_tokens:,}, over max {s.over_max}")
+                out.append(
+                    f"  {split:<5} {s.examples} examples, length min {s.min} / median "
+                    f"{s.median:g} / p95 {s.p95:g} / max {s.max}, trained tokens "
+                    f"{s.trained_tokens:,}, over max {s.over_max}"
+                )
             if t.histogram.get("counts"):
                 out.append("  length histogram (train):")
                 out += ["    " + line for line in _bars(t.histogram)]
             over = sum(s.over_max for s in t.splits.values())
             if over:
-                out.append(f"  {over} example(s) are longer than {t.max_seq_length} tokens and will be "
-                           "truncated.")
+                out.append(
+                    f"  {over} example(s) are longer than {t.max_seq_length} tokens and will be "
+                    "truncated."
+                )
             out.append(f"  About {t.steps_per_epoch} steps per epoch at batch size {t.batch_size}.")
         if self.dataset_id:
             verb = "Already imported as" if self.reused else "Imported as"
@@ -155,8 +168,10 @@ def histogram(lengths: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict:
 def _bars(hist: dict, width: int = 40) -> list[str]:
     counts, edges = hist["counts"], hist["edges"]
     top = max(counts) or 1
-    return [f"{edges[i]:>7}-{edges[i + 1] - 1:<7} {'#' * max(1 if c else 0, round(c / top * width)):<{width}} {c}"
-            for i, c in enumerate(counts)]
+    return [
+        f"{edges[i]:>7}-{edges[i + 1] - 1:<7} {'#' * max(1 if c else 0, round(c / top * width)):<{width}} {c}"
+        for i, c in enumerate(counts)
+    ]
 
 
 def _size(n: int) -> str:

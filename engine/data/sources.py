@@ -22,9 +22,15 @@ from engine.data.problems import DataError
 
 DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".txt", ".md", ".markdown", ".parquet"}
 SPLIT_NAMES = {
-    "train": "train", "training": "train",
-    "valid": "valid", "validation": "valid", "val": "valid", "dev": "valid", "eval": "valid",
-    "test": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "valid": "valid",
+    "validation": "valid",
+    "val": "valid",
+    "dev": "valid",
+    "eval": "valid",
+    "test": "test",
+    "testing": "test",
 }
 SPLITS = ("train", "valid", "test")
 _SPLIT_PREFIX = re.compile(r"^(train|training|validation|valid|val|dev|eval|test|testing)(?![a-z])")
@@ -41,8 +47,14 @@ _MAGIC = (
     (b"SQLite format 3", "an SQLite database"),
     (b"\xd0\xcf\x11\xe0", "an old Microsoft Office document"),
 )
-_OFFICE = {".xlsx": "an Excel workbook", ".xls": "an Excel workbook", ".numbers": "a Numbers file",
-           ".docx": "a Word document", ".ods": "a spreadsheet", ".pages": "a Pages document"}
+_OFFICE = {
+    ".xlsx": "an Excel workbook",
+    ".xls": "an Excel workbook",
+    ".numbers": "a Numbers file",
+    ".docx": "a Word document",
+    ".ods": "a spreadsheet",
+    ".pages": "a Pages document",
+}
 ZIP_MAX_BYTES = 20 * 1024**3
 ZIP_MAX_RATIO = 200  # a higher compression ratio than this is a zip bomb, not a dataset
 
@@ -56,7 +68,9 @@ class SourceFile:
 
 def split_of(path: Path) -> str | None:
     """The split a file or folder name declares ("train.jsonl", "validation-0001.parquet", "dev/")."""
-    m = _SPLIT_PREFIX.match(path.stem.lower() if path.is_file() or path.suffix else path.name.lower())
+    m = _SPLIT_PREFIX.match(
+        path.stem.lower() if path.is_file() or path.suffix else path.name.lower()
+    )
     return SPLIT_NAMES[m.group(1)] if m else None
 
 
@@ -87,8 +101,9 @@ def is_parquet(path: Path) -> bool:
         return fh.read(4) == b"PAR1"
 
 
-def discover(root: Path, display_root: str | None = None,
-             notes: list[str] | None = None) -> list[SourceFile]:
+def discover(
+    root: Path, display_root: str | None = None, notes: list[str] | None = None
+) -> list[SourceFile]:
     """The data files under `root` with the split each belongs to.
 
     In a folder, files (or sub-folders) named for a split are used and everything else is listed as
@@ -101,8 +116,10 @@ def discover(root: Path, display_root: str | None = None,
     data = [p for p in files if p.suffix.lower() in DATA_SUFFIXES]
     if not data:
         names = ", ".join(p.name for p in files[:5]) or "nothing"
-        raise DataError(f"{display_root or root.name} has no data files (found {names}).",
-                        "Use .jsonl, .json, .csv, .tsv, .txt, .md or .parquet files.")
+        raise DataError(
+            f"{display_root or root.name} has no data files (found {names}).",
+            "Use .jsonl, .json, .csv, .tsv, .txt, .md or .parquet files.",
+        )
     named = []
     for p in data:
         rel = p.relative_to(root)
@@ -116,9 +133,11 @@ def discover(root: Path, display_root: str | None = None,
             shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
             notes.append(f"Ignored files not named train/valid/test: {shown}.")
         if not any(s.split == "train" for s in named):
-            raise DataError(f"{display_root or root.name} has {', '.join(s.name for s in named)} "
-                            "but no training file.",
-                            "Add a train file (train.jsonl, for example) to the folder.")
+            raise DataError(
+                f"{display_root or root.name} has {', '.join(s.name for s in named)} "
+                "but no training file.",
+                "Add a train file (train.jsonl, for example) to the folder.",
+            )
         return named
     return [SourceFile(p, _display(display_root, p.relative_to(root)), "train") for p in data]
 
@@ -137,15 +156,20 @@ def unpacked(path: Path) -> Iterator[Path]:
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(f"{path.name} is not a readable zip archive ({exc}).",
-                        "Re-create the archive, or import the files inside it directly.") from None
+        raise DataError(
+            f"{path.name} is not a readable zip archive ({exc}).",
+            "Re-create the archive, or import the files inside it directly.",
+        ) from None
     with zf:
         members = [m for m in zf.infolist() if not m.is_dir() and not _hidden(Path(m.filename))]
         total = sum(m.file_size for m in members)
         packed = max(1, sum(m.compress_size for m in members))
         if total > ZIP_MAX_BYTES or (total > 100 * 1024**2 and total / packed > ZIP_MAX_RATIO):
-            raise DataError(f"{path.name} would unpack to {total / 1024**3:.1f} GB, which is not a "
-                            "plausible dataset.", "Unpack it yourself and import the data files.")
+            raise DataError(
+                f"{path.name} would unpack to {total / 1024**3:.1f} GB, which is not a "
+                "plausible dataset.",
+                "Unpack it yourself and import the data files.",
+            )
         tmp = Path(tempfile.mkdtemp(prefix="lathe-zip-"))
         try:
             for m in members:
@@ -261,12 +285,16 @@ class TextFile:
 
     def encoding_note(self, name: str) -> str | None:
         if self.latin1_lines == -1:
-            return (f"{name} is not valid UTF-8; it was read as Latin-1. Check accented letters, "
-                    "or save the file as UTF-8.")
+            return (
+                f"{name} is not valid UTF-8; it was read as Latin-1. Check accented letters, "
+                "or save the file as UTF-8."
+            )
         if self.latin1_lines:
-            return (f"{name}: {self.latin1_lines} line(s) are not valid UTF-8 (first: line "
-                    f"{self.first_latin1_line}); they were read as Latin-1. Check accented "
-                    "letters, or save the file as UTF-8.")
+            return (
+                f"{name}: {self.latin1_lines} line(s) are not valid UTF-8 (first: line "
+                f"{self.first_latin1_line}); they were read as Latin-1. Check accented "
+                "letters, or save the file as UTF-8."
+            )
         return None
 
 

@@ -19,7 +19,9 @@ from engine.data.problems import DataError, Problem, ProblemLog
 
 UNLIMITED = 1 << 30
 BATCH = 128
-INLINE_EXAMPLES = 1500  # below this many examples, starting worker processes costs more than it saves
+INLINE_EXAMPLES = (
+    1500  # below this many examples, starting worker processes costs more than it saves
+)
 
 
 def resolve_model_dir(model: str | Path) -> Path:
@@ -40,8 +42,10 @@ def resolve_model_dir(model: str | Path) -> Path:
             return Path(snapshot_download(str(model), local_files_only=True))
         except Exception:  # noqa: BLE001 - any failure means "not available offline"
             pass
-    raise DataError(f"Model {model} was not found on this computer.",
-                    "Give the path of a model folder, or download the model first.")
+    raise DataError(
+        f"Model {model} was not found on this computer.",
+        "Give the path of a model folder, or download the model first.",
+    )
 
 
 def load_tokenizer(model: str | Path):
@@ -52,16 +56,26 @@ def load_tokenizer(model: str | Path):
 
         return _load(model_dir)
     except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a bad folder
-        raise DataError(f"Cannot load a tokenizer from {model_dir} ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}).",
-                        "Check that the folder has tokenizer.json or tokenizer.model.") from None
+        raise DataError(
+            f"Cannot load a tokenizer from {model_dir} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}).",
+            "Check that the folder has tokenizer.json or tokenizer.model.",
+        ) from None
 
 
 class TokenCounter:
     """Measures examples for one model: length, trained tokens, truncation."""
 
-    def __init__(self, model: str | Path, *, chat_template: str | None = None, mask_prompt: bool = True,
-                 max_seq_length: int = 2048, workers: int | None = None, tokenizer=None):
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        chat_template: str | None = None,
+        mask_prompt: bool = True,
+        max_seq_length: int = 2048,
+        workers: int | None = None,
+        tokenizer=None,
+    ):
         from engine.encode import Encoder
 
         self.model = str(model)
@@ -72,8 +86,12 @@ class TokenCounter:
         self.mask_prompt = mask_prompt
         self.max_seq_length = max_seq_length
         # Full length first: truncation is applied here so "over max_seq_length" can be counted.
-        self.encoder = Encoder(self.tokenizer, chat_template=chat_template, mask_prompt=mask_prompt,
-                               max_seq_length=UNLIMITED)
+        self.encoder = Encoder(
+            self.tokenizer,
+            chat_template=chat_template,
+            mask_prompt=mask_prompt,
+            max_seq_length=UNLIMITED,
+        )
         self.template_source = self.encoder.template_source
         self.workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
 
@@ -81,11 +99,17 @@ class TokenCounter:
         """`Encoded` for one record, truncated to max_seq_length as training does."""
         from engine.encode import Encoder
 
-        enc = Encoder(self.tokenizer, chat_template=self.chat_template, mask_prompt=self.mask_prompt,
-                      max_seq_length=self.max_seq_length)
+        enc = Encoder(
+            self.tokenizer,
+            chat_template=self.chat_template,
+            mask_prompt=self.mask_prompt,
+            max_seq_length=self.max_seq_length,
+        )
         return enc.encode(record)
 
-    def measure(self, examples: Iterable, log: ProblemLog, *, big: bool = False) -> Iterator[tuple[object, int, int]]:
+    def measure(
+        self, examples: Iterable, log: ProblemLog, *, big: bool = False
+    ) -> Iterator[tuple[object, int, int]]:
         """(example, length, trained tokens after truncation) for each example that trains at least
         one token; the others are reported to `log` and left out. Order is preserved.
 
@@ -116,9 +140,17 @@ class TokenCounter:
         ctx = multiprocessing.get_context("spawn")
         window: deque = deque()
         try:
-            pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                       initargs=(str(self.model_dir), self.chat_template, self.mask_prompt,
-                                                 self.max_seq_length))
+            pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(
+                    str(self.model_dir),
+                    self.chat_template,
+                    self.mask_prompt,
+                    self.max_seq_length,
+                ),
+            )
         except (OSError, RuntimeError) as exc:
             log.note(f"Counted tokens in one process (worker processes could not start: {exc}).")
             yield from self._checked_inline(it, log)
@@ -129,7 +161,9 @@ class TokenCounter:
                 batch = [] if broken else [ex for _, ex in zip(range(BATCH), it, strict=False)]
                 if batch:
                     try:
-                        window.append((batch, pool.submit(_measure_batch, [ex.record for ex in batch])))
+                        window.append(
+                            (batch, pool.submit(_measure_batch, [ex.record for ex in batch]))
+                        )
                     except RuntimeError:  # BrokenProcessPool is a RuntimeError
                         broken = True
                         window.append((batch, None))
@@ -147,20 +181,30 @@ class TokenCounter:
                 if not batch and not window:
                     break
         if broken:
-            log.note("Worker processes stopped; the rest of the tokens were counted in one process.")
+            log.note(
+                "Worker processes stopped; the rest of the tokens were counted in one process."
+            )
             yield from self._checked_inline(it, log)
 
     def _checked(self, batch: list, results: list, log: ProblemLog) -> Iterator:
         limit = self.max_seq_length
         for ex, (length, trained, trained_full, error) in zip(batch, results, strict=True):
             if error is not None:
-                log.add(Problem("template_error", ex.where, f"the chat template rejects this example ({error})",
-                                "Fix the roles or content, or choose another chat template."))
+                log.add(
+                    Problem(
+                        "template_error",
+                        ex.where,
+                        f"the chat template rejects this example ({error})",
+                        "Fix the roles or content, or choose another chat template.",
+                    )
+                )
                 continue
             if trained == 0:
                 if trained_full > 0:
-                    msg = (f"trains 0 tokens: it is {length} tokens long and the answer starts after "
-                           f"token {limit}, so truncation cuts it off")
+                    msg = (
+                        f"trains 0 tokens: it is {length} tokens long and the answer starts after "
+                        f"token {limit}, so truncation cuts it off"
+                    )
                     hint = "Shorten the prompt or raise max_seq_length."
                 else:
                     msg = "trains 0 tokens after masking (every token is prompt)"
@@ -199,8 +243,9 @@ def _init_worker(model_dir: str, chat_template: str | None, mask_prompt: bool, l
 
     tokenizer = load_tokenizer(model_dir)
     _no_length_warning(tokenizer)
-    _WORKER["encoder"] = Encoder(tokenizer, chat_template=chat_template, mask_prompt=mask_prompt,
-                                 max_seq_length=UNLIMITED)
+    _WORKER["encoder"] = Encoder(
+        tokenizer, chat_template=chat_template, mask_prompt=mask_prompt, max_seq_length=UNLIMITED
+    )
     _WORKER["limit"] = limit
 
 

@@ -35,9 +35,18 @@ class TokenView:
         return asdict(self)
 
 
-def token_view(path: str | Path, model: str | Path, index: int = 0, *, split: str | None = None,
-               options: Options | None = None, max_seq_length: int = 2048, mask_prompt: bool = True,
-               chat_template: str | None = None, counter=None) -> TokenView:
+def token_view(
+    path: str | Path,
+    model: str | Path,
+    index: int = 0,
+    *,
+    split: str | None = None,
+    options: Options | None = None,
+    max_seq_length: int = 2048,
+    mask_prompt: bool = True,
+    chat_template: str | None = None,
+    counter=None,
+) -> TokenView:
     """Example number `index` (from 0, counting kept examples in reading order, or within `split`
     after splitting) rendered and tokenized for `model`."""
     from engine.data.importer import _run, dataset_dir
@@ -49,8 +58,13 @@ def token_view(path: str | Path, model: str | Path, index: int = 0, *, split: st
     folder = dataset_dir(path) if not Path(path).expanduser().exists() else None
     path = folder or path
     if counter is None:
-        counter = TokenCounter(model, chat_template=chat_template, mask_prompt=mask_prompt,
-                               max_seq_length=max_seq_length, workers=1)
+        counter = TokenCounter(
+            model,
+            chat_template=chat_template,
+            mask_prompt=mask_prompt,
+            max_seq_length=max_seq_length,
+            workers=1,
+        )
     if split is not None and split not in SPLIT_CODES:
         raise DataError(f"Unknown split '{split}'.", "Use train, valid or test.")
     example = None
@@ -76,15 +90,27 @@ def token_view(path: str | Path, model: str | Path, index: int = 0, *, split: st
                         break
     if example is None:
         where = f" in {split}" if split else ""
-        raise DataError(f"There is no example {index}{where}: the dataset has {total} usable "
-                        f"example(s){where}.", f"Use an index from 0 to {max(0, total - 1)}.")
+        raise DataError(
+            f"There is no example {index}{where}: the dataset has {total} usable "
+            f"example(s){where}.",
+            f"Use an index from 0 to {max(0, total - 1)}.",
+        )
     enc = counter.encode(example.record)
     text = counter.encoder.render(example.record)
     pieces = _pieces(counter.tokenizer, enc.tokens, enc.weights)
-    return TokenView(index=index, split=split, where=example.where, record=example.record, text=text,
-                     pieces=pieces, length=len(enc.tokens), trained_tokens=enc.trained_tokens,
-                     truncated=enc.truncated, max_seq_length=max_seq_length,
-                     template_source=counter.template_source)
+    return TokenView(
+        index=index,
+        split=split,
+        where=example.where,
+        record=example.record,
+        text=text,
+        pieces=pieces,
+        length=len(enc.tokens),
+        trained_tokens=enc.trained_tokens,
+        truncated=enc.truncated,
+        max_seq_length=max_seq_length,
+        template_source=counter.template_source,
+    )
 
 
 def _pieces(tokenizer, tokens: list[int], weights: list[int]) -> list[TokenPiece]:

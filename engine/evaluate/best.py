@@ -21,7 +21,9 @@ def best_by_val_loss(run: str | Path) -> dict:
     history = run_history(run_dir)
     steps = checkpoint_steps(run_dir)
     if not steps:
-        raise EvalError(f"Run {run_dir.name} has no checkpoints yet.", "Wait for its first checkpoint.")
+        raise EvalError(
+            f"Run {run_dir.name} has no checkpoints yet.", "Wait for its first checkpoint."
+        )
     candidates = [{"step": s, "value": history.val_loss_at(s)} for s in steps]
     judged = [c for c in candidates if c["value"] is not None]
     if not judged:
@@ -32,16 +34,33 @@ def best_by_val_loss(run: str | Path) -> dict:
     best = min(judged, key=lambda c: (c["value"], -c["step"]))
     notes = []
     if history.best_val_step is not None and history.best_val_step not in steps:
-        notes.append(f"The lowest validation loss ({history.best_val_loss:.4f}) was at step "
-                     f"{history.best_val_step}, which has no checkpoint; step {best['step']} is the best saved one.")
-    return {"run_id": run_dir.name, "by": "val_loss", "step": best["step"], "value": best["value"],
-            "spec": f"{_ref(run_dir)}:{best['step']}", "higher_is_better": False,
-            "candidates": candidates, "notes": notes}
+        notes.append(
+            f"The lowest validation loss ({history.best_val_loss:.4f}) was at step "
+            f"{history.best_val_step}, which has no checkpoint; step {best['step']} is the best saved one."
+        )
+    return {
+        "run_id": run_dir.name,
+        "by": "val_loss",
+        "step": best["step"],
+        "value": best["value"],
+        "spec": f"{_ref(run_dir)}:{best['step']}",
+        "higher_is_better": False,
+        "candidates": candidates,
+        "notes": notes,
+    }
 
 
-def best_by_metric(run: str | Path, metric: str, *, prompts: str | Path | None = None, max_tokens: int = 128,
-                   stop: list[str] | None = None, limit: int | None = None, progress: Progress | None = None,
-                   cancel: threading.Event | None = None) -> dict:
+def best_by_metric(
+    run: str | Path,
+    metric: str,
+    *,
+    prompts: str | Path | None = None,
+    max_tokens: int = 128,
+    stop: list[str] | None = None,
+    limit: int | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> dict:
     """Evaluate every checkpoint's answers with `metric` and return the best one.
 
     One model is loaded; only the adapter changes between checkpoints. Ties go to the lower
@@ -51,39 +70,77 @@ def best_by_metric(run: str | Path, metric: str, *, prompts: str | Path | None =
     run_dir = info.run_dir
     m = parse_metric(metric)
     if not m.rate:
-        raise EvalError(f"{m.spec} is a measure with no better direction, so it cannot pick a checkpoint.",
-                        "Use exact, contains, regex:, json or schema:, or --by val_loss.")
+        raise EvalError(
+            f"{m.spec} is a measure with no better direction, so it cannot pick a checkpoint.",
+            "Use exact, contains, regex:, json or schema:, or --by val_loss.",
+        )
     steps = checkpoint_steps(run_dir)
     if not steps:
-        raise EvalError(f"Run {run_dir.name} has no checkpoints yet.", "Wait for its first checkpoint.")
+        raise EvalError(
+            f"Run {run_dir.name} has no checkpoints yet.", "Wait for its first checkpoint."
+        )
     items, source = choose_prompts(config, prompts, limit)
     if m.needs_reference and not any(i.reference is not None for i in items):
-        raise EvalError(f"{m.spec} needs reference answers, and these prompts have none.",
-                        "Add a 'completion' to each prompt.")
+        raise EvalError(
+            f"{m.spec} needs reference answers, and these prompts have none.",
+            "Add a 'completion' to each prompt.",
+        )
     history = run_history(run_dir)
     chat_model = ChatModel.load(config.model.path or None, resolve_adapter(f"{run_dir}:{steps[0]}"))
     candidates = []
     try:
-        base_rows = generate_outputs(chat_model, items, [m], max_tokens=max_tokens, sides=("base",), stop=stop,
-                                     cancel=cancel)
+        base_rows = generate_outputs(
+            chat_model, items, [m], max_tokens=max_tokens, sides=("base",), stop=stop, cancel=cancel
+        )
         base_value = summarize([m], base_rows, sides=("base",))[0]["base"]
         for n, step in enumerate(steps):
             if n:
                 chat_model.set_adapter(resolve_adapter(f"{run_dir}:{step}"))
-            rows = generate_outputs(chat_model, items, [m], max_tokens=max_tokens, sides=("tuned",), stop=stop,
-                                   cancel=cancel)
+            rows = generate_outputs(
+                chat_model,
+                items,
+                [m],
+                max_tokens=max_tokens,
+                sides=("tuned",),
+                stop=stop,
+                cancel=cancel,
+            )
             value = summarize([m], rows, sides=("tuned",))[0]["tuned"]
             candidates.append({"step": step, "value": value, "val_loss": history.val_loss_at(step)})
             if progress:
-                progress({"stage": "checkpoint", "done": n + 1, "total": len(steps), "step": step, "value": value})
+                progress(
+                    {
+                        "stage": "checkpoint",
+                        "done": n + 1,
+                        "total": len(steps),
+                        "step": step,
+                        "value": value,
+                    }
+                )
     finally:
         chat_model.close()
     inf = float("inf")
-    best = max(candidates, key=lambda c: (c["value"] if c["value"] is not None else -inf,
-                                          -(c["val_loss"] if c["val_loss"] is not None else inf), c["step"]))
-    return {"run_id": run_dir.name, "by": m.spec, "label": m.label, "step": best["step"], "value": best["value"],
-            "spec": f"{_ref(run_dir)}:{best['step']}", "higher_is_better": True, "base": base_value,
-            "prompts": source, "candidates": candidates, "notes": []}
+    best = max(
+        candidates,
+        key=lambda c: (
+            c["value"] if c["value"] is not None else -inf,
+            -(c["val_loss"] if c["val_loss"] is not None else inf),
+            c["step"],
+        ),
+    )
+    return {
+        "run_id": run_dir.name,
+        "by": m.spec,
+        "label": m.label,
+        "step": best["step"],
+        "value": best["value"],
+        "spec": f"{_ref(run_dir)}:{best['step']}",
+        "higher_is_better": True,
+        "base": base_value,
+        "prompts": source,
+        "candidates": candidates,
+        "notes": [],
+    }
 
 
 def best_checkpoint(run: str | Path, by: str = "val_loss", **kwargs) -> dict:

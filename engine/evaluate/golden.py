@@ -27,19 +27,37 @@ class _RunTemplateModel(ChatModel):
         return self._template, "run"
 
 
-def answer_prompts(chat_model: ChatModel, prompts: list[str], max_tokens: int, use_adapter: bool = True) -> list[dict]:
+def answer_prompts(
+    chat_model: ChatModel, prompts: list[str], max_tokens: int, use_adapter: bool = True
+) -> list[dict]:
     """Greedy answers to `prompts`, one dict per prompt (prompt, answer, tokens, stop_reason)."""
     settings = ChatSettings(temperature=0.0, max_tokens=max_tokens)
     out = []
     for prompt in prompts:
-        reply = chat_model.reply([{"role": "user", "content": prompt}], settings, use_adapter=use_adapter)
-        out.append({"prompt": prompt, "answer": reply.text, "tokens": reply.stats.tokens,
-                    "stop_reason": reply.stats.stop_reason})
+        reply = chat_model.reply(
+            [{"role": "user", "content": prompt}], settings, use_adapter=use_adapter
+        )
+        out.append(
+            {
+                "prompt": prompt,
+                "answer": reply.text,
+                "tokens": reply.stats.tokens,
+                "stop_reason": reply.stats.stop_reason,
+            }
+        )
     return out
 
 
-def golden_hook(config, model, tokenizer, template: str, sink: events.Sink, *, at_start: bool,
-                run_dir: Path | None = None) -> Callable[[int], None]:
+def golden_hook(
+    config,
+    model,
+    tokenizer,
+    template: str,
+    sink: events.Sink,
+    *,
+    at_start: bool,
+    run_dir: Path | None = None,
+) -> Callable[[int], None]:
     """A function `hook(step)` that answers the run's golden prompts and sends a `golden` event.
 
     With no golden prompts it does nothing. With `at_start` the starting model (the base model for
@@ -54,7 +72,9 @@ def golden_hook(config, model, tokenizer, template: str, sink: events.Sink, *, a
         prompts = []
     if not prompts:
         return lambda step: None
-    chat_model = _RunTemplateModel(model, tokenizer, template, Path(config.model.path).name or "model")
+    chat_model = _RunTemplateModel(
+        model, tokenizer, template, Path(config.model.path).name or "model"
+    )
     max_tokens = config.training.golden_max_tokens
 
     def hook(step: int) -> None:
@@ -63,8 +83,13 @@ def golden_hook(config, model, tokenizer, template: str, sink: events.Sink, *, a
         try:
             answers = answer_prompts(chat_model, prompts, max_tokens)
         except Exception as exc:  # noqa: BLE001 - the run goes on without this step's answers
-            sink(events.make("log", level="warning",
-                             message=f"Golden prompts could not be answered at step {step}: {exc}"))
+            sink(
+                events.make(
+                    "log",
+                    level="warning",
+                    message=f"Golden prompts could not be answered at step {step}: {exc}",
+                )
+            )
             return
         finally:
             if was_training:

@@ -34,9 +34,15 @@ class RunHistory:
         return None
 
     def to_dict(self) -> dict:
-        return {"train": self.train, "valid": self.valid, "checkpoints": self.checkpoints,
-                "golden": self.golden, "best_val_step": self.best_val_step,
-                "best_val_loss": self.best_val_loss, "test_loss": self.test_loss}
+        return {
+            "train": self.train,
+            "valid": self.valid,
+            "checkpoints": self.checkpoints,
+            "golden": self.golden,
+            "best_val_step": self.best_val_step,
+            "best_val_loss": self.best_val_loss,
+            "test_loss": self.test_loss,
+        }
 
 
 def run_history(run_dir: Path) -> RunHistory:

@@ -96,23 +96,31 @@ def parse_metric(spec: str, base_dir: Path | None = None) -> Metric:
         return Metric(text, "json", "Valid JSON")
     if name == "regex":
         if not sep or not arg:
-            raise EvalError("The regex metric needs a pattern, as in regex:^[A-Z].", "Write regex:PATTERN.")
+            raise EvalError(
+                "The regex metric needs a pattern, as in regex:^[A-Z].", "Write regex:PATTERN."
+            )
         try:
             pattern = re.compile(arg)
         except re.error as exc:
-            raise EvalError(f"The pattern in {text} is not a valid regular expression: {exc}.") from None
+            raise EvalError(
+                f"The pattern in {text} is not a valid regular expression: {exc}."
+            ) from None
         return Metric(text, "regex", f"Matches /{arg}/", argument=arg, _pattern=pattern)
     if name == "schema":
         if not sep or not arg:
-            raise EvalError("The schema metric needs a JSON Schema file, as in schema:answer.schema.json.",
-                            "Write schema:FILE.")
+            raise EvalError(
+                "The schema metric needs a JSON Schema file, as in schema:answer.schema.json.",
+                "Write schema:FILE.",
+            )
         path = Path(arg).expanduser()
         if not path.is_absolute() and base_dir is not None and not path.exists():
             path = base_dir / path
         loaded = jsonschema.load_schema(path)
         return Metric(text, "schema", f"Matches {path.name}", argument=str(path), _schema=loaded)
-    raise EvalError(f"Unknown metric '{text}'.",
-                    "Use exact, contains, regex:PATTERN, json, schema:FILE or length.")
+    raise EvalError(
+        f"Unknown metric '{text}'.",
+        "Use exact, contains, regex:PATTERN, json, schema:FILE or length.",
+    )
 
 
 def parse_metrics(specs, base_dir: Path | None = None) -> list[Metric]:

@@ -40,8 +40,11 @@ def from_record(record: dict, config: RunConfig | None = None) -> EvalPrompt | N
     completion_key = d.completion_feature if d else "completion"
     chat_key = d.chat_feature if d else "messages"
     if isinstance(record.get(chat_key), list):
-        messages = [{"role": m.get("role"), "content": m.get("content") or ""}
-                    for m in record[chat_key] if isinstance(m, dict)]
+        messages = [
+            {"role": m.get("role"), "content": m.get("content") or ""}
+            for m in record[chat_key]
+            if isinstance(m, dict)
+        ]
         reference = None
         if messages and messages[-1]["role"] == "assistant":
             reference = messages.pop()["content"]
@@ -54,7 +57,9 @@ def from_record(record: dict, config: RunConfig | None = None) -> EvalPrompt | N
         for key in REFERENCE_KEYS:
             if reference is None:
                 reference = record.get(key)
-        messages = [{"role": "system", "content": str(record["system"])}] if record.get("system") else []
+        messages = (
+            [{"role": "system", "content": str(record["system"])}] if record.get("system") else []
+        )
         messages.append({"role": "user", "content": str(prompt)})
         return EvalPrompt(messages, None if reference is None else str(reference))
     return None
@@ -66,12 +71,18 @@ def load_prompt_file(path: str | Path, config: RunConfig | None = None) -> list[
     try:
         text = p.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise EvalError(f"Prompt file {p} does not exist.", "Check the path given to --prompts.") from None
+        raise EvalError(
+            f"Prompt file {p} does not exist.", "Check the path given to --prompts."
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise EvalError(f"Prompt file {p} cannot be read: {exc}.") from None
     items: list[EvalPrompt] = []
     if p.suffix.lower() == ".txt":
-        items = [EvalPrompt([{"role": "user", "content": line.strip()}]) for line in text.splitlines() if line.strip()]
+        items = [
+            EvalPrompt([{"role": "user", "content": line.strip()}])
+            for line in text.splitlines()
+            if line.strip()
+        ]
     else:
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -79,16 +90,22 @@ def load_prompt_file(path: str | Path, config: RunConfig | None = None) -> list[
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise EvalError(f"Line {number} of {p.name} is not valid JSON ({exc.msg}).",
-                                "Each line must be one JSON object with a prompt.") from None
+                raise EvalError(
+                    f"Line {number} of {p.name} is not valid JSON ({exc.msg}).",
+                    "Each line must be one JSON object with a prompt.",
+                ) from None
             item = from_record(record, config) if isinstance(record, dict) else None
             if item is None:
-                raise EvalError(f"Line {number} of {p.name} has no prompt.",
-                                "Give each line a 'prompt' (and a 'completion' as the reference), "
-                                "or 'messages' ending with the reference answer.")
+                raise EvalError(
+                    f"Line {number} of {p.name} has no prompt.",
+                    "Give each line a 'prompt' (and a 'completion' as the reference), "
+                    "or 'messages' ending with the reference answer.",
+                )
             items.append(item)
     if not items:
-        raise EvalError(f"Prompt file {p} has no prompts.", "Add one JSON object with a prompt per line.")
+        raise EvalError(
+            f"Prompt file {p} has no prompts.", "Add one JSON object with a prompt per line."
+        )
     return items
 
 
@@ -96,7 +113,9 @@ def split_prompts(config: RunConfig) -> tuple[list[EvalPrompt], str]:
     """Held-out prompts from the run's dataset: its test split, else its validation split."""
     from engine.data import load_splits
 
-    splits = load_splits(config.data.path, valid_fraction=config.data.valid_fraction, seed=config.training.seed)
+    splits = load_splits(
+        config.data.path, valid_fraction=config.data.valid_fraction, seed=config.training.seed
+    )
     for name, records in (("test", splits.test), ("valid", splits.valid)):
         items = [item for item in (from_record(r, config) for r in records) if item is not None]
         if items:

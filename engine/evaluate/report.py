@@ -48,26 +48,44 @@ def render_report(run_dir: Path, results: dict | None = None) -> str:
     run_dir = Path(run_dir)
     history = run_history(run_dir)
     status = read_json(run_dir / "status.json", {}) or {}
-    config_text = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").exists() else ""
+    config_text = (
+        (run_dir / "config.yaml").read_text(encoding="utf-8")
+        if (run_dir / "config.yaml").exists()
+        else ""
+    )
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>Lathe report · {_e(run_dir.name)}</title><style>{CSS}</style></head><body><main>",
         f"<h1>Run {_e(run_dir.name)}</h1>",
         f"<p class='sub'>{_e(status.get('state', 'unknown'))} · step {status.get('step', '?')} of "
         f"{status.get('total_steps', '?')} · report written {time.strftime('%Y-%m-%d %H:%M')}</p>",
-        "<h2>Loss</h2><section>", loss_chart_svg(history), _loss_notes(history), "</section>",
+        "<h2>Loss</h2><section>",
+        loss_chart_svg(history),
+        _loss_notes(history),
+        "</section>",
     ]
     parts += ["<h2>Base versus tuned</h2><section>"]
     if results:
         parts.append(_metrics_table(results))
     else:
-        parts.append(f"<p class='note'>No evaluation yet: run <code>python -m engine eval run {_e(run_dir.name)}</code>.</p>")
+        parts.append(
+            f"<p class='note'>No evaluation yet: run <code>python -m engine eval run {_e(run_dir.name)}</code>.</p>"
+        )
     parts.append("</section>")
     if results and results.get("examples"):
         parts += ["<h2>Answers side by side</h2><section>", _examples_table(results), "</section>"]
     if history.golden:
-        parts += ["<h2>Golden prompts over training</h2><section>", _golden_table(history), "</section>"]
-    parts += ["<h2>Config</h2><section><pre>", _e(config_text), "</pre></section>", "</main></body></html>"]
+        parts += [
+            "<h2>Golden prompts over training</h2><section>",
+            _golden_table(history),
+            "</section>",
+        ]
+    parts += [
+        "<h2>Config</h2><section><pre>",
+        _e(config_text),
+        "</pre></section>",
+        "</main></body></html>",
+    ]
     return "".join(parts)
 
 
@@ -94,19 +112,29 @@ def loss_chart_svg(history: RunHistory, width: int = 1000, height: int = 300) ->
     def y(value):
         return top + (height - top - bottom) * (1 - (value - y_lo) / (y_hi - y_lo))
 
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' width='100%' "
-           f"role='img' aria-label='loss curves'>"]
+    out = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' width='100%' "
+        f"role='img' aria-label='loss curves'>"
+    ]
     for i in range(5):
         value = y_lo + (y_hi - y_lo) * i / 4
-        out.append(f"<line x1='{left}' x2='{width - right}' y1='{y(value):.1f}' y2='{y(value):.1f}' stroke='#eee'/>")
-        out.append(f"<text x='{left - 6}' y='{y(value) + 4:.1f}' text-anchor='end'>{value:.3g}</text>")
+        out.append(
+            f"<line x1='{left}' x2='{width - right}' y1='{y(value):.1f}' y2='{y(value):.1f}' stroke='#eee'/>"
+        )
+        out.append(
+            f"<text x='{left - 6}' y='{y(value) + 4:.1f}' text-anchor='end'>{value:.3g}</text>"
+        )
     for i in range(6):
         step = x_max * i / 5
-        out.append(f"<text x='{x(step):.1f}' y='{height - 14}' text-anchor='middle'>{step:.0f}</text>")
+        out.append(
+            f"<text x='{x(step):.1f}' y='{height - 14}' text-anchor='middle'>{step:.0f}</text>"
+        )
     out.append(f"<text x='{width - right}' y='{height - 2}' text-anchor='end'>step</text>")
     for step in history.checkpoints:
-        out.append(f"<line x1='{x(step):.1f}' x2='{x(step):.1f}' y1='{top}' y2='{height - bottom}' "
-                   f"stroke='#d2d2d7' stroke-dasharray='3 3'/>")
+        out.append(
+            f"<line x1='{x(step):.1f}' x2='{x(step):.1f}' y1='{top}' y2='{height - bottom}' "
+            f"stroke='#d2d2d7' stroke-dasharray='3 3'/>"
+        )
     for name, color, data in series:
         data = [(s, v) for s, v in data if math.isfinite(v)]
         if not data:
@@ -114,14 +142,20 @@ def loss_chart_svg(history: RunHistory, width: int = 1000, height: int = 300) ->
         path = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in data)
         out.append(f"<polyline fill='none' stroke='{color}' stroke-width='2' points='{path}'/>")
         if name == "validation":
-            out += [f"<circle cx='{x(s):.1f}' cy='{y(v):.1f}' r='3' fill='{color}'/>" for s, v in data]
+            out += [
+                f"<circle cx='{x(s):.1f}' cy='{y(v):.1f}' r='3' fill='{color}'/>" for s, v in data
+            ]
     if history.best_val_step is not None:
         bx, by = x(history.best_val_step), y(history.best_val_loss)
-        out.append(f"<circle cx='{bx:.1f}' cy='{by:.1f}' r='6' fill='none' stroke='#1a7f37' stroke-width='2'/>")
+        out.append(
+            f"<circle cx='{bx:.1f}' cy='{by:.1f}' r='6' fill='none' stroke='#1a7f37' stroke-width='2'/>"
+        )
     lx = width - right - 230
     for i, (name, color, _) in enumerate(series):
-        out.append(f"<rect x='{lx + i * 110}' y='{top}' width='14' height='3' fill='{color}'/>"
-                   f"<text x='{lx + i * 110 + 18}' y='{top + 5}'>{name}</text>")
+        out.append(
+            f"<rect x='{lx + i * 110}' y='{top}' width='14' height='3' fill='{color}'/>"
+            f"<text x='{lx + i * 110 + 18}' y='{top + 5}'>{name}</text>"
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -129,7 +163,9 @@ def loss_chart_svg(history: RunHistory, width: int = 1000, height: int = 300) ->
 def _loss_notes(history: RunHistory) -> str:
     bits = []
     if history.best_val_step is not None:
-        bits.append(f"Lowest validation loss {history.best_val_loss:.4f} at step {history.best_val_step} (circled).")
+        bits.append(
+            f"Lowest validation loss {history.best_val_loss:.4f} at step {history.best_val_step} (circled)."
+        )
     if history.checkpoints:
         bits.append("Checkpoints (dashed): " + ", ".join(str(s) for s in history.checkpoints) + ".")
     if history.test_loss is not None:
@@ -157,32 +193,42 @@ def _change(base, tuned, higher_is_better: bool | None, rate: bool) -> str:
 def _metrics_table(results: dict) -> str:
     adapter = results.get("adapter") or {}
     s = results.get("settings") or {}
-    rows = ["<table><tr><th>Metric</th><th class='num'>Base</th><th class='num'>Tuned</th>"
-            "<th class='num'>Change</th></tr>"]
+    rows = [
+        "<table><tr><th>Metric</th><th class='num'>Base</th><th class='num'>Tuned</th>"
+        "<th class='num'>Change</th></tr>"
+    ]
     loss = results.get("loss")
     if loss:
         for key, label in (("loss", "Loss"), ("perplexity", "Perplexity")):
             b, t = loss["base"][key], loss["tuned"][key]
-            rows.append(f"<tr><td>{label} <span class='tag'>{_e(loss['split'])} split, {loss['tokens']} tokens"
-                        f"</span></td><td class='num'>{b:.4f}</td><td class='num'>{t:.4f}</td>"
-                        f"{_change(b, t, False, False)}</tr>")
+            rows.append(
+                f"<tr><td>{label} <span class='tag'>{_e(loss['split'])} split, {loss['tokens']} tokens"
+                f"</span></td><td class='num'>{b:.4f}</td><td class='num'>{t:.4f}</td>"
+                f"{_change(b, t, False, False)}</tr>"
+            )
     for m in results.get("metrics", []):
         rate = m.get("rate", True)
-        rows.append(f"<tr><td>{_e(m['label'])} <span class='tag'>{_e(m['spec'])}</span></td>"
-                    f"<td class='num'>{_fmt(m.get('base'), rate)}</td><td class='num'>{_fmt(m.get('tuned'), rate)}</td>"
-                    f"{_change(m.get('base'), m.get('tuned'), True if rate else None, rate)}</tr>")
+        rows.append(
+            f"<tr><td>{_e(m['label'])} <span class='tag'>{_e(m['spec'])}</span></td>"
+            f"<td class='num'>{_fmt(m.get('base'), rate)}</td><td class='num'>{_fmt(m.get('tuned'), rate)}</td>"
+            f"{_change(m.get('base'), m.get('tuned'), True if rate else None, rate)}</tr>"
+        )
     rows.append("</table>")
     n = len(results.get("examples", []))
-    rows.append(f"<p class='note'>Tuned: {_e(adapter.get('label', ''))}. {n} prompt(s) from "
-                f"{_e(s.get('prompts', ''))}, greedy, at most {s.get('max_tokens')} tokens.</p>")
+    rows.append(
+        f"<p class='note'>Tuned: {_e(adapter.get('label', ''))}. {n} prompt(s) from "
+        f"{_e(s.get('prompts', ''))}, greedy, at most {s.get('max_tokens')} tokens.</p>"
+    )
     rows += [f"<p class='note'>{_e(note)}</p>" for note in results.get("notes", [])]
     return "".join(rows)
 
 
 def _examples_table(results: dict) -> str:
     specs = [(m["spec"], m.get("rate", True)) for m in results.get("metrics", [])]
-    rows = ["<table><tr><th style='width:22%'>Prompt</th><th style='width:18%'>Reference</th>"
-            "<th style='width:30%'>Base</th><th style='width:30%'>Tuned</th></tr>"]
+    rows = [
+        "<table><tr><th style='width:22%'>Prompt</th><th style='width:18%'>Reference</th>"
+        "<th style='width:30%'>Base</th><th style='width:30%'>Tuned</th></tr>"
+    ]
     for ex in results.get("examples", []):
         base, tuned = ex.get("base", {}), ex.get("tuned", {})
         b_html, t_html = diff_html(base.get("output", ""), tuned.get("output", ""))
@@ -190,8 +236,11 @@ def _examples_table(results: dict) -> str:
             f"<tr><td><div class='out'>{_e(ex.get('prompt', ''))}</div></td>"
             f"<td><div class='out'>{_e(ex.get('reference') or '–')}</div></td>"
             f"<td><div class='out'>{b_html}</div>{_badges(base, specs)}</td>"
-            f"<td><div class='out'>{t_html}</div>{_badges(tuned, specs)}</td></tr>")
-    rows.append("</table><p class='note'>Marked: <del>only in base</del> <ins>only in tuned</ins>.</p>")
+            f"<td><div class='out'>{t_html}</div>{_badges(tuned, specs)}</td></tr>"
+        )
+    rows.append(
+        "</table><p class='note'>Marked: <del>only in base</del> <ins>only in tuned</ins>.</p>"
+    )
     return "".join(rows)
 
 
@@ -204,7 +253,9 @@ def _badges(side: dict, specs) -> str:
         if rate:
             ok = score["value"] >= 1
             detail = f" title='{_e(score.get('detail', ''))}'" if score.get("detail") else ""
-            bits.append(f"<span class='{'pass' if ok else 'fail'}'{detail}>{'✓' if ok else '✗'} {_e(spec)}</span>")
+            bits.append(
+                f"<span class='{'pass' if ok else 'fail'}'{detail}>{'✓' if ok else '✗'} {_e(spec)}</span>"
+            )
         else:
             bits.append(f"<span class='tag'>{_e(spec)} {score['value']:.0f}</span>")
     return f"<div class='tag'>{' · '.join(bits)}</div>" if bits else ""
@@ -220,8 +271,10 @@ def _golden_table(history: RunHistory) -> str:
         answers = {a.get("prompt"): a.get("answer", "") for a in entry["answers"]}
         val = history.val_loss_at(entry["step"])
         mark = " ★" if entry["step"] == history.best_val_step else ""
-        rows.append(f"<tr><td class='num'>{entry['step']}{mark}</td>"
-                    f"<td class='num'>{'–' if val is None else f'{val:.4f}'}</td>")
+        rows.append(
+            f"<tr><td class='num'>{entry['step']}{mark}</td>"
+            f"<td class='num'>{'–' if val is None else f'{val:.4f}'}</td>"
+        )
         for p in prompts:
             answer = answers.get(p)
             if answer is None:
@@ -231,8 +284,10 @@ def _golden_table(history: RunHistory) -> str:
             previous[p] = answer
             rows.append(f"<td><div class='out'>{cell}</div></td>")
         rows.append("</tr>")
-    rows.append("</table><p class='note'>Greedy answers at each checkpoint; <ins>marked</ins> text is new since "
-                "the step before. ★ lowest validation loss.</p>")
+    rows.append(
+        "</table><p class='note'>Greedy answers at each checkpoint; <ins>marked</ins> text is new since "
+        "the step before. ★ lowest validation loss.</p>"
+    )
     return "".join(rows)
 
 
@@ -262,8 +317,10 @@ def diff_html(a: str, b: str) -> tuple[str, str]:
     """`a` and `b` as HTML, with what only `a` has in <del> and what only `b` has in <ins>."""
     tags = {"equal": ("", ""), "delete": ("<del>", "</del>"), "insert": ("<ins>", "</ins>")}
     left, right = diff_spans(a, b)
-    return ("".join(f"{tags[k][0]}{_e(t)}{tags[k][1]}" for k, t in left),
-            "".join(f"{tags[k][0]}{_e(t)}{tags[k][1]}" for k, t in right))
+    return (
+        "".join(f"{tags[k][0]}{_e(t)}{tags[k][1]}" for k, t in left),
+        "".join(f"{tags[k][0]}{_e(t)}{tags[k][1]}" for k, t in right),
+    )
 
 
 def _e(text) -> str:

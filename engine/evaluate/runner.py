@@ -40,13 +40,16 @@ def run_info(spec: str | Path) -> tuple[AdapterInfo, RunConfig]:
     """The adapter `RUN[:STEP]` names and its run's config; refuses adapters outside a run."""
     info = resolve_adapter(spec)
     if info.run_dir is None or not (info.run_dir / "config.yaml").is_file():
-        raise EvalError(f"{spec} is an adapter folder outside a Lathe run, so there is no dataset to evaluate on.",
-                        "Pass a run id or RUN:STEP.")
+        raise EvalError(
+            f"{spec} is an adapter folder outside a Lathe run, so there is no dataset to evaluate on.",
+            "Pass a run id or RUN:STEP.",
+        )
     return info, RunConfig.load(info.run_dir / "config.yaml")
 
 
-def choose_prompts(config: RunConfig, prompts: str | Path | None, limit: int | None = None
-                   ) -> tuple[list[EvalPrompt], str]:
+def choose_prompts(
+    config: RunConfig, prompts: str | Path | None, limit: int | None = None
+) -> tuple[list[EvalPrompt], str]:
     """Held-out prompts: the file given, else data.eval_prompts, else the test (or valid) split."""
     source = prompts or config.data.eval_prompts
     if source:
@@ -59,14 +62,20 @@ def choose_prompts(config: RunConfig, prompts: str | Path | None, limit: int | N
     return items, where
 
 
-def choose_metrics(config: RunConfig, metrics: list[str] | None, items: list[EvalPrompt]) -> list[Metric]:
-    specs = list(metrics or config.data.eval_metrics or default_metrics([i.reference for i in items]))
+def choose_metrics(
+    config: RunConfig, metrics: list[str] | None, items: list[EvalPrompt]
+) -> list[Metric]:
+    specs = list(
+        metrics or config.data.eval_metrics or default_metrics([i.reference for i in items])
+    )
     parsed = parse_metrics(specs)
     if not any(i.reference is not None for i in items):
         needing = [m.spec for m in parsed if m.needs_reference]
         if needing:
-            raise EvalError(f"The metrics {', '.join(needing)} need reference answers, and these prompts have none.",
-                            "Add a 'completion' to each prompt, or use regex:, json, schema: or length.")
+            raise EvalError(
+                f"The metrics {', '.join(needing)} need reference answers, and these prompts have none.",
+                "Add a 'completion' to each prompt, or use regex:, json, schema: or length.",
+            )
     return parsed
 
 
@@ -84,8 +93,12 @@ def adapter_state(chat_model: ChatModel, on: bool):
         yield chat_model.model
 
 
-def loss_comparison(chat_model: ChatModel, info: AdapterInfo, config: RunConfig,
-                    cancel: threading.Event | None = None) -> dict | None:
+def loss_comparison(
+    chat_model: ChatModel,
+    info: AdapterInfo,
+    config: RunConfig,
+    cancel: threading.Event | None = None,
+) -> dict | None:
     """Loss and perplexity of base and tuned on the same test tokens (valid when there is no test).
 
     Encoded exactly as training encoded them: the run's template, prompt masking and length limit.
@@ -100,35 +113,58 @@ def loss_comparison(chat_model: ChatModel, info: AdapterInfo, config: RunConfig,
     name, records = ("test", splits.test) if splits.test else ("valid", splits.valid)
     if not records:
         return None
-    encoder = Encoder(chat_model.tokenizer, chat_template=info.chat_template or config.model.chat_template,
-                      mask_prompt=d.mask_prompt, max_seq_length=d.max_seq_length,
-                      prompt_feature=d.prompt_feature, completion_feature=d.completion_feature,
-                      chat_feature=d.chat_feature, text_feature=d.text_feature)
+    encoder = Encoder(
+        chat_model.tokenizer,
+        chat_template=info.chat_template or config.model.chat_template,
+        mask_prompt=d.mask_prompt,
+        max_seq_length=d.max_seq_length,
+        prompt_feature=d.prompt_feature,
+        completion_feature=d.completion_feature,
+        chat_feature=d.chat_feature,
+        text_feature=d.text_feature,
+    )
     encoded = [e for e in (encoder.encode(r) for r in records) if e.trained_tokens > 0]
     if not encoded:
         return None
-    batches = fixed_eval_batches(encoded, t.batch_size, d.test_batches, t.seed, t.pad_multiple, d.max_seq_length)
-    out = {"split": name, "examples": sum(len(b.lengths) for b in batches),
-           "tokens": sum(b.trained_tokens for b in batches)}
+    batches = fixed_eval_batches(
+        encoded, t.batch_size, d.test_batches, t.seed, t.pad_multiple, d.max_seq_length
+    )
+    out = {
+        "split": name,
+        "examples": sum(len(b.lengths) for b in batches),
+        "tokens": sum(b.trained_tokens for b in batches),
+    }
     for side in SIDES:
         if cancel is not None and cancel.is_set():
             raise Cancelled("The evaluation was cancelled.")
         with adapter_state(chat_model, side == "tuned") as model:
             # The output layer in chunks and on trained positions only, as in training, where it can.
-            loss = evaluate(model, batches, select_outputs=output_head_supported(model, encoded[0].tokens))
+            loss = evaluate(
+                model, batches, select_outputs=output_head_supported(model, encoded[0].tokens)
+            )
         out[side] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
     return out
 
 
-def generate_outputs(chat_model: ChatModel, items: list[EvalPrompt], metrics: list[Metric], *,
-                     max_tokens: int, sides=SIDES, stop: list[str] | None = None,
-                     progress: Progress | None = None, cancel: threading.Event | None = None) -> list[dict]:
+def generate_outputs(
+    chat_model: ChatModel,
+    items: list[EvalPrompt],
+    metrics: list[Metric],
+    *,
+    max_tokens: int,
+    sides=SIDES,
+    stop: list[str] | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> list[dict]:
     """Greedy answers of each side to each prompt, with every metric's score per answer.
 
     `stop`: strings that end an answer (None: the chat template's own turn markers), for models
     that cannot learn to emit EOS but can learn a newline.
     """
-    settings = ChatSettings(temperature=0.0, max_tokens=max_tokens, stop=list(stop) if stop else None)
+    settings = ChatSettings(
+        temperature=0.0, max_tokens=max_tokens, stop=list(stop) if stop else None
+    )
     examples = []
     total = len(items) * len(sides)
     done = 0
@@ -147,7 +183,15 @@ def generate_outputs(chat_model: ChatModel, items: list[EvalPrompt], metrics: li
             }
             done += 1
             if progress:
-                progress({"stage": "generate", "done": done, "total": total, "side": side, "index": index})
+                progress(
+                    {
+                        "stage": "generate",
+                        "done": done,
+                        "total": total,
+                        "side": side,
+                        "index": index,
+                    }
+                )
         examples.append(row)
     return examples
 
@@ -208,12 +252,23 @@ def evaluate_run(
             report("loss", message="Loss on the held-out split")
             loss_result = loss_comparison(chat_model, info, config, cancel)
             if loss_result is None:
-                notes.append("The dataset has no test or validation examples, so there is no loss comparison.")
+                notes.append(
+                    "The dataset has no test or validation examples, so there is no loss comparison."
+                )
             elif loss_result["split"] == "valid":
-                notes.append("The dataset has no test split; the loss is measured on the validation split, "
-                             "which training watched.")
-        examples = generate_outputs(chat_model, items, chosen, max_tokens=max_tokens, stop=stop,
-                                    progress=progress, cancel=cancel)
+                notes.append(
+                    "The dataset has no test split; the loss is measured on the validation split, "
+                    "which training watched."
+                )
+        examples = generate_outputs(
+            chat_model,
+            items,
+            chosen,
+            max_tokens=max_tokens,
+            stop=stop,
+            progress=progress,
+            cancel=cancel,
+        )
     finally:
         if own:
             chat_model.close()
@@ -226,9 +281,14 @@ def evaluate_run(
         "adapter": {"path": str(info.path), "step": info.step, "label": info.label},
         "created": round(started, 3),
         "seconds": round(time.time() - started, 3),
-        "settings": {"max_tokens": max_tokens, "greedy": True, "stop": stop or None, "prompts": source,
-                     "limit": limit,
-                     "metrics": [m.spec for m in chosen]},
+        "settings": {
+            "max_tokens": max_tokens,
+            "greedy": True,
+            "stop": stop or None,
+            "prompts": source,
+            "limit": limit,
+            "metrics": [m.spec for m in chosen],
+        },
         "loss": loss_result,
         "metrics": summarize(chosen, examples),
         "examples": examples,

@@ -18,13 +18,30 @@ from pathlib import Path
 
 from engine.errors import LatheError
 
-SUPPORTED = frozenset({
-    "type", "properties", "required", "additionalProperties", "items", "enum", "const",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
-    "pattern", "minItems", "maxItems",
-})
+SUPPORTED = frozenset(
+    {
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "enum",
+        "const",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "minItems",
+        "maxItems",
+    }
+)
 # Keywords that only describe and never constrain.
-ANNOTATIONS = frozenset({"$schema", "$id", "$comment", "title", "description", "default", "examples"})
+ANNOTATIONS = frozenset(
+    {"$schema", "$id", "$comment", "title", "description", "default", "examples"}
+)
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 
 
@@ -38,11 +55,15 @@ def load_schema(path: str | Path) -> dict:
     try:
         schema = json.loads(p.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
-        raise SchemaError(f"Schema file {p} does not exist.", "Check the path after schema:.") from None
+        raise SchemaError(
+            f"Schema file {p} does not exist.", "Check the path after schema:."
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SchemaError(f"Schema file {p} cannot be read: {exc}.") from None
     except json.JSONDecodeError as exc:
-        raise SchemaError(f"Schema file {p} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
+        raise SchemaError(
+            f"Schema file {p} is not valid JSON (line {exc.lineno}: {exc.msg})."
+        ) from None
     if not isinstance(schema, (dict, bool)):
         raise SchemaError(f"Schema file {p} must hold a JSON object.")
     unknown = unsupported_keywords(schema)

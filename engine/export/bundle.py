@@ -20,9 +20,11 @@ from engine.config import RunConfig
 from engine.errors import LatheError
 from engine.workspace import ensure_dir, write_text_atomic
 
-MODEL_FILES = re.compile(r"(.*\.safetensors|.*\.safetensors\.index\.json|config\.json|generation_config\.json|"
-                         r"tokenizer.*|special_tokens_map\.json|.*\.model|.*\.tiktoken|vocab\.json|merges\.txt|"
-                         r"chat_template\.(jinja|json)|added_tokens\.json)")
+MODEL_FILES = re.compile(
+    r"(.*\.safetensors|.*\.safetensors\.index\.json|config\.json|generation_config\.json|"
+    r"tokenizer.*|special_tokens_map\.json|.*\.model|.*\.tiktoken|vocab\.json|merges\.txt|"
+    r"chat_template\.(jinja|json)|added_tokens\.json)"
+)
 
 
 class BundleError(LatheError):
@@ -52,11 +54,15 @@ def hub_repo_of(model_path: str) -> str | None:
     """The Hub repo id of a model: given as an id, or a folder inside the Hugging Face cache."""
     if re.fullmatch(r"[\w.-]+/[\w.-]+", model_path) and not Path(model_path).exists():
         return model_path
-    match = re.search(r"models--([^/]+?)--([^/]+)/snapshots/", str(Path(model_path).expanduser().resolve()))
+    match = re.search(
+        r"models--([^/]+?)--([^/]+)/snapshots/", str(Path(model_path).expanduser().resolve())
+    )
     return f"{match.group(1)}/{match.group(2)}" if match else None
 
 
-def make_bundle(ref: str | Path, out: str | Path, *, copy_model: bool | None = None) -> BundleResult:
+def make_bundle(
+    ref: str | Path, out: str | Path, *, copy_model: bool | None = None
+) -> BundleResult:
     """Write a bundle for the run or config `ref` into `out` (which must not exist yet)."""
     from engine.data import load_splits
 
@@ -65,7 +71,9 @@ def make_bundle(ref: str | Path, out: str | Path, *, copy_model: bool | None = N
     if out.exists():
         raise BundleError(f"{out} already exists.", "Choose another folder or delete it first.")
     if not config.model.path or not config.data.path:
-        raise BundleError("The config names no model or no dataset.", "Set model.path and data.path.")
+        raise BundleError(
+            "The config names no model or no dataset.", "Set model.path and data.path."
+        )
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     ensure_dir(tmp)
@@ -75,8 +83,10 @@ def make_bundle(ref: str | Path, out: str | Path, *, copy_model: bool | None = N
         counts = {}
         for name, rows in (("train", splits.train), ("valid", splits.valid), ("test", splits.test)):
             if rows:
-                write_text_atomic(tmp / "data" / f"{name}.jsonl",
-                                  "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+                write_text_atomic(
+                    tmp / "data" / f"{name}.jsonl",
+                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                )
             counts[name] = len(rows)
         config.data.path = "data"
 
@@ -84,8 +94,10 @@ def make_bundle(ref: str | Path, out: str | Path, *, copy_model: bool | None = N
         if copy_model or (copy_model is None and repo is None):
             source = Path(config.model.path).expanduser()
             if not source.is_dir():
-                raise BundleError(f"Model {config.model.path} is not a folder on this machine.",
-                                  "Download or import it first.")
+                raise BundleError(
+                    f"Model {config.model.path} is not a folder on this machine.",
+                    "Download or import it first.",
+                )
             for f in source.iterdir():
                 if f.is_file() and MODEL_FILES.fullmatch(f.name):
                     ensure_dir(tmp / "model")
@@ -103,7 +115,11 @@ def make_bundle(ref: str | Path, out: str | Path, *, copy_model: bool | None = N
 
 
 def _readme(model: str, repo: str | None, counts: dict[str, int]) -> str:
-    fetch = (f"   lathe-engine models download {repo}      (once, while online)\n" if model != "model" else "")
+    fetch = (
+        f"   lathe-engine models download {repo}      (once, while online)\n"
+        if model != "model"
+        else ""
+    )
     return (
         "Lathe run bundle\n\n"
         f"Data: {counts.get('train', 0)} training, {counts.get('valid', 0)} validation and "

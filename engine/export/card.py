@@ -44,9 +44,15 @@ def dataset_stats(data_path: str) -> dict:
     path = Path(data_path).expanduser() if data_path else None
     if path is None or not path.exists():
         return {}
-    files = {"train": path} if path.is_file() else {
-        split: path / f"{split}.jsonl" for split in ("train", "valid", "test") if (path / f"{split}.jsonl").is_file()
-    }
+    files = (
+        {"train": path}
+        if path.is_file()
+        else {
+            split: path / f"{split}.jsonl"
+            for split in ("train", "valid", "test")
+            if (path / f"{split}.jsonl").is_file()
+        }
+    )
     stats = {}
     for split, file in files.items():
         try:
@@ -75,11 +81,20 @@ def run_facts(run_dir: Path | None) -> dict:
     if cfg is not None:
         lo, t, d = cfg.lora, cfg.training, cfg.data
         facts["settings"] = {
-            "fine_tune_type": lo.fine_tune_type, "lora_rank": lo.rank, "lora_scale": lo.scale,
-            "lora_dropout": lo.dropout, "num_layers": lo.num_layers, "learning_rate": t.learning_rate,
-            "batch_size": t.batch_size, "iters": t.iters, "epochs": t.epochs if not t.iters else None,
-            "optimizer": t.optimizer, "max_seq_length": d.max_seq_length, "mask_prompt": d.mask_prompt,
-            "grad_accumulation_steps": t.grad_accumulation_steps, "seed": t.seed,
+            "fine_tune_type": lo.fine_tune_type,
+            "lora_rank": lo.rank,
+            "lora_scale": lo.scale,
+            "lora_dropout": lo.dropout,
+            "num_layers": lo.num_layers,
+            "learning_rate": t.learning_rate,
+            "batch_size": t.batch_size,
+            "iters": t.iters,
+            "epochs": t.epochs if not t.iters else None,
+            "optimizer": t.optimizer,
+            "max_seq_length": d.max_seq_length,
+            "mask_prompt": d.mask_prompt,
+            "grad_accumulation_steps": t.grad_accumulation_steps,
+            "seed": t.seed,
         }
         facts["settings"] = {k: v for k, v in facts["settings"].items() if v is not None}
         facts["data"] = {"dataset": Path(d.path).name if d.path else None, **dataset_stats(d.path)}
@@ -93,7 +108,13 @@ def run_facts(run_dir: Path | None) -> dict:
             if event.get("total_steps") is not None:
                 metrics["total_steps"] = event["total_steps"]
         elif kind == "progress":
-            for key in ("step", "train_loss", "trained_tokens", "tokens_per_second", "peak_memory_gb"):
+            for key in (
+                "step",
+                "train_loss",
+                "trained_tokens",
+                "tokens_per_second",
+                "peak_memory_gb",
+            ):
                 if event.get(key) is not None:
                     metrics["final_" + key if key in ("step", "train_loss") else key] = event[key]
         elif kind == "eval" and event.get("val_loss") is not None:
@@ -143,14 +164,24 @@ def model_card(
     front.append("---")
 
     title = repo_id or (facts["run_id"] or source.label)
-    what = {"mlx": "a fused MLX model", "adapter": "a LoRA adapter (MLX)", "gguf": "a GGUF model"}[kind]
-    base_link = f"[{hub_base}](https://huggingface.co/{hub_base})" if hub_base else f"`{source.base_model}`"
-    lines = [f"# {title}", "", f"This is {what} fine-tuned from {base_link} with "
-             "Lathe (LoRA on MLX).", ""]
+    what = {"mlx": "a fused MLX model", "adapter": "a LoRA adapter (MLX)", "gguf": "a GGUF model"}[
+        kind
+    ]
+    base_link = (
+        f"[{hub_base}](https://huggingface.co/{hub_base})" if hub_base else f"`{source.base_model}`"
+    )
+    lines = [
+        f"# {title}",
+        "",
+        f"This is {what} fine-tuned from {base_link} with Lathe (LoRA on MLX).",
+        "",
+    ]
     if kind == "mlx":
         if quantization and not dequantized:
-            lines.append(f"Weights keep the base model's quantization ({quantization.get('bits')}-bit, "
-                         f"group size {quantization.get('group_size')}).")
+            lines.append(
+                f"Weights keep the base model's quantization ({quantization.get('bits')}-bit, "
+                f"group size {quantization.get('group_size')})."
+            )
         else:
             lines.append("Weights are unquantized (the adapter is fused exactly).")
         lines.append("")
@@ -183,13 +214,31 @@ def write_card(folder: Path, source: AdapterSource, **kwargs) -> Path:
 
 def _usage(kind: str, where: str) -> list[str]:
     if kind == "gguf":
-        return ["## Use", "", "```sh", "llama-cli -m model.gguf -cnv", "ollama create my-model -f Modelfile",
-                "```"]
+        return [
+            "## Use",
+            "",
+            "```sh",
+            "llama-cli -m model.gguf -cnv",
+            "ollama create my-model -f Modelfile",
+            "```",
+        ]
     if kind == "adapter":
-        return ["## Use", "", "```sh", "pip install mlx-lm",
-                f"mlx_lm.generate --model BASE_MODEL --adapter-path {where} --prompt \"Hello\"", "```"]
-    return ["## Use", "", "```sh", "pip install mlx-lm", f"mlx_lm.generate --model {where} --prompt \"Hello\"",
-            "```"]
+        return [
+            "## Use",
+            "",
+            "```sh",
+            "pip install mlx-lm",
+            f'mlx_lm.generate --model BASE_MODEL --adapter-path {where} --prompt "Hello"',
+            "```",
+        ]
+    return [
+        "## Use",
+        "",
+        "```sh",
+        "pip install mlx-lm",
+        f'mlx_lm.generate --model {where} --prompt "Hello"',
+        "```",
+    ]
 
 
 def _scalar(v) -> bool:

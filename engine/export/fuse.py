@@ -23,9 +23,18 @@ from engine.export.source import AdapterSource, resolve_adapter, resolve_base_mo
 
 # Tokenizer and generation files a model folder carries besides its weights and config.
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja",
-    "chat_template.json", "generation_config.json", "tiktoken.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+    "tiktoken.model",
 )
 
 DEFAULT_PROMPTS = (
@@ -65,7 +74,11 @@ class RoundTrip:
                 verdict += " and format the prompts differently"
         tail = ""
         if not self.all_agree:
-            tail = " (expected: the fused weights were re-quantized)" if not self.required else " (they must agree: this fuse is wrong)"
+            tail = (
+                " (expected: the fused weights were re-quantized)"
+                if not self.required
+                else " (they must agree: this fuse is wrong)"
+            )
         return (
             f"Round trip: the fused model and base + adapter {verdict} ({self.tokens_per_prompt} "
             f"greedy tokens each; largest first-token logit difference {self.max_logit_diff:.2g}){tail}."
@@ -90,9 +103,13 @@ class FuseResult:
 
     def to_dict(self) -> dict:
         return {
-            "path": str(self.path), "base_model": self.base_model, "adapter_path": str(self.adapter_path),
-            "dequantized": self.dequantized, "quantization": self.quantization,
-            "chat_template": self.chat_template, "size_bytes": self.size_bytes,
+            "path": str(self.path),
+            "base_model": self.base_model,
+            "adapter_path": str(self.adapter_path),
+            "dequantized": self.dequantized,
+            "quantization": self.quantization,
+            "chat_template": self.chat_template,
+            "size_bytes": self.size_bytes,
             "round_trip": self.round_trip.to_dict() if self.round_trip else None,
         }
 
@@ -200,7 +217,9 @@ def fuse(
     rep = Reporter(progress, cancel)
     source = spec if isinstance(spec, AdapterSource) else resolve_adapter(spec, base_model)
     out = Path(out).expanduser() if out else default_out_dir(source, dequantize)
-    keep = tuple(p for p in (source.adapter_path, source.run_dir, Path(source.base_model).expanduser()) if p)
+    keep = tuple(
+        p for p in (source.adapter_path, source.run_dir, Path(source.base_model).expanduser()) if p
+    )
     _check_destination(out, overwrite, keep)
 
     model, config, base_path = fuse_in_memory(source, dequantize=dequantize, rep=rep.sub(0.0, 0.5))
@@ -226,15 +245,23 @@ def fuse(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     result = FuseResult(
-        path=out, base_model=source.base_model, adapter_path=source.adapter_path,
-        dequantized=dequantize or not quantization, quantization=quantization,
-        chat_template=template_from, size_bytes=_folder_size(out),
+        path=out,
+        base_model=source.base_model,
+        adapter_path=source.adapter_path,
+        dequantized=dequantize or not quantization,
+        quantization=quantization,
+        chat_template=template_from,
+        size_bytes=_folder_size(out),
     )
     rep("save", f"Saved the fused model to {out}", 0.65)
     if check:
         # A cancelled check leaves the complete fused folder in place; only the check is lost.
         result.round_trip = round_trip(
-            out, source, required=result.dequantized, prompts=prompts, max_tokens=max_tokens,
+            out,
+            source,
+            required=result.dequantized,
+            prompts=prompts,
+            max_tokens=max_tokens,
             rep=rep.sub(0.65, 1.0),
         )
     rep("done", f"Fused model ready: {out}", 1.0)
@@ -278,15 +305,27 @@ def round_trip(
     mx.clear_cache()
 
     agree, mismatches, diff = [], [], 0.0
-    for prompt, (ref_tokens, ref_logits), (got_tokens, got_logits) in zip(prompts, ref, got, strict=True):
+    for prompt, (ref_tokens, ref_logits), (got_tokens, got_logits) in zip(
+        prompts, ref, got, strict=True
+    ):
         agree.append(ref_tokens == got_tokens)
         diff = max(diff, float(mx.max(mx.abs(ref_logits - got_logits)).item()))
         if ref_tokens != got_tokens:
-            at = next((i for i, (a, b) in enumerate(zip(ref_tokens, got_tokens, strict=False)) if a != b), len(ref_tokens))
-            mismatches.append({"prompt": prompt, "position": at, "expected": ref_tokens, "got": got_tokens})
+            at = next(
+                (i for i, (a, b) in enumerate(zip(ref_tokens, got_tokens, strict=False)) if a != b),
+                len(ref_tokens),
+            )
+            mismatches.append(
+                {"prompt": prompt, "position": at, "expected": ref_tokens, "got": got_tokens}
+            )
     result = RoundTrip(
-        required=required, prompts=prompts, agree=agree, prompt_tokens_agree=ref_prompts == got_prompts,
-        tokens_per_prompt=max_tokens, max_logit_diff=diff, mismatches=mismatches,
+        required=required,
+        prompts=prompts,
+        agree=agree,
+        prompt_tokens_agree=ref_prompts == got_prompts,
+        tokens_per_prompt=max_tokens,
+        max_logit_diff=diff,
+        mismatches=mismatches,
     )
     rep("check", result.summary(), 1.0)
     return result
@@ -296,7 +335,9 @@ def _encode(tok, prompt: str, template: str | None) -> list[int]:
     template = template or getattr(tok, "chat_template", None)
     if template:
         ids = tok.apply_chat_template(
-            [{"role": "user", "content": prompt}], chat_template=template, add_generation_prompt=True
+            [{"role": "user", "content": prompt}],
+            chat_template=template,
+            add_generation_prompt=True,
         )
         if isinstance(ids, dict):  # some tokenizers answer a BatchEncoding
             ids = ids["input_ids"]
@@ -326,11 +367,18 @@ def _check_destination(out: Path, overwrite: bool, keep: tuple[Path, ...] = ()) 
     for path in keep:
         path = Path(path).resolve()
         if resolved == path or path.is_relative_to(resolved):
-            raise ExportError(f"{out} holds the model or adapter being exported.", hint="Choose another output folder.")
+            raise ExportError(
+                f"{out} holds the model or adapter being exported.",
+                hint="Choose another output folder.",
+            )
     if out.exists() and not out.is_dir():
-        raise ExportError(f"{out} exists and is not a folder.", hint="Choose another output folder.")
+        raise ExportError(
+            f"{out} exists and is not a folder.", hint="Choose another output folder."
+        )
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"{out} already exists.", hint="Choose another folder or allow overwriting (--force).")
+        raise ExportError(
+            f"{out} already exists.", hint="Choose another folder or allow overwriting (--force)."
+        )
 
 
 def _folder_size(path: Path) -> int:

@@ -60,12 +60,20 @@ class GgufResult:
 
     def to_dict(self) -> dict:
         return {
-            "path": str(self.path), "architecture": self.architecture, "dtype": self.dtype,
-            "size_bytes": self.size_bytes, "tensor_count": self.tensor_count, "vocab_size": self.vocab_size,
+            "path": str(self.path),
+            "architecture": self.architecture,
+            "dtype": self.dtype,
+            "size_bytes": self.size_bytes,
+            "tensor_count": self.tensor_count,
+            "vocab_size": self.vocab_size,
             "has_chat_template": bool(self.chat_template),
-            "check": {"ok": self.check.ok, "tensors": self.check.tensors,
-                      "expected_tensors": self.check.expected_tensors, "problems": self.check.problems,
-                      "values_checked": self.check.values_checked},
+            "check": {
+                "ok": self.check.ok,
+                "tensors": self.check.tensors,
+                "expected_tensors": self.check.expected_tensors,
+                "problems": self.check.problems,
+                "values_checked": self.check.values_checked,
+            },
             "notes": self.notes,
         }
 
@@ -113,8 +121,11 @@ def export_gguf(
     from mlx.utils import tree_flatten
 
     if dtype not in ("f16", "f32"):
-        raise ExportError(f"GGUF type '{dtype}' is not supported.", hint="Use f16 or f32; quantize afterwards "
-                          "with llama.cpp's llama-quantize or `ollama create --quantize q4_K_M`.")
+        raise ExportError(
+            f"GGUF type '{dtype}' is not supported.",
+            hint="Use f16 or f32; quantize afterwards "
+            "with llama.cpp's llama-quantize or `ollama create --quantize q4_K_M`.",
+        )
     rep = Reporter(progress, cancel)
     notes: list[str] = []
     folder = Path(str(spec)).expanduser() if not isinstance(spec, AdapterSource) else None
@@ -128,7 +139,9 @@ def export_gguf(
         rep("load", f"Loading {folder.name}", 0.0)
         model, config = load_model(folder, lazy=True)
         if config.get("quantization"):
-            notes.append("The quantized weights were dequantized and written as " + dtype.upper() + ".")
+            notes.append(
+                "The quantized weights were dequantized and written as " + dtype.upper() + "."
+            )
             model = dequantize_model(model)
             config.pop("quantization", None)
             config.pop("quantization_config", None)
@@ -149,7 +162,10 @@ def export_gguf(
     template = template or base_chat_template(tokenizer_dir)
     out = Path(out).expanduser() if out else default_out_path(label_source, dtype)
     if out.exists() and not overwrite:
-        raise ExportError(f"{out} already exists.", hint="Choose another file name or allow overwriting (--force).")
+        raise ExportError(
+            f"{out} already exists.",
+            hint="Choose another file name or allow overwriting (--force).",
+        )
 
     rep("convert", "Converting tensors to GGUF layout", 0.55)
     weights = dict(tree_flatten(model.parameters()))
@@ -166,7 +182,9 @@ def export_gguf(
         rep("check", "Reading the GGUF file back", 0.85)
         check = check_gguf(tmp, gguf_weights, metadata)
         if not check.ok:
-            raise ExportError("The written GGUF file does not match the model: " + "; ".join(check.problems[:3]))
+            raise ExportError(
+                "The written GGUF file does not match the model: " + "; ".join(check.problems[:3])
+            )
         rep.check()
         tmp.replace(out)
     except BaseException:
@@ -177,9 +195,15 @@ def export_gguf(
         "`ollama create NAME --quantize q4_K_M -f Modelfile`."
     )
     result = GgufResult(
-        path=out, architecture=str(metadata["general.architecture"]), dtype=dtype,
-        size_bytes=out.stat().st_size, tensor_count=len(gguf_weights),
-        vocab_size=len(metadata["tokenizer.ggml.tokens"]), chat_template=template, check=check, notes=notes,
+        path=out,
+        architecture=str(metadata["general.architecture"]),
+        dtype=dtype,
+        size_bytes=out.stat().st_size,
+        tensor_count=len(gguf_weights),
+        vocab_size=len(metadata["tokenizer.ggml.tokens"]),
+        chat_template=template,
+        check=check,
+        notes=notes,
     )
     rep("done", f"GGUF written: {out} ({len(gguf_weights)} tensors, checked)", 1.0)
     return result
@@ -274,13 +298,17 @@ def check_gguf(path: Path, expected: dict, metadata: dict, sample: int = 3) -> G
         check.problems.append(f"unexpected tensor {extra}")
     for t in info.tensors:
         if t.name in expected and tuple(expected[t.name].shape) != t.shape:
-            check.problems.append(f"{t.name} has shape {t.shape}, expected {tuple(expected[t.name].shape)}")
+            check.problems.append(
+                f"{t.name} has shape {t.shape}, expected {tuple(expected[t.name].shape)}"
+            )
     arch = info.metadata.get("general.architecture")
     if arch != metadata.get("general.architecture"):
         check.problems.append(f"architecture is {arch!r}")
     n_tokens = len(info.metadata.get("tokenizer.ggml.tokens", []))
     if n_tokens != len(metadata["tokenizer.ggml.tokens"]):
-        check.problems.append(f"{n_tokens} vocabulary tokens written, {len(metadata['tokenizer.ggml.tokens'])} expected")
+        check.problems.append(
+            f"{n_tokens} vocabulary tokens written, {len(metadata['tokenizer.ggml.tokens'])} expected"
+        )
     # Values: the embedding, the first and the last tensor, bit for bit.
     picks = [n for n in ("token_embd.weight",) if n in names]
     picks += [info.tensors[0].name, info.tensors[-1].name]

@@ -11,7 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # GGUF metadata value types
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 _STRING, _ARRAY = 8, 9
 # ggml tensor types this reader can return data for, with their numpy dtype names
 GGML_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 30: "BF16"}
@@ -55,8 +67,13 @@ class GgufInfo:
         if t.type not in ("F32", "F16"):
             raise ValueError(f"{name} is {t.type}; only F32/F16 can be read back")
         dtype = np.dtype("float32" if t.type == "F32" else "float16")
-        data = np.memmap(self.path, dtype=dtype, mode="r", offset=self.data_offset + t.offset,
-                         shape=(t.n_elements,))
+        data = np.memmap(
+            self.path,
+            dtype=dtype,
+            mode="r",
+            offset=self.data_offset + t.offset,
+            shape=(t.n_elements,),
+        )
         return np.array(data).reshape(t.shape)
 
 
@@ -84,7 +101,14 @@ def read_gguf(path: str | Path) -> GgufInfo:
             dims = [r.unpack("<Q") for _ in range(n_dims)]
             ggml_type = r.unpack("<I")
             offset = r.unpack("<Q")
-            info.tensors.append(GgufTensor(name, tuple(reversed(dims)), GGML_TYPES.get(ggml_type, f"type{ggml_type}"), offset))
+            info.tensors.append(
+                GgufTensor(
+                    name,
+                    tuple(reversed(dims)),
+                    GGML_TYPES.get(ggml_type, f"type{ggml_type}"),
+                    offset,
+                )
+            )
         alignment = int(info.metadata.get("general.alignment", 32))
         pos = fh.tell()
         info.data_offset = pos + (-pos % alignment)

@@ -26,8 +26,13 @@ class UploadResult:
     what: str  # "mlx", "adapter" or "gguf"
 
     def to_dict(self) -> dict:
-        return {"repo_id": self.repo_id, "url": self.url, "folder": str(self.folder), "private": self.private,
-                "what": self.what}
+        return {
+            "repo_id": self.repo_id,
+            "url": self.url,
+            "folder": str(self.folder),
+            "private": self.private,
+            "what": self.what,
+        }
 
 
 def hub_token() -> str | None:
@@ -55,24 +60,39 @@ def upload(
     if what not in ("mlx", "adapter", "gguf"):
         raise ExportError(f"Cannot upload '{what}'.", hint="Choose mlx, adapter or gguf.")
     if not _valid_repo_id(repo_id):
-        raise ExportError(f"'{repo_id}' is not a Hugging Face repository id.", hint="Use the form user/model-name.")
+        raise ExportError(
+            f"'{repo_id}' is not a Hugging Face repository id.",
+            hint="Use the form user/model-name.",
+        )
     rep = Reporter(progress, cancel)
     token = hub_token()
     if not token:
-        raise ExportError("You are not logged in to Hugging Face.",
-                          hint="Run `hf auth login` (or set HF_TOKEN) and try again.")
+        raise ExportError(
+            "You are not logged in to Hugging Face.",
+            hint="Run `hf auth login` (or set HF_TOKEN) and try again.",
+        )
     from engine.export.card import write_card
 
     plain = None if isinstance(spec, AdapterSource) else Path(str(spec)).expanduser()
-    if plain is not None and plain.is_dir() and (is_model_folder(plain) or _is_gguf_folder(plain)) \
-            and not (plain / "config.yaml").is_file():
+    if (
+        plain is not None
+        and plain.is_dir()
+        and (is_model_folder(plain) or _is_gguf_folder(plain))
+        and not (plain / "config.yaml").is_file()
+    ):
         folder = plain  # a folder exported earlier: upload it as it is (it carries its own card)
         what = "gguf" if _is_gguf_folder(plain) and not is_model_folder(plain) else what
     else:
         source = spec if isinstance(spec, AdapterSource) else resolve_adapter(spec, base_model)
         folder = _prepare(source, what, dequantize, rep)
-        write_card(folder, source, kind=what, repo_id=repo_id, dequantized=dequantize,
-                   quantization=_quantization(folder))
+        write_card(
+            folder,
+            source,
+            kind=what,
+            repo_id=repo_id,
+            dequantized=dequantize,
+            quantization=_quantization(folder),
+        )
 
     from huggingface_hub import HfApi
 
@@ -81,11 +101,18 @@ def upload(
     try:
         repo = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
         rep("upload", f"Uploading {folder.name}", 0.85)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                          commit_message="Upload model fine-tuned with Lathe", ignore_patterns=_IGNORE)
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message="Upload model fine-tuned with Lathe",
+            ignore_patterns=_IGNORE,
+        )
     except Exception as exc:  # noqa: BLE001 - network and Hub errors become one sentence
-        raise ExportError(f"The upload to {repo_id} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}.",
-                          hint="Check your connection and that your token may write to this repository.") from None
+        raise ExportError(
+            f"The upload to {repo_id} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}.",
+            hint="Check your connection and that your token may write to this repository.",
+        ) from None
     url = str(getattr(repo, "url", "") or f"https://huggingface.co/{repo_id}")
     rep("done", f"Uploaded to {url}", 1.0)
     return UploadResult(repo_id, url, folder, private, what)
@@ -109,14 +136,22 @@ def _prepare(source: AdapterSource, what: str, dequantize: bool, rep: Reporter) 
 
         folder = exports / f"{source.label}-ollama"
         if not (folder / "model.gguf").is_file():
-            export_ollama(source, folder, overwrite=True, progress=rep.scaled(0.0, 0.8), cancel=rep.cancel)
+            export_ollama(
+                source, folder, overwrite=True, progress=rep.scaled(0.0, 0.8), cancel=rep.cancel
+            )
         return folder
     from engine.export.fuse import default_out_dir, fuse
 
     folder = default_out_dir(source, dequantize)
     if not is_model_folder(folder):
-        fuse(source, folder, dequantize=dequantize, overwrite=True, progress=rep.scaled(0.0, 0.8),
-             cancel=rep.cancel)
+        fuse(
+            source,
+            folder,
+            dequantize=dequantize,
+            overwrite=True,
+            progress=rep.scaled(0.0, 0.8),
+            cancel=rep.cancel,
+        )
     return folder
 
 
@@ -136,4 +171,6 @@ def _is_gguf_folder(folder: Path) -> bool:
 def _valid_repo_id(repo_id: str) -> bool:
     from engine.export.card import hub_repo_id
 
-    return bool(repo_id) and hub_repo_id(repo_id) is not None and not is_adapter_folder(Path(repo_id))
+    return (
+        bool(repo_id) and hub_repo_id(repo_id) is not None and not is_adapter_folder(Path(repo_id))
+    )

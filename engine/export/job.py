@@ -53,7 +53,9 @@ class Reporter:
     def __call__(self, stage: str, message: str, fraction: float | None = None) -> None:
         self.check()
         if self._progress is not None:
-            self._progress(Progress(stage, message, None if fraction is None else min(max(fraction, 0.0), 1.0)))
+            self._progress(
+                Progress(stage, message, None if fraction is None else min(max(fraction, 0.0), 1.0))
+            )
 
     def check(self) -> None:
         if self.cancel.is_set():
@@ -63,7 +65,11 @@ class Reporter:
         """A progress callback whose fractions 0..1 land in [start, end] of this reporter."""
 
         def forward(p: Progress) -> None:
-            self(p.stage, p.message, None if p.fraction is None else start + (end - start) * p.fraction)
+            self(
+                p.stage,
+                p.message,
+                None if p.fraction is None else start + (end - start) * p.fraction,
+            )
 
         return forward
 
@@ -75,9 +81,9 @@ class Reporter:
 class ExportJob:
     """An export to run on a worker thread: `job.run(progress=cb)` there, `job.cancel()` from anywhere.
 
-        job = ExportJob(fuse, "20260101-run", dequantize=True)
-        result = job.run(progress=lambda p: print(p.stage, p.fraction))   # on the worker
-        job.cancel()                                                        # from the GUI thread
+    job = ExportJob(fuse, "20260101-run", dequantize=True)
+    result = job.run(progress=lambda p: print(p.stage, p.fraction))   # on the worker
+    job.cancel()                                                        # from the GUI thread
     """
 
     def __init__(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any):

@@ -30,8 +30,8 @@ def _chatml() -> TemplateStyle:
     template = (
         "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
         "{{ range .Messages }}"
-        "{{ if eq .Role \"user\" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n"
-        "{{ else if eq .Role \"assistant\" }}<|im_start|>assistant\n{{ .Content }}<|im_end|>\n"
+        '{{ if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n'
+        '{{ else if eq .Role "assistant" }}<|im_start|>assistant\n{{ .Content }}<|im_end|>\n'
         "{{ end }}"
         "{{ end }}<|im_start|>assistant\n"
     )
@@ -42,12 +42,14 @@ def _llama3() -> TemplateStyle:
     template = (
         "{{ if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
         "{{ range .Messages }}"
-        "{{ if or (eq .Role \"user\") (eq .Role \"assistant\") }}"
+        '{{ if or (eq .Role "user") (eq .Role "assistant") }}'
         "<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
         "{{ end }}"
         "{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
     )
-    return TemplateStyle("llama3", template, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])
+    return TemplateStyle(
+        "llama3", template, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    )
 
 
 def _lathe_default(eos: str) -> TemplateStyle:
@@ -56,20 +58,22 @@ def _lathe_default(eos: str) -> TemplateStyle:
     template = (
         "{{ if .System }}{{ .System }}\n\n{{ end }}"
         "{{ range .Messages }}"
-        "{{ if eq .Role \"user\" }}### Question:\n{{ .Content }}\n\n### Answer:\n"
-        "{{ else if eq .Role \"assistant\" }}{{ .Content }}" + eos + "\n\n"
+        '{{ if eq .Role "user" }}### Question:\n{{ .Content }}\n\n### Answer:\n'
+        '{{ else if eq .Role "assistant" }}{{ .Content }}' + eos + "\n\n"
         "{{ end }}"
         "{{ end }}"
     )
-    return TemplateStyle("lathe-default", template, [eos, "### Question:"] if eos else ["### Question:"])
+    return TemplateStyle(
+        "lathe-default", template, [eos, "### Question:"] if eos else ["### Question:"]
+    )
 
 
 def _inst() -> TemplateStyle:
     template = (
         "{{ range $i, $_ := .Messages }}"
-        "{{ if eq .Role \"user\" }}[INST] {{ if and $.System (eq $i 0) }}{{ $.System }}\n\n{{ end }}"
+        '{{ if eq .Role "user" }}[INST] {{ if and $.System (eq $i 0) }}{{ $.System }}\n\n{{ end }}'
         "{{ .Content }} [/INST]"
-        "{{ else if eq .Role \"assistant\" }} {{ .Content }}</s>"
+        '{{ else if eq .Role "assistant" }} {{ .Content }}</s>'
         "{{ end }}"
         "{{ end }}"
     )
@@ -79,9 +83,9 @@ def _inst() -> TemplateStyle:
 def _gemma() -> TemplateStyle:
     template = (
         "{{ range $i, $_ := .Messages }}"
-        "{{ if eq .Role \"user\" }}<start_of_turn>user\n{{ if and $.System (eq $i 0) }}{{ $.System }}\n\n{{ end }}"
+        '{{ if eq .Role "user" }}<start_of_turn>user\n{{ if and $.System (eq $i 0) }}{{ $.System }}\n\n{{ end }}'
         "{{ .Content }}<end_of_turn>\n"
-        "{{ else if eq .Role \"assistant\" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n"
+        '{{ else if eq .Role "assistant" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n'
         "{{ end }}"
         "{{ end }}<start_of_turn>model\n"
     )
@@ -92,8 +96,8 @@ def _phi3() -> TemplateStyle:
     template = (
         "{{ if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}"
         "{{ range .Messages }}"
-        "{{ if eq .Role \"user\" }}<|user|>\n{{ .Content }}<|end|>\n"
-        "{{ else if eq .Role \"assistant\" }}<|assistant|>\n{{ .Content }}<|end|>\n"
+        '{{ if eq .Role "user" }}<|user|>\n{{ .Content }}<|end|>\n'
+        '{{ else if eq .Role "assistant" }}<|assistant|>\n{{ .Content }}<|end|>\n'
         "{{ end }}"
         "{{ end }}<|assistant|>\n"
     )
@@ -105,7 +109,9 @@ def detect_style(chat_template: str | None, eos_token: str = "</s>") -> Template
     text = chat_template or ""
     if not text.strip():
         return TemplateStyle("none", None, [eos_token] if eos_token else [])
-    if text.strip() == DEFAULT_CHAT_TEMPLATE.strip() or ("### Question:" in text and "### Answer:" in text):
+    if text.strip() == DEFAULT_CHAT_TEMPLATE.strip() or (
+        "### Question:" in text and "### Answer:" in text
+    ):
         return _lathe_default(eos_token)
     if "<|im_start|>" in text:
         return _chatml()
@@ -123,21 +129,35 @@ def detect_style(chat_template: str | None, eos_token: str = "</s>") -> Template
 def _quote(value: str) -> str:
     if "\n" in value or '"' in value:
         if '"""' in value:
-            raise ExportError("The chat template contains three double quotes, which a Modelfile cannot hold.")
+            raise ExportError(
+                "The chat template contains three double quotes, which a Modelfile cannot hold."
+            )
         return f'"""{value}"""'
     return f'"{value}"'
 
 
-def modelfile(gguf_name: str, chat_template: str | None, *, eos_token: str = "</s>",
-              system: str | None = None, num_ctx: int | None = None) -> tuple[str, TemplateStyle]:
+def modelfile(
+    gguf_name: str,
+    chat_template: str | None,
+    *,
+    eos_token: str = "</s>",
+    system: str | None = None,
+    num_ctx: int | None = None,
+) -> tuple[str, TemplateStyle]:
     """The Modelfile text for a GGUF next to it, and the template style it used."""
     style = detect_style(chat_template, eos_token)
-    lines = ["# Made by Lathe. Create the model with: ollama create NAME -f Modelfile",
-             f"FROM ./{gguf_name}", ""]
+    lines = [
+        "# Made by Lathe. Create the model with: ollama create NAME -f Modelfile",
+        f"FROM ./{gguf_name}",
+        "",
+    ]
     if style.template is not None:
         lines += [f"TEMPLATE {_quote(style.template)}", ""]
     elif style.name == "unknown":
-        lines += ["# The chat template was not recognised: Ollama uses the template inside the GGUF.", ""]
+        lines += [
+            "# The chat template was not recognised: Ollama uses the template inside the GGUF.",
+            "",
+        ]
     if system:
         lines += [f"SYSTEM {_quote(system)}", ""]
     for stop in dict.fromkeys(style.stop):
@@ -156,9 +176,14 @@ class OllamaResult:
     notes: list[str]
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "gguf": str(self.gguf), "modelfile": str(self.modelfile),
-                "template_style": self.template_style, "notes": self.notes,
-                "create_command": f"cd {self.path} && ollama create {self.path.name.lower()} -f Modelfile"}
+        return {
+            "path": str(self.path),
+            "gguf": str(self.gguf),
+            "modelfile": str(self.modelfile),
+            "template_style": self.template_style,
+            "notes": self.notes,
+            "create_command": f"cd {self.path} && ollama create {self.path.name.lower()} -f Modelfile",
+        }
 
 
 def export_ollama(
@@ -186,11 +211,19 @@ def export_ollama(
         base = source.run_dir / "exports" if source.run_dir else source.adapter_path.parent
         out = Path(out).expanduser() if out else base / f"{label}-ollama"
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"{out} already exists.", hint="Choose another folder or allow overwriting (--force).")
+        raise ExportError(
+            f"{out} already exists.", hint="Choose another folder or allow overwriting (--force)."
+        )
     out.mkdir(parents=True, exist_ok=True)
     try:
-        result = export_gguf(source, out / "model.gguf", dtype=dtype, overwrite=True,
-                             progress=rep.scaled(0.0, 0.95), cancel=rep.cancel)
+        result = export_gguf(
+            source,
+            out / "model.gguf",
+            dtype=dtype,
+            overwrite=True,
+            progress=rep.scaled(0.0, 0.95),
+            cancel=rep.cancel,
+        )
     except BaseException:
         (out / "model.gguf").unlink(missing_ok=True)
         if not any(out.iterdir()):
@@ -203,7 +236,9 @@ def export_ollama(
     write_text_atomic(out / "Modelfile", text)
     notes = list(result.notes)
     if style.name == "unknown":
-        notes.append("The chat template was not recognised; Ollama will use the template stored in the GGUF.")
+        notes.append(
+            "The chat template was not recognised; Ollama will use the template stored in the GGUF."
+        )
     rep("done", f"Ollama folder ready: {out} (template: {style.name})", 1.0)
     return OllamaResult(out, out / "model.gguf", out / "Modelfile", style.name, notes)
 

@@ -26,9 +26,18 @@ from engine.models.info import validate_model_dir
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
 COPIED_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-    "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt", "tiktoken.model",
-    "chat_template.jinja", "chat_template.json", "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "tiktoken.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
 )
 
 
@@ -67,7 +76,8 @@ def quantize(
     config = validate_model_dir(src)
     if _is_quantized(config):
         raise ModelError(
-            f"{src.name} is already quantized.", "Dequantize it first, or quantize the original model."
+            f"{src.name} is already quantized.",
+            "Dequantize it first, or quantize the original model.",
         )
     base = name or f"{src.name}-{bits}bit" + ("" if group_size == 64 else f"-g{group_size}")
     return _convert(src, base, {"op": "quantize", "bits": bits, "group_size": group_size}, progress)

@@ -183,7 +183,11 @@ def lora_parameters(info: ModelInfo, cfg: RunConfig) -> int:
     if cfg.lora.fine_tune_type == "full":
         return layers * (sum(a * b for a, b in linears.values()) + 2 * info.hidden_size)
     keys = cfg.lora.keys
-    chosen = [v for k, v in linears.items() if not keys or any(k.endswith(x) or x.endswith(k) for x in keys)]
+    chosen = [
+        v
+        for k, v in linears.items()
+        if not keys or any(k.endswith(x) or x.endswith(k) for x in keys)
+    ]
     per_layer = sum(cfg.lora.rank * (a + b) for a, b in chosen)
     if cfg.lora.fine_tune_type == "dora":
         per_layer += sum(b for _, b in chosen)  # the magnitude vector
@@ -211,15 +215,17 @@ def training_breakdown(info: ModelInfo, cfg: RunConfig) -> dict:
     else:
         optimizer = trainable * LORA_BYTES * ADAM_COPIES
 
-    per_layer = tokens * a * (
-        (SAVED_HIDDEN - 1) * d + q + SAVED_KV * kv + SAVED_MLP * i + SAVED_ATTENTION * heads * s
+    per_layer = (
+        tokens
+        * a
+        * ((SAVED_HIDDEN - 1) * d + q + SAVED_KV * kv + SAVED_MLP * i + SAVED_ATTENTION * heads * s)
     )
     if cfg.training.grad_checkpoint:
         saved = layers * tokens * a * d + (per_layer if layers else 0)
     else:
         saved = layers * per_layer
-    transient = tokens * a * (
-        TRANSIENT_HIDDEN * d + TRANSIENT_MLP * i + TRANSIENT_ATTENTION * heads * s
+    transient = (
+        tokens * a * (TRANSIENT_HIDDEN * d + TRANSIENT_MLP * i + TRANSIENT_ATTENTION * heads * s)
     )
     if info.model_type in HEAD_MODEL_TYPES and cfg.lora.fine_tune_type != "full":
         # The trainer's chunked output layer (engine.trainer.fused_head_cross_entropy): logits and
@@ -243,8 +249,15 @@ def chat_peak(info: ModelInfo, context: int = CHAT_CONTEXT) -> int:
         context = min(context, info.context_length)
     kv_cache = 2 * info.num_layers * info.num_kv_heads * info.head_dim * context * a
     chunk = min(context, PREFILL_CHUNK)
-    prefill = chunk * a * (
-        info.vocab_size + 4 * info.hidden_size + 3 * info.intermediate_size + info.num_heads * context
+    prefill = (
+        chunk
+        * a
+        * (
+            info.vocab_size
+            + 4 * info.hidden_size
+            + 3 * info.intermediate_size
+            + info.num_heads * context
+        )
     )
     return int(info.weights_bytes + kv_cache + prefill)
 
@@ -310,7 +323,11 @@ def suggest(info: ModelInfo, cfg: RunConfig, budget: int) -> Suggestion | None:
             q_info = copy.deepcopy(info)
             q_info.weights_bytes = quantized_weights_bytes(info)
             q_info.quantization = {"bits": 4, "group_size": 64}
-            yield "use a 4-bit copy of the model (models quantize --bits 4)", {"model.quantize": 4}, q_info
+            yield (
+                "use a 4-bit copy of the model (models quantize --bits 4)",
+                {"model.quantize": 4},
+                q_info,
+            )
 
     # Single changes: within each kind, the first (mildest) step that fits.
     for description, changes, step_info in steps(cfg, info):
@@ -369,8 +386,10 @@ def estimate(
         cp_breakdown = training_breakdown(info, checkpointed)
         cp_peak = sum(cp_breakdown.values())
         if cp_peak < peak:
-            notes.append(f"Gradient checkpointing is turned on automatically (without it: about "
-                         f"{peak / GB:.1f} GB, {verdict}).")
+            notes.append(
+                f"Gradient checkpointing is turned on automatically (without it: about "
+                f"{peak / GB:.1f} GB, {verdict})."
+            )
             automatic = {"training.grad_checkpoint": True}
             cfg, breakdown, peak = checkpointed, cp_breakdown, cp_peak
             verdict = _verdict(peak, budget)

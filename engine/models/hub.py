@@ -181,14 +181,18 @@ def _translate(exc: Exception, repo_id: str, action: str) -> ModelError:
                 f"The Hub refused access to {repo_id} (HTTP {status}).",
                 "Log in with `hf auth login` (or set HF_TOKEN) with an account that may read it.",
             )
-        return ModelError(f"The Hub answered with an error for {repo_id}: HTTP {status}.", "Try again later.")
+        return ModelError(
+            f"The Hub answered with an error for {repo_id}: HTTP {status}.", "Try again later."
+        )
     if isinstance(exc, (httpx2.ConnectError, httpx2.TimeoutException, httpx2.NetworkError)):
         return ModelError(
             f"Cannot {action}: the Hugging Face Hub cannot be reached (no network?).",
             "Check the internet connection and try again; a partial download continues where it stopped.",
         )
     if isinstance(exc, httpx2.HTTPError):
-        return ModelError(f"Cannot {action}: {exc}.", "Try again; a partial download continues where it stopped.")
+        return ModelError(
+            f"Cannot {action}: {exc}.", "Try again; a partial download continues where it stopped."
+        )
     raise exc
 
 
@@ -229,7 +233,9 @@ def _file_digest(path: Path, algo: str) -> str:
 def _verify(path: Path, etag: str, expected_size: int | None) -> None:
     size = path.stat().st_size
     if expected_size is not None and size != expected_size:
-        raise ModelError(f"{path.name}: got {size} bytes, expected {expected_size}.", "Try the download again.")
+        raise ModelError(
+            f"{path.name}: got {size} bytes, expected {expected_size}.", "Try the download again."
+        )
     algo = {64: "sha256", 40: "sha1"}.get(len(etag))
     if algo and all(c in "0123456789abcdef" for c in etag.lower()):
         if _file_digest(path, algo) != etag.lower():
@@ -304,7 +310,9 @@ def download_model(
     def report(filename: str) -> None:
         if progress is not None:
             progress(
-                DownloadProgress(repo_id, filename, state["done"], total, state["files_done"], len(wanted))
+                DownloadProgress(
+                    repo_id, filename, state["done"], total, state["files_done"], len(wanted)
+                )
             )
 
     cached_before = [n for n in wanted if (snapshot / n).exists()]
@@ -319,7 +327,9 @@ def download_model(
             if (snapshot / name).exists():
                 continue
             if cancel is not None and cancel.is_set():
-                raise DownloadCancelled(f"Download of {repo_id} cancelled.", "Download again to continue.")
+                raise DownloadCancelled(
+                    f"Download of {repo_id} cancelled.", "Download again to continue."
+                )
             url = hf_hub_url(repo_id, name, revision=commit, endpoint=endpoint)
             meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
             etag = meta.etag or ""
@@ -345,7 +355,8 @@ def download_model(
                     report(name)
                     if cancel is not None and cancel.is_set():
                         raise DownloadCancelled(
-                            f"Download of {repo_id} cancelled.", "Download again to continue where it stopped."
+                            f"Download of {repo_id} cancelled.",
+                            "Download again to continue where it stopped.",
                         )
 
                 req_headers = dict(headers)
@@ -407,7 +418,9 @@ def _write_ref(storage: Path, revision: str, commit: str) -> None:
         write_text_atomic(ref, commit)
 
 
-def cached_snapshot(repo_id: str, revision: str = "main", cache_dir: Path | None = None) -> Path | None:
+def cached_snapshot(
+    repo_id: str, revision: str = "main", cache_dir: Path | None = None
+) -> Path | None:
     """The cached snapshot folder of `repo_id` at `revision` when it has a config, else None."""
     storage = repo_storage_folder(repo_id, cache_dir)
     ref = storage / "refs" / revision

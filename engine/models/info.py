@@ -23,8 +23,21 @@ CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2,
-    "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "U32": 4,
+    "I16": 2,
+    "U16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
 }
 _TORCH_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
@@ -188,7 +201,9 @@ def validate_model_dir(path: str | Path) -> dict:
                 "Download the safetensors version of this model, or convert it with a tool you trust.",
             )
         raise ModelError(f"{path.name} has no .safetensors weights.")
-    if not any((path / name).exists() for name in TOKENIZER_FILES) and not list(path.glob("*.tiktoken")):
+    if not any((path / name).exists() for name in TOKENIZER_FILES) and not list(
+        path.glob("*.tiktoken")
+    ):
         raise ModelError(
             f"{path.name} has no tokenizer (tokenizer.json or tokenizer.model).",
             "Copy the tokenizer files of the original model into the folder.",

@@ -203,14 +203,22 @@ def _cached_models() -> list[LibraryEntry]:
         repo_id = storage.name[len("models--") :].replace("--", "/", 1)
         snap = hub.cached_snapshot(repo_id, "main", cache)
         if snap is None:
-            snaps = sorted((storage / "snapshots").glob("*/config.json")) if (storage / "snapshots").is_dir() else []
+            snaps = (
+                sorted((storage / "snapshots").glob("*/config.json"))
+                if (storage / "snapshots").is_dir()
+                else []
+            )
             snap = snaps[-1].parent if snaps else None
         if snap is None or not any(snap.glob("*.safetensors")):
             continue
         out.append(
             LibraryEntry(
-                name=repo_id, kind="cached", path=str(snap), size_bytes=folder_size(snap),
-                repo_id=repo_id, deletable=False,
+                name=repo_id,
+                kind="cached",
+                path=str(snap),
+                size_bytes=folder_size(snap),
+                repo_id=repo_id,
+                deletable=False,
             )
         )
     return out
@@ -259,7 +267,10 @@ def delete(name: str) -> dict:
         )
     if entry.kind == "converted":
         folder = Path(entry.path)
-        if folder.parent.resolve() != workspace.models_dir().resolve() or not (folder / META).exists():
+        if (
+            folder.parent.resolve() != workspace.models_dir().resolve()
+            or not (folder / META).exists()
+        ):
             raise ModelError(f"{folder} is not a folder Lathe created; it was left alone.")
         freed = folder_size(folder)
         shutil.rmtree(folder)

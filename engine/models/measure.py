@@ -112,7 +112,9 @@ def measure_training(
         loss = step(tokens, weights)
         mx.eval(loss, model.parameters(), optimizer.state)
         del loss
-        if memory.clear_cache_threshold(0):  # as the trainer does (after every step on the CPU backend)
+        if memory.clear_cache_threshold(
+            0
+        ):  # as the trainer does (after every step on the CPU backend)
             mx.clear_cache()
     peak = int(mx.get_peak_memory())
     return Measurement(

@@ -30,7 +30,10 @@ class Recommended:
     info: ModelInfo
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("repo_id", "name", "params_b", "download_gb", "train_gb", "notes")}
+        return {
+            k: getattr(self, k)
+            for k in ("repo_id", "name", "params_b", "download_gb", "train_gb", "notes")
+        }
 
 
 def reference_run() -> RunConfig:
@@ -55,12 +58,24 @@ def info_from_arch(repo_id: str, arch: dict, bits: int = 4, group_size: int = 64
     params = layers * per_layer + embeds
     weights = int(params * (bits + 2 * 16 / group_size) / 8)
     return ModelInfo(
-        path=repo_id, model_type=arch.get("model_type", ""), architecture=arch.get("model_type", ""),
-        parameters=params, num_layers=layers, hidden_size=d, intermediate_size=inter,
-        num_heads=heads, num_kv_heads=kv, head_dim=hd, vocab_size=vocab,
+        path=repo_id,
+        model_type=arch.get("model_type", ""),
+        architecture=arch.get("model_type", ""),
+        parameters=params,
+        num_layers=layers,
+        hidden_size=d,
+        intermediate_size=inter,
+        num_heads=heads,
+        num_kv_heads=kv,
+        head_dim=hd,
+        vocab_size=vocab,
         context_length=arch.get("context_length"),
-        quantization={"bits": bits, "group_size": group_size}, weights_bytes=weights,
-        size_on_disk=weights, activation_bytes=2, chat_template=True, tokenizer=True,
+        quantization={"bits": bits, "group_size": group_size},
+        weights_bytes=weights,
+        size_on_disk=weights,
+        activation_bytes=2,
+        chat_template=True,
+        tokenizer=True,
         tie_word_embeddings=tied,
     )
 
@@ -72,9 +87,12 @@ def recommended_models(path: Path = RESOURCE) -> list[Recommended]:
     for item in data.get("models", []):
         out.append(
             Recommended(
-                repo_id=item["repo_id"], name=item.get("name", item["repo_id"]),
-                params_b=float(item["params_b"]), download_gb=float(item["download_gb"]),
-                train_gb=float(item["train_gb"]), notes=item.get("notes", ""),
+                repo_id=item["repo_id"],
+                name=item.get("name", item["repo_id"]),
+                params_b=float(item["params_b"]),
+                download_gb=float(item["download_gb"]),
+                train_gb=float(item["train_gb"]),
+                notes=item.get("notes", ""),
                 info=info_from_arch(item["repo_id"], item["arch"]),
             )
         )

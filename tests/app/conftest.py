@@ -24,8 +24,14 @@ def chat_records(n: int) -> list[dict]:
     out = []
     for i in range(n):
         q, a = QUESTIONS[i % len(QUESTIONS)]
-        out.append({"messages": [{"role": "user", "content": f"{q} (case {i})"},
-                                 {"role": "assistant", "content": f"{a} Reference {i}."}]})
+        out.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"{q} (case {i})"},
+                    {"role": "assistant", "content": f"{a} Reference {i}."},
+                ]
+            }
+        )
     return out
 
 

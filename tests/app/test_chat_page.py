@@ -15,8 +15,9 @@ from tests.engine.test_chat import make_run
 
 @pytest.fixture(scope="module")
 def stories_chat_run(stories_path, tmp_path_factory):
-    return make_run(stories_path, tmp_path_factory.mktemp("chatruns") / "20260101-000000-chat-ab12",
-                    steps=(10,))
+    return make_run(
+        stories_path, tmp_path_factory.mktemp("chatruns") / "20260101-000000-chat-ab12", steps=(10,)
+    )
 
 
 @pytest.fixture
@@ -66,8 +67,9 @@ def test_streaming_arrives_in_order_and_ends_as_the_engines_reply(qtbot, page, s
     greedy(page)
     pieces, main = [], threading.main_thread()
     on_gui = []
-    page.controller.sig_text.connect(lambda side, t: (pieces.append(t), on_gui.append(
-        threading.current_thread() is main)))
+    page.controller.sig_text.connect(
+        lambda side, t: (pieces.append(t), on_gui.append(threading.current_thread() is main))
+    )
     page.input.setPlainText("Tell me a story.")
     with qtbot.waitSignal(page.controller.sig_reply_done, timeout=30_000) as done:
         qtbot.keyClick(page.input, Qt.Key.Key_Return)
@@ -79,7 +81,8 @@ def test_streaming_arrives_in_order_and_ends_as_the_engines_reply(qtbot, page, s
     alone = ChatModel.load(stories_path)
     try:
         expected = ChatSession(alone, settings=ChatSettings(temperature=0.0, max_tokens=40)).reply(
-            "Tell me a story.")
+            "Tell me a story."
+        )
     finally:
         alone.close()
     assert reply.text == expected.text
@@ -132,9 +135,14 @@ def test_compare_mode_labels_base_left_and_tuned_right(qtbot, page, stories_path
     (side_a, base), (side_b, tuned) = done
     assert (side_a, side_b) == ("base", "tuned")
     assert base.label == "stories260K (base)" and not base.adapter
-    assert tuned.adapter and tuned.label == f"stories260K + run {stories_chat_run.name} · final adapter"
+    assert (
+        tuned.adapter
+        and tuned.label == f"stories260K + run {stories_chat_run.name} · final adapter"
+    )
     assert page.base_view.header == base.label and page.tuned_view.header == tuned.label
-    assert base.label in page.base_view.toPlainText() and tuned.label in page.tuned_view.toPlainText()
+    assert (
+        base.label in page.base_view.toPlainText() and tuned.label in page.tuned_view.toPlainText()
+    )
     assert tuned.label not in page.base_view.toPlainText()
     # Regenerate replaces both sides' last replies; the conversation keeps one exchange per side.
     done.clear()
@@ -176,16 +184,21 @@ def test_add_to_dataset_writes_a_valid_example(qtbot, page, tiny_chat_model, mon
     lines = (folder / "train.jsonl").read_text().splitlines()
     assert added.args[0] == str((folder / "train.jsonl").resolve()) and len(lines) == 1
     record = json.loads(lines[0])
-    assert record == {"messages": [{"role": "system", "content": "Be brief."},
-                                   {"role": "user", "content": "What is the fee?"},
-                                   {"role": "assistant", "content": "The fee is 5 euros."}]}
+    assert record == {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is the fee?"},
+            {"role": "assistant", "content": "The fee is 5 euros."},
+        ]
+    }
     assert validate_example(record) == record
     _, tokenizer = mlx_load(str(tiny_chat_model))
     assert Encoder(tokenizer).encode(record).trained_tokens > 0
 
 
-def test_open_in_chat_selects_the_run_and_its_model(qtbot, page, stories_path, stories_chat_run,
-                                                    monkeypatch):
+def test_open_in_chat_selects_the_run_and_its_model(
+    qtbot, page, stories_path, stories_chat_run, monkeypatch
+):
     import shutil
 
     run = workspace.runs_dir() / stories_chat_run.name

@@ -13,8 +13,13 @@ from tests.app.conftest import chat_records
 def drop(window, path) -> None:
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(path))])
-    event = QDropEvent(QPoint(400, 300), Qt.DropAction.CopyAction, mime,
-                       Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    event = QDropEvent(
+        QPoint(400, 300),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
     window.dropEvent(event)
 
 
@@ -38,7 +43,9 @@ def test_dropping_a_dataset_shows_its_report(window, qtbot, chat_jsonl, tiny_cha
     assert "rgba(52,199,89" in html.replace(" ", "") or "#34c759" in html.lower()
 
 
-def test_a_broken_file_lists_its_problems_and_shows_the_record(window, qtbot, tmp_path, tiny_chat_model):
+def test_a_broken_file_lists_its_problems_and_shows_the_record(
+    window, qtbot, tmp_path, tiny_chat_model
+):
     rows = [json.dumps(r) for r in chat_records(12)]
     rows[2] = '{"messages": [{"role": "user", "content": "unterminated'
     rows[5] = json.dumps({"messages": [{"role": "user", "content": "no answer here"}]})
@@ -58,7 +65,9 @@ def test_a_broken_file_lists_its_problems_and_shows_the_record(window, qtbot, tm
     assert "no answer here" in window.data.record.toPlainText()
 
 
-def test_a_file_that_is_not_a_dataset_gets_a_clear_message(window, qtbot, tmp_path, tiny_chat_model):
+def test_a_file_that_is_not_a_dataset_gets_a_clear_message(
+    window, qtbot, tmp_path, tiny_chat_model
+):
     path = tmp_path / "photo.jsonl"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     window.data.preferred_model = str(tiny_chat_model)
@@ -66,7 +75,10 @@ def test_a_file_that_is_not_a_dataset_gets_a_clear_message(window, qtbot, tmp_pa
         drop(window, path)
     assert window.data.error.isVisible()
     assert "cannot be used" in window.data.error.text()
-    assert "Traceback" not in window.data.error.text() and "bug in Lathe" not in window.data.error.text()
+    assert (
+        "Traceback" not in window.data.error.text()
+        and "bug in Lathe" not in window.data.error.text()
+    )
     assert blocker.args[0]
 
 
@@ -87,8 +99,10 @@ def test_dropping_a_model_folder_imports_it_on_the_models_page(window, qtbot, ti
     with qtbot.waitSignal(window.models.sig_library_changed, timeout=30_000):
         drop(window, tiny_chat_model)
     assert window.current_page() == "models"
-    qtbot.waitUntil(lambda: any(r.path == str(tiny_chat_model.resolve()) for r in window.models.library),
-                    timeout=30_000)
+    qtbot.waitUntil(
+        lambda: any(r.path == str(tiny_chat_model.resolve()) for r in window.models.library),
+        timeout=30_000,
+    )
     row = next(r for r in window.models.library if r.path == str(tiny_chat_model.resolve()))
     assert row.kind == "imported" and row.chat_template == "yes"
     assert "Imported" in window.models.status.text()
@@ -103,11 +117,15 @@ def test_the_data_page_measures_with_the_train_pages_model(window, tiny_chat_mod
 
 def test_csv_columns_can_be_mapped(window, qtbot, tmp_path, tiny_chat_model):
     path = tmp_path / "faq.csv"
-    rows = ["id,frage,antwort"] + [f"{i},Wie hoch ist die Gebühr {i}?,Sie beträgt {i} Euro." for i in range(20)]
+    rows = ["id,frage,antwort"] + [
+        f"{i},Wie hoch ist die Gebühr {i}?,Sie beträgt {i} Euro." for i in range(20)
+    ]
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     window.data.preferred_model = str(tiny_chat_model)
     window.data.open_path(path, mapping={"prompt": "frage", "completion": "antwort"})
-    qtbot.waitUntil(lambda: window.data.report is not None or window.data.error.isVisible(), timeout=60_000)
+    qtbot.waitUntil(
+        lambda: window.data.report is not None or window.data.error.isVisible(), timeout=60_000
+    )
     assert window.data.map_button.isVisibleTo(window.data)
     report = window.data.report
     assert report is not None, window.data.error.text()

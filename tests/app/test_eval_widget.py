@@ -37,8 +37,10 @@ def small_run(stories_path, tmp_path_factory):
         rows = [{"prompt": q, "completion": a + "\n"} for q, a in FACTS]
         _write(data / "train.jsonl", rows * 6)
         _write(data / "valid.jsonl", rows)
-        heldout = _write(tmp_path_factory.mktemp("heldout") / "heldout.jsonl",
-                         [{"prompt": q, "completion": a} for q, a in FACTS])
+        heldout = _write(
+            tmp_path_factory.mktemp("heldout") / "heldout.jsonl",
+            [{"prompt": q, "completion": a} for q, a in FACTS],
+        )
         cfg = RunConfig()
         cfg.model.path = str(stories_path)
         cfg.data.path = str(data)
@@ -75,7 +77,9 @@ def test_evaluate_runs_off_the_gui_thread_and_shows_both_sides(qtbot, small_run,
     w.show()
     w.set_run(run_dir)
     assert w._metrics_table.rowCount() == 0  # no evaluation yet
-    w.set_evaluation_options(prompts=str(heldout), metrics=["exact", "contains"], max_tokens=16, stop=["\n"])
+    w.set_evaluation_options(
+        prompts=str(heldout), metrics=["exact", "contains"], max_tokens=16, stop=["\n"]
+    )
     with qtbot.waitSignal(w.sig_evaluation_finished, timeout=120_000) as done:
         w.evaluate()
         assert w.busy and not w._evaluate_button.isEnabled()

@@ -130,7 +130,9 @@ def _answer_fit_confirm(qtbot, page, button_text: str) -> None:
     QTimer.singleShot(0, answer)
 
 
-def test_a_run_that_will_not_fit_asks_and_then_starts_with_the_override(qtbot, train_page, launched):
+def test_a_run_that_will_not_fit_asks_and_then_starts_with_the_override(
+    qtbot, train_page, launched
+):
     page = train_page
     page.fit_budget_bytes = 1024  # nothing fits in 1 KB
     page.refresh_fit()
@@ -156,18 +158,34 @@ def _finish_with(controller, *events) -> None:
     controller._finish(FAILED, exit_code=1)
 
 
-def test_a_refused_run_shows_the_memory_numbers_and_can_start_anyway(train_page, controller, launched,
-                                                                      tmp_path):
+def test_a_refused_run_shows_the_memory_numbers_and_can_start_anyway(
+    train_page, controller, launched, tmp_path
+):
     page = train_page
     controller.run_dir = tmp_path / "run"
-    fit = {"verdict": "will not fit", "training_peak_gb": 41.3, "budget_gb": 21.3,
-           "budget_source": "Metal working set", "training_peak_bytes": 1, "budget_bytes": 1,
-           "suggestion": {"description": "use batch size 1 with 8 gradient accumulation steps",
-                          "training_peak_gb": 18.2}}
-    _finish_with(controller,
-                 {"event": "error", "kind": "memory", "message": "This run needs about 41.3 GB…",
-                  "hint": "To start anyway, use `train --force`.", "fit": fit},
-                 {"event": "finished", "status": "failed", "summary": {"reason": "x"}})
+    fit = {
+        "verdict": "will not fit",
+        "training_peak_gb": 41.3,
+        "budget_gb": 21.3,
+        "budget_source": "Metal working set",
+        "training_peak_bytes": 1,
+        "budget_bytes": 1,
+        "suggestion": {
+            "description": "use batch size 1 with 8 gradient accumulation steps",
+            "training_peak_gb": 18.2,
+        },
+    }
+    _finish_with(
+        controller,
+        {
+            "event": "error",
+            "kind": "memory",
+            "message": "This run needs about 41.3 GB…",
+            "hint": "To start anyway, use `train --force`.",
+            "fit": fit,
+        },
+        {"event": "finished", "status": "failed", "summary": {"reason": "x"}},
+    )
     text = page.result_text.text()
     assert "will not fit in memory" in text and "41.3 GB" in text and "21.3 GB" in text
     assert "batch size 1 with 8 gradient accumulation steps" in text and "18.2 GB" in text
@@ -180,20 +198,34 @@ def test_a_refused_run_shows_the_memory_numbers_and_can_start_anyway(train_page,
 def test_memory_and_disk_full_errors_get_their_own_summary(train_page, controller, tmp_path):
     page = train_page
     controller.run_dir = tmp_path / "run"
-    _finish_with(controller,
-                 {"event": "progress", "step": 3, "total": 10, "train_loss": 1.0},
-                 {"event": "error", "kind": "disk_full", "message": "The disk is full, so Lathe could not "
-                  "write adapters.safetensors and stopped the run.", "hint": "Free some disk space."},
-                 {"event": "finished", "status": "failed", "summary": {"reason": "x"}})
+    _finish_with(
+        controller,
+        {"event": "progress", "step": 3, "total": 10, "train_loss": 1.0},
+        {
+            "event": "error",
+            "kind": "disk_full",
+            "message": "The disk is full, so Lathe could not "
+            "write adapters.safetensors and stopped the run.",
+            "hint": "Free some disk space.",
+        },
+        {"event": "finished", "status": "failed", "summary": {"reason": "x"}},
+    )
     text = page.result_text.text()
     assert "the disk is full" in text and "Free some disk space" in text
     assert page.resume_button.isVisibleTo(page) and not page.force_button.isVisibleTo(page)
 
-    _finish_with(controller,
-                 {"event": "progress", "step": 3, "total": 10, "train_loss": 1.0},
-                 {"event": "error", "kind": "memory", "message": "Memory ran short at step 3.",
-                  "hint": "Resume with a smaller batch size.", "memory": {"stop_bytes": 15 * 1024**3}},
-                 {"event": "finished", "status": "failed", "summary": {"reason": "x"}})
+    _finish_with(
+        controller,
+        {"event": "progress", "step": 3, "total": 10, "train_loss": 1.0},
+        {
+            "event": "error",
+            "kind": "memory",
+            "message": "Memory ran short at step 3.",
+            "hint": "Resume with a smaller batch size.",
+            "memory": {"stop_bytes": 15 * 1024**3},
+        },
+        {"event": "finished", "status": "failed", "summary": {"reason": "x"}},
+    )
     text = page.result_text.text()
     assert "memory ran short" in text and "15.0 GB" in text and "smaller batch size" in text
 
@@ -203,14 +235,18 @@ def test_several_macs_writes_hosts_yaml_and_passes_hosts(qtbot, train_page, cont
 
     hosts = train_page.settings.hosts
     assert not hosts.body.isVisible() and not hosts.enabled_box.isChecked()  # collapsed, off
-    hosts.set_hosts("mac-studio.local 192.168.1.20\n# the laptop:\nme@macbook.local, 192.168.1.21\n")
+    hosts.set_hosts(
+        "mac-studio.local 192.168.1.20\n# the laptop:\nme@macbook.local, 192.168.1.21\n"
+    )
     assert train_page.start()
     (cmd,) = launched
     run_dir = Path(cmd[cmd.index("--config") + 1]).parent
     assert cmd[cmd.index("--hosts") + 1] == str(run_dir / "hosts.yaml")
     listed = read_hosts(run_dir / "hosts.yaml")
-    assert [(h.ssh, h.ips) for h in listed] == [("mac-studio.local", ["192.168.1.20"]),
-                                                ("me@macbook.local", ["192.168.1.21"])]
+    assert [(h.ssh, h.ips) for h in listed] == [
+        ("mac-studio.local", ["192.168.1.20"]),
+        ("me@macbook.local", ["192.168.1.21"]),
+    ]
     # Resuming that run goes across the same Macs.
     controller.resume(run_dir)
     assert launched[-1][launched[-1].index("--hosts") + 1] == str(run_dir / "hosts.yaml")

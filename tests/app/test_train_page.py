@@ -55,8 +55,9 @@ def test_training_draws_the_chart_and_completes(window, qtbot, tiny_chat_model, 
 
 def test_stop_ends_in_stopped_with_a_checkpoint(window, qtbot, tiny_chat_model, dataset):
     page = window.train
-    page.settings.set_config(tiny_config(tiny_chat_model, dataset, iters=5000, save_every=4000,
-                                         steps_per_eval=4000))
+    page.settings.set_config(
+        tiny_config(tiny_chat_model, dataset, iters=5000, save_every=4000, steps_per_eval=4000)
+    )
     assert page.start()
     qtbot.waitUntil(lambda: page.chart.point_count >= 2, timeout=90_000)
     with qtbot.waitSignal(window.controller.sig_finished, timeout=60_000) as blocker:
@@ -73,8 +74,9 @@ def test_stop_ends_in_stopped_with_a_checkpoint(window, qtbot, tiny_chat_model, 
 
 def test_a_killed_worker_shows_the_error_and_offers_resume(window, qtbot, tiny_chat_model, dataset):
     page = window.train
-    page.settings.set_config(tiny_config(tiny_chat_model, dataset, iters=5000, save_every=3,
-                                         steps_per_eval=4000))
+    page.settings.set_config(
+        tiny_config(tiny_chat_model, dataset, iters=5000, save_every=3, steps_per_eval=4000)
+    )
     assert page.start()
     qtbot.waitUntil(lambda: window.controller.last_checkpoint is not None, timeout=90_000)
     with qtbot.waitSignal(window.controller.sig_finished, timeout=30_000) as blocker:
@@ -117,7 +119,9 @@ def test_the_fit_banner_follows_the_settings(window, qtbot, tiny_chat_model, dat
 
     # By default a run that would not fit gets gradient checkpointing first, and the banner says so.
     page.settings.set_config(big)
-    qtbot.waitUntil(lambda: "turned on automatically" in page.fit_banner.label.text(), timeout=20_000)
+    qtbot.waitUntil(
+        lambda: "turned on automatically" in page.fit_banner.label.text(), timeout=20_000
+    )
     assert page.settings.config().training.auto_grad_checkpoint
     box = page.settings.fields["training.grad_checkpoint"]
     assert not box.isChecked() and box.text() == "On (auto)"  # the setting itself is unchanged
@@ -148,7 +152,9 @@ def test_presets_set_values_and_tooltips_carry_the_help(window):
     s.fields["lora.rank"].setValue(12)
     assert s.preset.currentText() == "Custom"
     assert s.fields["training.learning_rate"].toolTip() == field_help("training", "learning_rate")
-    assert s.fields["training.grad_checkpoint"].toolTip() == field_help("training", "grad_checkpoint")
+    assert s.fields["training.grad_checkpoint"].toolTip() == field_help(
+        "training", "grad_checkpoint"
+    )
 
 
 def test_a_bad_setting_is_shown_not_raised(window, tiny_chat_model):

@@ -71,8 +71,18 @@ def test_runs_page_shows_an_orphaned_running_run_as_interrupted(window, qtbot):
     write_status(run_dir, "running", pid=2**22 + 12345, step=7, total_steps=50)
     with open(run_dir / "events.jsonl", "w") as fh:
         for step in range(1, 8):
-            fh.write(json.dumps({"event": "progress", "time": 0, "step": step, "total": 50,
-                                 "train_loss": 3.0 - step * 0.1}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "event": "progress",
+                        "time": 0,
+                        "step": step,
+                        "total": 50,
+                        "train_loss": 3.0 - step * 0.1,
+                    }
+                )
+                + "\n"
+            )
     window.show_page("runs")
     with qtbot.waitSignal(window.runs.sig_refreshed, timeout=20_000):
         window.runs.refresh()
@@ -123,13 +133,21 @@ def test_window_state_is_remembered(qtbot, lathe_home):
 
 
 def test_startup_does_not_import_mlx(lathe_home):
-    code = ("import sys\nfrom PySide6.QtWidgets import QApplication\napp = QApplication([])\n"
-            "from app.window import MainWindow\nw = MainWindow(remember=False)\nw.show()\n"
-            "app.processEvents()\nprint(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('mlx', 'mlx_lm', 'transformers', 'numpy')))")
+    code = (
+        "import sys\nfrom PySide6.QtWidgets import QApplication\napp = QApplication([])\n"
+        "from app.window import MainWindow\nw = MainWindow(remember=False)\nw.show()\n"
+        "app.processEvents()\nprint(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('mlx', 'mlx_lm', 'transformers', 'numpy')))"
+    )
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=60, cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
 
@@ -137,19 +155,31 @@ def test_startup_does_not_import_mlx(lathe_home):
 def test_screenshot_renders_a_page(tmp_path):
     target = tmp_path / "chat.png"
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
-    out = subprocess.run([sys.executable, "-m", "app", "--screenshot", "chat", str(target)],
-                         capture_output=True, text=True, env=env, timeout=60,
-                         cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-m", "app", "--screenshot", "chat", str(target)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.returncode == 0, out.stderr
     assert target.stat().st_size > 10_000
 
 
 def test_many_qt_calls_do_not_exhaust_none(tmp_path):
     """PySide6 6.12 on Python 3.11 drops a reference to None per void call; the app guards it."""
-    code = ("import app, sys\nfrom PySide6.QtCore import QObject\no = QObject()\n"
-            "for _ in range(300_000):\n    o.setObjectName('x')\n    o.blockSignals(False)\n"
-            "print('alive', app.NONE_WORKAROUND)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import app, sys\nfrom PySide6.QtCore import QObject\no = QObject()\n"
+        "for _ in range(300_000):\n    o.setObjectName('x')\n    o.blockSignals(False)\n"
+        "print('alive', app.NONE_WORKAROUND)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.returncode == 0, out.stderr[-500:]
     assert out.stdout.startswith("alive")

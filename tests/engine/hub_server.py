@@ -39,11 +39,19 @@ class HubState:
     log: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add_folder(self, repo_id: str, folder: Path, *, extra: dict[str, bytes] | None = None,
-                   gated: bool = False) -> Repo:
+    def add_folder(
+        self,
+        repo_id: str,
+        folder: Path,
+        *,
+        extra: dict[str, bytes] | None = None,
+        gated: bool = False,
+    ) -> Repo:
         files = {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
         files.update(extra or {})
-        digest = hashlib.sha1(repo_id.encode() + b"".join(files[k] for k in sorted(files))).hexdigest()
+        digest = hashlib.sha1(
+            repo_id.encode() + b"".join(files[k] for k in sorted(files))
+        ).hexdigest()
         repo = Repo(commit=digest, files=files, gated=gated)
         self.repos[repo_id] = repo
         return repo
@@ -94,8 +102,12 @@ def make_handler(state: HubState):
             parts = [unquote(p) for p in url.path.strip("/").split("/")]
             with state.lock:
                 state.log.append(
-                    {"method": self.command, "path": url.path, "range": self.headers.get("Range"),
-                     "auth": self.headers.get("Authorization")}
+                    {
+                        "method": self.command,
+                        "path": url.path,
+                        "range": self.headers.get("Range"),
+                        "auth": self.headers.get("Authorization"),
+                    }
                 )
             if parts[:2] == ["api", "models"]:
                 return self._api(parts[2:])
@@ -116,14 +128,30 @@ def make_handler(state: HubState):
             for name, data in repo.files.items():
                 entry = {"rfilename": name, "size": len(data), "blobId": etag_of(name, data)}
                 if name.endswith(LFS_SUFFIXES):
-                    entry["lfs"] = {"sha256": etag_of(name, data), "size": len(data), "pointerSize": 134}
+                    entry["lfs"] = {
+                        "sha256": etag_of(name, data),
+                        "size": len(data),
+                        "pointerSize": 134,
+                    }
                 siblings.append(entry)
-            self._json(200, {
-                "_id": repo.commit[:24], "id": repo_id, "modelId": repo_id, "sha": repo.commit,
-                "private": False, "gated": "auto" if repo.gated else False, "disabled": False,
-                "downloads": 0, "likes": 0, "tags": ["mlx"], "siblings": siblings,
-                "lastModified": "2025-01-01T00:00:00.000Z", "createdAt": "2025-01-01T00:00:00.000Z",
-            })
+            self._json(
+                200,
+                {
+                    "_id": repo.commit[:24],
+                    "id": repo_id,
+                    "modelId": repo_id,
+                    "sha": repo.commit,
+                    "private": False,
+                    "gated": "auto" if repo.gated else False,
+                    "disabled": False,
+                    "downloads": 0,
+                    "likes": 0,
+                    "tags": ["mlx"],
+                    "siblings": siblings,
+                    "lastModified": "2025-01-01T00:00:00.000Z",
+                    "createdAt": "2025-01-01T00:00:00.000Z",
+                },
+            )
 
         def _resolve(self, parts: list[str]):
             repo_id, repo = self._find(parts)
@@ -136,8 +164,11 @@ def make_handler(state: HubState):
                 return self._error(404, "RevisionNotFound")
             data = repo.files.get(name)
             if data is None:
-                return self._json(404, {"error": "EntryNotFound"},
-                                  {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": repo.commit})
+                return self._json(
+                    404,
+                    {"error": "EntryNotFound"},
+                    {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": repo.commit},
+                )
             start = 0
             rng = self.headers.get("Range")
             if rng and rng.startswith("bytes="):

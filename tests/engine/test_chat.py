@@ -36,8 +36,17 @@ RUN_TEMPLATE = (
 # Adapters and run folders, built with mlx-lm's own functions (as mlx_lm.lora saves them)
 
 
-def make_adapter(model_path: Path, out: Path, *, fine_tune_type: str = "lora", num_layers: int = 2,
-                 rank: int = 4, scale: float = 10.0, dropout: float = 0.0, seed: int = 1) -> Path:
+def make_adapter(
+    model_path: Path,
+    out: Path,
+    *,
+    fine_tune_type: str = "lora",
+    num_layers: int = 2,
+    rank: int = 4,
+    scale: float = 10.0,
+    dropout: float = 0.0,
+    seed: int = 1,
+) -> Path:
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm import load
@@ -50,8 +59,10 @@ def make_adapter(model_path: Path, out: Path, *, fine_tune_type: str = "lora", n
     if fine_tune_type == "full":
         for layer in model.layers[-num_layers:]:
             layer.unfreeze()
-        weights = {k: v + mx.random.normal(v.shape) * 0.05
-                   for k, v in tree_flatten(model.trainable_parameters())}
+        weights = {
+            k: v + mx.random.normal(v.shape) * 0.05
+            for k, v in tree_flatten(model.trainable_parameters())
+        }
     else:
         linear_to_lora_layers(model, num_layers, params, use_dora=fine_tune_type == "dora")
         for _, module in model.named_modules():
@@ -66,16 +77,27 @@ def make_adapter(model_path: Path, out: Path, *, fine_tune_type: str = "lora", n
     return out
 
 
-def make_run(model_path: Path, run_dir: Path, *, steps=(10, 20), final: bool = True,
-             template: str | None = None, **adapter_kwargs) -> Path:
+def make_run(
+    model_path: Path,
+    run_dir: Path,
+    *,
+    steps=(10, 20),
+    final: bool = True,
+    template: str | None = None,
+    **adapter_kwargs,
+) -> Path:
     """A run folder as docs/CONTRACTS.md describes it; each adapter has different weights."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config = RunConfig()
     config.model.path = str(model_path)
     (run_dir / "config.yaml").write_text(config.to_yaml())
-    (run_dir / "status.json").write_text(json.dumps({"state": "completed", "step": max(steps, default=0)}))
+    (run_dir / "status.json").write_text(
+        json.dumps({"state": "completed", "step": max(steps, default=0)})
+    )
     for i, step in enumerate(steps):
-        make_adapter(model_path, run_dir / "checkpoints" / f"{step:07d}", seed=100 + i, **adapter_kwargs)
+        make_adapter(
+            model_path, run_dir / "checkpoints" / f"{step:07d}", seed=100 + i, **adapter_kwargs
+        )
     if final:
         make_adapter(model_path, run_dir / "adapters", seed=1, **adapter_kwargs)
     if template:
@@ -87,7 +109,9 @@ def mlx_lm_text(model_path, tokens, adapter_path=None, max_tokens=40, seed=None,
     import mlx.core as mx
     from mlx_lm import generate, load
 
-    model, tokenizer = load(str(model_path), adapter_path=str(adapter_path) if adapter_path else None)
+    model, tokenizer = load(
+        str(model_path), adapter_path=str(adapter_path) if adapter_path else None
+    )
     if seed is not None:  # after loading: building a model draws random numbers
         mx.random.seed(seed)
     return generate(model, tokenizer, tokens, max_tokens=max_tokens, **kwargs)
@@ -95,8 +119,9 @@ def mlx_lm_text(model_path, tokens, adapter_path=None, max_tokens=40, seed=None,
 
 @pytest.fixture(scope="module")
 def stories_run(stories_path, tmp_path_factory) -> Path:
-    return make_run(stories_path, tmp_path_factory.mktemp("runs") / "20260101-000000-stories-ab12",
-                    dropout=0.1)
+    return make_run(
+        stories_path, tmp_path_factory.mktemp("runs") / "20260101-000000-stories-ab12", dropout=0.1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +155,12 @@ def test_adapter_off_is_exactly_the_base_model_loaded_alone(stories_path, storie
 
 
 @pytest.mark.parametrize("fine_tune_type", ["lora", "dora", "full"])
-def test_adapter_on_matches_mlx_lm_generate_with_adapter_path(stories_path, tmp_path, fine_tune_type):
-    adapter = make_adapter(stories_path, tmp_path / "adapter", fine_tune_type=fine_tune_type, dropout=0.1)
+def test_adapter_on_matches_mlx_lm_generate_with_adapter_path(
+    stories_path, tmp_path, fine_tune_type
+):
+    adapter = make_adapter(
+        stories_path, tmp_path / "adapter", fine_tune_type=fine_tune_type, dropout=0.1
+    )
     chat = ChatModel.load(stories_path, adapter=adapter)
     tokens = chat.prompt_tokens(STORY)
     tuned = chat.reply(STORY, GREEDY, use_adapter=True)
@@ -148,16 +177,24 @@ def test_tiny_chat_model_base_and_tuned_are_exact(tiny_chat_model, tmp_path):
     adapter = make_adapter(tiny_chat_model, tmp_path / "adapter", scale=20.0)
     chat = ChatModel.load(tiny_chat_model, adapter=adapter)
     assert chat.template() == (CHATML_TEMPLATE, "model")
-    messages = [{"role": "system", "content": "Answer briefly."},
-                {"role": "user", "content": "What is the fee for a transfer?"}]
+    messages = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is the fee for a transfer?"},
+    ]
     tokens = chat.prompt_tokens(messages)
     assert chat.tokenizer.decode(tokens).endswith("<|im_start|>assistant\n")
     settings = ChatSettings(temperature=0.0, max_tokens=24, stop=[])
-    assert chat.reply(messages, settings, use_adapter=False).text == mlx_lm_text(tiny_chat_model, tokens, max_tokens=24)
-    assert chat.reply(messages, settings).text == mlx_lm_text(tiny_chat_model, tokens, adapter, max_tokens=24)
+    assert chat.reply(messages, settings, use_adapter=False).text == mlx_lm_text(
+        tiny_chat_model, tokens, max_tokens=24
+    )
+    assert chat.reply(messages, settings).text == mlx_lm_text(
+        tiny_chat_model, tokens, adapter, max_tokens=24
+    )
 
 
-def test_set_adapter_replaces_the_previous_one_and_none_restores_the_base(stories_path, stories_run):
+def test_set_adapter_replaces_the_previous_one_and_none_restores_the_base(
+    stories_path, stories_run
+):
     chat = ChatModel.load(stories_path, adapter=f"{stories_run}:10")
     step10 = chat.reply(STORY, GREEDY)
     chat.set_adapter(f"{stories_run}:20")
@@ -218,9 +255,13 @@ def test_template_is_the_runs_else_the_models_else_lathes_default(stories_path, 
 
 
 def test_system_prompt_folds_into_the_first_turn_for_templates_without_one(stories_path, tmp_path):
-    strict = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-              "{% endif %}" + RUN_TEMPLATE)
-    chat = ChatModel.load(stories_path, adapter=make_run(stories_path, tmp_path / "run", steps=(), template=strict))
+    strict = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}" + RUN_TEMPLATE
+    )
+    chat = ChatModel.load(
+        stories_path, adapter=make_run(stories_path, tmp_path / "run", steps=(), template=strict)
+    )
     messages = [{"role": "system", "content": "Be kind."}] + STORY
     text = chat.tokenizer.decode(chat.prompt_tokens(messages))
     assert text.startswith("<<user>> Be kind.\n\nTell me a story")
@@ -236,7 +277,11 @@ def test_stream_arrives_in_order_and_equals_the_whole_reply(stories_path, storie
     pieces = [e.text for e in events if e.kind == "text"]
     assert len(pieces) > 5
     reply = events[-1].reply
-    assert "".join(pieces) == reply.text == mlx_lm_text(stories_path, stories_chat.prompt_tokens(STORY))
+    assert (
+        "".join(pieces)
+        == reply.text
+        == mlx_lm_text(stories_path, stories_chat.prompt_tokens(STORY))
+    )
     s = reply.stats
     assert s.stop_reason == "length" and s.tokens == 40
     assert 0 < s.time_to_first_token <= s.seconds and s.tokens_per_second > 0
@@ -316,12 +361,15 @@ def test_eos_ends_the_reply(stories_path, stories_chat):
 
 def test_history_is_trimmed_to_the_context_with_a_notice(stories_chat):
     settings = ChatSettings(temperature=0.0, max_tokens=100, stop=[])
-    session = ChatSession(stories_chat, use_adapter=False, settings=settings,
-                          system_prompt="You tell short stories.")
+    session = ChatSession(
+        stories_chat, use_adapter=False, settings=settings, system_prompt="You tell short stories."
+    )
     long = "The cat and the dog played in the big green park all day long. " * 6
     for i in range(6):
-        session.history += [{"role": "user", "content": f"Story {i}: {long}"},
-                            {"role": "assistant", "content": long}]
+        session.history += [
+            {"role": "user", "content": f"Story {i}: {long}"},
+            {"role": "assistant", "content": long},
+        ]
     events = list(session.send("And now a story about a bird."))
     notices = [e.text for e in events if e.kind == "notice"]
     reply = events[-1].reply
@@ -329,7 +377,7 @@ def test_history_is_trimmed_to_the_context_with_a_notice(stories_chat):
     assert reply.stats.trimmed_messages > 0 and reply.stats.trimmed_messages % 2 == 0
     assert reply.stats.prompt_tokens <= stories_chat.context_length - settings.max_tokens
     # What the model saw: the system prompt, then whole turns, ending with the new question.
-    kept = session.messages()[: 1] + session.messages()[1 + reply.stats.trimmed_messages: -1]
+    kept = session.messages()[:1] + session.messages()[1 + reply.stats.trimmed_messages : -1]
     assert reply.stats.prompt_tokens == len(stories_chat.prompt_tokens(kept))
     assert reply.notices == notices
 
@@ -351,12 +399,24 @@ def test_sampling_controls_are_mlx_lms(stories_path, stories_chat):
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
     tokens = stories_chat.prompt_tokens(STORY)
-    settings = ChatSettings(temperature=0.9, top_p=0.9, min_p=0.05, repetition_penalty=1.3,
-                            max_tokens=40, seed=7, stop=[])
+    settings = ChatSettings(
+        temperature=0.9,
+        top_p=0.9,
+        min_p=0.05,
+        repetition_penalty=1.3,
+        max_tokens=40,
+        seed=7,
+        stop=[],
+    )
     ours = stories_chat.reply(STORY, settings, use_adapter=False).text
     theirs = mlx_lm_text(
-        stories_path, tokens, seed=7, sampler=make_sampler(0.9, 0.9, 0.05),
-        logits_processors=make_logits_processors(repetition_penalty=1.3, repetition_context_size=20),
+        stories_path,
+        tokens,
+        seed=7,
+        sampler=make_sampler(0.9, 0.9, 0.05),
+        logits_processors=make_logits_processors(
+            repetition_penalty=1.3, repetition_context_size=20
+        ),
     )
     assert ours == theirs
     assert stories_chat.reply(STORY, settings, use_adapter=False).text == ours  # the seed repeats
@@ -384,7 +444,9 @@ def test_session_keeps_history_regenerates_and_edits(stories_chat):
     assert session.history == [] and session.replies == []
 
 
-def test_compare_mode_runs_base_then_tuned_with_the_right_labels(stories_path, stories_run, stories_chat):
+def test_compare_mode_runs_base_then_tuned_with_the_right_labels(
+    stories_path, stories_run, stories_chat
+):
     compare = CompareSession(stories_chat, settings=GREEDY)
     pairs = list(compare.send(STORY[0]["content"]))
     sides = [side for side, _ in pairs]
@@ -422,17 +484,22 @@ def test_add_to_dataset_appends_a_valid_example_to_lathes_copy(tiny_chat_model, 
     original.write_text('{"text": "untouched"}\n')
     folder = workspace.datasets_dir() / "bank-support"
     folder.mkdir()
-    (folder / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "a"}, '
-                                        '{"role": "assistant", "content": "b"}]}')  # no final newline
-    session_messages = [{"role": "system", "content": "Be brief."},
-                        {"role": "user", "content": "What is the fee?"},
-                        {"role": "assistant", "content": "I think it might be ten euros maybe."}]
+    (folder / "train.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}'
+    )  # no final newline
+    session_messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is the fee?"},
+        {"role": "assistant", "content": "I think it might be ten euros maybe."},
+    ]
     path = add_to_dataset("bank-support", session_messages, reply="The fee is 5 euros.")
     assert path == (folder / "train.jsonl").resolve()
     lines = path.read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[0])["messages"][1]["content"] == "b"
     record = json.loads(lines[1])
-    assert record == {"messages": session_messages[:2] + [{"role": "assistant", "content": "The fee is 5 euros."}]}
+    assert record == {
+        "messages": session_messages[:2] + [{"role": "assistant", "content": "The fee is 5 euros."}]
+    }
     _, tokenizer = load(str(tiny_chat_model))
     encoded = Encoder(tokenizer).encode(record)
     assert encoded.trained_tokens > 0  # trainable: the reply is what the model would learn

@@ -22,7 +22,9 @@ GREEDY = ["--temperature", "0", "--max-tokens", "30"]
 
 @pytest.fixture(scope="module")
 def run_template(stories_path, tmp_path_factory) -> Path:
-    return make_run(stories_path, tmp_path_factory.mktemp("runs") / "20260102-000000-cli-cd34", steps=(5,))
+    return make_run(
+        stories_path, tmp_path_factory.mktemp("runs") / "20260102-000000-cli-cd34", steps=(5,)
+    )
 
 
 @pytest.fixture
@@ -35,7 +37,10 @@ def run_id(run_template) -> str:
 def expected(stories_path, run_template) -> dict:
     chat = ChatModel.load(stories_path, adapter=run_template)
     settings = ChatSettings(temperature=0, max_tokens=30)
-    out = {"tuned": chat.reply(STORY, settings).text, "base": chat.reply(STORY, settings, use_adapter=False).text}
+    out = {
+        "tuned": chat.reply(STORY, settings).text,
+        "base": chat.reply(STORY, settings, use_adapter=False).text,
+    }
     chat.close()
     return out
 
@@ -46,7 +51,9 @@ def json_lines(text: str) -> list[dict]:
 
 def test_one_prompt_with_a_run_id_prints_one_json_reply(run_id, expected, capsys):
     # No --model: the run's config says which model it was trained on.
-    assert main(["chat", "--adapter", run_id, "--prompt", STORY[0]["content"], "--json", *GREEDY]) == 0
+    assert (
+        main(["chat", "--adapter", run_id, "--prompt", STORY[0]["content"], "--json", *GREEDY]) == 0
+    )
     (reply,) = json_lines(capsys.readouterr().out)
     assert reply["text"] == expected["tuned"] and reply["adapter"] is True
     assert reply["label"] == f"stories260K + run {run_id} · final adapter"
@@ -55,8 +62,17 @@ def test_one_prompt_with_a_run_id_prints_one_json_reply(run_id, expected, capsys
 
 
 def test_checkpoint_step_and_base_flag(stories_path, run_id, expected, capsys):
-    args = ["chat", "--model", str(stories_path), "--adapter", f"{run_id}:5", "--prompt",
-            STORY[0]["content"], "--json", *GREEDY]
+    args = [
+        "chat",
+        "--model",
+        str(stories_path),
+        "--adapter",
+        f"{run_id}:5",
+        "--prompt",
+        STORY[0]["content"],
+        "--json",
+        *GREEDY,
+    ]
     assert main(args) == 0
     tuned = json_lines(capsys.readouterr().out)[0]
     assert "step 5" in tuned["label"] and tuned["text"] != expected["tuned"]
@@ -66,7 +82,21 @@ def test_checkpoint_step_and_base_flag(stories_path, run_id, expected, capsys):
 
 
 def test_compare_prints_base_then_tuned(run_id, expected, capsys):
-    assert main(["chat", "--adapter", run_id, "--compare", "--prompt", STORY[0]["content"], "--json", *GREEDY]) == 0
+    assert (
+        main(
+            [
+                "chat",
+                "--adapter",
+                run_id,
+                "--compare",
+                "--prompt",
+                STORY[0]["content"],
+                "--json",
+                *GREEDY,
+            ]
+        )
+        == 0
+    )
     base, tuned = json_lines(capsys.readouterr().out)
     assert (base["adapter"], tuned["adapter"]) == (False, True)
     assert (base["text"], tuned["text"]) == (expected["base"], expected["tuned"])
@@ -91,16 +121,27 @@ def test_interactive_session_reads_stdin_until_eof(run_id, expected, capsys, mon
     assert replies[0]["text"] == expected["tuned"] and replies[2]["text"] == expected["tuned"]
     # The second reply saw the first turn (no /reset yet), so its prompt was longer.
     assert replies[1]["stats"]["prompt_tokens"] > replies[0]["stats"]["prompt_tokens"]
-    assert infos[0] == "Now chatting with stories260K (base)." and infos[1] == "Conversation cleared."
+    assert (
+        infos[0] == "Now chatting with stories260K (base)." and infos[1] == "Conversation cleared."
+    )
     assert infos[-1].startswith("Unknown command /nope")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--adapter", "no-such-run", "--prompt", "hi"], "No run or adapter folder called 'no-such-run'"),
-    (["--model", "/nonexistent/model", "--prompt", "hi"], "Model folder /nonexistent/model does not exist"),
-    (["--prompt", "hi"], "No model given"),
-    (["--adapter", "x", "--top-p", "0", "--prompt", "hi"], "Top-p must be"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--adapter", "no-such-run", "--prompt", "hi"],
+            "No run or adapter folder called 'no-such-run'",
+        ),
+        (
+            ["--model", "/nonexistent/model", "--prompt", "hi"],
+            "Model folder /nonexistent/model does not exist",
+        ),
+        (["--prompt", "hi"], "No model given"),
+        (["--adapter", "x", "--top-p", "0", "--prompt", "hi"], "Top-p must be"),
+    ],
+)
 def test_errors_are_one_sentence(args, message, capsys):
     assert main(["chat", *args]) == 1
     err = capsys.readouterr().err.strip()
@@ -110,9 +151,25 @@ def test_errors_are_one_sentence(args, message, capsys):
 
 def test_runs_as_a_module_process(stories_path):
     out = subprocess.run(
-        [sys.executable, "-m", "engine", "chat", "--model", str(stories_path), "--prompt", "Hi",
-         "--max-tokens", "5", "--seed", "3", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "chat",
+            "--model",
+            str(stories_path),
+            "--prompt",
+            "Hi",
+            "--max-tokens",
+            "5",
+            "--seed",
+            "3",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     reply = json.loads(out.stdout)

@@ -13,12 +13,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def chat(i: int) -> dict:
-    return {"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]}
+    return {
+        "messages": [
+            {"role": "user", "content": f"question {i}"},
+            {"role": "assistant", "content": f"answer {i}"},
+        ]
+    }
 
 
 def data_file(tmp_path: Path) -> Path:
     path = tmp_path / "chat.jsonl"
-    path.write_text("".join(json.dumps(chat(i)) + "\n" for i in range(10)) + "{broken\n", encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(chat(i)) + "\n" for i in range(10)) + "{broken\n", encoding="utf-8"
+    )
     return path
 
 
@@ -31,8 +38,21 @@ def test_inspect_prints_a_readable_report(tmp_path, capsys):
 
 
 def test_inspect_json_with_a_model(tmp_path, capsys, stories_path):
-    assert main(["data", "inspect", str(data_file(tmp_path)), "--model", str(stories_path),
-                 "--batch-size", "3", "--json"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "inspect",
+                str(data_file(tmp_path)),
+                "--model",
+                str(stories_path),
+                "--batch-size",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["splits"] == {"train": 9, "valid": 1, "test": 0}
     assert report["tokens"]["steps_per_epoch"] == 3
@@ -48,14 +68,33 @@ def test_import_then_list_then_show_by_id(tmp_path, capsys, stories_path):
     assert f"Already imported as {report['dataset_id']}" in capsys.readouterr().out
     assert main(["data", "list"]) == 0
     assert report["dataset_id"] in capsys.readouterr().out
-    assert main(["data", "show", report["dataset_id"], "--model", str(stories_path), "--index", "2",
-                 "--color", "never"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "show",
+                report["dataset_id"],
+                "--model",
+                str(stories_path),
+                "--index",
+                "2",
+                "--color",
+                "never",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "/train.jsonl, line 3)" in out and "[[answer 2</s>]]" in out
 
 
 def test_show_colours_trained_and_masked_tokens(tmp_path, capsys, stories_path):
-    assert main(["data", "show", str(data_file(tmp_path)), "-m", str(stories_path), "--color", "always"]) == 0
+    assert (
+        main(
+            ["data", "show", str(data_file(tmp_path)), "-m", str(stories_path), "--color", "always"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "\x1b[30;48;5;114m" in out or "\x1b[30;48;5;150m" in out  # trained
     assert "\x1b[38;5;250;48;5;236m" in out  # masked
@@ -65,12 +104,18 @@ def test_show_colours_trained_and_masked_tokens(tmp_path, capsys, stories_path):
 def test_errors_are_one_sentence_and_exit_non_zero(tmp_path):
     png = tmp_path / "cat.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
-    proc = subprocess.run([sys.executable, "-m", "engine", "data", "inspect", str(png)], cwd=ROOT,
-                          capture_output=True, text=True, env={"LATHE_HOME": str(tmp_path / "home"),
-                                                               "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "data", "inspect", str(png)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"LATHE_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 1
-    assert proc.stderr.strip() == ("lathe-engine: cat.png is a PNG image, not a dataset. Drop a .jsonl, .json, "
-                                   ".csv, .tsv, .txt, .md or .parquet file.")
+    assert proc.stderr.strip() == (
+        "lathe-engine: cat.png is a PNG image, not a dataset. Drop a .jsonl, .json, "
+        ".csv, .tsv, .txt, .md or .parquet file."
+    )
     assert "Traceback" not in proc.stderr
 
 

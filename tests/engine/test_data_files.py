@@ -13,7 +13,12 @@ import pytest
 
 from engine.data import DataError, Options, inspect_dataset, load_splits, readers
 
-CHAT = {"messages": [{"role": "user", "content": "Où est la café?"}, {"role": "assistant", "content": "Ici."}]}
+CHAT = {
+    "messages": [
+        {"role": "user", "content": "Où est la café?"},
+        {"role": "assistant", "content": "Ici."},
+    ]
+}
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -23,7 +28,12 @@ def write(path: Path, content: str | bytes) -> Path:
 
 
 def chat(i: int) -> dict:
-    return {"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]}
+    return {
+        "messages": [
+            {"role": "user", "content": f"question {i}"},
+            {"role": "assistant", "content": f"answer {i}"},
+        ]
+    }
 
 
 def lines(rows) -> str:
@@ -38,8 +48,15 @@ def all_records(path, **kw) -> list[dict]:
 # -- encodings and line ends ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("encoding, bom", [("utf-8", b""), ("utf-8", b"\xef\xbb\xbf"),
-                                           ("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff")])
+@pytest.mark.parametrize(
+    "encoding, bom",
+    [
+        ("utf-8", b""),
+        ("utf-8", b"\xef\xbb\xbf"),
+        ("utf-16-le", b"\xff\xfe"),
+        ("utf-16-be", b"\xfe\xff"),
+    ],
+)
 def test_utf8_and_utf16_with_crlf(tmp_path, encoding, bom):
     text = lines([CHAT, chat(1)]).replace("\n", "\r\n")
     path = write(tmp_path / "d.jsonl", bom + text.encode(encoding))
@@ -65,8 +82,11 @@ def test_latin1_json_array_and_csv(tmp_path):
 
 
 def test_csv_with_crlf_and_bom(tmp_path):
-    path = write(tmp_path / "d.csv", b"\xef\xbb\xbfprompt,completion\r\na,b\r\n\"x\r\ny\",z\r\n")
-    assert all_records(path) == [{"prompt": "a", "completion": "b"}, {"prompt": "x\ny", "completion": "z"}]
+    path = write(tmp_path / "d.csv", b'\xef\xbb\xbfprompt,completion\r\na,b\r\n"x\r\ny",z\r\n')
+    assert all_records(path) == [
+        {"prompt": "a", "completion": "b"},
+        {"prompt": "x\ny", "completion": "z"},
+    ]
 
 
 # -- empty, binary, tiny ---------------------------------------------------------------------------
@@ -78,12 +98,15 @@ def test_empty_files_are_refused_clearly(tmp_path, content):
         inspect_dataset(write(tmp_path / "d.jsonl", content))
 
 
-@pytest.mark.parametrize("name, head, what", [
-    ("photo.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 50, "a PNG image"),
-    ("photo.jsonl", b"\xff\xd8\xff\xe0" + b"\0" * 50, "a JPEG image"),
-    ("sheet.xlsx", b"PK\x03\x04" + b"\0" * 50, "an Excel workbook"),
-    ("blob.bin", bytes(range(256)) * 4, "a binary file"),
-])
+@pytest.mark.parametrize(
+    "name, head, what",
+    [
+        ("photo.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 50, "a PNG image"),
+        ("photo.jsonl", b"\xff\xd8\xff\xe0" + b"\0" * 50, "a JPEG image"),
+        ("sheet.xlsx", b"PK\x03\x04" + b"\0" * 50, "an Excel workbook"),
+        ("blob.bin", bytes(range(256)) * 4, "a binary file"),
+    ],
+)
 def test_binary_files_are_named_not_parsed(tmp_path, name, head, what):
     with pytest.raises(DataError) as err:
         inspect_dataset(write(tmp_path / name, head))
@@ -98,7 +121,7 @@ def test_one_example_is_fine_but_gets_no_validation_split(tmp_path):
 
 
 def test_nothing_trainable_is_refused_with_the_reason(tmp_path):
-    path = write(tmp_path / "bad.jsonl", "not json\n{\"messages\": []}\n")
+    path = write(tmp_path / "bad.jsonl", 'not json\n{"messages": []}\n')
     with pytest.raises(DataError) as err:
         inspect_dataset(path)
     msg = str(err.value)
@@ -130,9 +153,15 @@ def test_duplicates_are_skipped_and_named(tmp_path):
     path = write(tmp_path / "d.jsonl", lines([chat(0), chat(1), chat(0)]))
     report = inspect_dataset(path, Options(valid_fraction=0))
     assert report.kept == 2 and report.problem_counts == {"duplicate": 1}
-    assert report.problems[0]["text"].startswith("d.jsonl, line 3: repeats the example at d.jsonl, line 1.")
+    assert report.problems[0]["text"].startswith(
+        "d.jsonl, line 3: repeats the example at d.jsonl, line 1."
+    )
     kept = inspect_dataset(path, Options(valid_fraction=0, dedupe=False))
-    assert kept.kept == 3 and kept.warning_counts == {"duplicate": 1} and "Kept 1 example" in kept.summary
+    assert (
+        kept.kept == 3
+        and kept.warning_counts == {"duplicate": 1}
+        and "Kept 1 example" in kept.summary
+    )
 
 
 def test_valid_examples_also_in_train_are_flagged(tmp_path):
@@ -210,7 +239,10 @@ def test_split_is_seeded_and_reproducible(tmp_path):
 
 
 def test_json_object_with_its_own_splits_and_wrappers(tmp_path):
-    path = write(tmp_path / "d.json", json.dumps({"train": [chat(0), chat(1)], "validation": [chat(2)]}, indent=1))
+    path = write(
+        tmp_path / "d.json",
+        json.dumps({"train": [chat(0), chat(1)], "validation": [chat(2)]}, indent=1),
+    )
     s = load_splits(path)
     assert (len(s.train), len(s.valid)) == (2, 1)
     path = write(tmp_path / "w.json", json.dumps({"version": 2, "data": [chat(0), chat(1)]}))
@@ -232,11 +264,14 @@ def test_json_array_elements_across_buffer_boundaries(tmp_path, monkeypatch):
     assert all_records(path) == [chat(i) for i in range(300)]
 
 
-@pytest.mark.parametrize("text, line", [
-    ('[\n{"text": "a"},\n{"text": "b"}\n{"text": "c"}\n]', 4),
-    ('[\n{"text": "a"},\n{"text": "b",}\n]', 3),
-    ('[\n{"text": "a"}', 2),
-])
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ('[\n{"text": "a"},\n{"text": "b"}\n{"text": "c"}\n]', 4),
+        ('[\n{"text": "a"},\n{"text": "b",}\n]', 3),
+        ('[\n{"text": "a"}', 2),
+    ],
+)
 def test_broken_json_array_names_the_line(tmp_path, text, line):
     with pytest.raises(DataError) as err:
         inspect_dataset(write(tmp_path / "a.json", text))
@@ -251,8 +286,10 @@ def test_pretty_printed_jsonl_and_jsonl_in_a_txt(tmp_path):
 def test_not_an_object_line(tmp_path):
     path = write(tmp_path / "d.jsonl", lines([chat(0), [1, 2], "text"]))
     report = inspect_dataset(path, Options(valid_fraction=0))
-    assert [(p["where"], p["code"]) for p in report.problems] == [("d.jsonl, line 2", "not_object"),
-                                                                  ("d.jsonl, line 3", "not_object")]
+    assert [(p["where"], p["code"]) for p in report.problems] == [
+        ("d.jsonl, line 2", "not_object"),
+        ("d.jsonl, line 3", "not_object"),
+    ]
 
 
 # -- Parquet ---------------------------------------------------------------------------------------
@@ -284,7 +321,7 @@ def test_parquet_rows_are_read_in_batches_when_pyarrow_is_there(tmp_path, monkey
 
         def iter_batches(self, batch_size):
             for i in range(0, len(table), batch_size):
-                yield Batch(table[i:i + batch_size])
+                yield Batch(table[i : i + batch_size])
 
     pq = types.SimpleNamespace(ParquetFile=ParquetFile)
     monkeypatch.setattr(readers, "pyarrow_parquet", lambda: pq)

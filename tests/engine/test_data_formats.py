@@ -41,15 +41,30 @@ def problem_texts(report) -> list[str]:
 
 
 def test_openai_chat_with_tools_tool_calls_and_weights(tmp_path):
-    tools = [{"type": "function", "function": {"name": "balance", "parameters": {"type": "object"}}}]
-    row = {"tools": tools, "messages": [
-        {"role": "system", "content": "You are a bank."},
-        {"role": "user", "content": "My balance?"},
-        {"role": "assistant", "content": None, "weight": 0, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "balance", "arguments": "{\"acct\": 7}"}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "42 EUR"},
-        {"role": "assistant", "content": "You have 42 EUR.", "weight": 1},
-    ]}
+    tools = [
+        {"type": "function", "function": {"name": "balance", "parameters": {"type": "object"}}}
+    ]
+    row = {
+        "tools": tools,
+        "messages": [
+            {"role": "system", "content": "You are a bank."},
+            {"role": "user", "content": "My balance?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "weight": 0,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "balance", "arguments": '{"acct": 7}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "42 EUR"},
+            {"role": "assistant", "content": "You have 42 EUR.", "weight": 1},
+        ],
+    }
     (rec,) = records(jsonl(tmp_path / "chat.jsonl", [row]))
     assert rec["tools"] == tools
     call = rec["messages"][2]
@@ -61,10 +76,21 @@ def test_openai_chat_with_tools_tool_calls_and_weights(tmp_path):
 
 
 def test_openai_content_parts_are_joined_and_images_refused(tmp_path):
-    ok = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
-                       {"role": "assistant", "content": "Hello"}]}
-    img = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
-                        {"role": "assistant", "content": "A cat"}]}
+    ok = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}],
+            },
+            {"role": "assistant", "content": "Hello"},
+        ]
+    }
+    img = {
+        "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+            {"role": "assistant", "content": "A cat"},
+        ]
+    }
     path = jsonl(tmp_path / "c.jsonl", [ok, img])
     assert records(path)[0]["messages"][0]["content"] == "Hi there"
     report = inspect_dataset(path)
@@ -72,29 +98,94 @@ def test_openai_content_parts_are_joined_and_images_refused(tmp_path):
     assert "'image_url' part" in report.problems[0]["message"]
 
 
-@pytest.mark.parametrize("messages, code, field, words", [
-    ([{"role": "user", "content": "hi"}], "no_assistant", "messages", "no assistant turn"),
-    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}],
-     "role_order", "messages[1].role", "two user messages in a row"),
-    ([{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}],
-     "role_order", "messages[0].role", "starts with the assistant"),
-    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "system", "content": "s"}],
-     "role_order", "messages[2].role", "system message comes after"),
-    ([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}, {"role": "assistant", "content": "c"}],
-     "role_order", "messages[1].role", "does not follow an assistant tool call"),
-    ([{"role": "user", "content": 5}, {"role": "assistant", "content": "b"}], "not_text", "messages[0].content",
-     "is a number, not text"),
-    ([{"role": "user", "content": "  "}, {"role": "assistant", "content": "b"}], "empty_field",
-     "messages[0].content", "is empty"),
-    ([{"role": "wizard", "content": "a"}, {"role": "assistant", "content": "b"}], "bad_role", "messages[0].role",
-     "unknown role 'wizard'"),
-    ([{"content": "a"}, {"role": "assistant", "content": "b"}], "missing_field", "messages[0].role", "has no role"),
-    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 0}], "nothing_trained",
-     "messages", "weight 0"),
-    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 0.5}], "bad_value",
-     "messages[1].weight", "must be 0 or 1"),
-])
-def test_broken_chat_records_are_skipped_with_a_precise_message(tmp_path, messages, code, field, words):
+@pytest.mark.parametrize(
+    "messages, code, field, words",
+    [
+        ([{"role": "user", "content": "hi"}], "no_assistant", "messages", "no assistant turn"),
+        (
+            [
+                {"role": "user", "content": "a"},
+                {"role": "user", "content": "b"},
+                {"role": "assistant", "content": "c"},
+            ],
+            "role_order",
+            "messages[1].role",
+            "two user messages in a row",
+        ),
+        (
+            [
+                {"role": "assistant", "content": "a"},
+                {"role": "user", "content": "b"},
+                {"role": "assistant", "content": "c"},
+            ],
+            "role_order",
+            "messages[0].role",
+            "starts with the assistant",
+        ),
+        (
+            [
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "content": "b"},
+                {"role": "system", "content": "s"},
+            ],
+            "role_order",
+            "messages[2].role",
+            "system message comes after",
+        ),
+        (
+            [
+                {"role": "user", "content": "a"},
+                {"role": "tool", "content": "b"},
+                {"role": "assistant", "content": "c"},
+            ],
+            "role_order",
+            "messages[1].role",
+            "does not follow an assistant tool call",
+        ),
+        (
+            [{"role": "user", "content": 5}, {"role": "assistant", "content": "b"}],
+            "not_text",
+            "messages[0].content",
+            "is a number, not text",
+        ),
+        (
+            [{"role": "user", "content": "  "}, {"role": "assistant", "content": "b"}],
+            "empty_field",
+            "messages[0].content",
+            "is empty",
+        ),
+        (
+            [{"role": "wizard", "content": "a"}, {"role": "assistant", "content": "b"}],
+            "bad_role",
+            "messages[0].role",
+            "unknown role 'wizard'",
+        ),
+        (
+            [{"content": "a"}, {"role": "assistant", "content": "b"}],
+            "missing_field",
+            "messages[0].role",
+            "has no role",
+        ),
+        (
+            [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 0}],
+            "nothing_trained",
+            "messages",
+            "weight 0",
+        ),
+        (
+            [
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "content": "b", "weight": 0.5},
+            ],
+            "bad_value",
+            "messages[1].weight",
+            "must be 0 or 1",
+        ),
+    ],
+)
+def test_broken_chat_records_are_skipped_with_a_precise_message(
+    tmp_path, messages, code, field, words
+):
     good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     path = jsonl(tmp_path / "d.jsonl", [good, {"messages": messages}])
     report = inspect_dataset(path, Options(valid_fraction=0))
@@ -107,8 +198,13 @@ def test_broken_chat_records_are_skipped_with_a_precise_message(tmp_path, messag
 
 
 def test_messages_that_is_not_a_list(tmp_path):
-    path = jsonl(tmp_path / "d.jsonl", [{"messages": "hello"}, {"messages": [
-        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}])
+    path = jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"messages": "hello"},
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+        ],
+    )
     (p,) = inspect_dataset(path).problems
     assert p["field"] == "messages" and "is str, not a list" in p["message"]
 
@@ -117,31 +213,44 @@ def test_messages_that_is_not_a_list(tmp_path):
 
 
 def test_prompt_completion_and_a_system_column_becomes_chat(tmp_path):
-    path = jsonl(tmp_path / "pc.jsonl", [
-        {"prompt": "2+2?", "completion": "4"},
-        {"prompt": "Hi", "completion": "Hello", "system": "Be brief."},
-    ])
+    path = jsonl(
+        tmp_path / "pc.jsonl",
+        [
+            {"prompt": "2+2?", "completion": "4"},
+            {"prompt": "Hi", "completion": "Hello", "system": "Be brief."},
+        ],
+    )
     a, b = records(path)
     assert a == {"prompt": "2+2?", "completion": "4"}
-    assert b == {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                              {"role": "assistant", "content": "Hello"}]}
+    assert b == {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+        ]
+    }
     report = inspect_dataset(path)
     assert report.format == "completion"
     assert "have 'prompt' and 'completion' fields" in report.format_reason
 
 
 def test_prompt_completion_problems(tmp_path):
-    path = jsonl(tmp_path / "pc.jsonl", [
-        {"prompt": "ok", "completion": "fine"},
-        {"prompt": "no answer"},
-        {"prompt": "x", "completion": ""},
-        {"prompt": ["x"], "completion": "y"},
-    ])
+    path = jsonl(
+        tmp_path / "pc.jsonl",
+        [
+            {"prompt": "ok", "completion": "fine"},
+            {"prompt": "no answer"},
+            {"prompt": "x", "completion": ""},
+            {"prompt": ["x"], "completion": "y"},
+        ],
+    )
     report = inspect_dataset(path, Options(valid_fraction=0))
     got = [(p["where"], p["field"], p["code"]) for p in report.problems]
-    assert got == [("pc.jsonl, line 2", "completion", "missing_field"),
-                   ("pc.jsonl, line 3", "completion", "empty_field"),
-                   ("pc.jsonl, line 4", "prompt", "not_text")]
+    assert got == [
+        ("pc.jsonl, line 2", "completion", "missing_field"),
+        ("pc.jsonl, line 3", "completion", "empty_field"),
+        ("pc.jsonl, line 4", "prompt", "not_text"),
+    ]
     assert report.summary.startswith("Skipped 3 examples:")
 
 
@@ -152,57 +261,93 @@ def test_alpaca_json_array_with_input_system_and_history(tmp_path):
     rows = [
         {"instruction": "Translate", "input": "chat", "output": "cat"},
         {"instruction": "Say hi", "input": "", "output": "hi"},
-        {"instruction": "And now?", "output": "bye", "system": "Be polite.", "history": [["hello", "hi there"]]},
+        {
+            "instruction": "And now?",
+            "output": "bye",
+            "system": "Be polite.",
+            "history": [["hello", "hi there"]],
+        },
     ]
     path = write(tmp_path / "alpaca.json", json.dumps(rows, indent=2))
     a, b, c = records(path)
     assert a == {"prompt": "Translate\n\nchat", "completion": "cat"}
     assert b == {"prompt": "Say hi", "completion": "hi"}
-    assert [m["role"] for m in c["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert [m["role"] for m in c["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
     assert c["messages"][1]["content"] == "hello" and c["messages"][4]["content"] == "bye"
     report = inspect_dataset(path)
     assert report.format == "alpaca" and "JSON array" in report.format_reason
 
 
 def test_alpaca_jsonl_and_its_problems(tmp_path):
-    path = jsonl(tmp_path / "a.jsonl", [
-        {"instruction": "Do", "output": "done"},
-        {"instruction": "", "input": "", "output": "x"},
-        {"instruction": "Do", "output": "x", "history": [["only one"]]},
-    ])
+    path = jsonl(
+        tmp_path / "a.jsonl",
+        [
+            {"instruction": "Do", "output": "done"},
+            {"instruction": "", "input": "", "output": "x"},
+            {"instruction": "Do", "output": "x", "history": [["only one"]]},
+        ],
+    )
     report = inspect_dataset(path, Options(valid_fraction=0))
     assert report.kept == 1
-    assert [(p["field"], p["code"]) for p in report.problems] == [("instruction", "empty_field"),
-                                                                  ("history[0]", "bad_value")]
+    assert [(p["field"], p["code"]) for p in report.problems] == [
+        ("instruction", "empty_field"),
+        ("history[0]", "bad_value"),
+    ]
 
 
 # -- ShareGPT ------------------------------------------------------------------------------------
 
 
 def test_sharegpt_roles_function_calls_and_observations(tmp_path):
-    row = {"system": "Bank bot.", "tools": json.dumps([{"name": "balance", "parameters": {}}]), "conversations": [
-        {"from": "human", "value": "Balance?"},
-        {"from": "function_call", "value": json.dumps({"name": "balance", "arguments": {"id": 1}})},
-        {"from": "observation", "value": "42"},
-        {"from": "gpt", "value": "You have 42."},
-    ]}
+    row = {
+        "system": "Bank bot.",
+        "tools": json.dumps([{"name": "balance", "parameters": {}}]),
+        "conversations": [
+            {"from": "human", "value": "Balance?"},
+            {
+                "from": "function_call",
+                "value": json.dumps({"name": "balance", "arguments": {"id": 1}}),
+            },
+            {"from": "observation", "value": "42"},
+            {"from": "gpt", "value": "You have 42."},
+        ],
+    }
     path = jsonl(tmp_path / "sg.jsonl", [row])
     (rec,) = records(path)
-    assert [m["role"] for m in rec["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
-    assert rec["messages"][2]["tool_calls"][0]["function"] == {"name": "balance", "arguments": {"id": 1}}
+    assert [m["role"] for m in rec["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
+    assert rec["messages"][2]["tool_calls"][0]["function"] == {
+        "name": "balance",
+        "arguments": {"id": 1},
+    }
     assert rec["tools"] == [{"type": "function", "function": {"name": "balance", "parameters": {}}}]
     assert inspect_dataset(path).format == "sharegpt"
 
 
 def test_sharegpt_json_array_and_bad_speaker(tmp_path):
-    rows = [{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},
-            {"conversations": [{"from": "alien", "value": "a"}, {"from": "gpt", "value": "b"}]},
-            {"conversations": [{"from": "human", "value": "a"}]}]
+    rows = [
+        {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},
+        {"conversations": [{"from": "alien", "value": "a"}, {"from": "gpt", "value": "b"}]},
+        {"conversations": [{"from": "human", "value": "a"}]},
+    ]
     path = write(tmp_path / "sg.json", json.dumps(rows))
     report = inspect_dataset(path, Options(valid_fraction=0))
     assert report.kept == 1
     assert [(p["where"], p["code"]) for p in report.problems] == [
-        ("sg.json, item 2 (line 1)", "bad_role"), ("sg.json, item 3 (line 1)", "no_assistant")]
+        ("sg.json, item 2 (line 1)", "bad_role"),
+        ("sg.json, item 3 (line 1)", "no_assistant"),
+    ]
     assert "unknown speaker 'alien'" in report.problems[0]["message"]
 
 
@@ -238,10 +383,15 @@ def test_a_single_huge_paragraph_is_split_too(tmp_path):
 
 
 def test_csv_columns_are_mapped_automatically(tmp_path):
-    path = write(tmp_path / "qa.csv", 'Question,Answer,id\n"What, exactly?","This, exactly.",1\n"multi\nline",ok,2\n')
+    path = write(
+        tmp_path / "qa.csv",
+        'Question,Answer,id\n"What, exactly?","This, exactly.",1\n"multi\nline",ok,2\n',
+    )
     # Other columns (id) are not part of a normalised record.
-    assert records(path) == [{"prompt": "What, exactly?", "completion": "This, exactly."},
-                             {"prompt": "multi\nline", "completion": "ok"}]
+    assert records(path) == [
+        {"prompt": "What, exactly?", "completion": "This, exactly."},
+        {"prompt": "multi\nline", "completion": "ok"},
+    ]
     report = inspect_dataset(path)
     assert report.mapping == {"prompt": "Question", "completion": "Answer"}
     assert "'Question' as prompt" in report.format_reason
@@ -258,7 +408,9 @@ def test_csv_needs_a_mapping_when_names_are_unclear_and_user_map_works(tmp_path)
     with pytest.raises(DataError) as err:
         inspect_dataset(path)
     assert "--map" in str(err.value) and "col_a" in str(err.value)
-    assert records(path, mapping="prompt=col_a,response=col_b") == [{"prompt": "hello", "completion": "world"}]
+    assert records(path, mapping="prompt=col_a,response=col_b") == [
+        {"prompt": "hello", "completion": "world"}
+    ]
 
 
 def test_map_naming_a_missing_column_is_one_clear_error(tmp_path):
@@ -271,7 +423,9 @@ def test_map_naming_a_missing_column_is_one_clear_error(tmp_path):
 
 def test_map_also_renames_jsonl_fields(tmp_path):
     path = jsonl(tmp_path / "x.jsonl", [{"q": "hi", "a": "hello"}])
-    assert records(path, mapping={"prompt": "q", "completion": "a"}) == [{"prompt": "hi", "completion": "hello"}]
+    assert records(path, mapping={"prompt": "q", "completion": "a"}) == [
+        {"prompt": "hi", "completion": "hello"}
+    ]
 
 
 def test_csv_rows_with_the_wrong_number_of_cells(tmp_path):
@@ -286,8 +440,13 @@ def test_csv_rows_with_the_wrong_number_of_cells(tmp_path):
 def test_csv_duplicate_header_and_empty_cells(tmp_path):
     with pytest.raises(DataError, match="'prompt' appears twice"):
         inspect_dataset(write(tmp_path / "a.csv", "prompt,prompt\na,b\n"))
-    report = inspect_dataset(write(tmp_path / "b.csv", "prompt,completion\na,\nb,c\n"), Options(valid_fraction=0))
-    assert report.problems[0]["where"] == "b.csv, row 2" and report.problems[0]["code"] == "empty_field"
+    report = inspect_dataset(
+        write(tmp_path / "b.csv", "prompt,completion\na,\nb,c\n"), Options(valid_fraction=0)
+    )
+    assert (
+        report.problems[0]["where"] == "b.csv, row 2"
+        and report.problems[0]["code"] == "empty_field"
+    )
 
 
 # -- detection and override ----------------------------------------------------------------------
@@ -311,7 +470,10 @@ def test_unrecognisable_fields_say_how_to_map(tmp_path):
 
 def test_mixed_format_lines_are_reported_against_the_detected_format(tmp_path):
     chat = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    path = jsonl(tmp_path / "x.jsonl", [chat, chat | {"messages": chat["messages"] * 1}, {"prompt": "p", "completion": "c"}])
+    path = jsonl(
+        tmp_path / "x.jsonl",
+        [chat, chat | {"messages": chat["messages"] * 1}, {"prompt": "p", "completion": "c"}],
+    )
     report = inspect_dataset(path, Options(valid_fraction=0, dedupe=False))
     assert report.format == "chat"
     assert report.problems[-1]["where"] == "x.jsonl, line 3"
@@ -319,7 +481,9 @@ def test_mixed_format_lines_are_reported_against_the_detected_format(tmp_path):
 
 
 def test_load_splits_accepts_every_format(tmp_path):
-    path = write(tmp_path / "qa.csv", "question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(20)))
+    path = write(
+        tmp_path / "qa.csv", "question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(20))
+    )
     splits = load_splits(path, valid_fraction=0.2, seed=3)
     assert len(splits.train) == 16 and len(splits.valid) == 4
     assert all(set(r) == {"prompt", "completion"} for r in splits.train + splits.valid)
@@ -327,9 +491,17 @@ def test_load_splits_accepts_every_format(tmp_path):
 
 
 def test_sharegpt_problem_fields_use_the_users_indices(tmp_path):
-    row = {"system": "Be kind.", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"},
-                                                   {"from": "gpt", "value": "c"}]}
-    path = jsonl(tmp_path / "sg.jsonl", [row, {"conversations": [{"from": "human", "value": "q"},
-                                                                 {"from": "gpt", "value": "r"}]}])
+    row = {
+        "system": "Be kind.",
+        "conversations": [
+            {"from": "human", "value": "a"},
+            {"from": "human", "value": "b"},
+            {"from": "gpt", "value": "c"},
+        ],
+    }
+    path = jsonl(
+        tmp_path / "sg.jsonl",
+        [row, {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "r"}]}],
+    )
     (p,) = inspect_dataset(path).problems
     assert p["field"] == "conversations[1].role" and "two user messages" in p["message"]

@@ -24,8 +24,12 @@ from engine.data.tokens import TokenCounter, load_tokenizer
 
 
 def chat(i: int, words: int = 3) -> dict:
-    return {"messages": [{"role": "user", "content": f"question {i}"},
-                         {"role": "assistant", "content": " ".join(["answer"] * words) + f" {i}"}]}
+    return {
+        "messages": [
+            {"role": "user", "content": f"question {i}"},
+            {"role": "assistant", "content": " ".join(["answer"] * words) + f" {i}"},
+        ]
+    }
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -46,14 +50,22 @@ def test_token_report_matches_the_encoder(tmp_path, stories_path, stories_tok):
 
     rows = [chat(i, words=1 + (i * 7) % 40) for i in range(30)]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
-    report = inspect_dataset(path, Options(valid_fraction=0),
-                             tokens=TokenSettings(stories_path, max_seq_length=80, batch_size=8))
+    report = inspect_dataset(
+        path,
+        Options(valid_fraction=0),
+        tokens=TokenSettings(stories_path, max_seq_length=80, batch_size=8),
+    )
     t = report.tokens
     enc = Encoder(stories_tok, max_seq_length=1 << 20)
     encoded = [enc.encode(r) for r in rows]
     lengths = np.array([len(e) for e in encoded])
     s = t.splits["train"]
-    assert (s.examples, s.min, s.max, s.median) == (30, lengths.min(), lengths.max(), float(np.median(lengths)))
+    assert (s.examples, s.min, s.max, s.median) == (
+        30,
+        lengths.min(),
+        lengths.max(),
+        float(np.median(lengths)),
+    )
     assert s.over_max == int((lengths > 80).sum()) > 0
     assert s.trained_tokens == sum(sum(e.weights[1:80]) for e in encoded)
     assert s.total_tokens == int(np.minimum(lengths, 80).sum())
@@ -65,15 +77,24 @@ def test_token_report_matches_the_encoder(tmp_path, stories_path, stories_tok):
 
 
 def test_examples_that_train_nothing_after_truncation_are_flagged(tmp_path, stories_path):
-    long_prompt = {"messages": [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "yes"}]}
+    long_prompt = {
+        "messages": [
+            {"role": "user", "content": "word " * 300},
+            {"role": "assistant", "content": "yes"},
+        ]
+    }
     path = write_jsonl(tmp_path / "d.jsonl", [chat(0), long_prompt, chat(1)])
-    report = inspect_dataset(path, Options(valid_fraction=0), tokens=TokenSettings(stories_path, max_seq_length=64))
+    report = inspect_dataset(
+        path, Options(valid_fraction=0), tokens=TokenSettings(stories_path, max_seq_length=64)
+    )
     assert report.kept == 2 and report.tokens.zero_trained == 1
     (p,) = report.problems
     assert p["code"] == "zero_trained" and p["where"] == "d.jsonl, line 2"
     assert "truncation cuts it off" in p["message"] and "max_seq_length" in p["hint"]
     with pytest.raises(DataError, match="line 2: trains 0 tokens"):
-        inspect_dataset(path, Options(strict=True), tokens=TokenSettings(stories_path, max_seq_length=64))
+        inspect_dataset(
+            path, Options(strict=True), tokens=TokenSettings(stories_path, max_seq_length=64)
+        )
 
 
 def test_worker_processes_give_the_same_numbers(tmp_path, stories_path, stories_tok, monkeypatch):
@@ -81,12 +102,18 @@ def test_worker_processes_give_the_same_numbers(tmp_path, stories_path, stories_
 
     rows = [chat(i, words=1 + i % 13) for i in range(120)]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
-    one = inspect_dataset(path, counter=TokenCounter(stories_path, workers=1, max_seq_length=64),
-                          tokens=TokenSettings(stories_path, max_seq_length=64))
+    one = inspect_dataset(
+        path,
+        counter=TokenCounter(stories_path, workers=1, max_seq_length=64),
+        tokens=TokenSettings(stories_path, max_seq_length=64),
+    )
     monkeypatch.setattr(tokens, "INLINE_EXAMPLES", 10)
     monkeypatch.setattr(tokens, "BATCH", 16)
-    two = inspect_dataset(path, counter=TokenCounter(stories_path, workers=2, max_seq_length=64),
-                          tokens=TokenSettings(stories_path, max_seq_length=64))
+    two = inspect_dataset(
+        path,
+        counter=TokenCounter(stories_path, workers=2, max_seq_length=64),
+        tokens=TokenSettings(stories_path, max_seq_length=64),
+    )
     assert one.tokens == two.tokens and one.splits == two.splits
 
 
@@ -103,8 +130,13 @@ def test_unknown_model_is_one_clear_error(tmp_path):
 
 
 def test_token_view_marks_exactly_the_answer_as_trained(tmp_path, stories_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hey", "completion": "Yo"},
-                                              {"prompt": "Hi there", "completion": "Hello friend"}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"prompt": "Hey", "completion": "Yo"},
+            {"prompt": "Hi there", "completion": "Hello friend"},
+        ],
+    )
     view = token_view(path, stories_path, 1)
     assert view.where == "d.jsonl, line 2"
     assert "".join(p.text for p in view.pieces) == view.text
@@ -121,7 +153,11 @@ def test_token_view_with_a_chatml_model_and_a_split(tmp_path, tiny_chat_model):
     assert view.template_source == "model" and "<|im_start|>user" in view.text
     trained = "".join(p.text for p in view.pieces if p.trained)
     masked = "".join(p.text for p in view.pieces if not p.trained)
-    assert trained.startswith("answer answer answer") and "question" in masked and "question" not in trained
+    assert (
+        trained.startswith("answer answer answer")
+        and "question" in masked
+        and "question" not in trained
+    )
 
 
 # -- import into the workspace ---------------------------------------------------------------------
@@ -129,18 +165,26 @@ def test_token_view_with_a_chatml_model_and_a_split(tmp_path, tiny_chat_model):
 
 def test_import_copies_normalised_splits_and_metadata(tmp_path, lathe_home):
     path = tmp_path / "My Data.csv"
-    path.write_text("question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(20)), encoding="utf-8")
+    path.write_text(
+        "question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(20)), encoding="utf-8"
+    )
     before = (path.read_bytes(), path.stat().st_mtime_ns)
     report = import_dataset(path, name="support")
     folder = Path(report.dataset_path)
-    assert folder.parent == lathe_home / "datasets" and report.dataset_id.split("-", 2)[2].startswith("support")
+    assert folder.parent == lathe_home / "datasets" and report.dataset_id.split("-", 2)[
+        2
+    ].startswith("support")
     train = [json.loads(x) for x in (folder / "train.jsonl").read_text().splitlines()]
     valid = [json.loads(x) for x in (folder / "valid.jsonl").read_text().splitlines()]
     assert (len(train), len(valid)) == (18, 2) and (folder / "test.jsonl").read_text() == ""
     assert train[0] == {"prompt": "q0", "completion": "a0"}
     meta = json.loads((folder / "dataset.json").read_text())
-    assert meta["original"] == {"name": "My Data.csv", "path": str(path.resolve()), "size_bytes": path.stat().st_size,
-                                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert meta["original"] == {
+        "name": "My Data.csv",
+        "path": str(path.resolve()),
+        "size_bytes": path.stat().st_size,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
     assert meta["report"]["splits"] == {"train": 18, "valid": 2, "test": 0}
     assert (path.read_bytes(), path.stat().st_mtime_ns) == before  # the original is untouched
     assert not [p for p in (lathe_home / "datasets").iterdir() if p.name.startswith(".")]
@@ -167,9 +211,13 @@ def test_failed_import_leaves_nothing_behind(tmp_path, lathe_home):
 
 
 def test_import_with_a_model_leaves_out_zero_trained_examples(tmp_path, stories_path):
-    long_prompt = {"messages": [{"role": "user", "content": "w " * 400}, {"role": "assistant", "content": "x"}]}
+    long_prompt = {
+        "messages": [{"role": "user", "content": "w " * 400}, {"role": "assistant", "content": "x"}]
+    }
     path = write_jsonl(tmp_path / "d.jsonl", [chat(i) for i in range(5)] + [long_prompt])
-    report = import_dataset(path, Options(valid_fraction=0), tokens=TokenSettings(stories_path, max_seq_length=64))
+    report = import_dataset(
+        path, Options(valid_fraction=0), tokens=TokenSettings(stories_path, max_seq_length=64)
+    )
     lines = Path(report.dataset_path, "train.jsonl").read_text().splitlines()
     assert len(lines) == 5 and report.tokens.zero_trained == 1
 

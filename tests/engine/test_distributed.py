@@ -23,9 +23,25 @@ pytestmark = pytest.mark.skipif(not Path(LAUNCH).exists(), reason="mlx.launch is
 
 
 def _train_args(model: Path, data: Path, iters: int) -> list[str]:
-    return ["--model", str(model), "--data", str(data), "--iters", str(iters), "--batch-size", "4",
-            "--steps-per-report", "1", "--steps-per-eval", "5", "--save-every", "5", "--learning-rate", "2e-3",
-            "--events"]
+    return [
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--iters",
+        str(iters),
+        "--batch-size",
+        "4",
+        "--steps-per-report",
+        "1",
+        "--steps-per-eval",
+        "5",
+        "--save-every",
+        "5",
+        "--learning-rate",
+        "2e-3",
+        "--events",
+    ]
 
 
 def _events(stdout: str) -> list[dict]:
@@ -36,8 +52,13 @@ def _env(home: Path) -> dict:
     """Environment of a launched run: its own workspace and its own temp folder (rank scratch)."""
     (home / "tmp").mkdir(parents=True, exist_ok=True)
     # Two ranks share this machine's cores: one BLAS thread each, or they fight over them.
-    env = dict(os.environ, LATHE_HOME=str(home), PYTHONUNBUFFERED="1", TMPDIR=str(home / "tmp"),
-               OPENBLAS_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        LATHE_HOME=str(home),
+        PYTHONUNBUFFERED="1",
+        TMPDIR=str(home / "tmp"),
+        OPENBLAS_NUM_THREADS="1",
+    )
     env.pop("MLX_RANK", None)
     return env
 
@@ -47,18 +68,50 @@ def test_two_ranks_match_one_process_and_write_one_run_folder(tiny_chat_model, t
     args = _train_args(tiny_chat_model, data, iters=10)
 
     single_home, multi_home = tmp_path / "single", tmp_path / "multi"
-    one = subprocess.run([sys.executable, "-m", "engine", "train", *args], cwd=ROOT, env=_env(single_home),
-                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+    one = subprocess.run(
+        [sys.executable, "-m", "engine", "train", *args],
+        cwd=ROOT,
+        env=_env(single_home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([LAUNCH, "--hosts", "127.0.0.1", "-n", "2", "--backend", "ring", "--starting-port", "35311",
-                          "--", sys.executable, "-m", "engine", "train", *args],
-                         cwd=ROOT, env=_env(multi_home), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                         timeout=240)
+    two = subprocess.run(
+        [
+            LAUNCH,
+            "--hosts",
+            "127.0.0.1",
+            "-n",
+            "2",
+            "--backend",
+            "ring",
+            "--starting-port",
+            "35311",
+            "--",
+            sys.executable,
+            "-m",
+            "engine",
+            "train",
+            *args,
+        ],
+        cwd=ROOT,
+        env=_env(multi_home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     single, multi = _events(one.stdout), _events(two.stdout)
-    assert multi and multi[-1]["event"] == "finished" and multi[-1]["status"] == "completed", two.stdout[-2000:]
+    assert multi and multi[-1]["event"] == "finished" and multi[-1]["status"] == "completed", (
+        two.stdout[-2000:]
+    )
     assert next(e for e in multi if e["event"] == "started")["config"]["ranks"] == 2
     # Only rank 0 prints events: one started and one finished event in all.
-    assert [e["event"] for e in multi].count("started") == 1 and [e["event"] for e in multi].count("finished") == 1
+    assert [e["event"] for e in multi].count("started") == 1 and [e["event"] for e in multi].count(
+        "finished"
+    ) == 1
     want = {e["step"]: e["train_loss"] for e in single if e["event"] == "progress"}
     got = {e["step"]: e["train_loss"] for e in multi if e["event"] == "progress"}
     assert got.keys() == want.keys()
@@ -71,7 +124,9 @@ def test_two_ranks_match_one_process_and_write_one_run_folder(tiny_chat_model, t
     assert abs(val_one[0] - val_two[0]) < 1e-5
     assert max(abs(a - b) for a, b in zip(val_one, val_two)) < 5e-3, (val_one, val_two)
     assert len(list((multi_home / "runs").iterdir())) == 1
-    assert not list((multi_home / "tmp").glob("lathe-rank1-*"))  # rank 1's scratch folder is removed
+    assert not list(
+        (multi_home / "tmp").glob("lathe-rank1-*")
+    )  # rank 1's scratch folder is removed
 
 
 def _rank_pids(rank: int) -> list[int]:
@@ -89,14 +144,37 @@ def _rank_pids(rank: int) -> list[int]:
     return pids
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds rank processes through /proc")
+@pytest.mark.skipif(
+    not Path("/proc/self/environ").exists(), reason="finds rank processes through /proc"
+)
 def test_a_killed_rank_ends_the_run_with_a_clear_error(tiny_chat_model, tmp_path):
     data = variable_chat_data(tmp_path / "chat.jsonl", n=40)
     args = _train_args(tiny_chat_model, data, iters=100000)
-    launcher = subprocess.Popen([LAUNCH, "--hosts", "127.0.0.1", "-n", "2", "--backend", "ring",
-                                 "--starting-port", "35411", "--", sys.executable, "-m", "engine", "train", *args],
-                                cwd=ROOT, env=_env(tmp_path / "home"), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    launcher = subprocess.Popen(
+        [
+            LAUNCH,
+            "--hosts",
+            "127.0.0.1",
+            "-n",
+            "2",
+            "--backend",
+            "ring",
+            "--starting-port",
+            "35411",
+            "--",
+            sys.executable,
+            "-m",
+            "engine",
+            "train",
+            *args,
+        ],
+        cwd=ROOT,
+        env=_env(tmp_path / "home"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         seen = []
         for line in launcher.stdout:
@@ -124,11 +202,16 @@ def test_a_killed_rank_ends_the_run_with_a_clear_error(tiny_chat_model, tmp_path
 
 
 def test_hosts_file_becomes_the_launchers_host_file(tmp_path):
-    (tmp_path / "hosts.yaml").write_text("- mac-studio.local\n- ssh: me@macbook.local\n  ips: [10.0.0.2]\n")
+    (tmp_path / "hosts.yaml").write_text(
+        "- mac-studio.local\n- ssh: me@macbook.local\n  ips: [10.0.0.2]\n"
+    )
     hosts = read_hosts(tmp_path / "hosts.yaml")
     assert hosts == [Host("mac-studio.local", []), Host("me@macbook.local", ["10.0.0.2"])]
     out = json.loads(write_hostfile(hosts, tmp_path / "h.json").read_text())
-    assert out == [{"ssh": "mac-studio.local", "ips": []}, {"ssh": "me@macbook.local", "ips": ["10.0.0.2"]}]
+    assert out == [
+        {"ssh": "mac-studio.local", "ips": []},
+        {"ssh": "me@macbook.local", "ips": ["10.0.0.2"]},
+    ]
     (tmp_path / "bad.yaml").write_text("hosts: 3\n")
     with pytest.raises(Exception, match="lists no hosts"):
         read_hosts(tmp_path / "bad.yaml")
@@ -153,12 +236,31 @@ def test_a_run_bundle_trains_unchanged_from_anywhere(stories_path, tmp_path, lat
     bundle = make_bundle(tmp_path / "run.yaml", tmp_path / "elsewhere" / "bundle")
     assert bundle.model == "model" and (bundle.path / "model" / "model.safetensors").exists()
     assert bundle.examples["train"] + bundle.examples["valid"] == 20
-    assert hub_repo_of("mlx-community/Qwen2.5-0.5B-Instruct-4bit") == "mlx-community/Qwen2.5-0.5B-Instruct-4bit"
-    assert hub_repo_of("/x/hub/models--mlx-community--Qwen2.5-0.5B/snapshots/abc") == "mlx-community/Qwen2.5-0.5B"
+    assert (
+        hub_repo_of("mlx-community/Qwen2.5-0.5B-Instruct-4bit")
+        == "mlx-community/Qwen2.5-0.5B-Instruct-4bit"
+    )
+    assert (
+        hub_repo_of("/x/hub/models--mlx-community--Qwen2.5-0.5B/snapshots/abc")
+        == "mlx-community/Qwen2.5-0.5B"
+    )
     # Run from an unrelated working directory: the bundle's relative paths still resolve.
-    out = subprocess.run([sys.executable, "-m", "engine", "train", "--config", str(bundle.path / "config.yaml"),
-                          "--events"], cwd=tmp_path, env=dict(os.environ, LATHE_HOME=str(lathe_home),
-                                                              PYTHONPATH=str(ROOT)),
-                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "train",
+            "--config",
+            str(bundle.path / "config.yaml"),
+            "--events",
+        ],
+        cwd=tmp_path,
+        env=dict(os.environ, LATHE_HOME=str(lathe_home), PYTHONPATH=str(ROOT)),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr
     assert _events(out.stdout)[-1]["status"] == "completed"

@@ -31,10 +31,14 @@ def tuned_run(stories_path, tmp_path_factory):
         write_jsonl(data / "train.jsonl", rows * 6)
         write_jsonl(data / "valid.jsonl", rows)
         write_jsonl(data / "test.jsonl", rows)
-        heldout = write_jsonl(tmp_path_factory.mktemp("heldout") / "heldout.jsonl",
-                              [{"prompt": q, "completion": a} for q, a in FACTS])
+        heldout = write_jsonl(
+            tmp_path_factory.mktemp("heldout") / "heldout.jsonl",
+            [{"prompt": q, "completion": a} for q, a in FACTS],
+        )
         # 2e-4: at higher rates this run is chaotic (two BLAS libraries end in different places).
-        cfg = make_config(stories_path, data, iters=200, learning_rate=2e-4, steps_per_eval=100, save_every=100)
+        cfg = make_config(
+            stories_path, data, iters=200, learning_rate=2e-4, steps_per_eval=100, save_every=100
+        )
         cfg.lora.rank = 16
         cfg.training.golden_prompts = list(GOLDEN)
         cfg.training.golden_max_tokens = 16
@@ -63,8 +67,14 @@ def evaluated(tuned_run):
 
     run_dir, _, heldout = tuned_run
     seen = []
-    results = evaluate_run(str(run_dir), prompts=heldout, metrics=["exact", "contains", "length"],
-                           max_tokens=24, stop=["\n"], progress=seen.append)
+    results = evaluate_run(
+        str(run_dir),
+        prompts=heldout,
+        metrics=["exact", "contains", "length"],
+        max_tokens=24,
+        stop=["\n"],
+        progress=seen.append,
+    )
     return results, seen
 
 
@@ -175,8 +185,11 @@ def test_report_is_one_self_contained_file_with_both_sides(evaluated, tuned_run,
     base_words = first["base"]["output"].split()[:3]
     assert all(html.escape(w) in text for w in base_words)
     assert "Golden prompts over training" in text and "fine_tune_type" in text  # timeline, config
-    assert "<script" not in text and "src=" not in text and "http://" not in text.replace(
-        "http://www.w3.org/2000/svg", "")
+    assert (
+        "<script" not in text
+        and "src=" not in text
+        and "http://" not in text.replace("http://www.w3.org/2000/svg", "")
+    )
 
 
 def test_cli_run_best_and_report(tuned_run, capsys, monkeypatch):
@@ -184,26 +197,51 @@ def test_cli_run_best_and_report(tuned_run, capsys, monkeypatch):
 
     run_dir, _, heldout = tuned_run
     monkeypatch.setenv("LATHE_HOME", str(run_dir.parent.parent))
-    assert main(["eval", "run", f"{run_dir.name}:200", "--prompts", str(heldout), "--metric", "exact",
-                 "--metric", "regex:^The ", "--max-tokens", "24", "--stop", "\\n", "--no-loss", "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "run",
+                f"{run_dir.name}:200",
+                "--prompts",
+                str(heldout),
+                "--metric",
+                "exact",
+                "--metric",
+                "regex:^The ",
+                "--max-tokens",
+                "24",
+                "--stop",
+                "\\n",
+                "--no-loss",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["adapter"]["step"] == 200 and out["loss"] is None
     assert [m["spec"] for m in out["metrics"]] == ["exact", "regex:^The "]
-    assert out["settings"]["stop"] == ["\n"] and out["metrics"][0]["tuned"] > out["metrics"][0]["base"]
+    assert (
+        out["settings"]["stop"] == ["\n"] and out["metrics"][0]["tuned"] > out["metrics"][0]["base"]
+    )
     assert main(["eval", "best", run_dir.name, "--by", "val_loss"]) == 0
     assert "Use it as" in capsys.readouterr().out
     assert main(["eval", "report", run_dir.name, "--json"]) == 0
     assert Path(json.loads(capsys.readouterr().out)["path"]) == run_dir / "report.html"
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["eval", "run", "RUNID:99", "--metric", "exact"], "checkpoint at step 99"),
-    (["eval", "run", "RUNID", "--metric", "bogus"], "Unknown metric"),
-    (["eval", "run", "RUNID", "--metric", "regex:("], "not a valid regular expression"),
-    (["eval", "run", "RUNID", "--metric", "schema:/nope/s.json"], "does not exist"),
-    (["eval", "best", "RUNID", "--by", "length"], "no better direction"),
-    (["eval", "run", "no-such-run"], "No run or adapter folder"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["eval", "run", "RUNID:99", "--metric", "exact"], "checkpoint at step 99"),
+        (["eval", "run", "RUNID", "--metric", "bogus"], "Unknown metric"),
+        (["eval", "run", "RUNID", "--metric", "regex:("], "not a valid regular expression"),
+        (["eval", "run", "RUNID", "--metric", "schema:/nope/s.json"], "does not exist"),
+        (["eval", "best", "RUNID", "--by", "length"], "no better direction"),
+        (["eval", "run", "no-such-run"], "No run or adapter folder"),
+    ],
+)
 def test_cli_errors_are_one_sentence(tuned_run, capsys, monkeypatch, argv, words):
     from engine.cli import main
 

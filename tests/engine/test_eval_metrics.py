@@ -48,19 +48,22 @@ def test_schema_metric_passes_answers_that_match(schema_metric):
         assert score.value == 1.0, (answer, score.detail)
 
 
-@pytest.mark.parametrize("answer, why", [
-    ('{"intent": "refund"}', "missing the required key 'amount'"),
-    ('{"intent": "chat", "amount": 1}', "must be one of"),
-    ('{"intent": "refund", "amount": -3}', "less than the minimum"),
-    ('{"intent": "refund", "amount": "12"}', "expected number, got string"),
-    ('{"intent": "refund", "amount": 1, "currency": "euro"}', "does not match the pattern"),
-    ('{"intent": "refund", "amount": 1, "note": ""}', "shorter than 1"),
-    ('{"intent": "refund", "amount": 1, "tags": ["a", 2]}', "$.tags[1]: expected string"),
-    ('{"intent": "refund", "amount": 1, "extra": true}', "'extra' is not allowed"),
-    ('[{"intent": "refund", "amount": 1}]', "expected object, got array"),
-    ('Sure! {"intent": "refund", "amount": 1}', "not JSON"),
-    ("", "empty answer"),
-])
+@pytest.mark.parametrize(
+    "answer, why",
+    [
+        ('{"intent": "refund"}', "missing the required key 'amount'"),
+        ('{"intent": "chat", "amount": 1}', "must be one of"),
+        ('{"intent": "refund", "amount": -3}', "less than the minimum"),
+        ('{"intent": "refund", "amount": "12"}', "expected number, got string"),
+        ('{"intent": "refund", "amount": 1, "currency": "euro"}', "does not match the pattern"),
+        ('{"intent": "refund", "amount": 1, "note": ""}', "shorter than 1"),
+        ('{"intent": "refund", "amount": 1, "tags": ["a", 2]}', "$.tags[1]: expected string"),
+        ('{"intent": "refund", "amount": 1, "extra": true}', "'extra' is not allowed"),
+        ('[{"intent": "refund", "amount": 1}]', "expected object, got array"),
+        ('Sure! {"intent": "refund", "amount": 1}', "not JSON"),
+        ("", "empty answer"),
+    ],
+)
 def test_schema_metric_fails_answers_that_do_not_match_and_says_why(schema_metric, answer, why):
     score = schema_metric.score(answer, None)
     assert score.value == 0.0
@@ -79,7 +82,9 @@ def test_schema_checker_edge_cases():
 
 def test_schemas_with_keywords_lathe_cannot_check_are_refused(tmp_path):
     path = tmp_path / "s.json"
-    path.write_text(json.dumps({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}]}}}))
+    path.write_text(
+        json.dumps({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}]}}})
+    )
     with pytest.raises(SchemaError, match="anyOf"):
         load_schema(path)
     path.write_text("{not json")
@@ -94,7 +99,10 @@ def test_exact_contains_regex_json_and_length():
     assert contains.score("Well, the SKY is blue. Yes.", "The sky is blue.").value == 1.0
     assert exact.score("anything", None) is None  # no reference: not judged
     regex = parse_metric(r"regex:^\d{3}-\d{4}$")
-    assert regex.score("555-1234", None).value == 1.0 and regex.score("call 555-1234", None).value == 0.0
+    assert (
+        regex.score("555-1234", None).value == 1.0
+        and regex.score("call 555-1234", None).value == 0.0
+    )
     js = parse_metric("json")
     assert js.score('{"a": [1, 2]}', None).value == 1.0
     assert js.score("{'a': 1}", None).value == 0.0
@@ -113,7 +121,9 @@ def test_word_diff_marks_only_what_changed():
     assert [t.strip() for k, t in left if k == "delete"] == ["green"]
     assert [t.strip() for k, t in right if k == "insert"] == ["blue"]
     left, right = diff_spans("One day, a girl", "Cats say meow.")
-    assert left == [("delete", "One day, a girl")] and right == [("insert", "Cats say meow.")]  # one piece
+    assert left == [("delete", "One day, a girl")] and right == [
+        ("insert", "Cats say meow.")
+    ]  # one piece
     left, right = diff_spans("The sky is green today", "The sky is blue today")
     assert "".join(t for _, t in left) == "The sky is green today"
     assert "".join(t for _, t in right) == "The sky is blue today"

@@ -13,15 +13,22 @@ from tests.engine.test_export_support import make_run, quantized_copy
 
 @pytest.fixture(scope="module")
 def stories_run(tmp_path_factory, stories_path):
-    return make_run(stories_path, tmp_path_factory.mktemp("runs"), "stories", template=DEFAULT_CHAT_TEMPLATE,
-                    checkpoint_steps=(10,))
+    return make_run(
+        stories_path,
+        tmp_path_factory.mktemp("runs"),
+        "stories",
+        template=DEFAULT_CHAT_TEMPLATE,
+        checkpoint_steps=(10,),
+    )
 
 
 @pytest.fixture(scope="module")
 def quantized_chat_run(tmp_path_factory, tiny_chat_model):
     root = tmp_path_factory.mktemp("q")
     base = quantized_copy(tiny_chat_model, root / "tiny-chat-4bit", bits=4, group_size=32)
-    return make_run(base, root / "runs", "tiny-q", template=CHATML_TEMPLATE, num_layers=2, scale=10.0)
+    return make_run(
+        base, root / "runs", "tiny-q", template=CHATML_TEMPLATE, num_layers=2, scale=10.0
+    )
 
 
 def _greedy(path, prompt="Once upon a time", n=8, adapter=None):
@@ -32,7 +39,9 @@ def _greedy(path, prompt="Once upon a time", n=8, adapter=None):
     return generate(model, tok, prompt, max_tokens=n, sampler=make_sampler(temp=0.0))
 
 
-def test_dequantized_fuse_of_stories_agrees_token_for_token_and_loads(stories_run, stories_path, tmp_path):
+def test_dequantized_fuse_of_stories_agrees_token_for_token_and_loads(
+    stories_run, stories_path, tmp_path
+):
     seen = []
     result = fuse(str(stories_run), tmp_path / "fused", dequantize=True, progress=seen.append)
     rt = result.round_trip
@@ -62,7 +71,9 @@ def test_checkpoint_step_is_fused_into_its_own_folder(stories_run):
     assert "stories:10" in err.value.hint
 
 
-def test_quantized_base_keeps_its_quantization_and_reports_the_round_trip(quantized_chat_run, tmp_path):
+def test_quantized_base_keeps_its_quantization_and_reports_the_round_trip(
+    quantized_chat_run, tmp_path
+):
     from mlx_lm import load
 
     kept = fuse(str(quantized_chat_run), tmp_path / "kept")
@@ -105,9 +116,25 @@ def test_existing_output_is_refused_without_force(stories_run, tmp_path):
 def test_cli_fuse_json_and_errors(stories_run, tmp_path, capsys):
     from engine.cli import main
 
-    assert main(["export", "fuse", str(stories_run), "--dequantize", "--out", str(tmp_path / "f"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "fuse",
+                str(stories_run),
+                "--dequantize",
+                "--out",
+                str(tmp_path / "f"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["round_trip"]["all_agree"] and data["dequantized"]
     assert main(["export", "fuse", "no-such-run"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("lathe-engine: 'no-such-run' is neither a run") and len(err.splitlines()) == 1
+    assert (
+        err.startswith("lathe-engine: 'no-such-run' is neither a run")
+        and len(err.splitlines()) == 1
+    )

@@ -13,7 +13,9 @@ from tests.engine.test_export_support import make_run
 
 @pytest.fixture(scope="module")
 def stories_run(tmp_path_factory, stories_path):
-    return make_run(stories_path, tmp_path_factory.mktemp("runs"), "stories-g", template=DEFAULT_CHAT_TEMPLATE)
+    return make_run(
+        stories_path, tmp_path_factory.mktemp("runs"), "stories-g", template=DEFAULT_CHAT_TEMPLATE
+    )
 
 
 def test_stories_gguf_is_written_and_reads_back(stories_run, stories_path, tmp_path):
@@ -48,7 +50,9 @@ def test_stories_gguf_is_written_and_reads_back(stories_run, stories_path, tmp_p
     want = np.array(weights["model.layers.4.self_attn.v_proj.weight"].astype(mx.float16))
     assert np.array_equal(info.read("blk.4.attn_v.weight"), want)
     base = mx.load(str(stories_path / "model.safetensors"))
-    assert not np.array_equal(want, np.array(base["model.layers.4.self_attn.v_proj.weight"].astype(mx.float16)))
+    assert not np.array_equal(
+        want, np.array(base["model.layers.4.self_attn.v_proj.weight"].astype(mx.float16))
+    )
 
 
 def test_fused_mlx_folder_exports_as_f32(stories_run, tmp_path):
@@ -58,7 +62,9 @@ def test_fused_mlx_folder_exports_as_f32(stories_run, tmp_path):
     result = export_gguf(str(fused.path), tmp_path / "f32.gguf", dtype="f32")
     info = read_gguf(result.path)
     assert {t.type for t in info.tensors} == {"F32"} and info.metadata["general.file_type"] == 0
-    assert info.metadata["tokenizer.chat_template"] == DEFAULT_CHAT_TEMPLATE  # carried by the fused folder
+    assert (
+        info.metadata["tokenizer.chat_template"] == DEFAULT_CHAT_TEMPLATE
+    )  # carried by the fused folder
 
 
 def test_unsupported_models_name_what_is_supported(tiny_qwen_model, tiny_chat_model, tmp_path):

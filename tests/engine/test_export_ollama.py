@@ -73,8 +73,16 @@ def test_llama3_modelfile():
     ("template", "name", "stop"),
     [
         (DEFAULT_CHAT_TEMPLATE, "lathe-default", "### Question:"),
-        ("{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}", "mistral-inst", "[INST]"),
-        ("{% for m in messages %}<start_of_turn>{{ m['role'] }}{% endfor %}", "gemma", "<end_of_turn>"),
+        (
+            "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}",
+            "mistral-inst",
+            "[INST]",
+        ),
+        (
+            "{% for m in messages %}<start_of_turn>{{ m['role'] }}{% endfor %}",
+            "gemma",
+            "<end_of_turn>",
+        ),
         ("{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}", "phi3", "<|end|>"),
     ],
 )
@@ -84,7 +92,9 @@ def test_other_templates_are_detected(template, name, stop):
 
 
 def test_unknown_template_leaves_the_gguf_template_in_charge():
-    text, style = modelfile("model.gguf", "{% for m in messages %}<<{{ m.role }}>>{% endfor %}", eos_token="</s>")
+    text, style = modelfile(
+        "model.gguf", "{% for m in messages %}<<{{ m.role }}>>{% endfor %}", eos_token="</s>"
+    )
     assert style.name == "unknown" and "TEMPLATE" not in parse_modelfile(text)
     assert stops(parse_modelfile(text)) == ["</s>"]
 

@@ -12,8 +12,16 @@ import shutil
 from pathlib import Path
 
 
-def make_adapter(model_path: Path, out: Path, *, num_layers: int = 2, rank: int = 4, scale: float = 10.0,
-                 seed: int = 0, std: float = 0.05) -> Path:
+def make_adapter(
+    model_path: Path,
+    out: Path,
+    *,
+    num_layers: int = 2,
+    rank: int = 4,
+    scale: float = 10.0,
+    seed: int = 0,
+    std: float = 0.05,
+) -> Path:
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.tuner.utils import linear_to_lora_layers
@@ -31,14 +39,26 @@ def make_adapter(model_path: Path, out: Path, *, num_layers: int = 2, rank: int 
     assert weights and all(k.endswith(("lora_a", "lora_b")) for k in weights)
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "adapters.safetensors"), weights)
-    config = {"model": str(model_path), "fine_tune_type": "lora", "num_layers": num_layers,
-              "lora_parameters": params}
+    config = {
+        "model": str(model_path),
+        "fine_tune_type": "lora",
+        "num_layers": num_layers,
+        "lora_parameters": params,
+    }
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return out
 
 
-def make_run(model_path: Path, runs_dir: Path, name: str = "run-1", *, template: str | None = None,
-             checkpoint_steps: tuple[int, ...] = (), dataset: Path | None = None, **adapter_kwargs) -> Path:
+def make_run(
+    model_path: Path,
+    runs_dir: Path,
+    name: str = "run-1",
+    *,
+    template: str | None = None,
+    checkpoint_steps: tuple[int, ...] = (),
+    dataset: Path | None = None,
+    **adapter_kwargs,
+) -> Path:
     """A run folder as docs/CONTRACTS.md lays it out, with a finished adapter and events."""
     from engine.config import RunConfig
 
@@ -56,20 +76,47 @@ def make_run(model_path: Path, runs_dir: Path, name: str = "run-1", *, template:
     make_adapter(model_path, run / "adapters", **adapter_kwargs)
     for step in checkpoint_steps:
         ckpt = run / "checkpoints" / f"{step:07d}"
-        make_adapter(model_path, ckpt, seed=step, **{k: v for k, v in adapter_kwargs.items() if k != "seed"})
+        make_adapter(
+            model_path, ckpt, seed=step, **{k: v for k, v in adapter_kwargs.items() if k != "seed"}
+        )
     if template is not None:
         (run / "chat_template.jinja").write_text(template)
     events = [
         {"event": "started", "time": 1.0, "run_id": name, "config": {}, "total_steps": 30},
-        {"event": "progress", "time": 2.0, "step": 30, "total": 30, "train_loss": 1.25, "learning_rate": 1e-4,
-         "tokens_per_second": 900.0, "trained_tokens": 12345, "peak_memory_gb": 0.1, "eta_seconds": 0},
+        {
+            "event": "progress",
+            "time": 2.0,
+            "step": 30,
+            "total": 30,
+            "train_loss": 1.25,
+            "learning_rate": 1e-4,
+            "tokens_per_second": 900.0,
+            "trained_tokens": 12345,
+            "peak_memory_gb": 0.1,
+            "eta_seconds": 0,
+        },
         {"event": "eval", "time": 3.0, "step": 30, "val_loss": 1.5},
-        {"event": "finished", "time": 4.0, "status": "completed", "adapter_path": str(run / "adapters"),
-         "summary": {"test_loss": 1.75}},
+        {
+            "event": "finished",
+            "time": 4.0,
+            "status": "completed",
+            "adapter_path": str(run / "adapters"),
+            "summary": {"test_loss": 1.75},
+        },
     ]
     (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    (run / "status.json").write_text(json.dumps({"state": "completed", "reason": "", "pid": None, "step": 30,
-                                                 "total_steps": 30, "updated": 4.0}))
+    (run / "status.json").write_text(
+        json.dumps(
+            {
+                "state": "completed",
+                "reason": "",
+                "pid": None,
+                "step": 30,
+                "total_steps": 30,
+                "updated": 4.0,
+            }
+        )
+    )
     return run
 
 

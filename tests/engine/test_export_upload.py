@@ -32,7 +32,13 @@ def hub(monkeypatch):
 
         files = sorted(p.name for p in Path(folder_path).iterdir())
         readme = (Path(folder_path) / "README.md").read_text()
-        calls.append(("upload_folder", repo_id, {"files": files, "readme": readme, "token": self.token, **kwargs}))
+        calls.append(
+            (
+                "upload_folder",
+                repo_id,
+                {"files": files, "readme": readme, "token": self.token, **kwargs},
+            )
+        )
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
@@ -51,13 +57,23 @@ def test_run_facts_and_card_come_from_the_run_folder(run):
     card = model_card(resolve_adapter(str(run)), kind="adapter", repo_id="me/story-lora")
     assert card.startswith("---\n") and "library_name: mlx" in card
     assert "base_model:" not in card  # a local base folder is no Hub id
-    for text in ("# me/story-lora", "| train examples | 3 |", "| lora rank | 4 |", "| final val loss | 1.5 |",
-                 "| test loss | 1.75 |", "| run status | completed |", "--adapter-path me/story-lora"):
+    for text in (
+        "# me/story-lora",
+        "| train examples | 3 |",
+        "| lora rank | 4 |",
+        "| final val loss | 1.5 |",
+        "| test loss | 1.75 |",
+        "| run status | completed |",
+        "--adapter-path me/story-lora",
+    ):
         assert text in card
 
 
 def test_hub_ids_are_recognised():
-    assert hub_repo_id("mlx-community/Qwen2.5-0.5B-Instruct-4bit") == "mlx-community/Qwen2.5-0.5B-Instruct-4bit"
+    assert (
+        hub_repo_id("mlx-community/Qwen2.5-0.5B-Instruct-4bit")
+        == "mlx-community/Qwen2.5-0.5B-Instruct-4bit"
+    )
     assert hub_repo_id("/Users/me/models/x") is None and hub_repo_id("plain") is None
 
 
@@ -66,10 +82,23 @@ def test_upload_adapter_creates_a_private_repo_and_sends_the_card(run, hub):
     result = upload(str(run), "me/story-lora", what="adapter", progress=seen.append)
     assert result.private and result.url == "https://huggingface.co/me/story-lora"
     (create, repo_id, kwargs), (up, up_repo, up_kwargs) = hub
-    assert (create, repo_id, kwargs["private"], kwargs["exist_ok"]) == ("create_repo", "me/story-lora", True, True)
+    assert (create, repo_id, kwargs["private"], kwargs["exist_ok"]) == (
+        "create_repo",
+        "me/story-lora",
+        True,
+        True,
+    )
     assert (up, up_repo) == ("upload_folder", "me/story-lora")
-    assert up_kwargs["files"] == ["README.md", "adapter_config.json", "adapters.safetensors", "chat_template.jinja"]
-    assert "| final train loss | 1.25 |" in up_kwargs["readme"] and up_kwargs["token"] == "hf_test_token"
+    assert up_kwargs["files"] == [
+        "README.md",
+        "adapter_config.json",
+        "adapters.safetensors",
+        "chat_template.jinja",
+    ]
+    assert (
+        "| final train loss | 1.25 |" in up_kwargs["readme"]
+        and up_kwargs["token"] == "hf_test_token"
+    )
     assert seen[-1].stage == "done"
 
 
@@ -91,5 +120,8 @@ def test_hub_failure_is_one_sentence(run, hub, monkeypatch):
         raise RuntimeError("403 Forbidden: you cannot write here\ndetails...")
 
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", refuse)
-    with pytest.raises(ExportError, match=r"upload to me/x failed: 403 Forbidden: you cannot write here\. Check your connection"):
+    with pytest.raises(
+        ExportError,
+        match=r"upload to me/x failed: 403 Forbidden: you cannot write here\. Check your connection",
+    ):
         upload(str(run), "me/x", what="adapter")

@@ -24,8 +24,11 @@ from tests.engine.test_train import make_config, variable_chat_data
 
 def config_for(model: Path, tmp_path: Path, **training):
     data = variable_chat_data(tmp_path / "chat.jsonl", n=24)
-    cfg = make_config(model, data, **{"iters": 20, "save_every": 5, "steps_per_report": 1,
-                                      "steps_per_eval": 1000, **training})
+    cfg = make_config(
+        model,
+        data,
+        **{"iters": 20, "save_every": 5, "steps_per_report": 1, "steps_per_eval": 1000, **training},
+    )
     cfg.data.max_seq_length = 64
     return cfg
 
@@ -50,7 +53,9 @@ def assert_nothing_half_written(run_dir: Path) -> None:
 
     for path in run_dir.rglob("*"):
         rel = path.relative_to(run_dir)
-        assert not any(part.startswith((".tmp-", ".old-")) for part in rel.parts), f"left behind: {rel}"
+        assert not any(part.startswith((".tmp-", ".old-")) for part in rel.parts), (
+            f"left behind: {rel}"
+        )
         if not path.is_file():
             continue
         assert not is_temp_name(path.name), f"temporary file left behind: {rel}"
@@ -92,7 +97,9 @@ def test_disk_full_while_writing_a_checkpoint_stops_cleanly(tiny_chat_model, tmp
                 real_save(path, arrays, *args, **kwargs)
                 with open(path, "r+b") as fh:
                     fh.truncate(os.path.getsize(path) // 2)
-                raise RuntimeError(f"[write] Unable to write {os.path.getsize(path)} bytes to file.")
+                raise RuntimeError(
+                    f"[write] Unable to write {os.path.getsize(path)} bytes to file."
+                )
         return real_save(path, arrays, *args, **kwargs)
 
     real_usage = shutil.disk_usage
@@ -112,8 +119,9 @@ def test_disk_full_while_writing_a_checkpoint_stops_cleanly(tiny_chat_model, tmp
     assert info.checkpoints == [5, 10]
     assert_nothing_half_written(run_dir)
     # The run's adapter is still the one of the last good checkpoint.
-    assert (run_dir / "adapters" / "adapters.safetensors").read_bytes() == \
-        (run_dir / "checkpoints" / "0000010" / "adapters.safetensors").read_bytes()
+    assert (run_dir / "adapters" / "adapters.safetensors").read_bytes() == (
+        run_dir / "checkpoints" / "0000010" / "adapters.safetensors"
+    ).read_bytes()
 
     # With space again, the run resumes from step 10 and finishes.
     monkeypatch.setattr(mx, "save_safetensors", real_save)
@@ -122,7 +130,9 @@ def test_disk_full_while_writing_a_checkpoint_stops_cleanly(tiny_chat_model, tmp
     assert_nothing_half_written(run_dir)
 
 
-def test_disk_full_while_writing_events_ends_the_run_with_a_final_status(tiny_chat_model, tmp_path, monkeypatch):
+def test_disk_full_while_writing_events_ends_the_run_with_a_final_status(
+    tiny_chat_model, tmp_path, monkeypatch
+):
     """events.jsonl hits ENOSPC halfway through a line: the torn part is cut off, the app still gets
     the error and the finished event, status.json says failed, the last checkpoint is intact."""
     cfg = config_for(tiny_chat_model, tmp_path)
@@ -189,8 +199,11 @@ def poisoned_optimizers(monkeypatch, poison_attempts: int, from_step: int = 6):
         if len(built) > poison_attempts:
             return real(config)
         lr = config.training.learning_rate
-        return optim.Adam(learning_rate=lambda step: mx.where(step >= from_step, mx.array(float("nan")),
-                                                              mx.array(lr)))
+        return optim.Adam(
+            learning_rate=lambda step: mx.where(
+                step >= from_step, mx.array(float("nan")), mx.array(lr)
+            )
+        )
 
     monkeypatch.setattr(train_mod, "build_optimizer", build)
     return built
@@ -207,7 +220,9 @@ def test_nan_loss_without_retry_stops_and_says_how_to_retry(tiny_chat_model, tmp
     finite_adapter(run_dir / "adapters")
 
 
-def test_nan_loss_rolls_back_and_retries_once_at_half_the_learning_rate(tiny_chat_model, tmp_path, monkeypatch):
+def test_nan_loss_rolls_back_and_retries_once_at_half_the_learning_rate(
+    tiny_chat_model, tmp_path, monkeypatch
+):
     built = poisoned_optimizers(monkeypatch, poison_attempts=1)
     cfg = config_for(tiny_chat_model, tmp_path, nan_retry=True, learning_rate=1e-3)
     status, run_dir, rec = run_logged(cfg)
@@ -230,7 +245,9 @@ def test_nan_loss_rolls_back_and_retries_once_at_half_the_learning_rate(tiny_cha
     finite_adapter(run_dir / "adapters")
 
 
-def test_nan_loss_before_any_checkpoint_rolls_back_to_the_start(tiny_chat_model, tmp_path, monkeypatch):
+def test_nan_loss_before_any_checkpoint_rolls_back_to_the_start(
+    tiny_chat_model, tmp_path, monkeypatch
+):
     poisoned_optimizers(monkeypatch, poison_attempts=1, from_step=2)
     cfg = config_for(tiny_chat_model, tmp_path, nan_retry=True, iters=8, save_every=100)
     status, run_dir, rec = run_logged(cfg)
@@ -240,7 +257,9 @@ def test_nan_loss_before_any_checkpoint_rolls_back_to_the_start(tiny_chat_model,
     finite_adapter(run_dir / "adapters")
 
 
-def test_nan_loss_again_after_the_retry_stops_with_an_explanation(tiny_chat_model, tmp_path, monkeypatch):
+def test_nan_loss_again_after_the_retry_stops_with_an_explanation(
+    tiny_chat_model, tmp_path, monkeypatch
+):
     built = poisoned_optimizers(monkeypatch, poison_attempts=2)
     status, run_dir, rec = run_logged(config_for(tiny_chat_model, tmp_path, nan_retry=True))
     assert status == "failed" and len(built) == 2
@@ -254,12 +273,16 @@ def test_nan_loss_again_after_the_retry_stops_with_an_explanation(tiny_chat_mode
 # -- memory ------------------------------------------------------------------------------------
 
 
-def test_a_tight_run_turns_on_gradient_checkpointing_and_says_so(tiny_chat_model, tmp_path, monkeypatch):
+def test_a_tight_run_turns_on_gradient_checkpointing_and_says_so(
+    tiny_chat_model, tmp_path, monkeypatch
+):
     import engine.models.fit as fit
     from engine.models.info import inspect_model
 
     cfg = config_for(tiny_chat_model, tmp_path, iters=2)
-    peak = fit.estimate(inspect_model(tiny_chat_model), cfg, budget_bytes=1 << 40).training_peak_bytes
+    peak = fit.estimate(
+        inspect_model(tiny_chat_model), cfg, budget_bytes=1 << 40
+    ).training_peak_bytes
     monkeypatch.setattr(fit, "memory_budget", lambda: (int(peak / 0.9), "a small test machine"))
     status, run_dir, rec = run_logged(cfg)
     assert status == "completed"
@@ -272,7 +295,9 @@ def test_a_tight_run_turns_on_gradient_checkpointing_and_says_so(tiny_chat_model
     assert any("Memory will be tight" in e["message"] for e in rec.of("log"))
 
 
-def test_a_run_that_will_not_fit_is_refused_with_the_numbers_unless_forced(tiny_chat_model, tmp_path, monkeypatch):
+def test_a_run_that_will_not_fit_is_refused_with_the_numbers_unless_forced(
+    tiny_chat_model, tmp_path, monkeypatch
+):
     import engine.models.fit as fit
 
     monkeypatch.setattr(fit, "memory_budget", lambda: (64 * 1024, "a 64 KB test machine"))
@@ -298,7 +323,9 @@ def test_train_cli_force_and_nan_retry_flags_set_the_config():
     from engine.cli import build_parser
     from engine.commands.train import build_config
 
-    args = build_parser().parse_args(["train", "--model", "m", "--data", "d", "--force", "--nan-retry"])
+    args = build_parser().parse_args(
+        ["train", "--model", "m", "--data", "d", "--force", "--nan-retry"]
+    )
     cfg = build_config(args, [])
     assert cfg.training.ignore_fit_check and cfg.training.nan_retry
     plain = build_config(build_parser().parse_args(["train", "--model", "m", "--data", "d"]), [])
@@ -321,7 +348,9 @@ def test_memory_limits_come_from_the_machine():
 def test_macos_budget_reads_the_working_set_and_falls_back_to_physical_memory(monkeypatch):
     from engine import memory, platform
 
-    monkeypatch.setattr(memory, "_device_info", lambda: {"max_recommended_working_set_size": 11 * memory.GB})
+    monkeypatch.setattr(
+        memory, "_device_info", lambda: {"max_recommended_working_set_size": 11 * memory.GB}
+    )
     assert memory.machine_budget("darwin") == (11 * memory.GB, "GPU recommended working set")
     monkeypatch.setattr(memory, "_device_info", lambda: {})
     monkeypatch.setattr(platform, "total_memory_bytes", lambda: 16 * memory.GB)
@@ -382,13 +411,17 @@ def test_the_cache_is_freed_after_every_step_on_the_cpu_unless_configured():
         mx.set_cache_limit(before)
 
 
-def test_memory_running_short_frees_the_cache_then_checkpoints_and_stops(tiny_chat_model, tmp_path, monkeypatch):
+def test_memory_running_short_frees_the_cache_then_checkpoints_and_stops(
+    tiny_chat_model, tmp_path, monkeypatch
+):
     from engine import memory
 
     plan = memory.machine_plan()
     pressure = {"on": False, "clears": 0}
     real_active = memory.active_memory
-    monkeypatch.setattr(memory, "active_memory", lambda: plan.stop_bytes + 1 if pressure["on"] else real_active())
+    monkeypatch.setattr(
+        memory, "active_memory", lambda: plan.stop_bytes + 1 if pressure["on"] else real_active()
+    )
 
     def clear():
         pressure["clears"] += 1
@@ -418,7 +451,9 @@ def test_memory_running_short_frees_the_cache_then_checkpoints_and_stops(tiny_ch
     finite_adapter(run_dir / "checkpoints" / "0000007")
 
 
-def test_an_mlx_allocation_failure_ends_the_run_with_a_memory_error(tiny_chat_model, tmp_path, monkeypatch):
+def test_an_mlx_allocation_failure_ends_the_run_with_a_memory_error(
+    tiny_chat_model, tmp_path, monkeypatch
+):
     """MLX raises when an allocation fails; the run ends with a memory error, the checkpoint before
     it intact, instead of a traceback."""
     import mlx.core as mx

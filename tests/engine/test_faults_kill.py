@@ -44,9 +44,13 @@ class Worker:
         self._cond = threading.Condition()
         self._stderr = open(log, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine", "train", *args, "--events"], cwd=ROOT,
+            [sys.executable, "-m", "engine", "train", *args, "--events"],
+            cwd=ROOT,
             env=worker_env(home, LATHE_TEST_SLOW_CHECKPOINT="0.01"),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
         )
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -127,8 +131,11 @@ def assert_consistent(run_dir: Path, seen: list[dict]) -> bool:
         # the kill came between writing a checkpoint and publishing it).
         published = run_dir / "adapters" / "adapters.safetensors"
         if published.exists():
-            assert any(published.read_bytes() == (c / "adapters.safetensors").read_bytes()
-                       for c in (run_dir / "checkpoints").iterdir() if c.name.isdigit())
+            assert any(
+                published.read_bytes() == (c / "adapters.safetensors").read_bytes()
+                for c in (run_dir / "checkpoints").iterdir()
+                if c.name.isdigit()
+            )
         else:  # killed between the first checkpoint and its publication
             assert len(load_run(run_dir).checkpoints) == 1
     return in_checkpoint
@@ -138,8 +145,14 @@ def finish_run(run_dir: Path, home: Path, progress: set[int]) -> None:
     """Resume `run_dir` to completion (unless it completed already) and check the finished folder."""
     if load_run(run_dir).state != "completed":
         before = newest_step(run_dir)
-        proc = subprocess.run([sys.executable, "-m", "engine", "train", "--resume", str(run_dir), "--events"],
-                              cwd=ROOT, env=worker_env(home), capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(
+            [sys.executable, "-m", "engine", "train", "--resume", str(run_dir), "--events"],
+            cwd=ROOT,
+            env=worker_env(home),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert proc.returncode == 0, proc.stderr
         stream = [json.loads(line) for line in proc.stdout.splitlines()]
         assert next(e for e in stream if e["event"] == "started")["resumed_from"] == before
@@ -147,7 +160,11 @@ def finish_run(run_dir: Path, home: Path, progress: set[int]) -> None:
         progress.update(e["step"] for e in stream if e["event"] == "progress")
     info = load_run(run_dir)
     assert info.state == "completed" and info.checkpoints[-1] == ITERS
-    assert not [p for p in run_dir.rglob("*") if p.name.startswith((".tmp-", ".old-")) or is_temp_name(p.name)]
+    assert not [
+        p
+        for p in run_dir.rglob("*")
+        if p.name.startswith((".tmp-", ".old-")) or is_temp_name(p.name)
+    ]
     assert progress == set(range(1, ITERS + 1))  # every step was trained (some twice)
 
 
@@ -159,9 +176,26 @@ def run_chain(index: int, model: Path, data: Path, home: Path, logs: Path) -> di
     for trial, kind in enumerate(CHAIN):
         if run_dir is None:
             outcome["runs"] += 1
-            args = ["--model", str(model), "--data", str(data), "--name", f"chain-{index}-{outcome['runs']}",
-                    "--iters", str(ITERS), "--save-every", str(SAVE_EVERY), "--steps-per-report", "1",
-                    "--steps-per-eval", "1000", "--batch-size", "2", "--max-seq-length", "48"]
+            args = [
+                "--model",
+                str(model),
+                "--data",
+                str(data),
+                "--name",
+                f"chain-{index}-{outcome['runs']}",
+                "--iters",
+                str(ITERS),
+                "--save-every",
+                str(SAVE_EVERY),
+                "--steps-per-report",
+                "1",
+                "--steps-per-eval",
+                "1000",
+                "--batch-size",
+                "2",
+                "--max-seq-length",
+                "48",
+            ]
         else:
             args = ["--resume", str(run_dir)]
         before = newest_step(run_dir) if run_dir else None
@@ -203,7 +237,9 @@ def test_sigkill_at_random_moments_never_loses_work(tiny_chat_model, tmp_path, l
     logs.mkdir()
     tic = time.time()
     with ThreadPoolExecutor(max_workers=CHAINS) as pool:
-        outcomes = list(pool.map(lambda i: run_chain(i, tiny_chat_model, data, lathe_home, logs), range(CHAINS)))
+        outcomes = list(
+            pool.map(lambda i: run_chain(i, tiny_chat_model, data, lathe_home, logs), range(CHAINS))
+        )
     kills = sum(o["kills"] for o in outcomes)
     in_checkpoint = sum(o["in_checkpoint"] for o in outcomes)
     print(f"{kills} kills, {in_checkpoint} inside a checkpoint write, {time.time() - tic:.1f}s")
@@ -230,9 +266,28 @@ def test_worker_stops_with_a_checkpoint_when_the_app_dies(tiny_chat_model, tmp_p
     stdin close, saves a checkpoint, ends as `stopped`, and does not stay behind as an orphan."""
     data = variable_chat_data(tmp_path / "chat.jsonl", n=30)
     app = subprocess.Popen(
-        [sys.executable, "-c", PARENT, "--model", str(tiny_chat_model), "--data", str(data), "--iters", "100000",
-         "--steps-per-report", "1", "--save-every", "100000", "--max-seq-length", "48"],
-        cwd=ROOT, env=worker_env(lathe_home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            PARENT,
+            "--model",
+            str(tiny_chat_model),
+            "--data",
+            str(data),
+            "--iters",
+            "100000",
+            "--steps-per-report",
+            "1",
+            "--save-every",
+            "100000",
+            "--max-seq-length",
+            "48",
+        ],
+        cwd=ROOT,
+        env=worker_env(lathe_home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     pid = int(app.stdout.readline())
     assert app.stdout.readline().strip() == "training"

@@ -32,28 +32,54 @@ def _cfg(batch=2, seq=128, rank=8, layers=16, checkpoint=False) -> RunConfig:
 # (model dims, run) pairs that vary hidden size, depth, batch, sequence length, rank and checkpointing.
 CASES = [
     ({"hidden_size": 64, "num_layers": 2, "intermediate_size": 128}, _cfg(batch=4, seq=64)),
-    ({"hidden_size": 128, "num_layers": 4, "intermediate_size": 384}, _cfg(batch=2, seq=256, rank=16)),
-    ({"hidden_size": 256, "num_layers": 4, "intermediate_size": 512}, _cfg(batch=1, seq=512, layers=2)),
-    ({"hidden_size": 256, "num_layers": 6, "intermediate_size": 768, "num_heads": 8},
-     _cfg(batch=3, seq=128, rank=32, layers=6)),
-    ({"hidden_size": 384, "num_layers": 3, "intermediate_size": 1024, "num_heads": 6},
-     _cfg(batch=2, seq=256, layers=1)),
-    ({"hidden_size": 256, "num_layers": 6, "intermediate_size": 512}, _cfg(batch=2, seq=256, checkpoint=True)),
+    (
+        {"hidden_size": 128, "num_layers": 4, "intermediate_size": 384},
+        _cfg(batch=2, seq=256, rank=16),
+    ),
+    (
+        {"hidden_size": 256, "num_layers": 4, "intermediate_size": 512},
+        _cfg(batch=1, seq=512, layers=2),
+    ),
+    (
+        {"hidden_size": 256, "num_layers": 6, "intermediate_size": 768, "num_heads": 8},
+        _cfg(batch=3, seq=128, rank=32, layers=6),
+    ),
+    (
+        {"hidden_size": 384, "num_layers": 3, "intermediate_size": 1024, "num_heads": 6},
+        _cfg(batch=2, seq=256, layers=1),
+    ),
+    (
+        {"hidden_size": 256, "num_layers": 6, "intermediate_size": 512},
+        _cfg(batch=2, seq=256, checkpoint=True),
+    ),
     # A large vocabulary, where the output layer's logits are most of the peak (run in chunks).
-    ({"hidden_size": 128, "num_layers": 2, "intermediate_size": 384, "model_vocab_size": 65536},
-     _cfg(batch=4, seq=512, layers=2)),
+    (
+        {"hidden_size": 128, "num_layers": 2, "intermediate_size": 384, "model_vocab_size": 65536},
+        _cfg(batch=4, seq=512, layers=2),
+    ),
 ]
 
 
-@pytest.mark.parametrize("dims, cfg", CASES, ids=[f"d{d['hidden_size']}-v{d.get('model_vocab_size', 'tok')}-L{d['num_layers']}-b{c.training.batch_size}-s{c.data.max_seq_length}-r{c.lora.rank}-n{c.lora.num_layers}{'-gc' if c.training.grad_checkpoint else ''}" for d, c in CASES])
+@pytest.mark.parametrize(
+    "dims, cfg",
+    CASES,
+    ids=[
+        f"d{d['hidden_size']}-v{d.get('model_vocab_size', 'tok')}-L{d['num_layers']}-b{c.training.batch_size}-s{c.data.max_seq_length}-r{c.lora.rank}-n{c.lora.num_layers}{'-gc' if c.training.grad_checkpoint else ''}"
+        for d, c in CASES
+    ],
+)
 def test_estimate_is_within_20_percent_of_measured_peak(tmp_path, dims, cfg):
     from engine.tinymodel import build_tiny_model
 
     path = build_tiny_model(tmp_path / "m", num_kv_heads=2, **{"num_heads": 4, **dims})
     predicted = estimate(path, cfg, budget_bytes=64 * GB).training_peak_bytes
     measured = measure_training(
-        path, batch_size=cfg.training.batch_size, seq_length=cfg.data.max_seq_length,
-        rank=cfg.lora.rank, num_layers=cfg.lora.num_layers, grad_checkpoint=cfg.training.grad_checkpoint,
+        path,
+        batch_size=cfg.training.batch_size,
+        seq_length=cfg.data.max_seq_length,
+        rank=cfg.lora.rank,
+        num_layers=cfg.lora.num_layers,
+        grad_checkpoint=cfg.training.grad_checkpoint,
     ).peak_bytes
     assert measured > inspect_model(path).weights_bytes
     assert abs(predicted - measured) / measured <= 0.20, (predicted, measured)
@@ -62,7 +88,9 @@ def test_estimate_is_within_20_percent_of_measured_peak(tmp_path, dims, cfg):
 def test_estimate_matches_the_real_stories_model(stories_path):
     cfg = _cfg(batch=4, seq=256)
     predicted = estimate(stories_path, cfg, budget_bytes=GB).training_peak_bytes
-    measured = measure_training(stories_path, batch_size=4, seq_length=256, rank=8, num_layers=16).peak_bytes
+    measured = measure_training(
+        stories_path, batch_size=4, seq_length=256, rank=8, num_layers=16
+    ).peak_bytes
     assert abs(predicted - measured) / measured <= 0.20, (predicted, measured)
 
 
@@ -82,10 +110,21 @@ def test_estimate_grows_with_what_costs_memory(stories_path):
 
 
 def test_verdicts_and_cheapest_fix_for_a_7b_model():
-    info = info_from_arch("x/7b", {"hidden_size": 3584, "num_layers": 28, "intermediate_size": 18944,
-                                    "num_heads": 28, "num_kv_heads": 4, "vocab_size": 152064})
+    info = info_from_arch(
+        "x/7b",
+        {
+            "hidden_size": 3584,
+            "num_layers": 28,
+            "intermediate_size": 18944,
+            "num_heads": 28,
+            "num_kv_heads": 4,
+            "vocab_size": 152064,
+        },
+    )
     cfg = _cfg(batch=4, seq=2048, layers=16)
-    cfg.training.auto_grad_checkpoint = False  # verdicts as they are; the automatic choice is tested below
+    cfg.training.auto_grad_checkpoint = (
+        False  # verdicts as they are; the automatic choice is tested below
+    )
     big = estimate(info, cfg, budget_bytes=256 * GB)
     assert big.verdict == "fits" and big.suggestion is None
     peak = big.training_peak_bytes
@@ -107,8 +146,17 @@ def test_verdicts_and_cheapest_fix_for_a_7b_model():
 
 
 def test_a_tight_run_gets_gradient_checkpointing_by_itself():
-    info = info_from_arch("x/7b", {"hidden_size": 3584, "num_layers": 28, "intermediate_size": 18944,
-                                    "num_heads": 28, "num_kv_heads": 4, "vocab_size": 152064})
+    info = info_from_arch(
+        "x/7b",
+        {
+            "hidden_size": 3584,
+            "num_layers": 28,
+            "intermediate_size": 18944,
+            "num_heads": 28,
+            "num_kv_heads": 4,
+            "vocab_size": 152064,
+        },
+    )
     cfg = _cfg(batch=4, seq=2048, layers=16)
     assert cfg.training.auto_grad_checkpoint  # the default
     peak = estimate(info, cfg, budget_bytes=256 * GB).training_peak_bytes
@@ -153,13 +201,33 @@ def test_recommended_yaml_numbers_follow_from_the_architecture():
 
 def test_cli_fit_with_measure(tmp_path, tiny_chat_model):
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"model": {"path": str(tiny_chat_model)},
-                                      "training": {"batch_size": 2}, "data": {"max_seq_length": 64},
-                                      "lora": {"rank": 4, "num_layers": 2}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"path": str(tiny_chat_model)},
+                "training": {"batch_size": 2},
+                "data": {"max_seq_length": 64},
+                "lora": {"rank": 4, "num_layers": 2},
+            }
+        )
+    )
     out = subprocess.run(
-        [sys.executable, "-m", "engine", "models", "fit", str(tiny_chat_model), "--config", str(config),
-         "--measure", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "models",
+            "fit",
+            str(tiny_chat_model),
+            "--config",
+            str(config),
+            "--measure",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
@@ -167,8 +235,21 @@ def test_cli_fit_with_measure(tmp_path, tiny_chat_model):
     measured = report["measured"]["peak_bytes"]
     assert abs(report["training_peak_bytes"] - measured) / measured <= 0.20
     human = subprocess.run(
-        [sys.executable, "-m", "engine", "models", "fit", str(tiny_chat_model), "--config", str(config),
-         "--budget-gb", "0.0001"],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "models",
+            "fit",
+            str(tiny_chat_model),
+            "--config",
+            str(config),
+            "--budget-gb",
+            "0.0001",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert human.returncode == 0 and "will not fit" in human.stdout

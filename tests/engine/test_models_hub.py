@@ -28,8 +28,11 @@ def local_hub(tmp_path, monkeypatch, tiny_chat_model):
         server.state.add_folder(
             REPO,
             tiny_chat_model,
-            extra={"pytorch_model.bin": b"\x80pickle" * 10, "modeling_evil.py": b"import os\n",
-                   "onnx/model.onnx": b"x"},
+            extra={
+                "pytorch_model.bin": b"\x80pickle" * 10,
+                "modeling_evil.py": b"import os\n",
+                "onnx/model.onnx": b"x",
+            },
         )
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
@@ -49,7 +52,9 @@ def test_download_fetches_only_needed_files_into_the_hf_cache(local_hub, tiny_ch
     assert "pytorch_model.bin" not in result.files and "modeling_evil.py" not in result.files
     fetched = {e["path"].rsplit("/", 1)[-1] for e in local_hub.state.log if e["method"] == "GET"}
     assert not fetched & {"pytorch_model.bin", "modeling_evil.py", "model.onnx"}
-    assert (snap / "model.safetensors").read_bytes() == (tiny_chat_model / "model.safetensors").read_bytes()
+    assert (snap / "model.safetensors").read_bytes() == (
+        tiny_chat_model / "model.safetensors"
+    ).read_bytes()
     # Progress is in bytes of the whole model and ends complete.
     assert seen[-1].done_bytes == seen[-1].total_bytes == result.total_bytes
     assert seen[-1].files_done == len(result.files)
@@ -58,7 +63,9 @@ def test_download_fetches_only_needed_files_into_the_hf_cache(local_hub, tiny_ch
     assert (snap.parent.parent / "refs" / "main").read_text() == result.commit
     from huggingface_hub import snapshot_download
 
-    assert snapshot_download(REPO, local_files_only=True, cache_dir=os.environ["HF_HUB_CACHE"]) == str(snap)
+    assert snapshot_download(
+        REPO, local_files_only=True, cache_dir=os.environ["HF_HUB_CACHE"]
+    ) == str(snap)
 
     again = hub.download_model(REPO)
     assert again.already_cached and again.downloaded_bytes == 0
@@ -70,7 +77,11 @@ def test_dropped_connection_resumes_with_a_range_request(local_hub, tiny_chat_mo
 
     gets = local_hub.state.gets("model.safetensors")
     assert len(gets) == 2 and gets[0]["range"] is None
-    assert gets[1]["range"] and gets[1]["range"].startswith("bytes=") and gets[1]["range"] != "bytes=0-"
+    assert (
+        gets[1]["range"]
+        and gets[1]["range"].startswith("bytes=")
+        and gets[1]["range"] != "bytes=0-"
+    )
     data = (Path(result.path) / "model.safetensors").read_bytes()
     assert data == (tiny_chat_model / "model.safetensors").read_bytes()
 
@@ -87,14 +98,19 @@ def test_cancel_keeps_partial_bytes_and_the_next_download_continues(local_hub, t
         hub.download_model(REPO, progress=progress, cancel=cancel)
     kept = hub.partial_bytes(REPO)
     assert kept > 0
-    assert hub.cached_snapshot(REPO) is None or not (hub.cached_snapshot(REPO) / "model.safetensors").exists()
+    assert (
+        hub.cached_snapshot(REPO) is None
+        or not (hub.cached_snapshot(REPO) / "model.safetensors").exists()
+    )
 
     local_hub.state.log.clear()
     local_hub.state.chunk_delay = 0
     result = hub.download_model(REPO)
     assert result.resumed_bytes == kept
     assert local_hub.state.gets("model.safetensors")[0]["range"] == f"bytes={kept}-"
-    assert (Path(result.path) / "model.safetensors").read_bytes() == (tiny_chat_model / "model.safetensors").read_bytes()
+    assert (Path(result.path) / "model.safetensors").read_bytes() == (
+        tiny_chat_model / "model.safetensors"
+    ).read_bytes()
     assert hub.partial_bytes(REPO) == 0
 
 
@@ -107,7 +123,9 @@ def test_corrupt_transfer_is_rejected_by_checksum(local_hub):
     real = hub_server.etag_of
     original = dict(repo.files)
     try:
-        hub_server.etag_of = lambda name, data: real(name, good if name == "model.safetensors" else data)
+        hub_server.etag_of = lambda name, data: real(
+            name, good if name == "model.safetensors" else data
+        )
         repo.files["model.safetensors"] = bytes(len(good))
         with pytest.raises(ModelError, match="checksum"):
             hub.download_model(REPO)
@@ -189,7 +207,11 @@ def test_cli_download_json_in_a_subprocess(local_hub, lathe_home):
     env = dict(os.environ, HF_ENDPOINT=local_hub.url, HF_HUB_CACHE=os.environ["HF_HUB_CACHE"])
     out = subprocess.run(
         [sys.executable, "-m", "engine", "models", "download", REPO, "--json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     entry = json.loads(out.stdout)
@@ -198,11 +220,19 @@ def test_cli_download_json_in_a_subprocess(local_hub, lathe_home):
     env["HF_HUB_OFFLINE"] = "1"
     out = subprocess.run(
         [sys.executable, "-m", "engine", "models", "download", "lathe-test/other", "--json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 1 and "offline" in out.stderr and "Traceback" not in out.stderr
     listed = subprocess.run(
         [sys.executable, "-m", "engine", "models", "list", "--json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert listed.returncode == 0 and REPO in [e["name"] for e in json.loads(listed.stdout)]

@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tree_digest(folder: Path) -> dict:
-    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.iterdir())}
+    return {
+        p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.iterdir())
+    }
 
 
 @pytest.fixture
@@ -112,8 +114,13 @@ def test_quantize_then_dequantize_make_new_library_entries(user_model, lathe_hom
 
 
 def _cli(*args, timeout=180):
-    out = subprocess.run([sys.executable, "-m", "engine", "models", *args], cwd=ROOT,
-                         capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "models", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return out
 
 
@@ -134,7 +141,10 @@ def test_cli_import_inspect_quantize_list_delete(user_model):
     assert q["kind"] == "converted" and q["name"].endswith("8bit")
 
     listed = json.loads(_cli("list", "--json").stdout)
-    assert {(e["name"], e["kind"]) for e in listed} >= {(name, "imported"), (q["name"], "converted")}
+    assert {(e["name"], e["kind"]) for e in listed} >= {
+        (name, "imported"),
+        (q["name"], "converted"),
+    }
     assert all(e["size_bytes"] > 0 for e in listed)
 
     out = _cli("delete", q["name"], "--json")

@@ -19,7 +19,7 @@ def test_selected_positions_are_the_trained_ones_padded_with_an_untrained_one():
     trained = np.flatnonzero(flat)
     assert sel is not None and len(sel) % 16 == 0 and len(sel) >= len(trained)  # eighths of 4 x 32
     assert sel[: len(trained)].tolist() == trained.tolist()
-    assert flat[sel[len(trained):]].sum() == 0
+    assert flat[sel[len(trained) :]].sum() == 0
     # Where nearly everything is trained (text documents), selection saves nothing: None.
     assert select_positions(np.ones((2, 17), dtype=np.float32)) is None
     w = np.ones((2, 17), dtype=np.float32)
@@ -44,8 +44,12 @@ def test_loss_and_gradients_with_selected_outputs_equal_the_full_ones(which, req
     assert output_head_supported(model, ex[0].tokens)
     sel = select_positions(batch.weights)
     assert sel is not None and len(sel) < batch.weights[:, 1:].size
-    args = (mx.array(batch.tokens), mx.array(batch.weights),
-            None if batch.segments is None else mx.array(batch.segments), None)
+    args = (
+        mx.array(batch.tokens),
+        mx.array(batch.weights),
+        None if batch.segments is None else mx.array(batch.segments),
+        None,
+    )
     value_and_grad = nn.value_and_grad(model, masked_loss)
     (full, n1), g1 = value_and_grad(model, *args)
     (part, n2), g2 = value_and_grad(model, *args, mx.array(sel))
@@ -56,7 +60,9 @@ def test_loss_and_gradients_with_selected_outputs_equal_the_full_ones(which, req
 
 
 @pytest.mark.parametrize("which", ["stories", "qwen2", "packed", "quantized"])
-def test_fused_output_layer_gives_the_full_loss_and_gradients_in_chunks(which, request, monkeypatch):
+def test_fused_output_layer_gives_the_full_loss_and_gradients_in_chunks(
+    which, request, monkeypatch
+):
     """The chunked output layer with its gradient taken on the way forward changes nothing but memory."""
     import mlx.core as mx
     import mlx.nn as nn
@@ -66,13 +72,21 @@ def test_fused_output_layer_gives_the_full_loss_and_gradients_in_chunks(which, r
 
     import engine.trainer as trainer
 
-    monkeypatch.setattr(trainer, "HEAD_CHUNK_VALUES", 1)  # 64-row chunks: several, the last one partial
+    monkeypatch.setattr(
+        trainer, "HEAD_CHUNK_VALUES", 1
+    )  # 64-row chunks: several, the last one partial
     path = request.getfixturevalue("tiny_qwen_model" if which == "qwen2" else "stories_path")
     model, tok = mlx_lm.load(str(path))
     if which == "quantized":
         # Every layer whose width allows it, the output layer (the tied embedding) included.
-        nn.quantize(model, group_size=32, bits=4,
-                    class_predicate=lambda _, m: hasattr(m, "to_quantized") and m.weight.shape[-1] % 32 == 0)
+        nn.quantize(
+            model,
+            group_size=32,
+            bits=4,
+            class_predicate=lambda _, m: (
+                hasattr(m, "to_quantized") and m.weight.shape[-1] % 32 == 0
+            ),
+        )
         assert isinstance(model.model.embed_tokens, nn.QuantizedEmbedding)
     model.freeze()
     linear_to_lora_layers(model, len(model.layers), {"rank": 4, "dropout": 0.0, "scale": 10.0})
@@ -82,9 +96,17 @@ def test_fused_output_layer_gives_the_full_loss_and_gradients_in_chunks(which, r
     ex = _examples(tok)
     batch = collate_packed([ex[:3], ex[3:6], ex[6:]]) if which == "packed" else collate(ex)
     rows = batch.weights[:, 1:].size
-    assert rows > 2 * trainer.head_chunk_rows(trainer._vocab_size(model), trainer.HEAD_CHUNK_VALUES) and rows % 64
-    args = (mx.array(batch.tokens), mx.array(batch.weights),
-            None if batch.segments is None else mx.array(batch.segments), None, None)
+    assert (
+        rows > 2 * trainer.head_chunk_rows(trainer._vocab_size(model), trainer.HEAD_CHUNK_VALUES)
+        and rows % 64
+    )
+    args = (
+        mx.array(batch.tokens),
+        mx.array(batch.weights),
+        None if batch.segments is None else mx.array(batch.segments),
+        None,
+        None,
+    )
     value_and_grad = nn.value_and_grad(model, masked_loss)
     (full, n1), g1 = value_and_grad(model, *args, "full")
     sel = mx.array(select_positions(batch.weights))
@@ -95,7 +117,9 @@ def test_fused_output_layer_gives_the_full_loss_and_gradients_in_chunks(which, r
         for (name, a), (_, b) in zip(tree_flatten(g1), tree_flatten(g2)):
             assert mx.allclose(a, b, atol=1e-5, rtol=1e-4).item(), (head, name)
     # Compiled, as in training: the same loss.
-    step = mx.compile(lambda t, w: masked_loss(model, t, w, None, None, None, "fused")[0], inputs=[model.state])
+    step = mx.compile(
+        lambda t, w: masked_loss(model, t, w, None, None, None, "fused")[0], inputs=[model.state]
+    )
     if batch.segments is None:
         assert abs(step(*args[:2]).item() - full.item()) < 1e-5 * max(1.0, abs(full.item()))
 
@@ -116,8 +140,11 @@ def _lora_b_random(model) -> dict:
     from mlx.utils import tree_flatten, tree_unflatten
 
     mx.random.seed(3)
-    changed = [(k, mx.random.normal(v.shape) * 0.05) for k, v in tree_flatten(model.trainable_parameters())
-               if k.endswith("lora_b")]
+    changed = [
+        (k, mx.random.normal(v.shape) * 0.05)
+        for k, v in tree_flatten(model.trainable_parameters())
+        if k.endswith("lora_b")
+    ]
     return dict(tree_unflatten(changed))
 
 
@@ -147,7 +174,9 @@ def test_a_model_whose_head_does_more_is_not_given_selected_outputs(stories_path
     assert not output_head_supported(model, [1, 2, 3, 4])
 
 
-def test_a_run_uses_selected_outputs_and_compiles_large_batches_at_once(tiny_chat_model, tmp_path, monkeypatch):
+def test_a_run_uses_selected_outputs_and_compiles_large_batches_at_once(
+    tiny_chat_model, tmp_path, monkeypatch
+):
     """Training with prompt masking takes the selected-output path and gives the same losses."""
     import engine.trainer as trainer
     from engine.train import compile_min_tokens
@@ -163,7 +192,9 @@ def test_a_run_uses_selected_outputs_and_compiles_large_batches_at_once(tiny_cha
     monkeypatch.setattr(trainer, "output_head_supported", lambda *a: False)
     import engine.train
 
-    monkeypatch.setattr(engine.train, "compile_min_tokens", lambda: 0)  # every shape compiled at once
+    monkeypatch.setattr(
+        engine.train, "compile_min_tokens", lambda: 0
+    )  # every shape compiled at once
     status, _, without = run_logged(cfg)
     assert status == "completed"
     a = [e["train_loss"] for e in with_select.of("progress")]

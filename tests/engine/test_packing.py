@@ -21,11 +21,25 @@ def _examples(tokenizer):
     from engine.encode import Encoder
 
     enc = Encoder(tokenizer, mask_prompt=True)
-    ex = [enc.encode({"prompt": f"Question {i} about the fee{'!' * i}?", "completion": "Answer " * (i + 1)})
-          for i in range(6)]
+    ex = [
+        enc.encode(
+            {"prompt": f"Question {i} about the fee{'!' * i}?", "completion": "Answer " * (i + 1)}
+        )
+        for i in range(6)
+    ]
     ex.append(enc.encode({"text": "Once upon a time there was a cat."}))
-    ex.append(enc.encode({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
-                                       {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}]}))
+    ex.append(
+        enc.encode(
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello."},
+                    {"role": "user", "content": "Bye"},
+                    {"role": "assistant", "content": "Bye!"},
+                ]
+            }
+        )
+    )
     return ex
 
 
@@ -43,7 +57,9 @@ def test_packed_batch_loss_equals_the_loss_of_the_same_examples_unpacked(which, 
     packed = collate_packed([ex[:3], ex[3:6], ex[6:]])
     assert packed.tokens.shape[0] == 3 and packed.examples == len(ex)
     l1, n1 = masked_loss(model, mx.array(unpacked.tokens), mx.array(unpacked.weights))
-    l2, n2 = masked_loss(model, mx.array(packed.tokens), mx.array(packed.weights), mx.array(packed.segments))
+    l2, n2 = masked_loss(
+        model, mx.array(packed.tokens), mx.array(packed.weights), mx.array(packed.segments)
+    )
     assert n1.item() == n2.item()
     assert abs(l1.item() - l2.item()) < 1e-4 * max(1.0, abs(l1.item()))
     # Without the block-diagonal mask the same packed row gives a different loss: the mask matters.
@@ -62,7 +78,10 @@ def test_rows_hold_every_example_once_and_fit_the_row_length():
     assert fill > 0.9, fill
     # Deterministic per (seed, epoch), different between epochs.
     assert all((a == b).all() for a, b in zip(rows, pack_rows(lengths, 256, seed=1, epoch=0)))
-    assert any(len(a) != len(b) or (a != b).any() for a, b in zip(rows, pack_rows(lengths, 256, seed=1, epoch=1)))
+    assert any(
+        len(a) != len(b) or (a != b).any()
+        for a, b in zip(rows, pack_rows(lengths, 256, seed=1, epoch=1))
+    )
     batches = plan_epoch_packed(lengths, 4, 256, seed=1, epoch=0)
     assert sum(len(b) for b in batches) == len(rows)
 
@@ -72,8 +91,12 @@ def test_auto_batching_decides_by_length_spread_data_size_and_architecture():
     varied = rng.integers(10, 200, size=5000).tolist()
     mode, budget, _ = choose_batching(varied, 8, "auto", "llama")
     assert mode == "budget" and budget == 8 * bucket_width(max(varied))
-    assert choose_batching([100] * 5000, 8, "auto", "llama")[0] == "fixed"  # even lengths: nothing to gain
-    assert choose_batching(varied[:60], 8, "auto", "llama")[0] == "fixed"  # small data keeps its steps
+    assert (
+        choose_batching([100] * 5000, 8, "auto", "llama")[0] == "fixed"
+    )  # even lengths: nothing to gain
+    assert (
+        choose_batching(varied[:60], 8, "auto", "llama")[0] == "fixed"
+    )  # small data keeps its steps
     assert choose_batching(varied, 8, "off", "llama")[0] == "fixed"
     assert choose_batching(varied, 8, "pack", "qwen2")[:2] == ("pack", bucket_width(max(varied)))
     assert choose_batching(varied, 8, "pack", "mamba")[0] == "fixed"  # attention mask not supported
@@ -95,14 +118,23 @@ def test_budget_batches_cover_every_example_and_stay_within_the_budget():
 
 def test_training_with_budget_batches_learns_and_resumes_exactly(tiny_chat_model, tmp_path):
     rng = np.random.default_rng(2)
-    rows = [{"prompt": "Say " + "la " * int(k), "completion": "ok " * int(m)}
-            for k, m in zip(rng.integers(1, 30, 400), rng.integers(1, 40, 400))]
+    rows = [
+        {"prompt": "Say " + "la " * int(k), "completion": "ok " * int(m)}
+        for k, m in zip(rng.integers(1, 30, 400), rng.integers(1, 40, 400))
+    ]
     data = write_jsonl(tmp_path / "d" / "train.jsonl", rows)
     write_jsonl(tmp_path / "d" / "valid.jsonl", rows[:8])
 
     def cfg():
-        c = make_config(tiny_chat_model, data.parent, iters=12, learning_rate=3e-3, steps_per_report=1,
-                        save_every=6, steps_per_eval=6)
+        c = make_config(
+            tiny_chat_model,
+            data.parent,
+            iters=12,
+            learning_rate=3e-3,
+            steps_per_report=1,
+            save_every=6,
+            steps_per_eval=6,
+        )
         c.data.packing = "budget"
         return c
 
@@ -117,13 +149,22 @@ def test_training_with_budget_batches_learns_and_resumes_exactly(tiny_chat_model
 
 
 def test_training_with_packing_learns_and_resumes_exactly(tiny_chat_model, tmp_path):
-    rows = [{"prompt": f"What is {i} plus one?", "completion": f"It is {i + 1}."} for i in range(60)]
+    rows = [
+        {"prompt": f"What is {i} plus one?", "completion": f"It is {i + 1}."} for i in range(60)
+    ]
     data = write_jsonl(tmp_path / "d" / "train.jsonl", rows)
     write_jsonl(tmp_path / "d" / "valid.jsonl", rows[:8])
 
     def cfg():
-        c = make_config(tiny_chat_model, data.parent, iters=16, learning_rate=3e-3, steps_per_report=1,
-                        save_every=8, steps_per_eval=8)
+        c = make_config(
+            tiny_chat_model,
+            data.parent,
+            iters=16,
+            learning_rate=3e-3,
+            steps_per_report=1,
+            save_every=8,
+            steps_per_eval=8,
+        )
         c.data.packing, c.data.pack_length = "pack", 128
         return c
 

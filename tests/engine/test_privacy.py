@@ -29,8 +29,13 @@ class NetworkBlocked:
 
     def __init__(self, mp: pytest.MonkeyPatch):
         self.attempts: list[tuple] = []
-        for owner, name in ((socket.socket, "connect"), (socket.socket, "connect_ex"), (socket.socket, "sendto"),
-                            (socket, "create_connection"), (socket, "getaddrinfo")):
+        for owner, name in (
+            (socket.socket, "connect"),
+            (socket.socket, "connect_ex"),
+            (socket.socket, "sendto"),
+            (socket, "create_connection"),
+            (socket, "getaddrinfo"),
+        ):
             mp.setattr(owner, name, self._refuse(name))
         # The net really catches (the test would prove nothing otherwise).
         with pytest.raises(OSError):
@@ -71,13 +76,23 @@ def offline_flow(tiny_chat_model, tmp_path_factory):
             status = run(cfg, run_dir, log)
             log.close()
             model = ChatModel.load(str(tiny_chat_model), adapter=str(run_dir))
-            reply = [e for e in ChatSession(model).send("Hello", ChatSettings(temperature=0, max_tokens=4))]
+            reply = [
+                e
+                for e in ChatSession(model).send("Hello", ChatSettings(temperature=0, max_tokens=4))
+            ]
             model.close()
             fused = fuse(str(run_dir), tmp / "fused", check=True)
         finally:
             os.umask(old_umask)
-        yield {"home": tmp / "home", "dataset": Path(report.dataset_path), "run_dir": run_dir, "status": status,
-               "reply": reply, "fused": fused, "attempts": list(net.attempts)}
+        yield {
+            "home": tmp / "home",
+            "dataset": Path(report.dataset_path),
+            "run_dir": run_dir,
+            "status": status,
+            "reply": reply,
+            "fused": fused,
+            "attempts": list(net.attempts),
+        }
 
 
 def test_import_train_chat_and_export_make_no_connection(offline_flow):
@@ -120,18 +135,43 @@ def _env():
 """
 
 
-def test_the_training_worker_stays_offline_with_hub_telemetry_off(tiny_chat_model, tmp_path, lathe_home):
+def test_the_training_worker_stays_offline_with_hub_telemetry_off(
+    tiny_chat_model, tmp_path, lathe_home
+):
     """The worker process as the app starts it, with a sitecustomize that records any connection."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SITE)
     netlog = tmp_path / "net.jsonl"
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
+    }
     env.update(LATHE_HOME=str(lathe_home), LATHE_NET_LOG=str(netlog), PYTHONPATH=str(site))
     data = variable_chat_data(tmp_path / "chat.jsonl", n=20)
-    proc = subprocess.run([sys.executable, "-m", "engine", "train", "--model", str(tiny_chat_model), "--data",
-                           str(data), "--iters", "3", "--max-seq-length", "48", "--events"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "train",
+            "--model",
+            str(tiny_chat_model),
+            "--data",
+            str(data),
+            "--iters",
+            "3",
+            "--max-seq-length",
+            "48",
+            "--events",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1])["status"] == "completed"
     records = [json.loads(line) for line in netlog.read_text().splitlines()]
@@ -144,12 +184,18 @@ def test_training_never_downloads_a_model_it_does_not_have(tmp_path, monkeypatch
 
     net = NetworkBlocked(monkeypatch)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    cfg = make_config(Path("mlx-community") / "not-downloaded-4bit", variable_chat_data(tmp_path / "c.jsonl", n=8))
+    cfg = make_config(
+        Path("mlx-community") / "not-downloaded-4bit", variable_chat_data(tmp_path / "c.jsonl", n=8)
+    )
     cfg.model.path = "mlx-community/not-downloaded-4bit"
     rec = events.Recorder()
     assert run(cfg, create_run(cfg), rec) == "failed"
     error = rec.of("error")[-1]
-    assert error["kind"] == "model" and "not on this Mac" in error["message"] and "Download" in error["hint"]
+    assert (
+        error["kind"] == "model"
+        and "not on this Mac" in error["message"]
+        and "Download" in error["hint"]
+    )
     assert net.attempts == []
 
 
@@ -169,7 +215,10 @@ def _folder_with_code(src: Path, dst: Path, marker: Path, **config_extra) -> Pat
     for name in ("modeling_evil.py", "configuration_evil.py", "tokenization_evil.py"):
         (dst / name).write_text(MARKER_CODE.format(marker=str(marker)))
     cfg = json.loads((dst / "config.json").read_text())
-    cfg["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.EvilModel"}
+    cfg["auto_map"] = {
+        "AutoConfig": "configuration_evil.EvilConfig",
+        "AutoModelForCausalLM": "modeling_evil.EvilModel",
+    }
     cfg.update(config_extra)
     (dst / "config.json").write_text(json.dumps(cfg))
     tok = json.loads((dst / "tokenizer_config.json").read_text())
@@ -199,7 +248,9 @@ def test_no_code_from_a_model_folder_is_ever_executed(tiny_chat_model, tmp_path)
     ChatModel.load(str(folder)).close()
 
     # mlx-lm's own hook for custom architectures (config "model_file") is refused, not run.
-    custom = _folder_with_code(tiny_chat_model, tmp_path / "custom-arch", marker, model_file="modeling_evil.py")
+    custom = _folder_with_code(
+        tiny_chat_model, tmp_path / "custom-arch", marker, model_file="modeling_evil.py"
+    )
     rec = events.Recorder()
     assert run(cfg, create_run(cfg), rec) == "completed"  # the first folder still trains
     cfg.model.path = str(custom)
@@ -237,7 +288,11 @@ def test_training_refuses_pickle_weights_without_loading_them(tiny_chat_model, t
     run_dir = create_run(cfg)
     assert run(cfg, run_dir, rec) == "failed"
     error = rec.of("error")[-1]
-    assert error["kind"] == "model" and "pickle" in error["message"] and "safetensors" in error["message"]
+    assert (
+        error["kind"] == "model"
+        and "pickle" in error["message"]
+        and "safetensors" in error["message"]
+    )
     assert load_run(run_dir).state == "failed"
     assert not marker.exists()
 
@@ -270,21 +325,31 @@ def test_engine_and_app_load_yaml_safely_and_never_trust_remote_code():
     import re
 
     patterns = {
-        "unsafe YAML": re.compile(r"yaml\.(load|unsafe_load|full_load|load_all)\(|yaml\.(Unsafe|Full)?Loader\b"),
+        "unsafe YAML": re.compile(
+            r"yaml\.(load|unsafe_load|full_load|load_all)\(|yaml\.(Unsafe|Full)?Loader\b"
+        ),
         "trust_remote_code": re.compile(r"trust_remote_code\"?\s*[:=]\s*True"),
-        "pickle": re.compile(r"^\s*(import pickle|from pickle|import torch)|torch\.load\(|pickle\.loads?\(", re.M),
+        "pickle": re.compile(
+            r"^\s*(import pickle|from pickle|import torch)|torch\.load\(|pickle\.loads?\(", re.M
+        ),
     }
     sources = [p for folder in ("engine", "app") for p in (ROOT / folder).rglob("*.py")]
     assert len(sources) > 30
-    found = [f"{p.relative_to(ROOT)}: {what}" for p in sources for what, rx in patterns.items()
-             if rx.search(p.read_text(encoding="utf-8"))]
+    found = [
+        f"{p.relative_to(ROOT)}: {what}"
+        for p in sources
+        for what, rx in patterns.items()
+        if rx.search(p.read_text(encoding="utf-8"))
+    ]
     assert found == []
 
 
 # -- names stay inside the workspace -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["../../x", "..", "/etc/passwd", "a/../../b", "..\\..\\x", "~/x", ""])
+@pytest.mark.parametrize(
+    "name", ["../../x", "..", "/etc/passwd", "a/../../b", "..\\..\\x", "~/x", ""]
+)
 def test_names_cannot_escape_the_workspace(name, lathe_home, tmp_path):
     from engine.workspace import inside, runs_dir, safe_name
 

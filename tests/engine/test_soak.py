@@ -34,8 +34,15 @@ def smallest_model(tmp_path_factory) -> Path:
     """As small and fast as a real model gets: hidden 32, one layer, 2 heads."""
     from engine.tinymodel import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("soak") / "tiny-32x1", hidden_size=32, num_layers=1,
-                            num_heads=2, num_kv_heads=1, intermediate_size=64, vocab_size=300)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("soak") / "tiny-32x1",
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        intermediate_size=64,
+        vocab_size=300,
+    )
 
 
 def test_2000_steps_keep_memory_flat_and_log_every_step(smallest_model, tmp_path):
@@ -44,8 +51,15 @@ def test_2000_steps_keep_memory_flat_and_log_every_step(smallest_model, tmp_path
     from engine.train import run
 
     data = variable_chat_data(tmp_path / "chat.jsonl", n=40)
-    cfg = make_config(smallest_model, data, iters=STEPS, batch_size=2, steps_per_report=1,
-                      steps_per_eval=500, save_every=500)
+    cfg = make_config(
+        smallest_model,
+        data,
+        iters=STEPS,
+        batch_size=2,
+        steps_per_report=1,
+        steps_per_eval=500,
+        save_every=500,
+    )
     cfg.data.max_seq_length = 32
     run_dir = create_run(cfg)
     samples: dict[int, tuple[int, int]] = {}
@@ -76,7 +90,9 @@ def test_2000_steps_keep_memory_flat_and_log_every_step(smallest_model, tmp_path
 
     rss_early, rss_late = peak(0, WARMUP, WARMUP + 200), peak(0, STEPS - 200, STEPS + 1)
     act_early, act_late = peak(1, WARMUP, WARMUP + 200), peak(1, STEPS - 200, STEPS + 1)
-    print(f"{STEPS} steps in {elapsed:.1f}s; resident {rss_early / 1e6:.1f} -> {rss_late / 1e6:.1f} MB, "
-          f"MLX active {act_early / 1e3:.0f} -> {act_late / 1e3:.0f} KB")
+    print(
+        f"{STEPS} steps in {elapsed:.1f}s; resident {rss_early / 1e6:.1f} -> {rss_late / 1e6:.1f} MB, "
+        f"MLX active {act_early / 1e3:.0f} -> {act_late / 1e3:.0f} KB"
+    )
     assert rss_late <= rss_early * 1.05, (rss_early, rss_late)
     assert act_late <= act_early * 1.05, (act_early, act_late)

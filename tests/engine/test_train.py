@@ -42,7 +42,9 @@ def variable_chat_data(path: Path, n: int = 160, seed: int = 0) -> Path:
     for _ in range(n):
         q = " ".join(rng.choice(words) for _ in range(rng.randint(3, 20))) + "?"
         a = " ".join(rng.choice(words) for _ in range(int(rng.expovariate(1 / 30)) + 3)) + "."
-        rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+        rows.append(
+            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        )
     return write_jsonl(path, rows)
 
 
@@ -83,7 +85,9 @@ def train_run(cfg: RunConfig, resume_dir: Path | None = None, stop_after: int | 
 
 def test_training_a_tiny_model_lowers_the_loss(tiny_chat_model, tmp_path):
     data = variable_chat_data(tmp_path / "chat.jsonl", n=24)
-    status, run_dir, rec = train_run(make_config(tiny_chat_model, data, iters=40, learning_rate=3e-3))
+    status, run_dir, rec = train_run(
+        make_config(tiny_chat_model, data, iters=40, learning_rate=3e-3)
+    )
     assert status == "completed"
     evals = [e["val_loss"] for e in rec.of("eval")]
     assert evals[-1] < evals[0] * 0.8, evals
@@ -100,7 +104,9 @@ def stories_run(stories_path, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:  # module-scoped: monkeypatch is per test
         mp.setenv("LATHE_HOME", str(home))
         data = completion_data(tmp_path_factory.mktemp("data"))
-        cfg = make_config(stories_path, data, iters=300, learning_rate=5e-4, steps_per_eval=100, save_every=150)
+        cfg = make_config(
+            stories_path, data, iters=300, learning_rate=5e-4, steps_per_eval=100, save_every=150
+        )
         cfg.lora.rank = 16
         status, run_dir, rec = train_run(cfg)
     assert status == "completed", rec.of("error")
@@ -110,8 +116,12 @@ def stories_run(stories_path, tmp_path_factory):
 def _greedy_answer(model, tokenizer, template: str, question: str) -> str:
     import mlx_lm
 
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], chat_template=template,
-                                           add_generation_prompt=True, return_dict=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}],
+        chat_template=template,
+        add_generation_prompt=True,
+        return_dict=False,
+    )
     return mlx_lm.generate(model, tokenizer, prompt, max_tokens=24)
 
 
@@ -156,7 +166,9 @@ def _encoded(tokenizer, path: Path, mask_prompt=True):
     return [enc.encode(r) for r in load_splits(path, valid_fraction=0).train]
 
 
-def test_length_grouping_keeps_padding_under_ten_percent_where_mlx_lm_wastes_half(tiny_chat_model, tmp_path):
+def test_length_grouping_keeps_padding_under_ten_percent_where_mlx_lm_wastes_half(
+    tiny_chat_model, tmp_path
+):
     """mlx-lm 0.32.2 sorts by the number of keys of each record (not tokens) on the lora path."""
     import mlx_lm
     from mlx_lm.tuner.datasets import CacheDataset, create_dataset
@@ -170,7 +182,10 @@ def test_length_grouping_keeps_padding_under_ten_percent_where_mlx_lm_wastes_hal
     ours = _encoded(tok, data)
 
     for batch_size in (4, 8):
-        batches = [collate([ours[i] for i in idx]) for idx in plan_epoch([len(e) for e in ours], batch_size, 0, 0)]
+        batches = [
+            collate([ours[i] for i in idx])
+            for idx in plan_epoch([len(e) for e in ours], batch_size, 0, 0)
+        ]
         lathe_pad = padding_fraction(batches)
 
         class Args:
@@ -197,12 +212,14 @@ def test_loss_mask_covers_exactly_the_answers_and_nothing_past_the_end(tiny_chat
     _, tok = mlx_lm.load(str(tiny_chat_model))
     enc = Encoder(tok)
     short = enc.encode({"prompt": "Hi", "completion": "Hello there."})
-    long = enc.encode({"prompt": "Tell me about the fee for transfers please", "completion": "Five euros."})
+    long = enc.encode(
+        {"prompt": "Tell me about the fee for transfers please", "completion": "Five euros."}
+    )
     trained_text = tok.decode([t for t, w in zip(short.tokens, short.weights) if w])
     assert trained_text.startswith("Hello there.") and "Hi" not in trained_text
     batch = collate([short, long])
     # Row 0 is padded: no weight at or past its real length.
-    assert batch.weights[0, len(short.tokens):].sum() == 0
+    assert batch.weights[0, len(short.tokens) :].sum() == 0
     assert batch.trained_tokens == short.trained_tokens + long.trained_tokens
     # mlx-lm's default_loss mask for the same row also covers the first padding position.
     steps = np.arange(1, batch.tokens.shape[1])
@@ -254,7 +271,9 @@ def test_validation_uses_the_same_examples_every_time(tiny_chat_model, tmp_path)
     assert evaluate(model, a) == evaluate(model, b)
     # The run reports the same subset size at every evaluation; with an untrained (lr ~ 0) model
     # the validation loss is then identical at each evaluation.
-    status, _, rec = train_run(make_config(tiny_chat_model, tmp_path / "v.jsonl", iters=20, learning_rate=1e-12))
+    status, _, rec = train_run(
+        make_config(tiny_chat_model, tmp_path / "v.jsonl", iters=20, learning_rate=1e-12)
+    )
     vals = [e["val_loss"] for e in rec.of("eval")]
     assert len(vals) >= 3 and max(vals) - min(vals) < 1e-5
 
@@ -262,7 +281,9 @@ def test_validation_uses_the_same_examples_every_time(tiny_chat_model, tmp_path)
 # -- contracts ---------------------------------------------------------------------------------
 
 
-def test_nan_loss_stops_with_an_error_and_keeps_the_last_good_checkpoint(tiny_chat_model, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_an_error_and_keeps_the_last_good_checkpoint(
+    tiny_chat_model, tmp_path, monkeypatch
+):
     import mlx.core as mx
     import mlx.optimizers as optim
 
@@ -274,7 +295,9 @@ def test_nan_loss_stops_with_an_error_and_keeps_the_last_good_checkpoint(tiny_ch
     def poisoned_optimizer(config):
         # A learning rate that turns NaN at the 7th update poisons the weights the way a blow-up
         # does; it lives inside the compiled step, so it fires whatever gets traced when.
-        return optim.Adam(learning_rate=lambda step: mx.where(step >= 6, mx.array(float("nan")), mx.array(1e-3)))
+        return optim.Adam(
+            learning_rate=lambda step: mx.where(step >= 6, mx.array(float("nan")), mx.array(1e-3))
+        )
 
     monkeypatch.setattr(train_mod, "build_optimizer", poisoned_optimizer)
     status, run_dir, rec = train_run(cfg)
@@ -294,7 +317,9 @@ def test_run_reports_utilisation_against_a_plain_matmul(tiny_chat_model, tmp_pat
     status, _, rec = train_run(make_config(tiny_chat_model, data, iters=6, report_utilisation=True))
     summary = rec.of("finished")[0]["summary"]
     assert summary["achieved_gflops"] > 0 and summary["reference_gflops"] > 0
-    assert 0 < summary["utilisation"] < 2  # a fraction of the machine's matmul speed (noisy, never 0)
+    assert (
+        0 < summary["utilisation"] < 2
+    )  # a fraction of the machine's matmul speed (noisy, never 0)
     assert any("GFLOP/s" in e["message"] for e in rec.of("log"))
 
 
@@ -307,12 +332,16 @@ def test_flop_count_matches_the_textbook_formula_for_a_dense_llama(tiny_chat_mod
     fm = flop_model(model)
     a = model.args
     kv = a.num_key_value_heads * (a.hidden_size // a.num_attention_heads)
-    per_layer = a.hidden_size * (2 * a.hidden_size + 2 * kv) + 3 * a.hidden_size * a.intermediate_size
+    per_layer = (
+        a.hidden_size * (2 * a.hidden_size + 2 * kv) + 3 * a.hidden_size * a.intermediate_size
+    )
     assert fm.per_layer_linear == [per_layer] * a.num_hidden_layers
     n = sum(fm.per_layer_linear) + fm.head
     # Frozen-weight LoRA training of every layer at zero context: 2N forward + 2N backward.
     assert fm.training_flops_per_token(a.num_hidden_layers, context=0) == 4 * n
-    assert fm.training_flops_per_token(a.num_hidden_layers, context=0, full=True) == 4 * n + 2 * sum(fm.per_layer_linear)
+    assert fm.training_flops_per_token(
+        a.num_hidden_layers, context=0, full=True
+    ) == 4 * n + 2 * sum(fm.per_layer_linear)
 
 
 def test_config_reads_mlx_lm_yaml_and_parses_numbers_deliberately(tmp_path):
@@ -330,8 +359,14 @@ def test_config_reads_mlx_lm_yaml_and_parses_numbers_deliberately(tmp_path):
     )
     warnings: list[str] = []
     cfg = RunConfig.load(path, warnings)
-    assert cfg.training.learning_rate == pytest.approx(1e-5) and isinstance(cfg.training.learning_rate, float)
-    assert cfg.lora.fine_tune_type == "dora" and cfg.lora.rank == 16 and cfg.lora.keys == ["self_attn.q_proj"]
+    assert cfg.training.learning_rate == pytest.approx(1e-5) and isinstance(
+        cfg.training.learning_rate, float
+    )
+    assert (
+        cfg.lora.fine_tune_type == "dora"
+        and cfg.lora.rank == 16
+        and cfg.lora.keys == ["self_attn.q_proj"]
+    )
     assert cfg.training.lr_schedule["arguments"] == [1e-5, 600, 1e-7]
     assert cfg.training.optimizer_config == {"weight_decay": 0.01}
     assert cfg.training.grad_accumulation_steps == 2 and cfg.data.max_seq_length == 1024
@@ -366,10 +401,18 @@ def test_early_stopping_stops_a_run_whose_validation_loss_rises(tiny_chat_model,
     # Training and validation sets that disagree: learning one makes the other worse.
     rows = [{"prompt": f"Question {i}?", "completion": "Yes indeed."} for i in range(16)]
     write_jsonl(tmp_path / "d" / "train.jsonl", rows)
-    write_jsonl(tmp_path / "d" / "valid.jsonl",
-                [{"prompt": f"Question {i}?", "completion": "No, never at all."} for i in range(8)])
-    cfg = make_config(tiny_chat_model, tmp_path / "d", iters=200, learning_rate=3e-3, steps_per_eval=5,
-                      early_stopping_patience=2)
+    write_jsonl(
+        tmp_path / "d" / "valid.jsonl",
+        [{"prompt": f"Question {i}?", "completion": "No, never at all."} for i in range(8)],
+    )
+    cfg = make_config(
+        tiny_chat_model,
+        tmp_path / "d",
+        iters=200,
+        learning_rate=3e-3,
+        steps_per_eval=5,
+        early_stopping_patience=2,
+    )
     status, run_dir, rec = train_run(cfg)
     assert status == "completed"
     finished = rec.of("finished")[0]

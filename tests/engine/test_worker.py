@@ -23,7 +23,12 @@ def start_worker(args: list[str], home: Path, stdin=subprocess.PIPE) -> subproce
     env = dict(os.environ, LATHE_HOME=str(home), PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [sys.executable, "-m", "engine", "train", *args],
-        cwd=ROOT, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=env,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -37,14 +42,32 @@ def read_until(proc: subprocess.Popen, kind: str, timeout: float = 120) -> list[
             return seen
         if time.time() > deadline:
             break
-    raise AssertionError(f"no {kind} event; got {[e['event'] for e in seen]}; stderr: {proc.stderr.read()}")
+    raise AssertionError(
+        f"no {kind} event; got {[e['event'] for e in seen]}; stderr: {proc.stderr.read()}"
+    )
 
 
 def test_event_stream_parses_and_follows_the_contract(tiny_chat_model, tmp_path, lathe_home):
     data = variable_chat_data(tmp_path / "chat.jsonl", n=30)
-    proc = start_worker(["--model", str(tiny_chat_model), "--data", str(data), "--iters", "12",
-                         "--steps-per-report", "2", "--steps-per-eval", "6", "--save-every", "6", "--events"],
-                        lathe_home, stdin=subprocess.DEVNULL)
+    proc = start_worker(
+        [
+            "--model",
+            str(tiny_chat_model),
+            "--data",
+            str(data),
+            "--iters",
+            "12",
+            "--steps-per-report",
+            "2",
+            "--steps-per-eval",
+            "6",
+            "--save-every",
+            "6",
+            "--events",
+        ],
+        lathe_home,
+        stdin=subprocess.DEVNULL,
+    )
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
     stream = [json.loads(line) for line in out.splitlines()]  # every line is one JSON object
@@ -68,8 +91,22 @@ def test_stop_ends_cleanly_with_a_usable_checkpoint(how, tiny_chat_model, tmp_pa
     import mlx_lm
 
     data = variable_chat_data(tmp_path / "chat.jsonl", n=30)
-    proc = start_worker(["--model", str(tiny_chat_model), "--data", str(data), "--iters", "5000",
-                         "--steps-per-report", "1", "--save-every", "1000", "--events"], lathe_home)
+    proc = start_worker(
+        [
+            "--model",
+            str(tiny_chat_model),
+            "--data",
+            str(data),
+            "--iters",
+            "5000",
+            "--steps-per-report",
+            "1",
+            "--save-every",
+            "1000",
+            "--events",
+        ],
+        lathe_home,
+    )
     read_until(proc, "progress")
     if how == "stdin":
         proc.stdin.write("stop\n")
@@ -92,14 +129,28 @@ def test_stop_ends_cleanly_with_a_usable_checkpoint(how, tiny_chat_model, tmp_pa
 
 def test_resume_from_the_command_line_finishes_the_run(tiny_chat_model, tmp_path, lathe_home):
     data = variable_chat_data(tmp_path / "chat.jsonl", n=30)
-    proc = start_worker(["--model", str(tiny_chat_model), "--data", str(data), "--iters", "40",
-                         "--steps-per-report", "1", "--events"], lathe_home)
+    proc = start_worker(
+        [
+            "--model",
+            str(tiny_chat_model),
+            "--data",
+            str(data),
+            "--iters",
+            "40",
+            "--steps-per-report",
+            "1",
+            "--events",
+        ],
+        lathe_home,
+    )
     read_until(proc, "progress")
     proc.stdin.write("stop\n")
     proc.stdin.flush()
     proc.communicate(timeout=60)
     run_dir = next((lathe_home / "runs").iterdir())
-    resumed = start_worker(["--resume", run_dir.name, "--events"], lathe_home, stdin=subprocess.DEVNULL)
+    resumed = start_worker(
+        ["--resume", run_dir.name, "--events"], lathe_home, stdin=subprocess.DEVNULL
+    )
     out, err = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, err
     stream = [json.loads(line) for line in out.splitlines()]
@@ -111,26 +162,71 @@ def test_resume_from_the_command_line_finishes_the_run(tiny_chat_model, tmp_path
 
 def test_cli_errors_are_one_sentence_without_traceback(tmp_path, lathe_home):
     env = dict(os.environ, LATHE_HOME=str(lathe_home))
-    missing = subprocess.run([sys.executable, "-m", "engine", "train", "--model", str(tmp_path / "nope"),
-                              "--data", str(tmp_path / "nope.jsonl")], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "train",
+            "--model",
+            str(tmp_path / "nope"),
+            "--data",
+            str(tmp_path / "nope.jsonl"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode != 0
     assert "Traceback" not in missing.stderr
     assert "does not exist" in missing.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("training:\n  batch_size: [1, 2\n")
-    result = subprocess.run([sys.executable, "-m", "engine", "train", "--config", str(bad)], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1 and "not valid YAML" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "train", "--config", str(bad)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        result.returncode == 1
+        and "not valid YAML" in result.stderr
+        and "Traceback" not in result.stderr
+    )
 
 
 def test_cli_writes_a_config_mlx_lm_reads(tmp_path):
     out = tmp_path / "mlx.yaml"
-    result = subprocess.run([sys.executable, "-m", "engine", "train", "--model", "m", "--data", "d",
-                             "--iters", "7", "--learning-rate", "3e-5", "--write-mlx-lm-config", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "train",
+            "--model",
+            "m",
+            "--data",
+            "d",
+            "--iters",
+            "7",
+            "--learning-rate",
+            "3e-5",
+            "--write-mlx-lm-config",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     import yaml
 
     flat = yaml.safe_load(out.read_text())
-    assert flat["iters"] == 7 and flat["learning_rate"] == pytest.approx(3e-5) and flat["model"] == "m"
+    assert (
+        flat["iters"] == 7 and flat["learning_rate"] == pytest.approx(3e-5) and flat["model"] == "m"
+    )
