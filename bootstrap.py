@@ -67,6 +67,10 @@ def main(argv: list[str]) -> int:
         if lint != 0:
             print("ruff check failed; fix the lint errors above.", file=sys.stderr)
             return lint
+        fmt = subprocess.call([str(py), "-m", "ruff", "format", "--check", "."], cwd=ROOT, env=env)
+        if fmt != 0:
+            print("ruff format --check failed; run `.venv/bin/ruff format .`.", file=sys.stderr)
+            return fmt
         return subprocess.call([str(py), "-m", "pytest", *rest], cwd=ROOT, env=env)
     if command == "setup":
         ensure_env("dev")
