@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STORIES = ROOT.parent / "shared" / "models" / "stories260K"
+SMOLLM2 = ROOT.parent / "shared" / "models" / "smollm2-135m-instruct-4bit"
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -30,6 +31,14 @@ def stories_path() -> Path:
     if not (STORIES / "model.safetensors").exists():
         pytest.skip(f"{STORIES} is absent (it ships beside the repo on dev machines and CI)")
     return STORIES
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The real SmolLM2-135M-Instruct chat model (MLX 4-bit) from ../shared (skips where absent)."""
+    if not (SMOLLM2 / "config.json").exists():
+        pytest.skip(f"{SMOLLM2} is absent (it ships beside the repo on dev machines and CI)")
+    return SMOLLM2
 
 
 @pytest.fixture(scope="session")
