@@ -163,8 +163,20 @@ def save_settings(settings: dict) -> None:
 
 
 def resources_dir() -> Path:
-    """Lathe's bundled resources (sample datasets, presets, model list)."""
-    return Path(__file__).resolve().parents[1] / "resources"
+    """Lathe's bundled resources (sample datasets, presets, model list).
+
+    In a source checkout (and in the Mac app bundle) `resources/` sits beside `engine/`; an installed
+    wheel carries the same files as the data-only package `lathe_resources` (see setup.py).
+    """
+    beside = Path(__file__).resolve().parents[1] / "resources"
+    if beside.is_dir():
+        return beside
+    import importlib.util
+
+    spec = importlib.util.find_spec("lathe_resources")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return beside
 
 
 def shared_stories_model() -> Path | None:

@@ -14,8 +14,9 @@ import yaml
 
 from engine.config import RunConfig
 from engine.models.info import ModelInfo
+from engine.workspace import resources_dir
 
-RESOURCE = Path(__file__).resolve().parents[2] / "resources" / "models.yaml"
+RESOURCE = resources_dir() / "models.yaml"
 GB = 1024**3
 
 
