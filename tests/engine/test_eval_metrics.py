@@ -80,12 +80,37 @@ def test_schema_checker_edge_cases():
     assert validate(5, {"exclusiveMaximum": 5}) != []
 
 
-def test_schemas_with_keywords_lathe_cannot_check_are_refused(tmp_path):
+def test_schemas_that_pydantic_and_tool_definitions_write_are_checked(tmp_path):
+    """Issue 19: the hand-written checker refused $ref, anyOf and oneOf; jsonschema checks them."""
     path = tmp_path / "s.json"
     path.write_text(
-        json.dumps({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}]}}})
+        json.dumps(
+            {
+                "$defs": {"Money": {"type": "object", "required": ["amount"]}},
+                "type": "object",
+                "properties": {
+                    "a": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                    "pay": {"$ref": "#/$defs/Money"},
+                    "kind": {"oneOf": [{"const": "x"}, {"const": "y"}]},
+                },
+            }
+        )
     )
-    with pytest.raises(SchemaError, match="anyOf"):
+    schema = load_schema(path)
+    assert validate({"a": None, "pay": {"amount": 1}, "kind": "x"}, schema) == []
+    problems = validate({"a": 3, "pay": {}, "kind": "z"}, schema)
+    assert any(p.startswith("$.a:") for p in problems)
+    assert "$.pay: missing the required key 'amount'" in problems
+    assert any(p.startswith("$.kind:") for p in problems)
+
+
+def test_schemas_that_cannot_be_checked_are_refused(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"type": "object", "properties": {"a": {"type": "strang"}}}))
+    with pytest.raises(SchemaError, match="not a valid JSON Schema"):
+        load_schema(path)
+    path.write_text(json.dumps({"properties": {"a": {"$ref": "https://example.com/a.json"}}}))
+    with pytest.raises(SchemaError, match="not inside the schema file"):
         load_schema(path)
     path.write_text("{not json")
     with pytest.raises(SchemaError, match="not valid JSON"):
