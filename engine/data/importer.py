@@ -259,6 +259,8 @@ def _report(
         notes=list(log.notes),
         summary=log.summary(),
         options=options.signature(),
+        placeholders=dict(scan.placeholders.most_common()),
+        unknown_keys=dict(scan.unknown_keys.most_common()),
     )
 
 

@@ -82,6 +82,8 @@ class Report:
     notes: list[str]
     summary: str
     options: dict = field(default_factory=dict)
+    placeholders: dict[str, int] = field(default_factory=dict)  # `{{word}}` -> records with it
+    unknown_keys: dict[str, int] = field(default_factory=dict)  # ignored key -> records with it
     tokens: TokenReport | None = None
     dataset_id: str | None = None
     dataset_path: str | None = None
