@@ -515,7 +515,7 @@ def norm_chat(record: dict) -> dict:
     out = [_chat_message(m, i) for i, m in enumerate(messages)]
     check_messages(out, "messages")
     result: dict = {"messages": out}
-    tools = _tools(record.get("tools"))
+    tools = normalise_tools(record.get("tools"))
     if tools:
         result["tools"] = tools
     return result
@@ -714,7 +714,7 @@ def _tool_calls(calls, field: str) -> list[dict]:
     return out
 
 
-def _tools(tools) -> list[dict] | None:
+def normalise_tools(tools) -> list[dict] | None:
     if tools in (None, "", []):
         return None
     if isinstance(tools, str):
@@ -812,7 +812,7 @@ def norm_sharegpt(record: dict) -> dict:
     messages, positions = _sharegpt_messages(record, key)
     check_messages(messages, key, positions)
     result: dict = {"messages": messages}
-    tools = _tools(record.get("tools"))
+    tools = normalise_tools(record.get("tools"))
     if tools:
         result["tools"] = tools
     return result
@@ -984,7 +984,7 @@ def norm_preference(record: dict) -> dict:
             )
         check_messages(prompt + side, key)
     result: dict = {"messages": prompt + chosen, "rejected": rejected, "chosen_start": len(prompt)}
-    tools = _tools(record.get("tools"))
+    tools = normalise_tools(record.get("tools"))
     if tools:
         result["tools"] = tools
     return result

@@ -54,6 +54,9 @@ class TokenReport:
     histogram: dict  # {"edges": [...], "counts": [...]} of train example lengths
     steps_per_epoch: int  # estimate: train examples / batch size, rounded up
     zero_trained: int  # examples left out because they train no token
+    # Parts the chat template does not render (tool calls, tool definitions, ...) -> examples.
+    template_drops: dict[str, int] = field(default_factory=dict)
+    hollow: int = 0  # examples whose every trained turn the template drops
 
 
 @dataclass
