@@ -208,3 +208,23 @@ def test_open_in_chat_selects_the_run_and_its_model(
     assert page.run.currentData() == str(run) and page.model.currentText() == str(stories_path)
     assert loaded.args[0]["tuned_label"] == f"stories260K + run {run.name} · final adapter"
     assert page.compare_box.isEnabled() and page.send_button.isEnabled()
+
+
+def test_the_tools_field_gives_the_chat_its_tool_definitions(qtbot, page, stories_path, tmp_path):
+    """Issue 20 item 7: a tools file named on the Chat page reaches the sessions (before and after
+    a model is loaded) and is rendered into the prompt; a bad file says why."""
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+    tools_file = tmp_path / "tools.json"
+    tools_file.write_text(json.dumps([tool]), encoding="utf-8")
+    page.tools_file.setText(str(tools_file))
+    page.tools_file.editingFinished.emit()
+    assert page.tools_note.text() == "The model sees: get_weather"
+    load(qtbot, page, stories_path)
+    session = page.controller.single
+    assert session.tools == [tool]
+    prompt = page.controller.model.prompt_tokens([{"role": "user", "content": "Hi"}], session.tools)
+    assert '"name": "get_weather"' in page.controller.model.tokenizer.decode(prompt)
+    page.tools_file.setText(str(tmp_path / "nope.json"))
+    page.tools_file.editingFinished.emit()
+    assert "does not exist" in page.tools_note.text()
+    assert session.tools is None
