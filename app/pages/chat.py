@@ -189,6 +189,7 @@ class ChatPage(QWidget):
         self.tools_note = QLabel()
         self.tools_note.setObjectName("muted")
         self.tools_note.setWordWrap(True)
+        self.tools_note.setVisible(False)
         self.temperature = _double(0.0, 2.0, 0.7, 0.05, "0 always picks the likeliest token.")
         self.top_p = _double(
             0.01,
@@ -302,11 +303,13 @@ class ChatPage(QWidget):
                 tools = load_tools(path)
             except ChatError as exc:
                 self.tools_note.setText(f"{exc.args[0]} {exc.hint}".strip())
+                self.tools_note.setVisible(True)
                 self.controller.set_tools(None)
                 return
         self.controller.set_tools(tools)
         names = ", ".join(t["function"].get("name", "?") for t in tools or [])
         self.tools_note.setText(f"The model sees: {names}" if names else "")
+        self.tools_note.setVisible(bool(names))
 
     # -- runs and models ----------------------------------------------------------------------
     def refresh(self, then=None) -> None:
