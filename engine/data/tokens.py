@@ -206,8 +206,6 @@ class TokenCounter:
                     )
                 )
                 continue
-            if drops:
-                self._drops(ex, drops, hollow, log)
             if trained == 0:
                 if trained_full > 0:
                     msg = (
@@ -220,6 +218,8 @@ class TokenCounter:
                     hint = "Check that the answer is not empty, or turn off prompt masking."
                 log.add(Problem("zero_trained", ex.where, msg, hint))
                 continue
+            if drops:  # kept, with a warning: the user decides (training refuses the worst case)
+                self._drops(ex, drops, hollow, log)
             yield ex, length, trained
 
     def _drops(self, ex, drops: list[str], hollow: bool, log: ProblemLog) -> None:
