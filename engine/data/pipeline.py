@@ -23,6 +23,7 @@ from engine.data.problems import DataError, Problem, ProblemLog, RecordProblem
 
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
 SNIFF_ROWS = 50
+MAX_KEY_NOTES = 8  # ignored keys named in a note each; the rest share one note
 
 
 @dataclass
@@ -289,11 +290,15 @@ class Scan:
             )
         for code, n in sorted(self.remarks.items()):
             note(f"In {n} record{'s' if n != 1 else ''}, {formats.REMARKS.get(code, code)}.")
-        for key, n in sorted(self.unknown_keys.items(), key=lambda kv: (-kv[1], kv[0])):
+        unknown = sorted(self.unknown_keys.items(), key=lambda kv: (-kv[1], kv[0]))
+        for key, n in unknown[:MAX_KEY_NOTES]:
             note(
                 f"The field '{key}' (in {n} record{'s' if n != 1 else ''}) is not used for "
                 "training; Lathe ignores it."
             )
+        if len(unknown) > MAX_KEY_NOTES:
+            rest = ", ".join(f"'{k}' ({n})" for k, n in unknown[MAX_KEY_NOTES:])
+            note(f"These fields are not used for training either: {rest}.")
         if self.placeholders:
             words = ", ".join(
                 f"{{{{{w}}}}} ({n})"
@@ -404,9 +409,8 @@ _REQUIRED = {
 def _check_forced_format(name: str, fmt: str, mapping: dict, values: list, keys: list) -> None:
     need = _REQUIRED[fmt]
     rows = [formats.apply_mapping(v, mapping) for v in values if isinstance(v, dict)]
-    if not rows or any(
-        need in r or (need == "conversations" and "conversation" in r) for r in rows
-    ):
+    also = {"conversations": "conversation", "chosen": "preferred_output"}.get(need)
+    if not rows or any(need in r or also in r for r in rows):
         return
     shown = ", ".join(map(str, keys[:12])) or "none"
     raise DataError(
