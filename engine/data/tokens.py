@@ -18,6 +18,10 @@ from pathlib import Path
 from engine.data.problems import DataError, Problem, ProblemLog
 
 UNLIMITED = 1 << 30
+USE_LATHE_TEMPLATE = (
+    "Use Lathe's template, which renders tools (--chat-template lathe; in a run, "
+    "model.chat_template: lathe), or a model whose template supports tools."
+)
 BATCH = 128
 INLINE_EXAMPLES = (
     1500  # below this many examples, starting worker processes costs more than it saves
@@ -236,8 +240,7 @@ class TokenCounter:
                 "template_drops",
                 ex.where,
                 message,
-                "Use Lathe's template (chat template: lathe) or a model whose template renders "
-                "them.",
+                USE_LATHE_TEMPLATE,
                 severity="warning",
             )
         )
@@ -261,8 +264,8 @@ class TokenCounter:
             else ""
         )
         return (
-            f"{whose} does not render {counts}{hollow}. Use Lathe's template (chat template: "
-            f"lathe) or a model whose template supports tools. First: {self.drop_example}."
+            f"{whose} does not render {counts}{hollow}. {USE_LATHE_TEMPLATE} First: "
+            f"{self.drop_example}."
         )
 
 

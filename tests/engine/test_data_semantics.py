@@ -142,7 +142,7 @@ def test_a_template_that_cannot_render_tool_calls_is_reported(tmp_path, tiny_cha
     note = next(n for n in report.notes if "does not render" in n)
     assert note.startswith("The model's chat template does not render tool")
     assert "1 of 2 examples would train nothing but the end-of-turn token" in note
-    assert "chat template: lathe" in note
+    assert "--chat-template lathe" in note
 
     # The same file with Lathe's template: nothing to report.
     assert main(["data", "inspect", str(path), "-m", str(tiny_chat_model)]) == 0
