@@ -210,21 +210,19 @@ def test_open_in_chat_selects_the_run_and_its_model(
     assert page.compare_box.isEnabled() and page.send_button.isEnabled()
 
 
-def test_the_tools_field_gives_the_chat_its_tool_definitions(qtbot, page, stories_path, tmp_path):
-    """Issue 20 item 7: a tools file named on the Chat page reaches the sessions (before and after
-    a model is loaded) and is rendered into the prompt; a bad file says why."""
+def test_the_tools_field_gives_the_chat_its_tool_definitions(qtbot, page, tmp_path):
+    """Issue 20 item 7: a tools file named on the Chat page becomes the chat's tool definitions
+    (the sessions made when a model loads take them from the controller); a bad file says why.
+    The engine's test_data_semantics checks that they reach the rendered prompt."""
     tool = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
     tools_file = tmp_path / "tools.json"
     tools_file.write_text(json.dumps([tool]), encoding="utf-8")
+    assert not page.tools_note.isVisibleTo(page)
     page.tools_file.setText(str(tools_file))
     page.tools_file.editingFinished.emit()
     assert page.tools_note.text() == "The model sees: get_weather"
-    load(qtbot, page, stories_path)
-    session = page.controller.single
-    assert session.tools == [tool]
-    prompt = page.controller.model.prompt_tokens([{"role": "user", "content": "Hi"}], session.tools)
-    assert '"name": "get_weather"' in page.controller.model.tokenizer.decode(prompt)
+    assert page.controller.tools == [tool]
     page.tools_file.setText(str(tmp_path / "nope.json"))
     page.tools_file.editingFinished.emit()
-    assert "does not exist" in page.tools_note.text()
-    assert session.tools is None
+    assert "does not exist" in page.tools_note.text() and page.tools_note.isVisibleTo(page)
+    assert page.controller.tools is None
