@@ -78,6 +78,7 @@ class Encoder:
         self.chat_feature = chat_feature
         self.text_feature = text_feature
         self.eos_id = tokenizer.eos_token_id
+        self._drops_cache: dict = {}  # record shape -> parts the template drops (template_drops)
 
     # -- public ----------------------------------------------------------------------------
     def kind(self, record: dict) -> str:
@@ -140,10 +141,9 @@ class Encoder:
                 for m in messages
             ),
         )
-        cache = self.__dict__.setdefault("_drops_cache", {})
-        lost = cache.get(shape)
+        lost = self._drops_cache.get(shape)
         if lost is None:
-            lost = cache[shape] = self._probe(messages, tools)
+            lost = self._drops_cache[shape] = self._probe(messages, tools)
         if not lost:
             return Drops()
         parts = [p for p in DROP_PARTS if any(part == p for part, _ in lost)]
