@@ -42,6 +42,7 @@ class ChatController(QObject):
         self.single = None  # ChatSession with the adapter on (or the base model when there is none)
         self.compare = None  # CompareSession, when the model has an adapter
         self.system_prompt = ""
+        self.tools: list[dict] | None = None  # tool definitions rendered by the chat template
         self.busy = False
         self.loading = False
         self._task: Task | None = None
@@ -122,10 +123,12 @@ class ChatController(QObject):
         self.model = model
         self.model_ref = model_ref or model.model_path
         self.adapter_spec = adapter_spec
-        self.single = ChatSession(model, use_adapter=True, system_prompt=self.system_prompt)
+        self.single = ChatSession(
+            model, use_adapter=True, system_prompt=self.system_prompt, tools=self.tools
+        )
         self.single.history = history  # the conversation goes on with the new model or adapter
         self.compare = (
-            CompareSession(model, system_prompt=self.system_prompt)
+            CompareSession(model, system_prompt=self.system_prompt, tools=self.tools)
             if model.adapter is not None
             else None
         )
@@ -179,6 +182,11 @@ class ChatController(QObject):
         self.system_prompt = text
         for session in self._sessions():
             session.system_prompt = text
+
+    def set_tools(self, tools: list[dict] | None) -> None:
+        self.tools = tools or None
+        for session in self._sessions():
+            session.tools = self.tools
 
     def _sessions(self):
         out = [self.single] if self.single is not None else []

@@ -113,8 +113,10 @@ def run_import(
     mask_prompt: bool = True,
     progress=None,
     cancel: threading.Event | None = None,
+    fill: dict | None = None,
 ):
-    """Import `path` into the workspace with a token report; returns (Report, model path)."""
+    """Import `path` into the workspace with a token report; returns (Report, model path).
+    `fill` gives values for `{{word}}` placeholders (as `data import --set word=value`)."""
     from engine.data import Options, TokenSettings, import_dataset
     from engine.data.tokens import TokenCounter
 
@@ -127,7 +129,7 @@ def run_import(
     model_dir = reference_model(model)
     if cancel.is_set():
         raise TaskCancelled()
-    options = Options(format=fmt or None, mapping=mapping or {})
+    options = Options(format=fmt or None, mapping=mapping or {}, fill=fill or {})
     tokens = TokenSettings(
         str(model_dir),
         max_seq_length=max_seq_length,

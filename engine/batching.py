@@ -39,7 +39,7 @@ class Batch:
 
     @property
     def trained_tokens(self) -> int:
-        return int(self.weights[:, 1:].sum())
+        return int(np.count_nonzero(self.weights[:, 1:]))  # loss weights may be fractions
 
 
 def plan_epoch(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:

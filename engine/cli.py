@@ -82,7 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("LATHE_DEBUG"):
             raise
         print(f"lathe-engine: {message}", file=sys.stderr)
+        if getattr(args, "json", False):
+            # --json callers read stdout only: the error comes there too, as one object.
+            print(json.dumps({"error": _error_dict(exc, message)}, ensure_ascii=False), flush=True)
         return 1
+
+
+def _error_dict(exc: Exception, message: str) -> dict:
+    """An error for --json output: kind, message and hint (the hint also ends `message`)."""
+    from engine.errors import LatheError
+
+    if isinstance(exc, LatheError):
+        return {"kind": exc.kind, "message": str(exc.args[0]) if exc.args else "", "hint": exc.hint}
+    return {"kind": "internal", "message": message, "hint": ""}
 
 
 def _user_message(exc: Exception) -> str:

@@ -77,6 +77,11 @@ class DataConfig:
         choices=("auto", "budget", "pack", "on", "off"),
     )
     pack_length: int = _f(0, "Tokens per packed row (packing: pack); 0 uses the longest example.")
+    allow_template_drops: bool = _f(
+        False,
+        "Start even when the chat template leaves out the tool calls that are every training "
+        "example's answer, so only end-of-turn tokens would train (`train --force`).",
+    )
     prompt_feature: str = _f("prompt", "Key of the prompt in prompt/completion data.")
     completion_feature: str = _f("completion", "Key of the completion in prompt/completion data.")
     chat_feature: str = _f("messages", "Key of the message list in chat data.")

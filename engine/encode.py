@@ -9,15 +9,40 @@ with prompt masking every assistant turn is trained, not only the last one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.templates import resolve
+
+# What a chat template can leave out of a record, in the order reports name them.
+DROP_PARTS = (
+    "tool definitions",
+    "tool calls",
+    "tool results",
+    "system messages",
+    "user messages",
+    "assistant messages",
+)
+_PROBE = "LatheProbe{}Q"  # survives JSON, trimming and Jinja escaping, and no real text holds it
+
+
+@dataclass
+class Drops:
+    """What the chat template leaves out of one record."""
+
+    parts: list[str] = field(default_factory=list)  # from DROP_PARTS
+    # Every trained assistant turn is lost (a tool call the template does not render): the record
+    # would train only end-of-turn tokens.
+    hollow: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.parts)
 
 
 @dataclass
 class Encoded:
     tokens: list[int]
-    weights: list[int]  # 1 = trained, 0 = masked; same length as tokens
+    # 1 = trained, 0 = masked, a fraction = trained at that loss weight; same length as tokens
+    weights: list[float]
     truncated: bool = False
 
     def __len__(self) -> int:
@@ -26,7 +51,7 @@ class Encoded:
     @property
     def trained_tokens(self) -> int:
         # The first token is never a target (nothing predicts it).
-        return sum(self.weights[1:])
+        return sum(1 for w in self.weights[1:] if w)
 
 
 class Encoder:
@@ -53,6 +78,7 @@ class Encoder:
         self.chat_feature = chat_feature
         self.text_feature = text_feature
         self.eos_id = tokenizer.eos_token_id
+        self._drops_cache: dict = {}  # record shape -> parts the template drops (template_drops)
 
     # -- public ----------------------------------------------------------------------------
     def kind(self, record: dict) -> str:
@@ -99,6 +125,74 @@ class Encoder:
             messages = record[self.chat_feature]
         return self._apply(messages, record.get("tools"), tokenize=False)
 
+    def template_drops(self, record: dict) -> Drops:
+        """Which parts of a chat record (tool definitions, tool calls, tool results, turns) the
+        chat template does not render. Each part's text is replaced by a unique marker and the
+        record is rendered once; a marker missing from the text is a part the template dropped.
+        Templates behave the same for records of the same shape, so shapes are cached."""
+        if self.kind(record) != "chat":
+            return Drops()
+        messages = record[self.chat_feature]
+        tools = record.get("tools") or []
+        shape = (
+            bool(tools),
+            tuple(
+                (m.get("role"), bool(m.get("content")), len(m.get("tool_calls") or ()))
+                for m in messages
+            ),
+        )
+        lost = self._drops_cache.get(shape)
+        if lost is None:
+            lost = self._drops_cache[shape] = self._probe(messages, tools)
+        if not lost:
+            return Drops()
+        parts = [p for p in DROP_PARTS if any(part == p for part, _ in lost)]
+        lost_turns = {i for part, i in lost if i is not None}
+        trained = [
+            i
+            for i, m in enumerate(messages)
+            if m.get("role") == "assistant" and m.get("weight", 1) != 0
+        ]
+        hollow = bool(trained) and all(i in lost_turns for i in trained)
+        return Drops(parts, hollow)
+
+    def _probe(self, messages: list[dict], tools: list) -> list[tuple[str, int | None]]:
+        markers: list[tuple[str, str, int | None]] = []  # (marker, part, message index)
+
+        def mark(part: str, index: int | None) -> str:
+            marker = _PROBE.format(len(markers))
+            markers.append((marker, part, index))
+            return marker
+
+        probe_tools = []
+        for tool in tools:
+            fn = dict(tool.get("function") or {})
+            fn["name"] = mark("tool definitions", None)
+            probe_tools.append(dict(tool, function=fn))
+        probe = []
+        for i, m in enumerate(messages):
+            m = dict(m)
+            role = m.get("role")
+            if m.get("tool_calls"):
+                calls = []
+                for call in m["tool_calls"]:
+                    fn = dict(call.get("function") or {})
+                    fn["name"] = mark("tool calls", i)
+                    calls.append(dict(call, function=fn))
+                m["tool_calls"] = calls
+            if isinstance(m.get("content"), str) and m["content"].strip():
+                part = "tool results" if role == "tool" else f"{role} messages"
+                m["content"] = mark(part, i if role == "assistant" else None)
+            probe.append(m)
+        try:
+            text = self._apply(probe, probe_tools, tokenize=False)
+        except Exception:  # noqa: BLE001 - a template that rejects the record is reported by encode
+            return []
+        missing = [(part, i) for marker, part, i in markers if marker not in text]
+        # An assistant turn is lost only when nothing of it is rendered (text and calls).
+        shown = {i for marker, part, i in markers if i is not None and marker in text}
+        return [(part, None if i in shown else i) for part, i in missing]
+
     def prompt_tokens(self, messages: list[dict], tools=None) -> list[int]:
         """Tokens of a conversation ending with the generation prompt (for chat and eval)."""
         return self._apply(messages, tools, add_generation_prompt=True)
@@ -125,7 +219,9 @@ class Encoder:
             return Encoded(tokens, [1] * len(tokens))
         weights = [0] * len(tokens)
         for i, message in enumerate(messages):
-            if message.get("role") != "assistant" or message.get("weight", 1) == 0:
+            # A turn's loss weight (OpenAI `weight`, LLaMA-Factory `loss_weight`): 0 = context only.
+            weight = message.get("weight", 1)
+            if message.get("role") != "assistant" or not weight:
                 continue
             # The assistant turn i spans from the end of the prompt that precedes it to the end of
             # the conversation rendered up to and including it.
@@ -139,7 +235,7 @@ class Encoder:
             else:
                 end = _common_prefix(tokens, self._apply(messages[: i + 1], tools))
             for j in range(start, max(start, end)):
-                weights[j] = 1
+                weights[j] = weight
         return Encoded(tokens, weights)
 
     def _truncate(self, enc: Encoded) -> Encoded:

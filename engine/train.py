@@ -201,6 +201,7 @@ def prepare(config: RunConfig, sink: events.Sink) -> Prepared:
             "The dataset has no trainable training examples.",
             "Check that examples have answers (assistant turns or completions).",
         )
+    check_template_drops(encoder, splits.train, config.data.allow_template_drops, log)
     if encoder.template_source == "default" and any(
         encoder.kind(r) != "text" for r in splits.train[:50]
     ):
@@ -220,6 +221,46 @@ def prepare(config: RunConfig, sink: events.Sink) -> Prepared:
         is_quantized(model),
         0,
         int(getattr(fit, "training_peak_bytes", 0) or 0),
+    )
+
+
+def check_template_drops(encoder, records: list[dict], allowed: bool, log) -> None:
+    """Warn, with counts and an example, when the chat template leaves out tool definitions, tool
+    calls, tool results or turns of the training examples; refuse (unless `allowed`) when that
+    leaves every training example with nothing to learn but end-of-turn tokens."""
+    from collections import Counter
+
+    parts: Counter = Counter()
+    hollow = 0
+    first = None
+    for n, record in enumerate(records, 1):
+        drops = encoder.template_drops(record)
+        if drops:
+            parts.update(drops.parts)
+            hollow += drops.hollow
+            first = first or (n, drops)
+    if not parts:
+        return
+    whose = {"model": "The model's chat template", "default": "Lathe's default template"}.get(
+        encoder.template_source, "The run's chat template"
+    )
+    counts = ", ".join(f"{p} ({k} of {len(records)} examples)" for p, k in parts.most_common())
+    example = f"training example {first[0]} loses its {', '.join(first[1].parts)}"
+    hint = (
+        "Set model.chat_template to lathe (Lathe's template renders tools), use a model whose "
+        "template supports tools, or start anyway with train --force."
+    )
+    if hollow == len(records) and not allowed:
+        raise TrainingError(
+            f"{whose} does not render {counts}: all {hollow} training examples would train "
+            f"nothing but the end-of-turn token (e.g. {example}).",
+            hint,
+        )
+    log(
+        "warning",
+        f"{whose} does not render {counts}"
+        + (f"; {hollow} examples train nothing but the end-of-turn token" if hollow else "")
+        + f" (e.g. {example}). {hint}",
     )
 
 

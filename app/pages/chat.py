@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPlainTextEdit,
     QPushButton,
     QSpinBox,
@@ -179,6 +180,16 @@ class ChatPage(QWidget):
             "System prompt (optional), e.g. “You answer in one short paragraph.”"
         )
         self.system_prompt.setMaximumHeight(120)
+        self.tools_file = QLineEdit()
+        self.tools_file.setPlaceholderText("Tools file (JSON), optional")
+        self.tools_file.setToolTip(
+            "Tool definitions the model may call (a JSON list in OpenAI's shape), rendered through "
+            "the chat template as in training."
+        )
+        self.tools_note = QLabel()
+        self.tools_note.setObjectName("muted")
+        self.tools_note.setWordWrap(True)
+        self.tools_note.setVisible(False)
         self.temperature = _double(0.0, 2.0, 0.7, 0.05, "0 always picks the likeliest token.")
         self.top_p = _double(
             0.01,
@@ -214,6 +225,11 @@ class ChatPage(QWidget):
         head.setObjectName("sectionTitle")
         sl.addWidget(head)
         sl.addWidget(self.system_prompt)
+        head = QLabel("Tools")
+        head.setObjectName("sectionTitle")
+        sl.addWidget(head)
+        sl.addWidget(self.tools_file)
+        sl.addWidget(self.tools_note)
         head = QLabel("Sampling")
         head.setObjectName("sectionTitle")
         sl.addWidget(head)
@@ -273,7 +289,27 @@ class ChatPage(QWidget):
         self.system_prompt.textChanged.connect(
             lambda: c.set_system_prompt(self.system_prompt.toPlainText())
         )
+        self.tools_file.editingFinished.connect(self._on_tools_file_edited)
         QShortcut(QKeySequence("Ctrl+."), self, activated=self.stop)
+
+    def _on_tools_file_edited(self) -> None:
+        """Read the tools file (small JSON) and give its definitions to the chat."""
+        from engine.chat import ChatError, load_tools
+
+        path = self.tools_file.text().strip()
+        tools = None
+        if path:
+            try:
+                tools = load_tools(path)
+            except ChatError as exc:
+                self.tools_note.setText(f"{exc.args[0]} {exc.hint}".strip())
+                self.tools_note.setVisible(True)
+                self.controller.set_tools(None)
+                return
+        self.controller.set_tools(tools)
+        names = ", ".join(t["function"].get("name", "?") for t in tools or [])
+        self.tools_note.setText(f"The model sees: {names}" if names else "")
+        self.tools_note.setVisible(bool(names))
 
     # -- runs and models ----------------------------------------------------------------------
     def refresh(self, then=None) -> None:

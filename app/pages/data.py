@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QPlainTextEdit,
@@ -42,6 +43,7 @@ FORMAT_CHOICES = [
     ("completion", "prompt/completion"),
     ("alpaca", "Alpaca (instruction/input/output)"),
     ("sharegpt", "ShareGPT (conversations)"),
+    ("preference", "preference pairs (chosen/rejected)"),
     ("text", "plain text"),
 ]
 MAP_TARGETS = ["prompt", "completion", "system", "text"]
@@ -190,6 +192,36 @@ class ColumnMapDialog(QDialog):
         return {t: c.currentData() for t, c in self.combos.items() if c.currentData()}
 
 
+class FillPlaceholdersDialog(QDialog):
+    """A value for each `{{word}}` placeholder the report found (empty leaves it as it is)."""
+
+    def __init__(self, words: list[str], fill: dict, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("Fill placeholders")
+        self.edits: dict[str, QLineEdit] = {}
+        form = QFormLayout()
+        for word in words:
+            edit = QLineEdit(fill.get(word, ""))
+            edit.setPlaceholderText("leave {{" + word + "}} as it is")
+            self.edits[word] = edit
+            form.addRow("{{" + word + "}}", edit)
+        note = QLabel("Each placeholder is replaced by its value in every example at import.")
+        note.setWordWrap(True)
+        note.setObjectName("muted")
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(note)
+        layout.addWidget(buttons)
+
+    def fill(self) -> dict:
+        return {w: e.text() for w, e in self.edits.items() if e.text()}
+
+
 class DataPage(QWidget):
     sig_report_ready = Signal(object)
     sig_import_failed = Signal(str)
@@ -201,6 +233,7 @@ class DataPage(QWidget):
         self.report = None
         self.model_dir: Path | None = None
         self.mapping: dict = {}
+        self.fill: dict = {}  # {{word}} placeholder -> value, filled at import
         self.preferred_model: str | None = None  # the Train page's model (set by the window)
         self.max_seq_length = 2048
         self.task: Task | None = None
@@ -220,12 +253,17 @@ class DataPage(QWidget):
         self.map_button.setToolTip("Choose which CSV columns hold the prompt and the answer.")
         self.map_button.clicked.connect(self._on_map_clicked)
         self.map_button.setVisible(False)
+        self.fill_button = QPushButton("Fill placeholders…")
+        self.fill_button.setToolTip("Give values for {{word}} placeholders found in the examples.")
+        self.fill_button.clicked.connect(self._on_fill_clicked)
+        self.fill_button.setVisible(False)
         top = QHBoxLayout()
         top.addWidget(title)
         top.addStretch(1)
         top.addWidget(QLabel("Format"))
         top.addWidget(self.format)
         top.addWidget(self.map_button)
+        top.addWidget(self.fill_button)
         top.addWidget(self.open_button)
 
         self.progress = QProgressBar()
@@ -369,6 +407,7 @@ class DataPage(QWidget):
         self.path = Path(path)
         if new_file:
             self.mapping = dict(mapping or {})
+            self.fill = {}
             if fmt is None:
                 self.format.setCurrentIndex(0)
         self.map_button.setVisible(bool(csv_columns(self.path)))
@@ -383,6 +422,7 @@ class DataPage(QWidget):
             self.mapping or None,
             self.preferred_model,
             self.max_seq_length,
+            fill=dict(self.fill),
         )
         task.sig_progress.connect(self._on_import_progress)
         task.sig_done.connect(lambda res, t=task: self._on_import_done(t, res))
@@ -476,6 +516,7 @@ class DataPage(QWidget):
             )
         self.summary.setText("<br>".join(lines))
         self.use_button.setEnabled(bool(report.dataset_path))
+        self.fill_button.setVisible(bool(report.placeholders or self.fill))
 
         t = report.tokens
         if t is not None:
@@ -580,6 +621,15 @@ class DataPage(QWidget):
         if dialog.exec() == QDialog.DialogCode.Accepted:
             self.mapping = dialog.mapping()
             self.open_path(self.path, fmt=self.format.currentData(), mapping=self.mapping)
+
+    def _on_fill_clicked(self) -> None:
+        if self.path is None or self.report is None:
+            return
+        words = list(dict.fromkeys([*self.report.placeholders, *self.fill]))
+        dialog = FillPlaceholdersDialog(words, self.fill, self)
+        if dialog.exec() == QDialog.DialogCode.Accepted:
+            self.fill = dialog.fill()
+            self.open_path(self.path, fmt=self.format.currentData())
 
     def _on_use_clicked(self) -> None:
         if self.report is not None and self.report.dataset_path:

@@ -22,6 +22,7 @@ from engine.chat.generation import (
     StopMatcher,
 )
 from engine.chat.session import ChatSession, CompareSession
+from engine.chat.tools import load_tools
 
 __all__ = [
     "AdapterInfo",
@@ -37,6 +38,7 @@ __all__ = [
     "add_to_dataset",
     "checkpoint_steps",
     "dataset_file",
+    "load_tools",
     "resolve_adapter",
     "validate_example",
 ]

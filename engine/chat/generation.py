@@ -244,10 +244,11 @@ class ChatModel:
             return f"{self.name} + {self._adapter.info.label}"
         return f"{self.name} (base)"
 
-    def prompt_tokens(self, messages: list[dict]) -> list[int]:
-        """Tokens of `messages` through the chat template, ending with the assistant's turn."""
+    def prompt_tokens(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """Tokens of `messages` (and the `tools` the model may call) through the chat template,
+        ending with the assistant's turn."""
         template, _ = self.template()
-        return _render(self.tokenizer, messages, template)
+        return _render(self.tokenizer, messages, template, tools)
 
     # -- generation ------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -261,8 +262,11 @@ class ChatModel:
         *,
         use_adapter: bool = True,
         cancel: threading.Event | None = None,
+        tools: list[dict] | None = None,
     ) -> Iterator[ChatEvent]:
         """Stream a reply to `messages` (system/user/assistant dicts, the last one from the user).
+        `tools`: tool definitions (OpenAI's shape) rendered through the chat template, as in
+        training.
 
         `cancel`: an event the caller owns, for a cancel that must not race the start of the reply;
         without it, `cancel()` stops this reply.
@@ -276,15 +280,15 @@ class ChatModel:
         # is never lost.
         event = cancel if cancel is not None else threading.Event()
         self._cancel = event
-        return self._stream(list(messages), settings, use_adapter, event)
+        return self._stream(list(messages), settings, use_adapter, event, tools or None)
 
-    def _stream(self, messages, settings, use_adapter, cancel) -> Iterator[ChatEvent]:
+    def _stream(self, messages, settings, use_adapter, cancel, tools=None) -> Iterator[ChatEvent]:
         with self._lock:
             self._require_open()
             tuned = use_adapter and self._adapter is not None
             if self._adapter is not None:
                 self._adapter.set_enabled(tuned)
-            yield from self._stream_locked(messages, settings, tuned, cancel)
+            yield from self._stream_locked(messages, settings, tuned, cancel, tools)
 
     def reply(
         self,
@@ -292,15 +296,16 @@ class ChatModel:
         settings: ChatSettings | None = None,
         *,
         use_adapter: bool = True,
+        tools: list[dict] | None = None,
     ) -> Reply:
         """The whole reply at once (no streaming)."""
-        for event in self.stream(messages, settings, use_adapter=use_adapter):
+        for event in self.stream(messages, settings, use_adapter=use_adapter, tools=tools):
             if event.kind == "done":
                 return event.reply
         raise AssertionError("a reply stream always ends with a done event")
 
     def _stream_locked(
-        self, messages, settings: ChatSettings, tuned: bool, cancel: threading.Event
+        self, messages, settings: ChatSettings, tuned: bool, cancel: threading.Event, tools=None
     ) -> Iterator[ChatEvent]:
         import mlx.core as mx
         from mlx_lm.generate import stream_generate
@@ -317,7 +322,7 @@ class ChatModel:
                 f"model's {self.context_length}-token context.",
                 "Lower max tokens.",
             )
-        tokens, dropped = _fit(self.tokenizer, messages, template, budget)
+        tokens, dropped = _fit(self.tokenizer, messages, template, budget, tools)
         if dropped:
             notice = (
                 f"Left out the {dropped} oldest message{'s' if dropped != 1 else ''} to fit "
@@ -450,24 +455,30 @@ def _context_length(config: dict, tokenizer) -> int:
     return FALLBACK_CONTEXT
 
 
-def _render(tokenizer, messages: list[dict], template: str) -> list[int]:
-    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+_MESSAGE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
+
+
+def _render(tokenizer, messages: list[dict], template: str, tools=None) -> list[int]:
+    clean = [{k: m[k] for k in _MESSAGE_KEYS if k in m} for m in messages]
+    extra = {"tools": tools} if tools else {}
     try:
         out = tokenizer.apply_chat_template(
-            clean, chat_template=template, add_generation_prompt=True, tokenize=True
+            clean, chat_template=template, add_generation_prompt=True, tokenize=True, **extra
         )
     except Exception as exc:  # noqa: BLE001 - jinja raises TemplateError from the template itself
         if clean and clean[0]["role"] == "system" and len(clean) > 1:
             # Some templates (Gemma, Mistral) refuse a system role; fold it into the first turn.
             merged = dict(clean[1], content=f"{clean[0]['content']}\n\n{clean[1]['content']}")
-            return _render(tokenizer, [merged] + clean[2:], template)
+            return _render(tokenizer, [merged] + clean[2:], template, tools)
         raise ChatError(f"The chat template could not be applied: {_first_line(exc)}") from None
     if isinstance(out, dict):
         out = out["input_ids"]
     return list(out)
 
 
-def _fit(tokenizer, messages: list[dict], template: str, budget: int) -> tuple[list[int], int]:
+def _fit(
+    tokenizer, messages: list[dict], template: str, budget: int, tools=None
+) -> tuple[list[int], int]:
     """Tokens of the conversation after dropping the oldest turns until it fits `budget`.
 
     The system prompt and the newest user message are always kept; whole turns are dropped, so
@@ -477,7 +488,7 @@ def _fit(tokenizer, messages: list[dict], template: str, budget: int) -> tuple[l
     rest = list(messages[len(system) :])
     dropped = 0
     while True:
-        tokens = _render(tokenizer, system + rest, template)
+        tokens = _render(tokenizer, system + rest, template, tools)
         if len(tokens) <= budget:
             return tokens, dropped
         if len(rest) <= 1:

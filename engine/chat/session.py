@@ -25,11 +25,14 @@ class ChatSession:
         use_adapter: bool = True,
         system_prompt: str = "",
         settings: ChatSettings | None = None,
+        tools: list[dict] | None = None,
     ):
         self.model = model
         self.use_adapter = use_adapter
         self.system_prompt = system_prompt
         self.settings = settings or ChatSettings()
+        # Tool definitions the model may call (OpenAI's shape), rendered by the chat template.
+        self.tools: list[dict] | None = tools or None
         self.history: list[
             dict
         ] = []  # user/assistant turns, oldest first, without the system prompt
@@ -120,6 +123,7 @@ class ChatSession:
             settings or self.settings,
             use_adapter=self.use_adapter,
             cancel=self._cancel,
+            tools=self.tools,
         )
         return self._record(stream, sent)
 
@@ -146,17 +150,22 @@ class CompareSession:
     """
 
     def __init__(
-        self, model: ChatModel, *, system_prompt: str = "", settings: ChatSettings | None = None
+        self,
+        model: ChatModel,
+        *,
+        system_prompt: str = "",
+        settings: ChatSettings | None = None,
+        tools: list[dict] | None = None,
     ):
         if model.adapter is None:
             raise ChatError(
                 "Compare mode needs an adapter.", "Pick a run to compare with its base model."
             )
         self.base = ChatSession(
-            model, use_adapter=False, system_prompt=system_prompt, settings=settings
+            model, use_adapter=False, system_prompt=system_prompt, settings=settings, tools=tools
         )
         self.tuned = ChatSession(
-            model, use_adapter=True, system_prompt=system_prompt, settings=settings
+            model, use_adapter=True, system_prompt=system_prompt, settings=settings, tools=tools
         )
         self._cancel = threading.Event()
 

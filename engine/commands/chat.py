@@ -32,6 +32,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--prompt", help="Send one message and exit; without it, chat interactively.")
     p.add_argument("--system", default="", help="System prompt.")
+    p.add_argument(
+        "--tools",
+        metavar="FILE.json",
+        help="Tool definitions the model may call (a JSON list in OpenAI's shape), rendered "
+        "through the chat template as in training.",
+    )
     p.add_argument("--base", action="store_true", help="Start with the adapter switched off.")
     p.add_argument(
         "--compare",
@@ -63,7 +69,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.chat import ChatError, ChatModel, ChatSession, ChatSettings, CompareSession
+    from engine.chat import (
+        ChatError,
+        ChatModel,
+        ChatSession,
+        ChatSettings,
+        CompareSession,
+        load_tools,
+    )
 
     if not args.model and not args.adapter:
         raise ChatError("No model given.", "Pass --model, or --adapter with a run.")
@@ -82,13 +95,20 @@ def run(args: argparse.Namespace) -> int:
         stop=args.stop,
     )
     settings.validate()
+    tools = load_tools(args.tools) if args.tools else None
     model = ChatModel.load(args.model, args.adapter)
     try:
         if args.compare:
-            session = CompareSession(model, system_prompt=args.system, settings=settings)
+            session = CompareSession(
+                model, system_prompt=args.system, settings=settings, tools=tools
+            )
         else:
             session = ChatSession(
-                model, use_adapter=not args.base, system_prompt=args.system, settings=settings
+                model,
+                use_adapter=not args.base,
+                system_prompt=args.system,
+                settings=settings,
+                tools=tools,
             )
         out = _Printer(args.json)
         if args.prompt is not None:

@@ -58,6 +58,7 @@ def register(subparsers) -> None:
         help="Longer examples are truncated (default 2048).",
     )
     p.add_argument("--no-mask-prompt", action="store_true", help="Train on prompts too.")
+    _template_arg(p)
     p.add_argument(
         "--color",
         choices=("auto", "always", "never"),
@@ -107,6 +108,14 @@ def _source_args(p: argparse.ArgumentParser) -> None:
         help="Share held out for testing when the data has no test split (default 0).",
     )
     p.add_argument("--seed", type=int, default=0, help="Seed for the held-out splits (default 0).")
+    p.add_argument(
+        "--set",
+        dest="fill",
+        action="append",
+        metavar="WORD=VALUE",
+        help="Fill the placeholder {{WORD}} with VALUE in every example (repeatable), e.g. "
+        "--set name=Lathe.",
+    )
 
 
 def _token_args(p: argparse.ArgumentParser) -> None:
@@ -123,6 +132,38 @@ def _token_args(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=4, help="For the steps-per-epoch estimate (default 4)."
     )
     p.add_argument("--no-mask-prompt", action="store_true", help="Train on prompts too.")
+    _template_arg(p)
+
+
+def _template_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--chat-template",
+        metavar="lathe|FILE.jinja",
+        help="Chat template instead of the model's own: 'lathe' (Lathe's default, which renders "
+        "tools) or a Jinja file.",
+    )
+
+
+def _template(args) -> str | None:
+    from engine.data import DataError
+
+    value = getattr(args, "chat_template", None)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"Cannot read the chat template {path} ({exc}).", "") from None
+    from engine.templates import DEFAULT_TEMPLATE_NAMES
+
+    if value.strip().lower() in DEFAULT_TEMPLATE_NAMES:
+        return value
+    raise DataError(
+        f"The chat template '{value}' is neither 'lathe' nor a file.",
+        "Give --chat-template lathe or the path of a .jinja file.",
+    )
 
 
 def _options(args):
@@ -136,6 +177,7 @@ def _options(args):
         test_fraction=args.test_fraction,
         seed=args.seed,
         dedupe=not args.keep_duplicates,
+        fill=args.fill or {},
     )
 
 
@@ -149,6 +191,7 @@ def _tokens(args):
         max_seq_length=args.max_seq_length,
         batch_size=args.batch_size,
         mask_prompt=not args.no_mask_prompt,
+        chat_template=_template(args),
     )
 
 
@@ -217,6 +260,7 @@ def _show(args) -> int:
         options=_options(args),
         max_seq_length=args.max_seq_length,
         mask_prompt=not args.no_mask_prompt,
+        chat_template=_template(args),
     )
     if args.json:
         print_json(view.to_dict())

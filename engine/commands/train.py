@@ -78,7 +78,8 @@ def register(sub) -> None:
         "--force",
         action="store_true",
         default=None,
-        help=field_help("training", "ignore_fit_check"),
+        help=field_help("training", "ignore_fit_check")
+        + " Also starts when the chat template drops every example's tool calls.",
     )
     p.add_argument("--name", help="A name for the run (used in its folder name).")
     p.add_argument(
@@ -146,6 +147,7 @@ def build_config(args: argparse.Namespace, warnings: list[str]) -> RunConfig:
         cfg.training.nan_retry = True
     if args.force:
         cfg.training.ignore_fit_check = True
+        cfg.data.allow_template_drops = True
     if args.name:
         cfg.name = args.name
     return cfg
@@ -272,6 +274,7 @@ def handle(args: argparse.Namespace) -> int:
         config = info.config
         if args.force:
             config.training.ignore_fit_check = True
+            config.data.allow_template_drops = True
     else:
         config = build_config(args, warnings)
         if args.write_mlx_lm_config:

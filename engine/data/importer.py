@@ -208,6 +208,10 @@ def _run(
             f"could be used. {log.summary()}{first}".strip(),
             "Fix the problems listed, or check that this is the right file.",
         )
+    if counter is not None:
+        note = counter.drop_note(len(codes))
+        if note:
+            log.note(note)
     final, split_notes = plan_splits(source_codes, options, present)
     report = _report(source, scan, log, final, split_notes, options, sha)
     if counter is not None:
@@ -219,6 +223,8 @@ def _run(
             np.asarray(trained),
             log.counts.get("zero_trained", 0),
         )
+        report.tokens.template_drops = dict(counter.drops)
+        report.tokens.hollow = counter.hollow
     return report, final
 
 
@@ -259,6 +265,8 @@ def _report(
         notes=list(log.notes),
         summary=log.summary(),
         options=options.signature(),
+        placeholders=dict(scan.placeholders.most_common()),
+        unknown_keys=dict(scan.unknown_keys.most_common()),
     )
 
 

@@ -23,6 +23,7 @@ from engine.data.problems import DataError, Problem, ProblemLog, RecordProblem
 
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
 SNIFF_ROWS = 50
+MAX_KEY_NOTES = 8  # ignored keys named in a note each; the rest share one note
 
 
 @dataclass
@@ -38,8 +39,10 @@ class Options:
     dedupe: bool = True  # drop repeated examples (and valid/test examples also in train); when
     # False they are kept and reported as warnings
     text_chunk_chars: int = 4000  # .txt/.md files are cut into chunks of up to this many characters
+    fill: dict[str, str] = field(default_factory=dict)  # `{{word}}` placeholders -> their values
 
     def __post_init__(self):
+        self.fill = formats.parse_fill(self.fill)
         if isinstance(self.mapping, str) or self.mapping is None:
             self.mapping = formats.parse_mapping(self.mapping)
         elif self.mapping:
@@ -69,6 +72,7 @@ class Options:
             "seed": self.seed,
             "dedupe": self.dedupe,
             "text_chunk_chars": self.text_chunk_chars,
+            **({"fill": dict(sorted(self.fill.items()))} if self.fill else {}),
         }
 
 
@@ -85,6 +89,7 @@ class FileInfo:
     rows: int = 0
     kept: int = 0
     skipped: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)  # kept examples per record_kind
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -97,7 +102,17 @@ class Example:
     record: dict
 
 
+KIND_LABELS = {
+    "chat": "conversations",
+    "completion": "prompt/completion pairs",
+    "text": "plain text",
+    "preference": "preference pairs",
+}
+
+
 def record_kind(record: dict) -> str:
+    if "rejected" in record:
+        return "preference"
     if "messages" in record:
         return "chat"
     if "prompt" in record:
@@ -116,6 +131,10 @@ class Scan:
         self.log = log or ProblemLog(strict=self.options.strict)
         self.files: list[FileInfo] = []
         self.kinds: Counter = Counter()
+        self.unknown_keys: Counter = Counter()  # key -> records that have it
+        self.remarks: Counter = Counter()  # formats.REMARKS code -> records
+        self.placeholders: Counter = Counter()  # word -> records that still contain {{word}}
+        self.placeholder_records = 0
         self.rows = 0
         self.container = ""
         self._stack = ExitStack()
@@ -167,6 +186,7 @@ class Scan:
             info = FileInfo(src.name, src.split)
             self.files.append(info)
             yield from self._file_examples(index, src, info, seen)
+        self._notes()
         if self.rows == 0:
             what = self.path.name
             raise DataError(
@@ -194,6 +214,7 @@ class Scan:
         info.format, info.format_reason, info.mapping = self._detect(src, info, head)
         normalise = formats.normaliser(info.format)
         mapping = info.mapping
+        fill = self.options.fill
         log = self.log
         for row in itertools.chain(head, rows):
             info.rows += 1
@@ -211,10 +232,20 @@ class Scan:
                         'Each example must be a JSON object like {"messages": [...]}.',
                     )
                 else:
+                    mapped = formats.apply_mapping(value, mapping)
                     try:
-                        record = normalise(formats.apply_mapping(value, mapping))
+                        record, remarks = formats.normalise(normalise, mapped)
                     except RecordProblem as exc:
                         problem = exc
+                    else:
+                        self.remarks.update(remarks)
+                        self.unknown_keys.update(formats.unknown_keys(info.format, mapped))
+                        if fill:
+                            record = formats.fill_placeholders(record, fill)
+                        words = formats.find_placeholders(record)
+                        if words:
+                            self.placeholders.update(words)
+                            self.placeholder_records += 1
             if problem is not None:
                 info.skipped += 1
                 log.add(Problem(problem.code, where, problem.message, problem.hint, problem.field))
@@ -235,7 +266,9 @@ class Scan:
                     (index << 42) | (SPLIT_CODES[split] << 40) | min(row.number, (1 << 40) - 1)
                 )
             info.kept += 1
-            self.kinds[record_kind(record)] += 1
+            kind = record_kind(record)
+            self.kinds[kind] += 1
+            info.kinds[kind] = info.kinds.get(kind, 0) + 1
             yield Example(split, where, record)
         if text is not None:
             note = text.encoding_note(src.name)
@@ -244,6 +277,52 @@ class Scan:
             info.encoding = "latin-1" if text.latin1_lines else text.encoding
         if info.rows == 0:
             log.note(f"{src.name} has no examples.")
+
+    def _notes(self) -> None:
+        """Dataset-wide remarks, once each: what was ignored, decoded, left unfilled or mixed."""
+        note = self.log.note
+        if self.kinds.get("preference"):
+            n = self.kinds["preference"]
+            note(
+                f"{n} example{'s are' if n != 1 else ' is a'} preference pair{'s' if n != 1 else ''}"
+                " (a chosen and a rejected answer). Fine-tuning trains on the chosen answers; the "
+                "rejected ones are kept in the dataset for preference training."
+            )
+        for code, n in sorted(self.remarks.items()):
+            note(f"In {n} record{'s' if n != 1 else ''}, {formats.REMARKS.get(code, code)}.")
+        unknown = sorted(self.unknown_keys.items(), key=lambda kv: (-kv[1], kv[0]))
+        for key, n in unknown[:MAX_KEY_NOTES]:
+            note(
+                f"The field '{key}' (in {n} record{'s' if n != 1 else ''}) is not used for "
+                "training; Lathe ignores it."
+            )
+        if len(unknown) > MAX_KEY_NOTES:
+            rest = ", ".join(f"'{k}' ({n})" for k, n in unknown[MAX_KEY_NOTES:])
+            note(f"These fields are not used for training either: {rest}.")
+        if self.placeholders:
+            words = ", ".join(
+                f"{{{{{w}}}}} ({n})"
+                for w, n in sorted(self.placeholders.items(), key=lambda kv: (-kv[1], kv[0]))
+            )
+            first = min(self.placeholders, key=lambda w: (-self.placeholders[w], w))
+            n = self.placeholder_records
+            note(
+                f"{n} example{'s contain' if n != 1 else ' contains'} placeholders that would be "
+                f"trained as they are: {words}. Fill them at import with --set {first}=VALUE "
+                "(on the Data page: Fill placeholders)."
+            )
+        used = [f for f in self.files if f.kinds]
+        kinds = {k for f in used for k in f.kinds}
+        if len(used) > 1 and len(kinds) > 1:
+            parts = "; ".join(
+                f"{f.name}: "
+                + ", ".join(f"{n} {KIND_LABELS.get(k, k)}" for k, n in f.kinds.items())
+                for f in used
+            )
+            note(
+                f"The files hold different kinds of data ({parts}). They are trained together as "
+                "one dataset; import them separately to train on one kind."
+            )
 
     def _repeat_problem(self, where: str, split: str, first: int) -> Problem:
         info = self.files[first >> 42]
@@ -304,6 +383,7 @@ class Scan:
                 mapping, mapping_reason = auto
         if opts.format:
             fmt, why = opts.format, "chosen with --format"
+            _check_forced_format(src.name, fmt, mapping, values, keys)
         else:
             try:
                 fmt, why = formats.detect(values, mapping)
@@ -312,6 +392,34 @@ class Scan:
         if mapping_reason:
             why = f"{why} ({mapping_reason})"
         return fmt, f"{why}; {info.container_reason}", mapping
+
+
+# The field each format cannot do without, for the message when --format names a format whose
+# field the file lacks.
+_REQUIRED = {
+    "text": "text",
+    "completion": "completion",
+    "alpaca": "output",
+    "chat": "messages",
+    "sharegpt": "conversations",
+    "preference": "chosen",
+}
+
+
+def _check_forced_format(name: str, fmt: str, mapping: dict, values: list, keys: list) -> None:
+    need = _REQUIRED[fmt]
+    rows = [formats.apply_mapping(v, mapping) for v in values if isinstance(v, dict)]
+    also = {"conversations": "conversation", "chosen": "preferred_output"}.get(need)
+    if not rows or any(need in r or also in r for r in rows):
+        return
+    shown = ", ".join(map(str, keys[:12])) or "none"
+    raise DataError(
+        f"{name} has no '{need}' column or field for the {formats.FORMATS[fmt]} format; it has: "
+        f"{shown}.",
+        f"Say which one holds it with --map {need}=COLUMN"
+        + (f" (e.g. --map {need}={keys[0]})" if keys else "")
+        + ".",
+    )
 
 
 def _digest(record: dict) -> int:
@@ -349,8 +457,10 @@ def plan_splits(
             continue
         final[train_idx[perm[start : start + k]]] = code
         start += k
+        share, asked = f"{k / n:.0%}", f"{fraction:.0%}"
+        why = asked if share == asked else f"{share}: {asked} asked, in whole examples"
         notes.append(
             f"No {label} split in the data: held out {k} of {n} training examples "
-            f"({fraction:.0%}, seed {options.seed})."
+            f"({why}, seed {options.seed})."
         )
     return final, notes

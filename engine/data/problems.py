@@ -43,6 +43,7 @@ LABELS = {
     "nothing_trained": "nothing to train",
     "zero_trained": "zero trained tokens",
     "template_error": "rejected by the chat template",
+    "template_drops": "partly left out by the chat template",
     "bad_row": "malformed row",
     "duplicate": "duplicate",
     "overlap": "also in train",

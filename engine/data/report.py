@@ -54,6 +54,9 @@ class TokenReport:
     histogram: dict  # {"edges": [...], "counts": [...]} of train example lengths
     steps_per_epoch: int  # estimate: train examples / batch size, rounded up
     zero_trained: int  # examples left out because they train no token
+    # Parts the chat template does not render (tool calls, tool definitions, ...) -> examples.
+    template_drops: dict[str, int] = field(default_factory=dict)
+    hollow: int = 0  # examples whose every trained turn the template drops
 
 
 @dataclass
@@ -82,6 +85,8 @@ class Report:
     notes: list[str]
     summary: str
     options: dict = field(default_factory=dict)
+    placeholders: dict[str, int] = field(default_factory=dict)  # `{{word}}` -> records with it
+    unknown_keys: dict[str, int] = field(default_factory=dict)  # ignored key -> records with it
     tokens: TokenReport | None = None
     dataset_id: str | None = None
     dataset_path: str | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -18,6 +18,10 @@ from pathlib import Path
 from engine.data.problems import DataError, Problem, ProblemLog
 
 UNLIMITED = 1 << 30
+USE_LATHE_TEMPLATE = (
+    "Use Lathe's template, which renders tools (--chat-template lathe; in a run, "
+    "model.chat_template: lathe), or a model whose template supports tools."
+)
 BATCH = 128
 INLINE_EXAMPLES = (
     1500  # below this many examples, starting worker processes costs more than it saves
@@ -93,6 +97,11 @@ class TokenCounter:
             max_seq_length=UNLIMITED,
         )
         self.template_source = self.encoder.template_source
+        # What the chat template leaves out: part -> examples, and examples that would train
+        # nothing but end-of-turn tokens because of it (see Encoder.template_drops).
+        self.drops: Counter = Counter()
+        self.hollow = 0
+        self.drop_example: str | None = None
         self.workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
 
     def encode(self, record: dict):
@@ -188,7 +197,9 @@ class TokenCounter:
 
     def _checked(self, batch: list, results: list, log: ProblemLog) -> Iterator:
         limit = self.max_seq_length
-        for ex, (length, trained, trained_full, error) in zip(batch, results, strict=True):
+        for ex, (length, trained, trained_full, error, drops, hollow) in zip(
+            batch, results, strict=True
+        ):
             if error is not None:
                 log.add(
                     Problem(
@@ -211,7 +222,51 @@ class TokenCounter:
                     hint = "Check that the answer is not empty, or turn off prompt masking."
                 log.add(Problem("zero_trained", ex.where, msg, hint))
                 continue
+            if drops:  # kept, with a warning: the user decides (training refuses the worst case)
+                self._drops(ex, drops, hollow, log)
             yield ex, length, trained
+
+    def _drops(self, ex, drops: list[str], hollow: bool, log: ProblemLog) -> None:
+        self.drops.update(drops)
+        self.hollow += hollow
+        what = ", ".join(drops)
+        message = f"the chat template leaves out the {what}" + (
+            "; only end-of-turn tokens would be trained" if hollow else ""
+        )
+        if self.drop_example is None:
+            self.drop_example = f"{ex.where}: {message}"
+        log.add(
+            Problem(
+                "template_drops",
+                ex.where,
+                message,
+                USE_LATHE_TEMPLATE,
+                severity="warning",
+            )
+        )
+
+    def drop_note(self, examples: int) -> str | None:
+        """One sentence with the counts, for the report's notes; None when nothing is dropped."""
+        if not self.drops:
+            return None
+
+        def examples_(n: int) -> str:
+            return f"{n} example{'s' if n != 1 else ''}"
+
+        counts = ", ".join(f"{part} ({examples_(n)})" for part, n in self.drops.most_common())
+        whose = {
+            "model": "The model's chat template",
+            "default": "Lathe's default chat template",
+        }.get(self.template_source, "The chat template given")
+        hollow = (
+            f": {self.hollow} of {examples} examples would train nothing but the end-of-turn token"
+            if self.hollow
+            else ""
+        )
+        return (
+            f"{whose} does not render {counts}{hollow}. {USE_LATHE_TEMPLATE} First: "
+            f"{self.drop_example}."
+        )
 
 
 def _no_length_warning(tokenizer) -> None:
@@ -224,15 +279,18 @@ def _no_length_warning(tokenizer) -> None:
         pass
 
 
-def _measure(encoder, limit: int, record: dict) -> tuple[int, int, int, str | None]:
+def _measure(encoder, limit: int, record: dict) -> tuple[int, int, int, str | None, list, bool]:
     try:
         enc = encoder.encode(record)
     except Exception as exc:  # noqa: BLE001 - jinja's raise_exception and tokenizer errors
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return 0, 0, 0, text[:200]
-    # Token 0 is never a target (nothing predicts it); see Encoded.trained_tokens.
-    trained = sum(enc.weights[1:limit])
-    return len(enc.tokens), trained, sum(enc.weights[1:]), None
+        return 0, 0, 0, text[:200], [], False
+    drops = encoder.template_drops(record)
+    # Token 0 is never a target (nothing predicts it); see Encoded.trained_tokens. Weights may be
+    # fractions (loss weights): count the tokens that train at all.
+    trained = sum(1 for w in enc.weights[1:limit] if w)
+    full = sum(1 for w in enc.weights[1:] if w)
+    return len(enc.tokens), trained, full, None, drops.parts, drops.hollow
 
 
 _WORKER: dict = {}
@@ -249,6 +307,6 @@ def _init_worker(model_dir: str, chat_template: str | None, mask_prompt: bool, l
     _WORKER["limit"] = limit
 
 
-def _measure_batch(records: list[dict]) -> list[tuple[int, int, int, str | None]]:
+def _measure_batch(records: list[dict]) -> list[tuple]:
     enc, limit = _WORKER["encoder"], _WORKER["limit"]
     return [_measure(enc, limit, r) for r in records]

@@ -54,12 +54,23 @@ def _llama3() -> TemplateStyle:
 
 def _lathe_default(eos: str) -> TemplateStyle:
     # Mirrors engine.templates.DEFAULT_CHAT_TEMPLATE: llama.cpp adds BOS itself; earlier assistant
-    # turns end with EOS and a blank line, and the prompt ends with "### Answer:\n".
+    # turns end with EOS and a blank line, and the prompt ends with "### Answer:\n". Tools, tool
+    # calls and tool results are written as the Jinja template writes them (Ollama prints a tool
+    # and a call's arguments as JSON). Go templates cannot look ahead, so here every tool result,
+    # not only the last of a row, is followed by "### Answer:".
     template = (
+        "{{ if .Tools }}### Tools:\n"
+        'To call a tool, answer with <tool_call>{"name": ..., "arguments": {...}}</tool_call>.\n'
+        "{{ range .Tools }}{{ . }}\n{{ end }}\n{{ end }}"
         "{{ if .System }}{{ .System }}\n\n{{ end }}"
         "{{ range .Messages }}"
         '{{ if eq .Role "user" }}### Question:\n{{ .Content }}\n\n### Answer:\n'
-        '{{ else if eq .Role "assistant" }}{{ .Content }}' + eos + "\n\n"
+        '{{ else if eq .Role "assistant" }}{{ .Content }}'
+        "{{ if and .Content .ToolCalls }}\n{{ end }}"
+        "{{ range $i, $c := .ToolCalls }}{{ if $i }}\n{{ end }}"
+        '<tool_call>{"name": "{{ $c.Function.Name }}", "arguments": {{ $c.Function.Arguments }}}'
+        "</tool_call>{{ end }}" + eos + "\n\n"
+        '{{ else if eq .Role "tool" }}### Tool result:\n{{ .Content }}\n\n### Answer:\n'
         "{{ end }}"
         "{{ end }}"
     )

@@ -208,3 +208,21 @@ def test_open_in_chat_selects_the_run_and_its_model(
     assert page.run.currentData() == str(run) and page.model.currentText() == str(stories_path)
     assert loaded.args[0]["tuned_label"] == f"stories260K + run {run.name} · final adapter"
     assert page.compare_box.isEnabled() and page.send_button.isEnabled()
+
+
+def test_the_tools_field_gives_the_chat_its_tool_definitions(qtbot, page, tmp_path):
+    """Issue 20 item 7: a tools file named on the Chat page becomes the chat's tool definitions
+    (the sessions made when a model loads take them from the controller); a bad file says why.
+    The engine's test_data_semantics checks that they reach the rendered prompt."""
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+    tools_file = tmp_path / "tools.json"
+    tools_file.write_text(json.dumps([tool]), encoding="utf-8")
+    assert not page.tools_note.isVisibleTo(page)
+    page.tools_file.setText(str(tools_file))
+    page.tools_file.editingFinished.emit()
+    assert page.tools_note.text() == "The model sees: get_weather"
+    assert page.controller.tools == [tool]
+    page.tools_file.setText(str(tmp_path / "nope.json"))
+    page.tools_file.editingFinished.emit()
+    assert "does not exist" in page.tools_note.text() and page.tools_note.isVisibleTo(page)
+    assert page.controller.tools is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from PySide6.QtCore import QMimeData, QPoint, Qt, QUrl
 from PySide6.QtGui import QDropEvent
@@ -132,3 +133,37 @@ def test_csv_columns_can_be_mapped(window, qtbot, tmp_path, tiny_chat_model):
     assert report.mapping == {"prompt": "frage", "completion": "antwort"}
     assert report.kept == 20
     assert "frage" in window.data.summary.text()
+
+
+def test_placeholders_can_be_filled_on_the_data_page(
+    window, qtbot, tmp_path, tiny_chat_model, monkeypatch
+):
+    """Issue 20 item 5: the report's `{{name}}` placeholders get a Fill placeholders dialog whose
+    values are filled in at import."""
+    from PySide6.QtWidgets import QDialog
+
+    from app.pages import data as data_page
+    from engine.data import read_imported
+
+    path = tmp_path / "identity.jsonl"
+    rows = [{"prompt": f"Who are you? ({i})", "completion": "I am {{name}}."} for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    page = window.data
+    page.preferred_model = str(tiny_chat_model)
+    with qtbot.waitSignal(page.sig_report_ready, timeout=60_000) as first:
+        page.open_path(path)
+    assert first.args[0].placeholders == {"name": 4}
+    assert page.fill_button.isVisibleTo(page)
+
+    def accept(dialog):
+        dialog.edits["name"].setText("Lathe")
+        return QDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(data_page.FillPlaceholdersDialog, "exec", accept)
+    with qtbot.waitSignal(page.sig_report_ready, timeout=60_000) as second:
+        page.fill_button.click()
+    report = second.args[0]
+    assert report.placeholders == {}
+    records = read_imported(Path(report.dataset_path))
+    completions = {r["completion"] for split in records.values() for r in split}
+    assert completions == {"I am Lathe."}

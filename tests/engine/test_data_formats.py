@@ -94,7 +94,7 @@ def test_openai_content_parts_are_joined_and_images_refused(tmp_path):
     path = jsonl(tmp_path / "c.jsonl", [ok, img])
     assert records(path)[0]["messages"][0]["content"] == "Hi there"
     report = inspect_dataset(path)
-    assert report.problems[0]["field"] == "messages[0].content"
+    assert report.problems[0]["field"] == "messages[0].content[0]"
     assert "'image_url' part" in report.problems[0]["message"]
 
 
