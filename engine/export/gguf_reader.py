@@ -111,6 +111,7 @@ class GgufInfo:
         if t.type not in ("F32", "F16"):
             raise ValueError(f"{name} is {t.type}; only F32/F16 can be read back")
         dtype = np.dtype("float32" if t.type == "F32" else "float16")
+        self._check_inside(t)
         data = np.memmap(
             self.path,
             dtype=dtype,
@@ -119,6 +120,17 @@ class GgufInfo:
             shape=(t.n_elements,),
         )
         return np.array(data).reshape(t.shape)
+
+    def _check_inside(self, t: GgufTensor) -> None:
+        if self.data_offset + t.offset + t.n_bytes > self.path.stat().st_size:
+            raise GgufFormatError(f"{self.path.name} ends inside tensor {t.name} (truncated).")
+
+    def check_complete(self) -> None:
+        """GgufFormatError unless every tensor is of a known type and lies inside the file."""
+        for t in self.tensors:
+            if not t.n_bytes:
+                raise GgufFormatError(f"Tensor {t.name} has an unknown ggml type ({t.type}).")
+            self._check_inside(t)
 
     def raw(self, name: str):
         """A tensor's bytes, as a read-only numpy uint8 memmap of shape (rows, bytes per row)."""
@@ -129,8 +141,7 @@ class GgufInfo:
             raise GgufFormatError(
                 f"{name} has ggml type {t.type}, which this reader does not know."
             )
-        if self.data_offset + t.offset + t.n_bytes > self.path.stat().st_size:
-            raise GgufFormatError(f"{self.path} ends inside tensor {name} (truncated).")
+        self._check_inside(t)
         rows = t.n_elements // t.shape[-1] if t.shape else 1
         return np.memmap(
             self.path,

@@ -88,6 +88,7 @@ def import_gguf(
     report = progress or (lambda stage, fraction: None)
     try:
         info = read_gguf(src)
+        info.check_complete()
     except GgufFormatError as exc:
         raise ModelError(f"{src} cannot be read as GGUF: {exc}") from None
     stamp = {"size": src.stat().st_size, "mtime": src.stat().st_mtime}
