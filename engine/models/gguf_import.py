@@ -239,12 +239,50 @@ def gguf_config(info: GgufInfo) -> dict:
         "bfloat16" if "BF16" in float_types else "float32" if float_types == {"F32"} else "float16"
     )
     if "rope_freqs.weight" in names:
-        raise ModelError(
-            f"{info.path.name} carries per-frequency rotary factors (rope_freqs, as in Llama 3.1+), "
-            "which Lathe's GGUF import does not translate yet.",
-            "Download the model's safetensors version instead (models download ID).",
-        )
+        factors = info.read("rope_freqs.weight").astype("float64")
+        config["rope_scaling"] = llama3_rope_scaling(factors, config["rope_theta"], head_dim)
+        if config["rope_scaling"] is None:
+            raise ModelError(
+                f"{info.path.name} carries per-frequency rotary factors (rope_freqs) that match no "
+                "Llama 3 rope scaling Lathe knows.",
+                "Download the model's safetensors version instead (models download ID).",
+            )
     return config
+
+
+def llama3_rope_factors(base: float, dim: int, scaling: dict):
+    """The rope_freqs tensor llama.cpp's converter writes for a Llama 3.1+ `rope_scaling`."""
+    import numpy as np
+
+    freqs = 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old = scaling["original_max_position_embeddings"]
+    wavelen = 2 * np.pi / freqs
+    smooth = (old / wavelen - low) / (high - low)
+    mid = 1 / ((1 - smooth) / factor + smooth)
+    return np.where(wavelen < old / high, 1.0, np.where(wavelen > old / low, factor, mid))
+
+
+def llama3_rope_scaling(factors, base: float, dim: int) -> dict | None:
+    """The Llama 3 `rope_scaling` whose factors are `factors` (GGUF keeps only the tensor):
+    factor is the largest one; the other three come from the values Meta's releases use."""
+    import numpy as np
+
+    if factors.shape != (dim // 2,) or not np.isfinite(factors).all():
+        return None
+    factor = float(np.float32(factors.max()))
+    for old in (8192, 4096, 16384, 32768, 65536, 131072):
+        for low, high in ((1.0, 4.0), (1.0, 2.0), (1.0, 8.0), (2.0, 8.0)):
+            scaling = {
+                "rope_type": "llama3",
+                "factor": factor,
+                "low_freq_factor": low,
+                "high_freq_factor": high,
+                "original_max_position_embeddings": old,
+            }
+            if np.allclose(llama3_rope_factors(base, dim, scaling), factors, rtol=1e-5):
+                return scaling
+    return None
 
 
 def _rope_scaling(meta: dict, p: str) -> dict | None:
@@ -300,6 +338,8 @@ def gguf_weights(info: GgufInfo, config: dict, progress) -> tuple[dict, dict | N
     unused = []
     for i, t in enumerate(info.tensors):
         target = _hf_name(t.name)
+        if t.name == "rope_freqs.weight":  # became config["rope_scaling"] (gguf_config)
+            continue
         if target is None:
             unused.append(t.name)
             continue

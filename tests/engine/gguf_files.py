@@ -71,11 +71,17 @@ def random_kquant(qtype: str, rows: int, cols: int, seed: int = 0) -> np.ndarray
     return blocks.reshape(rows, -1)
 
 
-def write_gguf(model_dir: Path, out: Path, types: dict[str, str] | None = None) -> Path:
-    """Write the llama model in `model_dir` (MLX layout, byte-level BPE tokenizer.json) as a GGUF
-    the way llama.cpp's converter does: q/k rows permuted for its rotary layout, metadata and
-    vocabulary under its keys. `types` maps a GGUF tensor part ("attn_q", "token_embd", ...) to
-    a ggml type; the default is F32. K-quant types get random blocks (see random_kquant)."""
+def write_gguf(
+    model_dir: Path,
+    out: Path,
+    types: dict[str, str] | None = None,
+    extra_tensors: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """Write the llama or qwen2 model in `model_dir` (MLX layout, byte-level BPE tokenizer.json)
+    as a GGUF the way llama.cpp's converter does: llama's q/k rows permuted for its rotary layout,
+    metadata and vocabulary under its keys. `types` maps a GGUF tensor part ("attn_q",
+    "token_embd", ...) to a ggml type; the default is F32. K-quant types get random blocks (see
+    random_kquant). `extra_tensors` are written as F32 (e.g. rope_freqs.weight)."""
     import gguf
     import mlx.core as mx
     from gguf.quants import quantize
@@ -86,7 +92,8 @@ def write_gguf(model_dir: Path, out: Path, types: dict[str, str] | None = None) 
     tok = json.loads((model_dir / "tokenizer.json").read_text())
     tok_cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
-    w = gguf.GGUFWriter(str(out), "llama")
+    arch = config["model_type"]
+    w = gguf.GGUFWriter(str(out), arch)
     w.add_name(model_dir.name)
     w.add_context_length(config["max_position_embeddings"])
     w.add_embedding_length(config["hidden_size"])
@@ -112,9 +119,9 @@ def write_gguf(model_dir: Path, out: Path, types: dict[str, str] | None = None) 
     weights = mx.load(str(model_dir / "model.safetensors"))
     for hf, value in sorted(weights.items()):
         name = gguf_name(hf)
-        if ".attn_q." in name:
+        if arch == "llama" and ".attn_q." in name:
             value = permute_weights(value, heads, heads)
-        elif ".attn_k." in name:
+        elif arch == "llama" and ".attn_k." in name:
             value = permute_weights(value, heads, kv_heads)
         arr = np.array(value.astype(mx.float32))
         part = name.split(".")[-2]
@@ -127,6 +134,8 @@ def write_gguf(model_dir: Path, out: Path, types: dict[str, str] | None = None) 
         else:
             t = gguf.GGMLQuantizationType[qtype]
             w.add_tensor(name, quantize(arr, t), raw_dtype=t)
+    for name, arr in (extra_tensors or {}).items():
+        w.add_tensor(name, arr.astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -69,6 +69,57 @@ def test_bpe_llama_gguf_imports_with_same_tokens_template_and_logits(
     assert import_gguf(tiny_f32_gguf).path == entry.path
 
 
+def test_llama3_rope_factors_become_rope_scaling(tiny_chat_model, tmp_path):
+    """Issue 18 item 1: a Llama 3.1+ GGUF keeps its rotary scaling only as a rope_freqs tensor;
+    the import recovers the `rope_scaling` config from it, and the logits match the original."""
+    import shutil
+
+    from engine.models.gguf_import import import_gguf, llama3_rope_factors
+
+    src = shutil.copytree(tiny_chat_model, tmp_path / "tiny-llama3")
+    config = json.loads((src / "config.json").read_text())
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,  # all three bands occur in 16 dims
+    }
+    config["rope_scaling"] = scaling
+    (src / "config.json").write_text(json.dumps(config))
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    factors = llama3_rope_factors(config["rope_theta"], head_dim, scaling)
+    assert {1.0, 32.0} < set(factors.round(6)) and len(set(factors.round(6))) > 2
+    odd = write_gguf(src, tmp_path / "odd.gguf", extra_tensors={"rope_freqs.weight": factors[::-1]})
+    with pytest.raises(ModelError, match="match no Llama 3 rope scaling"):
+        import_gguf(odd)
+    path = write_gguf(src, tmp_path / "l3.gguf", extra_tensors={"rope_freqs.weight": factors})
+    entry = import_gguf(path)
+    assert json.loads(open(f"{entry.path}/config.json").read())["rope_scaling"] == scaling
+    m1, t1 = _load(src)
+    m2, _ = _load(entry.path)
+    ids = t1.encode(" ".join(TEXTS) * 4)
+    want = _logits(m1, ids)
+    np.testing.assert_allclose(_logits(m2, ids), want, atol=1e-4, rtol=1e-4)
+    unscaled, _ = _load(tiny_chat_model)  # same weights, no rope scaling: the test can tell
+    assert np.abs(_logits(unscaled, ids) - want).max() > 1e-3
+
+
+def test_qwen2_gguf_imports_with_biases_and_no_rotary_permutation(tiny_qwen_model, tmp_path):
+    """Issue 18 item 1: a qwen2 GGUF (attention biases; llama.cpp does not permute its q/k rows)
+    imports to the same tokens and logits as the original model."""
+    from engine.models.gguf_import import import_gguf
+
+    entry = import_gguf(write_gguf(tiny_qwen_model, tmp_path / "tiny-qwen2.gguf"))
+    config = json.loads(open(f"{entry.path}/config.json").read())
+    assert config["model_type"] == "qwen2" and config["architectures"] == ["Qwen2ForCausalLM"]
+    m1, t1 = _load(tiny_qwen_model)
+    m2, t2 = _load(entry.path)
+    prompt = t1.apply_chat_template(CHAT, add_generation_prompt=True)
+    assert t2.apply_chat_template(CHAT, add_generation_prompt=True) == prompt
+    np.testing.assert_allclose(_logits(m2, prompt), _logits(m1, prompt), atol=1e-4, rtol=1e-4)
+
+
 def test_sentencepiece_llama_round_trips_through_lathe_gguf_export(stories_path, tmp_path):
     """Issue 18 item 1: a SentencePiece ("llama") vocabulary becomes a tokenizer.json that gives
     SentencePiece's own ids (with BOS), and Lathe's F32 export imports back to the same logits."""
