@@ -99,8 +99,9 @@ def dequantize(
 
 
 def _convert(src: Path, base: str, op: dict, progress) -> library.LibraryEntry:
+    import mlx.core as mx
     from mlx.utils import tree_flatten
-    from mlx_lm.utils import dequantize_model, load_model, quantize_model, save_config
+    from mlx_lm.utils import dequantize_model, load_model, make_shards, quantize_model, save_config
 
     def report(stage: str, done: int = 0, total: int = 0) -> None:
         if progress is not None:
@@ -123,10 +124,26 @@ def _convert(src: Path, base: str, op: dict, progress) -> library.LibraryEntry:
             model = dequantize_model(model)
 
     weights = dict(tree_flatten(model.parameters()))
+    total = sum(v.nbytes for v in weights.values())
+    shards = make_shards(weights)
+    del weights
     tmp.mkdir(parents=True, mode=workspace.DIR_MODE)
     try:
-        total = write_weights(tmp, weights, report)
-        del weights
+        fmt = "model-{:05d}-of-{:05d}.safetensors" if len(shards) > 1 else "model.safetensors"
+        weight_map: dict[str, str] = {}
+        done = 0
+        report("writing", 0, total)
+        for i, shard in enumerate(shards):
+            for value in shard.values():
+                mx.eval(value)  # the lazy quantization of this tensor happens here
+                done += value.nbytes
+                report("writing", done, total)
+            shard_name = fmt.format(i + 1, len(shards))
+            mx.save_safetensors(str(tmp / shard_name), shard, metadata={"format": "mlx"})
+            weight_map.update({k: shard_name for k in shard})
+            shards[i] = None
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         save_config(config, config_path=tmp / "config.json")
         for fname in COPIED_FILES:
             if (src / fname).is_file():
@@ -142,30 +159,3 @@ def _convert(src: Path, base: str, op: dict, progress) -> library.LibraryEntry:
         raise
     report("done", total, total)
     return library.converted_entry(final)
-
-
-def write_weights(folder: Path, weights: dict, report) -> int:
-    """Write `weights` (name -> mx.array, possibly lazy) as safetensors shards with an index, the
-    way mlx-lm does, calling `report("writing", done_bytes, total_bytes)` tensor by tensor.
-    Returns the total bytes written."""
-    import mlx.core as mx
-    from mlx_lm.utils import make_shards
-
-    total = sum(v.nbytes for v in weights.values())
-    shards = make_shards(weights)
-    fmt = "model-{:05d}-of-{:05d}.safetensors" if len(shards) > 1 else "model.safetensors"
-    weight_map: dict[str, str] = {}
-    done = 0
-    report("writing", 0, total)
-    for i, shard in enumerate(shards):
-        for value in shard.values():
-            mx.eval(value)  # a lazy conversion of this tensor happens here
-            done += value.nbytes
-            report("writing", done, total)
-        shard_name = fmt.format(i + 1, len(shards))
-        mx.save_safetensors(str(folder / shard_name), shard, metadata={"format": "mlx"})
-        weight_map.update({k: shard_name for k in shard})
-        shards[i] = None
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    return total

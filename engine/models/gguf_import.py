@@ -79,7 +79,6 @@ def import_gguf(
 
     `progress(stage, fraction)` is called as it goes. Importing the same file again returns the
     model already made from it (same path, size and modification time)."""
-    from engine.models.convert import write_weights
     from engine.models.info import validate_model_dir
 
     src = Path(path).expanduser().resolve()
@@ -104,16 +103,15 @@ def import_gguf(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True, mode=workspace.DIR_MODE)
     try:
-        weights, quant = gguf_weights(info, config, lambda f: report("converting", 0.05 + 0.6 * f))
-        if quant:
+        bits: dict[str, int | None] = {}
+        write_shards(
+            tmp,
+            GgufWeights(info, config, bits),
+            lambda f: report("converting", 0.02 + 0.95 * f),
+        )
+        if quant := _quantization(bits):
             config["quantization"] = quant
             config["quantization_config"] = quant
-        write_weights(
-            tmp,
-            weights,
-            lambda stage, done, total: report("writing", 0.65 + 0.3 * done / max(total, 1)),
-        )
-        del weights
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False))
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
@@ -318,55 +316,104 @@ def _hf_name(gguf_name: str) -> tuple[str, str] | None:
     return None
 
 
-def gguf_weights(info: GgufInfo, config: dict, progress) -> tuple[dict, dict | None]:
-    """MLX arrays under Hugging Face names, and the `quantization` config they need (or None)."""
+SHARD_BYTES = 5 * 1024**3  # as mlx-lm's make_shards
+
+
+def write_shards(folder: Path, parts, progress) -> int:
+    """Save the tensors `parts` yields (name -> mx.array dicts, with `len(parts)`) as safetensors
+    shards of at most SHARD_BYTES plus an index, holding one shard in memory at a time (a
+    dequantized 7B model would not fit whole). Returns the bytes written."""
     import mlx.core as mx
-    import numpy as np
 
-    from engine.models.gguf_tensors import convert_tensor, unpermute_rotary
+    files: list[tuple[str, list[str]]] = []
+    shard: dict = {}
+    size = total = 0
 
-    dtype = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}[
-        config["torch_dtype"]
-    ]
-    arch = config["model_type"]
-    perms = {
-        "attn_q": unpermute_rotary(config["num_attention_heads"]),
-        "attn_k": unpermute_rotary(config["num_key_value_heads"]),
-    }
-    weights: dict = {}
-    bits: dict[str, int | None] = {}
-    unused = []
-    for i, t in enumerate(info.tensors):
-        target = _hf_name(t.name)
-        if t.name == "rope_freqs.weight":  # became config["rope_scaling"] (gguf_config)
-            continue
-        if target is None:
-            unused.append(t.name)
-            continue
-        module, suffix = target
-        c = convert_tensor(info, t)
-        part = t.name.split(".")[2] if t.name.startswith("blk.") else ""
-        if arch == "llama" and part in perms:
-            c = c.rows_permuted(perms[part])
-        if c.weight.dtype == np.uint32:  # packed quantized weights
-            w = mx.array(c.weight)
-        elif c.bfloat16:
-            w = mx.array(c.weight).view(mx.bfloat16).astype(dtype)
-        else:
-            w = mx.array(c.weight).astype(dtype)
-        weights[f"{module}.{suffix}"] = w
-        if suffix == "weight" and len(t.shape) >= 2:
-            bits[module] = c.bits
-        if c.scales is not None:
-            weights[f"{module}.scales"] = mx.array(c.scales)
-            weights[f"{module}.biases"] = mx.array(c.biases)
-        progress((i + 1) / len(info.tensors))
-    if unused:
-        raise ModelError(
-            f"{info.path.name} holds tensors a {arch} model does not have "
-            f"({', '.join(unused[:3])}), so it is not a plain {arch} language model.",
+    def flush() -> None:
+        nonlocal shard, size
+        name = f".part-{len(files) + 1}.safetensors"
+        mx.save_safetensors(str(folder / name), shard, metadata={"format": "mlx"})
+        files.append((name, list(shard)))
+        shard, size = {}, 0
+
+    n = len(parts)
+    for i, tensors in enumerate(parts):
+        nbytes = sum(v.nbytes for v in tensors.values())
+        if shard and size + nbytes > SHARD_BYTES:
+            flush()
+        shard.update(tensors)
+        size += nbytes
+        total += nbytes
+        progress((i + 1) / n)
+    if shard:
+        flush()
+    weight_map = {}
+    for k, (part_name, keys) in enumerate(files):
+        final = (
+            "model.safetensors"
+            if len(files) == 1
+            else f"model-{k + 1:05d}-of-{len(files):05d}.safetensors"
         )
-    return weights, _quantization(bits)
+        (folder / part_name).rename(folder / final)
+        weight_map.update({key: final for key in keys})
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return total
+
+
+class GgufWeights:
+    """The model's tensors one GGUF tensor at a time, as {Hugging Face name: mx.array} (weight,
+    and scales/biases for a kept-quantized one); each module's bits (None: float) go into `bits`.
+    Tensors a llama/qwen2 model does not have are refused before anything is converted."""
+
+    def __init__(self, info: GgufInfo, config: dict, bits: dict):
+        self.info, self.config, self.bits = info, config, bits
+        self.tensors = [t for t in info.tensors if t.name != "rope_freqs.weight"]
+        unused = [t.name for t in self.tensors if _hf_name(t.name) is None]
+        if unused:
+            arch = config["model_type"]
+            raise ModelError(
+                f"{info.path.name} holds tensors a {arch} model does not have "
+                f"({', '.join(unused[:3])}), so it is not a plain {arch} language model.",
+            )
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __iter__(self):
+        import mlx.core as mx
+        import numpy as np
+
+        from engine.models.gguf_tensors import convert_tensor, unpermute_rotary
+
+        config = self.config
+        dtype = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}[
+            config["torch_dtype"]
+        ]
+        perms = {
+            "attn_q": unpermute_rotary(config["num_attention_heads"]),
+            "attn_k": unpermute_rotary(config["num_key_value_heads"]),
+        }
+        for t in self.tensors:
+            module, suffix = _hf_name(t.name)
+            c = convert_tensor(self.info, t)
+            part = t.name.split(".")[2] if t.name.startswith("blk.") else ""
+            if config["model_type"] == "llama" and part in perms:
+                c = c.rows_permuted(perms[part])
+            if c.weight.dtype == np.uint32:  # packed quantized weights
+                w = mx.array(c.weight)
+            elif c.bfloat16:
+                w = mx.array(c.weight).view(mx.bfloat16).astype(dtype)
+            else:
+                w = mx.array(c.weight).astype(dtype)
+            out = {f"{module}.{suffix}": w}
+            if suffix == "weight" and len(t.shape) >= 2:
+                self.bits[module] = c.bits
+            if c.scales is not None:
+                out[f"{module}.scales"] = mx.array(c.scales)
+                out[f"{module}.biases"] = mx.array(c.biases)
+            mx.eval(out)
+            yield out
 
 
 def _quantization(bits: dict[str, int | None]) -> dict | None:

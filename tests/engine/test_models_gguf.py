@@ -69,6 +69,25 @@ def test_bpe_llama_gguf_imports_with_same_tokens_template_and_logits(
     assert import_gguf(tiny_f32_gguf).path == entry.path
 
 
+def test_large_models_are_written_in_shards(tiny_chat_model, tiny_f32_gguf, tmp_path, monkeypatch):
+    """Issue 18 item 1: the import holds one shard at a time (a dequantized 7B model would not fit
+    in memory whole); the sharded folder loads to the same logits."""
+    import shutil
+
+    from engine.models import gguf_import
+
+    monkeypatch.setattr(gguf_import, "SHARD_BYTES", 64 * 1024)
+    entry = gguf_import.import_gguf(shutil.copy(tiny_f32_gguf, tmp_path / "sharded.gguf"))
+    shards = sorted(p.name for p in Path(entry.path).glob("*.safetensors"))
+    assert len(shards) > 3 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    index = json.loads((Path(entry.path) / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(shards)
+    m1, t1 = _load(tiny_chat_model)
+    m2, _ = _load(entry.path)
+    ids = t1.encode(TEXTS[0])
+    np.testing.assert_allclose(_logits(m2, ids), _logits(m1, ids), atol=1e-4, rtol=1e-4)
+
+
 def test_llama3_rope_factors_become_rope_scaling(tiny_chat_model, tmp_path):
     """Issue 18 item 1: a Llama 3.1+ GGUF keeps its rotary scaling only as a rope_freqs tensor;
     the import recovers the `rope_scaling` config from it, and the logits match the original."""
