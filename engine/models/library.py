@@ -124,7 +124,7 @@ def import_any(ref: str | Path, name: str | None = None, *, progress=None) -> Li
                 "Choose the folder that contains config.json, or a .gguf file.",
             )
         return import_gguf(path, name, progress=progress)
-    for entry in _found_models():
+    for entry in _found_models() + _cached_models():
         if entry.name == str(ref):
             if entry.format == "gguf":
                 return import_gguf(
@@ -135,7 +135,8 @@ def import_any(ref: str | Path, name: str | None = None, *, progress=None) -> Li
                 )
             return import_model(entry.path, name)
     raise ModelError(
-        f"'{ref}' is not a folder, a GGUF file, or a model LM Studio or Ollama has.",
+        f"'{ref}' is not a folder, a GGUF file, or a model in LM Studio, Ollama or the Hugging "
+        "Face cache.",
         "Give a path, or a name from `models list`.",
     )
 
@@ -251,7 +252,10 @@ def _cached_models() -> list[LibraryEntry]:
                 else []
             )
             snap = snaps[-1].parent if snaps else None
-        if snap is None or not any(snap.glob("*.safetensors")):
+        if snap is None:
+            out.extend(_cached_gguf_files(repo_id, storage))
+            continue
+        if not any(snap.glob("*.safetensors")):
             continue
         out.append(
             LibraryEntry(
@@ -281,6 +285,31 @@ def _found_models() -> list[LibraryEntry]:
             )
         )
     return out
+
+
+def _cached_gguf_files(repo_id: str, storage: Path) -> list[LibraryEntry]:
+    """GGUF files of a Hub repo in the cache (a "-GGUF" repo has no config.json): one entry per
+    file, named `repo_id/file.gguf`, to import before training."""
+    ref = storage / "refs" / "main"
+    snaps = [storage / "snapshots" / ref.read_text().strip()] if ref.is_file() else []
+    snaps += sorted((storage / "snapshots").glob("*")) if (storage / "snapshots").is_dir() else []
+    for snap in snaps:
+        files = [f for f in sorted(snap.glob("*.gguf")) if not f.name.lower().startswith("mmproj")]
+        if files:
+            return [
+                LibraryEntry(
+                    f"{repo_id}/{f.name}",
+                    "cached",
+                    str(f),
+                    f.stat().st_size,
+                    repo_id=repo_id,
+                    deletable=False,
+                    format="gguf",
+                )
+                for f in files
+                if f.exists()
+            ]
+    return []
 
 
 def get(name: str) -> LibraryEntry:

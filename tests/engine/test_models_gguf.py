@@ -321,12 +321,21 @@ def fake_stores(tmp_path, monkeypatch, tiny_f32_gguf, tiny_chat_model):
     shutil.copytree(tiny_chat_model, lms / "mlx-community/tiny-mlx")
     monkeypatch.setenv("LATHE_OLLAMA_MODELS", str(ollama))
     monkeypatch.setenv("LATHE_LMSTUDIO_MODELS", str(lms))
+    hf = tmp_path / "hf-cache/models--someone--Tiny-GGUF"  # a Hub "-GGUF" repo: no config.json
+    (hf / "refs").mkdir(parents=True)
+    (hf / "refs/main").write_text("abc123")
+    (hf / "blobs").mkdir()
+    shutil.copy(tiny_f32_gguf, hf / "blobs/0f0f")
+    (hf / "snapshots/abc123").mkdir(parents=True)
+    (hf / "snapshots/abc123/tiny.F32.gguf").symlink_to(hf / "blobs/0f0f")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     return ollama, lms
 
 
 def test_ollama_and_lmstudio_models_are_listed_in_place_and_importable(fake_stores):
-    """Issue 18 item 1: `models list` shows Ollama's and LM Studio's models without copying them;
-    `models import NAME` converts a listed GGUF; an LM Studio MLX folder is used in place."""
+    """Issue 18 item 1: `models list` shows Ollama's, LM Studio's and the Hugging Face cache's
+    models without copying them; `models import NAME` converts a listed GGUF; an LM Studio MLX
+    folder is used in place."""
     from engine.cli import main
     from engine.models.library import import_any, list_models, resolve
 
@@ -337,6 +346,8 @@ def test_ollama_and_lmstudio_models_are_listed_in_place_and_importable(fake_stor
     assert gguf_entry.kind == "lmstudio" and gguf_entry.format == "gguf"
     assert found["mlx-community/tiny-mlx"].format == "mlx"
     assert not any("mmproj" in name for name in found)
+    hub_gguf = found["someone/Tiny-GGUF/tiny.F32.gguf"]
+    assert hub_gguf.kind == "cached" and hub_gguf.format == "gguf"
     assert str(resolve("mlx-community/tiny-mlx")).endswith("tiny-mlx")
     with pytest.raises(ModelError, match="Import it first"):
         resolve("tinychat:q8")
@@ -348,6 +359,7 @@ def test_ollama_and_lmstudio_models_are_listed_in_place_and_importable(fake_stor
     assert meta["op"] == "gguf-import" and meta["source"].endswith(".gguf")  # the blob's target
     lm = import_any("someone/tiny-GGUF/tiny-chat-F32.gguf")
     assert lm.kind == "converted"
+    assert import_any("someone/Tiny-GGUF/tiny.F32.gguf", name="from-hub").name == "from-hub"
     _, tok = _load(lm.path)
     assert tok.apply_chat_template(CHAT, add_generation_prompt=True)
     # Nothing in the stores changed, and they cannot be deleted through Lathe.
