@@ -228,7 +228,7 @@ def library_rows() -> list[LibraryRow]:
     for e in list_models():
         quant, template, params, problem = "", "", 0, ""
         if e.format == "gguf":
-            problem = f"GGUF file: import it to train it (models import {e.name})"
+            problem = "GGUF file: import it to train it"
         elif e.available:
             try:
                 info = inspect_model(e.path)
