@@ -99,6 +99,14 @@ def import_gguf(
     label = source_label or str(info.metadata.get("general.name") or src.stem)
     new_name = library.new_converted_name(name or _default_name(src, info, label))
     final = library.converted_dir(new_name)
+    need, free = output_bytes(info, config), shutil.disk_usage(final.parent).free
+    if need > free:
+        raise ModelError(
+            f"Importing {src.name} needs about {need / 1e9:.1f} GB in {final.parent}, and "
+            f"{free / 1e9:.1f} GB are free.",
+            "Free some disk space, or choose a Q4_0/Q4_1/Q8_0 version of the model (those stay "
+            "quantized; other types are stored as 16-bit).",
+        )
     tmp = final.with_name(f".{final.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True, mode=workspace.DIR_MODE)
@@ -137,6 +145,21 @@ def import_gguf(
         raise
     report("done", 1.0)
     return library.converted_entry(final)
+
+
+def output_bytes(info: GgufInfo, config: dict) -> int:
+    """About how many bytes the converted folder takes: kept-quantized tensors as in the file
+    (plus MLX's scales and biases), everything else at 2 bytes (4 for a float32 model) a value."""
+    from engine.models.gguf_tensors import KEPT_QUANTIZED
+
+    width = 4 if config.get("torch_dtype") == "float32" else 2
+    total = 0
+    for t in info.tensors:
+        if t.type in KEPT_QUANTIZED:
+            total += t.n_elements * KEPT_QUANTIZED[t.type] // 8 + t.n_elements // 32 * 4
+        else:
+            total += t.n_elements * width
+    return total
 
 
 def _converted_from(src: Path, stamp: dict):

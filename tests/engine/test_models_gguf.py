@@ -269,9 +269,9 @@ def test_quantized_types_are_kept_or_dequantized_per_module(tmp_path):
     assert np.isfinite(_logits(model, tok.encode("hello"))).all()
 
 
-def test_bad_gguf_files_get_clear_messages(tmp_path, tiny_f32_gguf):
-    """Issue 18 item 1: not a GGUF, a truncated GGUF and an unsupported architecture are refused
-    with what is wrong, and nothing is left in the library."""
+def test_bad_gguf_files_get_clear_messages(tmp_path, tiny_f32_gguf, monkeypatch):
+    """Issue 18 item 1: not a GGUF, a truncated GGUF, an unsupported architecture and a full disk
+    are refused with what is wrong, and nothing is left in the library."""
     from engine import workspace
     from engine.models.library import import_any
 
@@ -290,6 +290,11 @@ def test_bad_gguf_files_get_clear_messages(tmp_path, tiny_f32_gguf):
     info.metadata["general.architecture"] = "gemma3"
     with pytest.raises(ModelError, match="'gemma3' model.*llama.*qwen2"):
         gguf_config(info)
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 0, 1000))
+    with pytest.raises(ModelError, match="needs about .* GB .* free"):
+        import_any(tiny_f32_gguf)
     assert not [p for p in workspace.models_dir().iterdir() if not p.name.startswith(".lib")]
 
 
