@@ -4,7 +4,7 @@ MLX trains from safetensors folders, so the GGUF is converted once into `workspa
 (a "converted" library entry: the user's file is only read). What is built, and from what:
 - config.json from the `<arch>.*` metadata (llama and qwen2 architectures; Mistral GGUFs say
   llama), with `quantization` per module where bits differ (e.g. an 8-bit embedding, 4-bit layers).
-- weights renamed to Hugging Face names; Q4_0/Q4_1/Q8_0 kept quantized (MLX affine, group 32),
+- weights renamed to Hugging Face names; Q4_0/Q4_1/Q8_0/Q4_K kept quantized (MLX affine, group 32),
   every other type dequantized (gguf_tensors.py). llama.cpp's converter reorders the rows of the
   llama query and key projections for its rotary layout; that is undone here.
 - tokenizer.json built with `tokenizers` from the vocabulary in the metadata: byte-level BPE

@@ -6,8 +6,13 @@ Q4_1 one float16 minimum): w = d*q + m. That is exactly MLX's affine quantizatio
 and only their bits are rearranged (GGUF stores a block's low nibbles first: weights 0..15 in the
 low halves of the 16 bytes, 16..31 in the high halves; MLX packs weight i at bits 4*(i%8) of word
 i//8). `mx.load(FILE.gguf)` does the same repacking; the tests check both agree bit for bit.
-Every other quantized type (K-quants, Q5_x, IQ-types) is dequantized with llama.cpp's own numpy
-reference code (the `gguf` package) and stored as a float matrix.
+
+Q4_K (most of an Ollama "Q4_K_M" file) is 4-bit affine with groups of 32 too, but each group's
+scale and minimum are 6-bit integers times a float16 per 256 weights: w = d*sc*q - dmin*m. It stays
+4-bit with scale d*sc and bias -dmin*m rounded to float16 (at most 2^-11 relative to each, well
+under a thousandth of one quantization step). Every other type (Q6_K's groups of 16, Q5_x, Q2_K,
+Q3_K, Q5_K, IQ-types) is dequantized with llama.cpp's own numpy reference code (the `gguf`
+package) and stored as a float matrix.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 
 from engine.export.gguf_reader import GgufInfo, GgufTensor
 
-KEPT_QUANTIZED = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}
+KEPT_QUANTIZED = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8, "Q4_K": 4}
 GROUP_SIZE = 32
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
@@ -63,7 +68,32 @@ def convert_tensor(info: GgufInfo, t: GgufTensor) -> Converted:
     return Converted(_dequantize(raw, t), dequantized_from=t.type)
 
 
+def _pack_nibbles(nibbles: np.ndarray) -> np.ndarray:
+    """(rows, n) values 0..15 in weight order -> (rows, n/8) uint32, weight i at bits 4*(i%8)."""
+    pairs = nibbles.reshape(nibbles.shape[0], -1, 2)
+    return np.ascontiguousarray(pairs[..., 0] | (pairs[..., 1] << 4)).view("<u4")
+
+
+def _repack_q4_k(raw: np.ndarray) -> Converted:
+    # block_q4_K (ggml-common.h): f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 bytes of
+    # nibbles; 64 weights per 32 bytes (low nibbles first), decoded as dequantize_row_q4_K does.
+    rows = raw.shape[0]
+    blocks = np.array(raw).reshape(rows, -1, 144)
+    d = blocks[..., 0:2].copy().view("<f2")[..., 0].astype(np.float32)
+    dmin = blocks[..., 2:4].copy().view("<f2")[..., 0].astype(np.float32)
+    s = blocks[..., 4:16]
+    sc = np.concatenate([s[..., 0:4] & 63, (s[..., 8:12] & 0x0F) | ((s[..., 0:4] >> 6) << 4)], -1)
+    mn = np.concatenate([s[..., 4:8] & 63, (s[..., 8:12] >> 4) | ((s[..., 4:8] >> 6) << 4)], -1)
+    scales = (d[..., None] * sc.astype(np.float32)).astype(np.float16).reshape(rows, -1)
+    biases = (-dmin[..., None] * mn.astype(np.float32)).astype(np.float16).reshape(rows, -1)
+    qs = blocks[..., 16:].reshape(rows, -1, 4, 32)
+    nibbles = np.stack([qs & 0x0F, qs >> 4], axis=3).reshape(rows, -1)
+    return Converted(_pack_nibbles(nibbles), scales, biases, 4)
+
+
 def _repack(raw: np.ndarray, t: GgufTensor) -> Converted:
+    if t.type == "Q4_K":
+        return _repack_q4_k(raw)
     rows = raw.shape[0]
     block_bytes = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}[t.type]
     blocks = np.array(raw).reshape(rows, -1, block_bytes)
@@ -80,9 +110,7 @@ def _repack(raw: np.ndarray, t: GgufTensor) -> Converted:
         m = (d.astype(np.float32) * -8.0).astype(np.float16)
         qs = blocks[:, :, 2:]
     nibbles = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # weights 0..31 of each block
-    pairs = nibbles.reshape(rows, -1, 2)
-    packed = np.ascontiguousarray(pairs[..., 0] | (pairs[..., 1] << 4)).view("<u4")
-    return Converted(packed.reshape(rows, -1), d, m, 4)
+    return Converted(_pack_nibbles(nibbles.reshape(rows, -1)), d, m, 4)
 
 
 def _dequantize(raw: np.ndarray, t: GgufTensor) -> np.ndarray:

@@ -164,9 +164,9 @@ def test_sentencepiece_llama_round_trips_through_lathe_gguf_export(stories_path,
 
 
 def test_quantized_types_are_kept_or_dequantized_per_module(tmp_path):
-    """Issue 18 item 1: Q4_0/Q4_1/Q8_0 stay quantized (MLX affine, group 32; per-module bits in
-    config.json), K-quants, Q5_0 and BF16 are dequantized, and every imported weight equals what
-    llama.cpp's reference code reads from the file (query/key rows unpermuted)."""
+    """Issue 18 item 1: Q4_0/Q4_1/Q8_0 (and Q4_K) stay quantized (MLX affine, group 32; per-module
+    bits in config.json), Q5_0, Q5_K and Q6_K are dequantized, and every imported weight equals
+    what llama.cpp's reference code reads from the file (query/key rows unpermuted)."""
     import gguf
     import mlx.core as mx
     from gguf.quants import dequantize
@@ -200,6 +200,8 @@ def test_quantized_types_are_kept_or_dequantized_per_module(tmp_path):
     ours = mx.load(f"{entry.path}/model.safetensors")
     assert "model.layers.0.self_attn.v_proj.scales" not in ours  # Q5_0: dequantized
     assert "model.layers.0.mlp.up_proj.scales" not in ours  # Q5_K: dequantized
+    assert "model.layers.0.mlp.gate_proj.scales" not in ours  # Q6_K (groups of 16): dequantized
+    assert ours["model.layers.0.self_attn.o_proj.weight"].dtype == mx.uint32  # Q4_K: kept
 
     reader = gguf.GGUFReader(str(path))  # llama.cpp's reader and dequantizers: the reference
     heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
@@ -227,7 +229,7 @@ def test_quantized_types_are_kept_or_dequantized_per_module(tmp_path):
         )
         w = ours[f"{module}.weight"]
         if f"{module}.scales" in ours:
-            assert types[part] in ("Q4_0", "Q4_1", "Q8_0")
+            assert types[part] in ("Q4_0", "Q4_1", "Q8_0", "Q4_K")
             w = mx.dequantize(
                 w,
                 ours[f"{module}.scales"],
