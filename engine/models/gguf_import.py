@@ -97,7 +97,7 @@ def import_gguf(
     config = gguf_config(info)
     tokenizer_json, tokenizer_config, notes = gguf_tokenizer(info)
     label = source_label or str(info.metadata.get("general.name") or src.stem)
-    new_name = library.new_converted_name(name or _default_name(src, info, label))
+    new_name = library.new_converted_name(name or _default_name(src, label))
     final = library.converted_dir(new_name)
     need, free = output_bytes(info, config), shutil.disk_usage(final.parent).free
     if need > free:
@@ -176,10 +176,9 @@ def _converted_from(src: Path, stamp: dict):
             yield library.converted_entry(meta_path.parent)
 
 
-def _default_name(src: Path, info: GgufInfo, label: str) -> str:
-    if src.suffix.lower() == ".gguf":
-        return src.stem
-    return label
+def _default_name(src: Path, label: str) -> str:
+    # A .gguf file's own name; an Ollama blob (sha256-...) has none worth keeping.
+    return src.stem if src.suffix.lower() == ".gguf" else label
 
 
 def _file_type(info: GgufInfo) -> str:

@@ -63,6 +63,8 @@ def lmstudio_models() -> list[tuple[str, Path, str]]:
 def ollama_models() -> list[tuple[str, Path]]:
     """(name, blob path) of Ollama's models, named as `ollama list` shows them (`llama3.2:1b`;
     models from other registries or namespaces keep them: `hf.co/user/repo:tag`)."""
+    from engine.models.gguf_import import is_gguf
+
     root = ollama_root()
     manifests = root / "manifests"
     if not manifests.is_dir():
@@ -87,7 +89,7 @@ def ollama_models() -> list[tuple[str, Path]]:
         if not isinstance(digest, str) or not digest.startswith("sha256:"):
             continue
         blob = root / "blobs" / digest.replace(":", "-", 1)
-        if not blob.is_file():
+        if not is_gguf(blob):  # missing, or a model format other than GGUF
             continue
         if registry == OLLAMA_DEFAULT_REGISTRY and namespace == "library":
             name = f"{model}:{tag}"
