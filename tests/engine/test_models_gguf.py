@@ -47,6 +47,7 @@ def test_bpe_llama_gguf_imports_with_same_tokens_template_and_logits(
     as the original model does."""
     from engine.models.gguf_import import import_gguf
 
+    original_bytes = tiny_f32_gguf.read_bytes()
     entry = import_gguf(tiny_f32_gguf)
     assert entry.kind == "converted" and entry.name == "tiny-chat.F32"
     config = json.loads((tiny_chat_model / "config.json").read_text())
@@ -66,6 +67,7 @@ def test_bpe_llama_gguf_imports_with_same_tokens_template_and_logits(
     # F32 in, F32 out, and the rotary permutation undone exactly: the same logits.
     np.testing.assert_allclose(_logits(m2, prompt), _logits(m1, prompt), atol=1e-4, rtol=1e-4)
     # The source file is only read; a second import returns the same model.
+    assert tiny_f32_gguf.read_bytes() == original_bytes
     assert import_gguf(tiny_f32_gguf).path == entry.path
 
 
