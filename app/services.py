@@ -80,7 +80,7 @@ def model_choices() -> list[tuple[str, str]]:
         from engine.models import list_models
 
         for e in list_models():
-            if e.available:
+            if e.available and e.format != "gguf":  # a GGUF trains once imported
                 out.append((f"{e.name}  ({e.kind})", e.path))
                 seen.add(e.path)
                 if e.repo_id:
@@ -227,7 +227,9 @@ def library_rows() -> list[LibraryRow]:
     rows = []
     for e in list_models():
         quant, template, params, problem = "", "", 0, ""
-        if e.available:
+        if e.format == "gguf":
+            problem = "GGUF file: import it to train it"
+        elif e.available:
             try:
                 info = inspect_model(e.path)
                 quant = info.quantization_label
@@ -267,9 +269,10 @@ def download_model(repo_id: str, progress=None, cancel: threading.Event | None =
 
 
 def import_model(path: str):
-    from engine.models import import_model as _import
+    """A model folder (used in place) or a GGUF file (converted into the library)."""
+    from engine.models import import_any
 
-    return _import(path)
+    return import_any(path)
 
 
 def quantize_model(name_or_path: str, bits: int, progress=None):

@@ -256,9 +256,10 @@ class MainWindow(QMainWindow):
             self.open_path(path)
 
     def open_path(self, path: str | Path) -> None:
-        """A dropped or opened file: a model folder goes to Models, anything else to Data."""
+        """A dropped or opened file: a model folder or a GGUF file goes to Models, anything else to
+        Data."""
         p = Path(path)
-        if looks_like_model_folder(p):
+        if looks_like_model_folder(p) or (p.is_file() and p.suffix.lower() == ".gguf"):
             self.show_page("models")
             self.models.import_folder(p)
         else:

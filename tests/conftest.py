@@ -22,6 +22,9 @@ def lathe_home(tmp_path, monkeypatch):
     """Every test writes into its own workspace, never the user's."""
     home = tmp_path / "lathe-home"
     monkeypatch.setenv("LATHE_HOME", str(home))
+    # Nor the LM Studio / Ollama models of the machine running the tests (tests set their own).
+    monkeypatch.setenv("LATHE_LMSTUDIO_MODELS", str(tmp_path / "no-lmstudio"))
+    monkeypatch.setenv("LATHE_OLLAMA_MODELS", str(tmp_path / "no-ollama"))
     return home
 
 

@@ -322,7 +322,14 @@ class ModelsPage(QWidget):
         self.status.setText(f"Checking {Path(folder).name}…")
         self._run_library_task(
             Task(import_model, str(folder)),
-            lambda e: f"Imported {e.name} (the folder stays where it is).",
+            lambda e: (
+                f"Imported {e.name} ("
+                + (
+                    "the folder stays where it is)."
+                    if e.kind == "imported"
+                    else "converted from GGUF)."
+                )
+            ),
         )
 
     def _on_quantize_clicked(self) -> None:

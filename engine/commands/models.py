@@ -20,7 +20,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("models", help="Download, import, convert, inspect and size models.")
     sub = p.add_subparsers(dest="models_command", metavar="ACTION")
 
-    s = sub.add_parser("list", help="List downloaded, imported and converted models.")
+    s = sub.add_parser(
+        "list",
+        help="List downloaded, imported and converted models, and those in the Hugging Face "
+        "cache, LM Studio and Ollama.",
+    )
     s.add_argument(
         "--recommended", action="store_true", help="List the recommended models instead."
     )
@@ -35,9 +39,19 @@ def register(subparsers) -> None:
     add_json_flag(s)
     s.set_defaults(handler=_download)
 
-    s = sub.add_parser("import", help="Add a local model folder (Hugging Face or MLX layout).")
-    s.add_argument("path", metavar="PATH")
-    s.add_argument("--name", default=None, help="Name in the library (default: the folder name).")
+    s = sub.add_parser(
+        "import",
+        help="Add a local model folder (Hugging Face or MLX layout, used in place), or convert a "
+        "GGUF file (llama.cpp, LM Studio, Ollama) into the library.",
+    )
+    s.add_argument(
+        "path",
+        metavar="PATH",
+        help="A model folder, a .gguf file, or an LM Studio / Ollama name from `models list`.",
+    )
+    s.add_argument(
+        "--name", default=None, help="Name in the library (default: the folder or file name)."
+    )
     add_json_flag(s)
     s.set_defaults(handler=_import)
 
@@ -109,6 +123,8 @@ def _list(args: argparse.Namespace) -> int:
         )
     for e in entries:
         flag = "" if e.available else "  (missing)"
+        if e.format == "gguf":
+            flag += "  (GGUF: `models import NAME` to train it)"
         print(f"{e.kind:<11} {e.name:<48} {_gb(e.size_bytes):>10}  {e.path}{flag}")
     return 0
 
@@ -142,11 +158,28 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from engine.models.library import import_model
+    from engine.models.library import import_any
 
-    entry = import_model(args.path, name=args.name)
+    last = [-1]
+
+    def progress(stage: str, fraction: float) -> None:
+        if args.json or not sys.stderr.isatty():
+            return
+        pct = int(fraction * 100)
+        if pct != last[0]:
+            last[0] = pct
+            print(f"\r{pct:3d}%  {stage}", end="", file=sys.stderr)
+
+    entry = import_any(args.path, name=args.name, progress=progress)
+    if last[0] >= 0:
+        print(file=sys.stderr)
     if args.json:
         print_json(entry.to_dict())
+    elif entry.kind == "converted":
+        print(
+            f"Imported {entry.name} ({_gb(entry.size_bytes)}) into {entry.path}, converted from "
+            f"{entry.source}; the GGUF file is unchanged."
+        )
     else:
         print(
             f"Imported {entry.name} ({_gb(entry.size_bytes)}) from {entry.path}; the folder stays where it is."

@@ -1,7 +1,8 @@
 """A small, independent GGUF reader: header, metadata and tensor table, and raw tensor data.
 
-Used to check a written GGUF file without trusting the code that wrote it (format: the GGUF spec
-in ggml's docs/gguf.md, versions 2 and 3, little-endian).
+Used to check a written GGUF file without trusting the code that wrote it, and by `models import`
+to read a llama.cpp / Ollama / LM Studio file (format: the GGUF spec in ggml's docs/gguf.md,
+versions 2 and 3, little-endian).
 """
 
 from __future__ import annotations
@@ -25,9 +26,43 @@ _SCALARS = {
     12: "<d",
 }
 _STRING, _ARRAY = 8, 9
-# ggml tensor types this reader can return data for, with their numpy dtype names
-GGML_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 30: "BF16"}
-_NUMPY = {0: "float32", 1: "float16"}
+# ggml tensor types: id -> (name, elements per block, bytes per block) (ggml.h, ggml.c type_traits)
+GGML_TYPE_INFO = {
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
+    2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24),
+    8: ("Q8_0", 32, 34),
+    9: ("Q8_1", 32, 40),
+    10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66),
+    17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18),
+    21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1),
+    25: ("I16", 1, 2),
+    26: ("I32", 1, 4),
+    27: ("I64", 1, 8),
+    28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2),
+    34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17),
+}
+GGML_TYPES = {k: v[0] for k, v in GGML_TYPE_INFO.items()}
+TYPE_IDS = {v: k for k, v in GGML_TYPES.items()}
 
 
 @dataclass
@@ -43,6 +78,15 @@ class GgufTensor:
         for d in self.shape:
             n *= d
         return n
+
+    @property
+    def n_bytes(self) -> int:
+        """Bytes the tensor takes in the file (0 for a type this reader does not know)."""
+        info = GGML_TYPE_INFO.get(TYPE_IDS.get(self.type, -1))
+        if info is None:
+            return 0
+        _, block, size = info
+        return self.n_elements // block * size
 
 
 @dataclass
@@ -67,6 +111,7 @@ class GgufInfo:
         if t.type not in ("F32", "F16"):
             raise ValueError(f"{name} is {t.type}; only F32/F16 can be read back")
         dtype = np.dtype("float32" if t.type == "F32" else "float16")
+        self._check_inside(t)
         data = np.memmap(
             self.path,
             dtype=dtype,
@@ -75,6 +120,36 @@ class GgufInfo:
             shape=(t.n_elements,),
         )
         return np.array(data).reshape(t.shape)
+
+    def _check_inside(self, t: GgufTensor) -> None:
+        if self.data_offset + t.offset + t.n_bytes > self.path.stat().st_size:
+            raise GgufFormatError(f"{self.path.name} ends inside tensor {t.name} (truncated).")
+
+    def check_complete(self) -> None:
+        """GgufFormatError unless every tensor is of a known type and lies inside the file."""
+        for t in self.tensors:
+            if not t.n_bytes:
+                raise GgufFormatError(f"Tensor {t.name} has an unknown ggml type ({t.type}).")
+            self._check_inside(t)
+
+    def raw(self, name: str):
+        """A tensor's bytes, as a read-only numpy uint8 memmap of shape (rows, bytes per row)."""
+        import numpy as np
+
+        t = self.tensor(name)
+        if not t.n_bytes:
+            raise GgufFormatError(
+                f"{name} has ggml type {t.type}, which this reader does not know."
+            )
+        self._check_inside(t)
+        rows = t.n_elements // t.shape[-1] if t.shape else 1
+        return np.memmap(
+            self.path,
+            dtype=np.uint8,
+            mode="r",
+            offset=self.data_offset + t.offset,
+            shape=(rows, t.n_bytes // rows),
+        )
 
 
 class GgufFormatError(ValueError):

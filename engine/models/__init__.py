@@ -2,7 +2,10 @@
 
 Public API (the GUI calls these on a worker thread; nothing here imports Qt):
 - `list_models()`, `import_model(path)`, `download(repo_id, progress=, cancel=)`, `delete(name)`,
-  `resolve(ref)`: the library (library.py, hub.py)
+  `resolve(ref)`: the library (library.py, hub.py), which also lists LM Studio's and Ollama's
+  models (local_stores.py)
+- `import_any(ref)`: a folder, a GGUF file or a listed LM Studio/Ollama name; `import_gguf(path)`
+  converts a GGUF into a library model (gguf_import.py, gguf_tensors.py)
 - `quantize(model, bits, group_size, progress=)`, `dequantize(model, progress=)` (convert.py)
 - `inspect_model(path)`, `validate_model_dir(path)` (info.py: no MLX import)
 - `estimate(model, run_config)` (fit.py: no MLX import), `measure_training(...)` (measure.py)
@@ -18,6 +21,8 @@ import importlib
 _EXPORTS = {
     "list_models": "library",
     "import_model": "library",
+    "import_any": "library",
+    "import_gguf": "gguf_import",
     "download": "library",
     "delete": "library",
     "resolve": "library",

@@ -10,7 +10,9 @@ Where each kind lives, and what deleting it does:
 - converted: written by Lathe (quantize/dequantize) into `workspace/models/<name>/` with a
   `lathe.json` describing its source. Delete removes that folder.
 Models other tools put in the Hugging Face cache are listed too (kind "cached") so they can be
-picked, but Lathe never deletes them.
+picked, and so are LM Studio's and Ollama's models (kinds "lmstudio", "ollama"; local_stores.py):
+a GGUF file among them (format "gguf") is trained after `import_any` converts it (gguf_import.py).
+Lathe never deletes any of these.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class LibraryEntry:
     """One model in the library."""
 
     name: str
-    kind: str  # downloaded | imported | converted | cached
+    kind: str  # downloaded | imported | converted | cached | lmstudio | ollama
     path: str
     size_bytes: int
     repo_id: str | None = None
@@ -46,6 +48,7 @@ class LibraryEntry:
     added: float | None = None
     deletable: bool = True  # whether delete removes files (False: it only forgets the entry)
     available: bool = True  # False when an imported folder has gone missing
+    format: str = "mlx"  # "gguf": a GGUF file to import (models import NAME) before training
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,6 +107,38 @@ def import_model(path: str | Path, name: str | None = None) -> LibraryEntry:
         models[key] = {"kind": "imported", "path": str(folder), "added": time.time()}
         rec = models[key]
     return _entry(key, rec)
+
+
+def import_any(ref: str | Path, name: str | None = None, *, progress=None) -> LibraryEntry:
+    """Add a model by what `ref` is: a model folder (imported in place), a GGUF file (converted
+    into the library), or the listed name of an LM Studio or Ollama model."""
+    from engine.models.gguf_import import import_gguf, is_gguf
+
+    path = Path(str(ref)).expanduser()
+    if path.is_dir():
+        return import_model(path, name)
+    if path.is_file():
+        if not is_gguf(path):
+            raise ModelError(
+                f"{path} is neither a model folder nor a GGUF file.",
+                "Choose the folder that contains config.json, or a .gguf file.",
+            )
+        return import_gguf(path, name, progress=progress)
+    for entry in _found_models() + _cached_models():
+        if entry.name == str(ref):
+            if entry.format == "gguf":
+                return import_gguf(
+                    entry.path,
+                    name or entry.name.replace("/", "-").replace(":", "-"),
+                    progress=progress,
+                    source_label=f"{entry.kind} {entry.name}",
+                )
+            return import_model(entry.path, name)
+    raise ModelError(
+        f"'{ref}' is not a folder, a GGUF file, or a model in LM Studio, Ollama or the Hugging "
+        "Face cache.",
+        "Give a path, or a name from `models list`.",
+    )
 
 
 def record_download(result: hub.DownloadResult, owned: bool) -> LibraryEntry:
@@ -190,7 +225,15 @@ def list_models(include_cache: bool = True) -> list[LibraryEntry]:
     if include_cache:
         known = {e.repo_id for e in entries if e.repo_id}
         entries.extend(e for e in _cached_models() if e.repo_id not in known)
-    order = {"downloaded": 0, "converted": 1, "imported": 2, "cached": 3}
+        entries.extend(_found_models())
+    order = {
+        "downloaded": 0,
+        "converted": 1,
+        "imported": 2,
+        "cached": 3,
+        "lmstudio": 4,
+        "ollama": 5,
+    }
     return sorted(entries, key=lambda e: (order.get(e.kind, 9), e.name.lower()))
 
 
@@ -209,7 +252,10 @@ def _cached_models() -> list[LibraryEntry]:
                 else []
             )
             snap = snaps[-1].parent if snaps else None
-        if snap is None or not any(snap.glob("*.safetensors")):
+        if snap is None:
+            out.extend(_cached_gguf_files(repo_id, storage))
+            continue
+        if not any(snap.glob("*.safetensors")):
             continue
         out.append(
             LibraryEntry(
@@ -222,6 +268,48 @@ def _cached_models() -> list[LibraryEntry]:
             )
         )
     return out
+
+
+def _found_models() -> list[LibraryEntry]:
+    """LM Studio's and Ollama's models, listed in place (local_stores.py)."""
+    from engine.models.local_stores import lmstudio_models, ollama_models
+
+    out = []
+    for name, path, fmt in lmstudio_models():
+        size = folder_size(path) if fmt == "mlx" else path.stat().st_size
+        out.append(LibraryEntry(name, "lmstudio", str(path), size, deletable=False, format=fmt))
+    for name, blob in ollama_models():
+        out.append(
+            LibraryEntry(
+                name, "ollama", str(blob), blob.stat().st_size, deletable=False, format="gguf"
+            )
+        )
+    return out
+
+
+def _cached_gguf_files(repo_id: str, storage: Path) -> list[LibraryEntry]:
+    """GGUF files of a Hub repo in the cache (a "-GGUF" repo has no config.json): one entry per
+    file, named `repo_id/file.gguf`, to import before training."""
+    ref = storage / "refs" / "main"
+    snaps = [storage / "snapshots" / ref.read_text().strip()] if ref.is_file() else []
+    snaps += sorted((storage / "snapshots").glob("*")) if (storage / "snapshots").is_dir() else []
+    for snap in snaps:
+        files = [f for f in sorted(snap.glob("*.gguf")) if not f.name.lower().startswith("mmproj")]
+        if files:
+            return [
+                LibraryEntry(
+                    f"{repo_id}/{f.name}",
+                    "cached",
+                    str(f),
+                    f.stat().st_size,
+                    repo_id=repo_id,
+                    deletable=False,
+                    format="gguf",
+                )
+                for f in files
+                if f.exists()
+            ]
+    return []
 
 
 def get(name: str) -> LibraryEntry:
@@ -237,10 +325,21 @@ def resolve(ref: str | Path) -> Path:
     path = Path(str(ref)).expanduser()
     if path.is_dir():
         return path
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        raise ModelError(
+            f"{path.name} is a GGUF file; Lathe trains MLX folders.",
+            f"Import it first: `lathe-engine models import {path}` (or drop it on the window).",
+        )
     for entry in list_models():
         if entry.name == str(ref) or entry.repo_id == str(ref):
             if not entry.available:
                 raise ModelError(f"The folder of '{ref}' ({entry.path}) is missing.")
+            if entry.format == "gguf":
+                raise ModelError(
+                    f"'{ref}' is a GGUF file from {entry.kind}; Lathe trains MLX folders.",
+                    f"Import it first: `lathe-engine models import {ref}`; the copy Lathe makes "
+                    "is the model you train.",
+                )
             return Path(entry.path)
     raise ModelError(
         f"'{ref}' is neither a model folder nor a model in the library.",
@@ -264,6 +363,12 @@ def delete(name: str) -> dict:
         raise ModelError(
             f"Lathe did not download {name}; it belongs to the Hugging Face cache.",
             "Remove it with `hf cache delete` if you no longer need it.",
+        )
+    if entry.kind in ("lmstudio", "ollama"):
+        app = "LM Studio" if entry.kind == "lmstudio" else "Ollama"
+        raise ModelError(
+            f"{name} belongs to {app}; Lathe only lists it and never deletes it.",
+            f"Remove it in {app} if you no longer need it.",
         )
     if entry.kind == "converted":
         folder = Path(entry.path)
