@@ -19,7 +19,10 @@ from tests.engine.test_train import variable_chat_data
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = shutil.which("mlx.launch") or str(Path(sys.executable).with_name("mlx.launch"))
 
-pytestmark = pytest.mark.skipif(not Path(LAUNCH).exists(), reason="mlx.launch is not installed")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(LAUNCH).exists(), reason="mlx.launch is not installed"),
+]
 
 
 def _train_args(model: Path, data: Path, iters: int) -> list[str]:

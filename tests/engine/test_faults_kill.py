@@ -18,9 +18,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from engine.checkpoint import is_temp_name
 from engine.runs import _pid_alive, load_run
 from tests.engine.test_train import variable_chat_data
+
+pytestmark = pytest.mark.slow  # minutes of real training on the 2-core machine
 
 ROOT = Path(__file__).resolve().parents[2]
 ITERS = 60

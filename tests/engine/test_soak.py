@@ -13,6 +13,8 @@ from engine import events
 from engine.runs import create_run, load_run
 from tests.engine.test_train import make_config, variable_chat_data
 
+pytestmark = pytest.mark.slow  # minutes of real training on the 2-core machine
+
 STEPS = 2000
 WARMUP = 200  # compilation of the few batch shapes, allocator and cache settling
 
