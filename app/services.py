@@ -17,24 +17,14 @@ def sample_dataset() -> Path:
 
 def demo_model_note() -> str:
     """What the demo model will be, in words, without building anything."""
-    from engine.workspace import shared_stories_model
+    from engine.demo import choose_demo_model
 
-    if shared_stories_model() is not None:
-        return (
-            "The demo trains stories260K, a real but tiny (260K-parameter) model pretrained on "
-            "children's stories: it shows the whole flow in about a minute, and its answers "
-            "will not be useful."
-        )
-    return (
-        "No model is downloaded, so the demo builds a tiny random-weight model on this Mac: "
-        "it learns the sample's answers by heart but knows nothing else. Download a real "
-        "model on the Models page for real work."
-    )
+    return choose_demo_model().note
 
 
 def demo_config() -> tuple[RunConfig, list[str]]:
     """The engine's demo run settings (may build the tiny local model: run on a worker)."""
-    from engine.commands.train import demo_defaults
+    from engine.demo import demo_defaults
 
     cfg = RunConfig()
     notes: list[str] = []
@@ -44,13 +34,9 @@ def demo_config() -> tuple[RunConfig, list[str]]:
 
 def demo_model_path() -> Path | None:
     """The demo model folder when it exists already (never builds)."""
-    from engine.workspace import models_dir, shared_stories_model
+    from engine.demo import choose_demo_model
 
-    stories = shared_stories_model()
-    if stories is not None:
-        return stories
-    tiny = models_dir() / "lathe-demo-tiny"
-    return tiny if (tiny / "model.safetensors").exists() else None
+    return choose_demo_model().path
 
 
 def fit_estimate(model_ref: str, cfg: RunConfig, budget_bytes: int | None = None):

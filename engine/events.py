@@ -219,6 +219,11 @@ class ConsolePrinter:
                 f"{e['total_steps']} steps"
             )
             self._print(f"  folder: {e.get('run_dir', '')}")
+            if cfg.get("compute_dtype") and cfg.get("compute_dtype") != cfg.get("stored_dtype"):
+                self._print(
+                    f"  computes in {cfg['compute_dtype']} on this {cfg.get('backend', 'machine')} "
+                    f"(the model is stored as {cfg.get('stored_dtype')})"
+                )
         elif kind == "progress":
             frac = e["step"] / max(1, e["total"])
             filled = int(round(frac * self.width))

@@ -37,6 +37,7 @@ class Prepared:
     quantized: bool
     num_layers: int
     fit_peak_bytes: int = 0  # the memory estimate's training peak (0: no estimate)
+    compute: object = None  # engine.models.precision.ComputePlan: how the base computes here
 
 
 def resolve_model(path: str) -> Path:
@@ -67,8 +68,13 @@ def resolve_model(path: str) -> Path:
     return local
 
 
-def load_model(path: str):
-    """(model, tokenizer) through mlx-lm; a clear error for a missing or unusable model."""
+def load_model(path: str, fine_tune_type: str | None = None):
+    """(model, tokenizer) through mlx-lm; a clear error for a missing or unusable model.
+
+    With `fine_tune_type` the model is also made ready for this backend (the run's one place for
+    it: engine.models.precision, e.g. a 4-bit model computes in float32 on a CPU) and the result is
+    (model, tokenizer, plan).
+    """
     from mlx_lm.utils import load
 
     local = resolve_model(path)
@@ -93,13 +99,12 @@ def load_model(path: str):
                 "Download it from the Models page while online, or pick a local model.",
             ) from None
         raise
-    return model, tokenizer
+    if fine_tune_type is None:
+        return model, tokenizer
+    from engine.models.precision import prepare_for_backend
 
-
-def is_quantized(model) -> bool:
-    import mlx.nn as nn
-
-    return any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
+    model, plan = prepare_for_backend(model, fine_tune_type)
+    return model, tokenizer, plan
 
 
 def apply_method(model, config: RunConfig) -> int:
@@ -152,7 +157,9 @@ def prepare(config: RunConfig, sink: events.Sink) -> Prepared:
     log = _logger(sink)
     model_dir = resolve_model(config.model.path)
     fit = memory.preflight(config, model_dir, log)
-    model, tokenizer = load_model(str(model_dir))
+    model, tokenizer, compute = load_model(str(model_dir), config.lora.fine_tune_type)
+    if compute.note:
+        log("warning" if compute.action == "none" else "info", compute.note)
     d = config.data
     encoder = Encoder(
         tokenizer,
@@ -218,9 +225,10 @@ def prepare(config: RunConfig, sink: events.Sink) -> Prepared:
         encoded["valid"],
         encoded["test"],
         splits.notes,
-        is_quantized(model),
+        compute.quantized,
         0,
         int(getattr(fit, "training_peak_bytes", 0) or 0),
+        compute,
     )
 
 
@@ -488,6 +496,11 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
                 "packing": batching == "pack",
                 "backend": _backend(),
                 "ranks": ranks.size,
+                # How the frozen base computes here (engine.models.precision): e.g. "float32" for a
+                # 4-bit model on a CPU; compute_note says why, for the app and the console.
+                "compute_dtype": prep.compute.compute_dtype,
+                "stored_dtype": prep.compute.stored,
+                "compute_note": prep.compute.note,
             },
         )
     )

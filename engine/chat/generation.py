@@ -14,7 +14,13 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine.chat.adapters import AdapterInfo, AdapterSwitch, ChatError, resolve_adapter
+from engine.chat.adapters import (
+    AdapterInfo,
+    AdapterSwitch,
+    ChatError,
+    adapter_config,
+    resolve_adapter,
+)
 from engine.errors import ModelError
 from engine.templates import DEFAULT_CHAT_TEMPLATE, resolve
 
@@ -146,6 +152,7 @@ class ChatModel:
         # on another, and an RLock cannot be released there.
         self._lock = threading.Lock()
         self._cancel = threading.Event()
+        self.compute = None  # engine.models.precision.ComputePlan, set by load()
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
@@ -183,8 +190,15 @@ class ChatModel:
                 f"The model '{text}' could not be loaded: {_first_line(exc)}",
                 "Check that it is an MLX or Hugging Face model folder.",
             ) from None
+        # On a CPU a quantized or half-precision model is computed in float32, as training does
+        # (engine.models.precision): the same answers, seconds instead of minutes per reply.
+        from engine.models.precision import prepare_for_backend
+
+        kind = adapter_config(info.path).get("fine_tune_type", "lora") if info else "lora"
+        mlx_model, compute = prepare_for_backend(mlx_model, kind)
         name = Path(text).name if Path(text).expanduser().exists() else text
         chat_model = cls(mlx_model, tokenizer, config, text, name)
+        chat_model.compute = compute
         if info is not None:
             chat_model.set_adapter(info)
         return chat_model
@@ -198,6 +212,16 @@ class ChatModel:
                 self._adapter.detach()
                 self._adapter = None
             if info is not None:
+                dequantized = self.compute is not None and self.compute.action == "dequantize"
+                if dequantized and adapter_config(info.path).get("fine_tune_type") == "full":
+                    # A full fine-tune's weights replace quantized layers; this copy of the model
+                    # was dequantized for the CPU, so those weights have nowhere to go.
+                    raise ChatError(
+                        f"The adapter {info.label} is a full fine-tune of a quantized model, and "
+                        "this chat loaded that model dequantized for the CPU.",
+                        "Open the chat with this run selected from the start, so the model is "
+                        "loaded to fit it.",
+                    )
                 self._adapter = AdapterSwitch(self.model, info)
             gc.collect()
         return info

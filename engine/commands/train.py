@@ -128,6 +128,8 @@ def build_config(args: argparse.Namespace, warnings: list[str]) -> RunConfig:
             if value and not Path(value).expanduser().is_absolute() and (base / value).exists():
                 setattr(getattr(cfg, section), name, str(base / value))
     if args.demo:
+        from engine.demo import demo_defaults
+
         demo_defaults(cfg, warnings)
     for flag, (section, name, _) in FLAGS.items():
         value = getattr(args, flag.lstrip("-").replace("-", "_"))
@@ -151,53 +153,6 @@ def build_config(args: argparse.Namespace, warnings: list[str]) -> RunConfig:
     if args.name:
         cfg.name = args.name
     return cfg
-
-
-def demo_defaults(cfg: RunConfig, notes: list[str]) -> None:
-    """The demo run: the bank-support sample on stories260K when present, else a tiny local model."""
-    from engine.workspace import models_dir, resources_dir, shared_stories_model
-
-    cfg.name = cfg.name or "demo-bank-support"
-    cfg.data.path = str(resources_dir() / "samples" / "bank-support")
-    stories = shared_stories_model()
-    if stories is not None:
-        cfg.model.path = str(stories)
-        notes.append(
-            f"Demo model: stories260K ({stories}), a real 260K-parameter model pretrained on "
-            "children's stories: small enough to train in a minute, too small to be useful."
-        )
-    else:
-        from engine.tinymodel import build_tiny_model
-
-        target = models_dir() / "lathe-demo-tiny"
-        if not (target / "model.safetensors").exists():
-            build_tiny_model(
-                target,
-                hidden_size=96,
-                num_layers=4,
-                chat_template=True,
-                extra_texts=_sample_texts(Path(cfg.data.path)),
-            )
-        cfg.model.path = str(target)
-        notes.append(
-            f"Demo model: a tiny random-weight model built on this Mac ({target}); it learns "
-            "the sample's answers by heart but knows nothing else. Download a real model for real work."
-        )
-    cfg.data.max_seq_length = 512
-    cfg.training.iters = cfg.training.iters or 300
-    cfg.training.batch_size = 8
-    cfg.training.learning_rate = 5e-4
-    cfg.training.steps_per_eval = 50
-    cfg.training.save_every = 100
-    cfg.lora.num_layers = -1
-    cfg.lora.rank = 16
-
-
-def _sample_texts(folder: Path) -> list[str]:
-    texts = []
-    for f in sorted(folder.glob("*.jsonl")):
-        texts.append(f.read_text(encoding="utf-8")[:200_000])
-    return texts
 
 
 class StopSignal:

@@ -285,13 +285,22 @@ def round_trip(
     """
     import mlx.core as mx
     from mlx_lm import load
+    from mlx_lm.tuner.utils import load_adapters
+
+    from engine.models.precision import prepare_for_backend
 
     rep = rep or Reporter()
     prompts = list(prompts or DEFAULT_PROMPTS)
     base_path = resolve_base_model(source.base_model)
 
     rep("check", "Round trip: generating with base + adapter", 0.0)
-    model, tok = load(str(base_path), adapter_path=str(source.adapter_path))
+    # Both sides compute as chat does on this backend (engine.models.precision: float32 on a CPU,
+    # where a 4-bit model would take minutes per answer); on a GPU they stay as stored.
+    model, tok = load(str(base_path))
+    kind = _read_json(source.adapter_path / "adapter_config.json").get("fine_tune_type", "lora")
+    model, _ = prepare_for_backend(model, kind)
+    model = load_adapters(model, str(source.adapter_path))
+    model.eval()
     ref = [_greedy(model, _encode(tok, p, source.chat_template), max_tokens) for p in prompts]
     ref_prompts = [_encode(tok, p, source.chat_template) for p in prompts]
     del model
@@ -299,6 +308,7 @@ def round_trip(
 
     rep("check", "Round trip: generating with the fused model", 0.5)
     model, tok = load(str(fused_dir))
+    model, _ = prepare_for_backend(model, kind)
     got_prompts = [_encode(tok, p, None) for p in prompts]
     got = [_greedy(model, ids, max_tokens) for ids in got_prompts]
     del model
