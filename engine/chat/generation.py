@@ -172,7 +172,7 @@ class ChatModel:
             model = info.base_model
         from mlx_lm import load
 
-        from engine.train import resolve_model
+        from engine.models.loading import resolve_model
 
         text = str(model)
         # Like training, chat never downloads: a local folder, a library name or an already

@@ -158,7 +158,7 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from engine.models.library import import_any
+    from engine.models.importing import import_any
 
     last = [-1]
 

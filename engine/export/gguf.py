@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.export.job import ExportError, ProgressFn, Reporter
-from engine.export.source import AdapterSource, is_model_folder, resolve_adapter, resolve_base_model
+from engine.export.source import AdapterSource, resolve_adapter, resolve_base_model
+from engine.models.info import is_model_folder
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "mixtral")
 SUPPORTED_TEXT = (
@@ -285,7 +286,7 @@ def check_gguf(path: Path, expected: dict, metadata: dict, sample: int = 3) -> G
     """Read `path` back with an independent reader: tensor count, names, shapes, a few values."""
     import numpy as np
 
-    from engine.export.gguf_reader import read_gguf
+    from engine.models.gguf_reader import read_gguf
 
     info = read_gguf(path)
     check = GgufCheck(tensors=len(info.tensors), expected_tensors=len(expected))

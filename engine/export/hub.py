@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.export.job import ExportError, ProgressFn, Reporter
-from engine.export.source import AdapterSource, is_adapter_folder, is_model_folder, resolve_adapter
+from engine.export.source import AdapterSource, is_adapter_folder, resolve_adapter
+from engine.models.info import is_model_folder
 
 _IGNORE = [".*", "*.partial*", "__pycache__/*"]
 

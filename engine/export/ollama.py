@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.export.job import ExportError, ProgressFn, Reporter
-from engine.export.source import AdapterSource, is_model_folder, resolve_adapter
+from engine.export.source import AdapterSource, resolve_adapter
+from engine.models.info import is_model_folder
 from engine.templates import DEFAULT_CHAT_TEMPLATE
 
 

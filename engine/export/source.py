@@ -40,10 +40,6 @@ def is_adapter_folder(path: Path) -> bool:
     return all((path / name).is_file() for name in ADAPTER_FILES)
 
 
-def is_model_folder(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("model*.safetensors"))
-
-
 def split_spec(spec: str) -> tuple[str, int | None]:
     """`run:200` -> ("run", 200); a path with a colon that is not `:digits` stays whole."""
     m = re.fullmatch(r"(.+):(\d+)", str(spec))

@@ -21,8 +21,10 @@ import importlib
 _EXPORTS = {
     "list_models": "library",
     "import_model": "library",
-    "import_any": "library",
+    "import_any": "importing",
     "import_gguf": "gguf_import",
+    "resolve_model": "loading",
+    "load_model": "loading",
     "download": "library",
     "delete": "library",
     "resolve": "library",

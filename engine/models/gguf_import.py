@@ -24,8 +24,8 @@ from pathlib import Path
 
 from engine import workspace
 from engine.errors import ModelError
-from engine.export.gguf_reader import GgufFormatError, GgufInfo, read_gguf
 from engine.models import library
+from engine.models.gguf_reader import GgufFormatError, GgufInfo, read_gguf
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # GGUF tensor name (after `blk.N.`) -> Hugging Face module name (after `model.layers.N.`)
@@ -57,15 +57,6 @@ _PRE_LLAMA3 = {"llama3", "llama-bpe", "llama-v3", "falcon3", "dbrx", "smaug-bpe"
 _PRE_QWEN2 = {"qwen2", "deepseek-r1-qwen", "megrez"}
 
 ProgressFn = Callable[[str, float], None]
-
-
-def is_gguf(path: str | Path) -> bool:
-    """Whether `path` is a file that starts with GGUF's magic (Ollama's blobs have no suffix)."""
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(4) == b"GGUF"
-    except OSError:
-        return False
 
 
 def import_gguf(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.export.gguf_reader import GgufInfo, GgufTensor
+from engine.models.gguf_reader import GgufInfo, GgufTensor
 
 KEPT_QUANTIZED = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8, "Q4_K": 4}
 GROUP_SIZE = 32

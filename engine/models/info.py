@@ -321,3 +321,8 @@ def _activation_bytes(config: dict, headers: dict, float_bytes: dict[int, int]) 
     if float_bytes:
         return max(float_bytes, key=float_bytes.get)
     return 2
+
+
+def is_model_folder(path: Path) -> bool:
+    """A folder with config.json and safetensors weights (what mlx_lm.load reads)."""
+    return (path / "config.json").is_file() and any(path.glob("model*.safetensors"))

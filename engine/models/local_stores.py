@@ -37,7 +37,7 @@ def ollama_root() -> Path:
 def lmstudio_models() -> list[tuple[str, Path, str]]:
     """(name, path, format) of LM Studio's models: `publisher/repo/file.gguf` files ("gguf") and
     `publisher/repo` MLX folders ("mlx"). Vision projector files (mmproj-*) are left out."""
-    from engine.export.source import is_model_folder
+    from engine.models.info import is_model_folder
 
     out: list[tuple[str, Path, str]] = []
     seen: set[str] = set()
@@ -63,7 +63,7 @@ def lmstudio_models() -> list[tuple[str, Path, str]]:
 def ollama_models() -> list[tuple[str, Path]]:
     """(name, blob path) of Ollama's models, named as `ollama list` shows them (`llama3.2:1b`;
     models from other registries or namespaces keep them: `hf.co/user/repo:tag`)."""
-    from engine.models.gguf_import import is_gguf
+    from engine.models.gguf_reader import is_gguf
 
     root = ollama_root()
     manifests = root / "manifests"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.export import ExportError, export_gguf
-from engine.export.gguf_reader import GgufFormatError, read_gguf
+from engine.models.gguf_reader import GgufFormatError, read_gguf
 from engine.templates import DEFAULT_CHAT_TEMPLATE
 from tests.engine.test_export_support import make_run
 

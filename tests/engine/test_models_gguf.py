@@ -174,8 +174,8 @@ def test_quantized_types_are_kept_or_dequantized_per_module(tmp_path):
     from gguf.quants import dequantize
     from mlx_lm.gguf import permute_weights
 
-    from engine.export.gguf_reader import read_gguf
     from engine.models.gguf_import import import_gguf
+    from engine.models.gguf_reader import read_gguf
     from engine.models.gguf_tensors import convert_tensor
     from engine.tinymodel import build_tiny_model
 
@@ -277,7 +277,7 @@ def test_bad_gguf_files_get_clear_messages(tmp_path, tiny_f32_gguf, monkeypatch)
     """Issue 18 item 1: not a GGUF, a truncated GGUF, an unsupported architecture and a full disk
     are refused with what is wrong, and nothing is left in the library."""
     from engine import workspace
-    from engine.models.library import import_any
+    from engine.models.importing import import_any
 
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"NOPE" + b"\0" * 64)
@@ -287,8 +287,8 @@ def test_bad_gguf_files_get_clear_messages(tmp_path, tiny_f32_gguf, monkeypatch)
     cut.write_bytes(tiny_f32_gguf.read_bytes()[: tiny_f32_gguf.stat().st_size // 2])
     with pytest.raises(ModelError, match="truncated"):
         import_any(cut)
-    from engine.export.gguf_reader import read_gguf
     from engine.models.gguf_import import gguf_config
+    from engine.models.gguf_reader import read_gguf
 
     info = read_gguf(tiny_f32_gguf)
     info.metadata["general.architecture"] = "gemma3"
@@ -346,7 +346,8 @@ def test_ollama_and_lmstudio_models_are_listed_in_place_and_importable(fake_stor
     models without copying them; `models import NAME` converts a listed GGUF; an LM Studio MLX
     folder is used in place."""
     from engine.cli import main
-    from engine.models.library import import_any, list_models, resolve
+    from engine.models.importing import import_any
+    from engine.models.library import list_models, resolve
 
     before = {p: p.stat().st_mtime for p in fake_stores[0].rglob("*")}
     found = {e.name: e for e in list_models()}

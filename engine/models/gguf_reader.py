@@ -219,3 +219,12 @@ class _Reader:
                 return list(struct.unpack(f"<{n}{fmt[1:]}", raw))
             return [self.value(etype) for _ in range(n)]
         raise GgufFormatError(f"Unknown GGUF metadata type {vtype}.")
+
+
+def is_gguf(path: str | Path) -> bool:
+    """Whether `path` is a file that starts with GGUF's magic (Ollama's blobs have no suffix)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False
