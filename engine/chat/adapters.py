@@ -9,15 +9,12 @@ the one loaded without an adapter. Nothing is loaded twice and nothing is copied
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import workspace
 from engine.errors import LatheError
 from engine.runs import adapter_steps, base_model_of
-
-ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
+from engine.runspec import locate_adapter
 
 
 class ChatError(LatheError):
@@ -48,96 +45,16 @@ class AdapterInfo:
         return f"run {self.run_id} · {where}"
 
 
-_STEP = re.compile(r"^(?P<run>.+):(?P<step>\d+|latest|final)$")
-
-
 def resolve_adapter(spec: str | Path) -> AdapterInfo:
-    """Turn `RUN[:STEP]`, a run folder, a checkpoint folder or an adapter folder into an AdapterInfo.
-
-    RUN is a run id in the workspace or a path to a run folder. Without STEP the run's final adapter
-    is used, or its newest checkpoint while the run has no final adapter yet.
-    """
-    text = str(spec).strip()
-    if not text:
-        raise ChatError("No adapter given.", "Pass a run id, RUN:STEP, or an adapter folder.")
-    step: int | None = None
-    want_step = False
-    path = Path(text).expanduser()
-    match = _STEP.match(text)
-    if not path.exists() and match:
-        text, raw = match.group("run"), match.group("step")
-        step = int(raw) if raw.isdigit() else None
-        want_step = raw.isdigit()
-        path = Path(text).expanduser()
-    if not path.exists():
-        candidate = workspace.runs_dir() / text
-        if workspace.safe_name(text) == text and candidate.is_dir():
-            path = candidate
-        else:
-            raise ChatError(
-                f"No run or adapter folder called '{text}' was found.",
-                "Pass a run id from the Runs list, RUN:STEP, or the path of an adapter folder.",
-            )
-    path = path.resolve()
-
-    if _is_adapter_dir(path):
-        if want_step:
-            raise ChatError(
-                f"{path} is already an adapter folder; a step applies only to a run.",
-                "Drop the ':STEP' or pass the run instead.",
-            )
-        run_dir, found_step = _run_of_adapter(path)
-        return _info(path, run_dir, found_step)
-
-    if not _looks_like_run(path):
-        raise ChatError(
-            f"{path} is neither a Lathe run nor an adapter folder.",
-            "An adapter folder holds adapters.safetensors and adapter_config.json.",
-        )
-    steps = checkpoint_steps(path)
-    if want_step:
-        if step not in steps:
-            listed = ", ".join(str(s) for s in steps) or "none yet"
-            raise ChatError(
-                f"Run {path.name} has no checkpoint at step {step}.",
-                f"Checkpoints it has: {listed}.",
-            )
-        return _info(path / "checkpoints" / f"{step:07d}", path, step)
-    if _is_adapter_dir(path / "adapters"):
-        return _info(path / "adapters", path, None)
-    if steps:
-        return _info(path / "checkpoints" / f"{steps[-1]:07d}", path, steps[-1])
-    raise ChatError(
-        f"Run {path.name} has no adapter yet.",
-        "Wait for its first checkpoint, or pick another run.",
-    )
+    """Turn `RUN[:STEP]`, a run folder, a checkpoint folder or an adapter folder into an AdapterInfo
+    (the grammar and the fallback rule: engine.runspec)."""
+    ref = locate_adapter(spec, ChatError)
+    return _info(ref.path, ref.run_dir, ref.step)
 
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
     """Steps of the complete checkpoints of a run, oldest first (engine.runs.adapter_steps)."""
     return adapter_steps(run_dir)
-
-
-def _is_adapter_dir(path: Path) -> bool:
-    return path.is_dir() and all((path / name).is_file() for name in ADAPTER_FILES)
-
-
-def _looks_like_run(path: Path) -> bool:
-    return path.is_dir() and any(
-        (path / name).exists() for name in ("config.yaml", "adapters", "checkpoints", "status.json")
-    )
-
-
-def _run_of_adapter(path: Path) -> tuple[Path | None, int | None]:
-    if path.name == "adapters" and _looks_like_run(path.parent):
-        return path.parent, None
-    if (
-        path.parent.name == "checkpoints"
-        and path.name.isdigit()
-        and _looks_like_run(path.parent.parent)
-    ):
-        return path.parent.parent, int(path.name)
-    return None, None
 
 
 def _info(path: Path, run_dir: Path | None, step: int | None) -> AdapterInfo:

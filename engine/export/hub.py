@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.export.job import ExportError, ProgressFn, Reporter
-from engine.export.source import AdapterSource, is_adapter_folder, resolve_adapter
+from engine.export.source import AdapterSource, resolve_adapter
 from engine.models.info import is_model_folder
+from engine.runspec import is_adapter_folder
 
 _IGNORE = [".*", "*.partial*", "__pycache__/*"]
 

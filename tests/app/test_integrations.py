@@ -99,10 +99,10 @@ def test_runs_page_has_an_evaluate_tab_whose_checkpoint_goes_to_chat_and_export(
         export.trigger()
     assert got.args == [f"{run_dir}:100"]
     # The export engine reads RUN:STEP as that checkpoint of that run.
-    from engine.export.source import find_run_dir, split_spec
+    from engine.runspec import locate_adapter
 
-    name, step = split_spec(got.args[0])
-    assert find_run_dir(name) == run_dir.resolve() and step == 100
+    ref = locate_adapter(got.args[0])
+    assert ref.run_dir == run_dir.resolve() and ref.step == 100
 
 
 def test_nan_retry_is_an_advanced_setting_that_reaches_the_runs_config(train_page, launched):

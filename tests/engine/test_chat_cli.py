@@ -132,7 +132,7 @@ def test_interactive_session_reads_stdin_until_eof(run_id, expected, capsys, mon
     [
         (
             ["--adapter", "no-such-run", "--prompt", "hi"],
-            "No run or adapter folder called 'no-such-run'",
+            "'no-such-run' is neither a run nor an adapter folder",
         ),
         (
             ["--model", "/nonexistent/model", "--prompt", "hi"],

@@ -239,7 +239,7 @@ def test_cli_run_best_and_report(tuned_run, capsys, monkeypatch):
         (["eval", "run", "RUNID", "--metric", "regex:("], "not a valid regular expression"),
         (["eval", "run", "RUNID", "--metric", "schema:/nope/s.json"], "does not exist"),
         (["eval", "best", "RUNID", "--by", "length"], "no better direction"),
-        (["eval", "run", "no-such-run"], "No run or adapter folder"),
+        (["eval", "run", "no-such-run"], "'no-such-run' is neither a run nor an adapter folder"),
     ],
 )
 def test_cli_errors_are_one_sentence(tuned_run, capsys, monkeypatch, argv, words):

@@ -67,6 +67,7 @@ ENGINE_LAYERS = [
             "engine.training",
             "engine.models.measure",
             "engine.runs",
+            "engine.runspec",
             "engine.chat",
             "engine.evaluate",
             "engine.export",
