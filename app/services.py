@@ -144,17 +144,7 @@ def run_rows() -> list[RunRow]:
     rows = []
     for info in list_runs():
         s = info.status
-        started, finished = s.get("started"), s.get("finished")
-        duration = None
-        summary = s.get("summary") or {}
-        if isinstance(summary, dict) and summary.get("wall_seconds"):
-            duration = float(summary["wall_seconds"])
-        elif started and finished:
-            duration = float(finished) - float(started)
-        elif started and info.state == "running":
-            import time
-
-            duration = time.time() - float(started)
+        numbers = info.numbers()  # engine.runs.run_numbers: the same numbers the Train page shows
         rows.append(
             RunRow(
                 id=info.id,
@@ -164,10 +154,10 @@ def run_rows() -> list[RunRow]:
                 reason=str(s.get("reason") or ""),
                 model=Path(info.config.model.path).name or info.config.model.path,
                 dataset=Path(info.config.data.path).name,
-                step=int(s.get("step") or 0),
-                total_steps=int(s.get("total_steps") or 0),
-                best_val_loss=info.best_val_loss,
-                duration=duration,
+                step=numbers.step,
+                total_steps=numbers.total_steps,
+                best_val_loss=numbers.best_val_loss,
+                duration=numbers.active_seconds,
                 created=float(s.get("created") or s.get("updated") or 0),
                 checkpoints=list(info.checkpoints),
                 has_adapter=info.adapter_path is not None,
