@@ -208,3 +208,76 @@ def test_open_in_chat_selects_the_run_and_its_model(
     assert page.run.currentData() == str(run) and page.model.currentText() == str(stories_path)
     assert loaded.args[0]["tuned_label"] == f"stories260K + run {run.name} · final adapter"
     assert page.compare_box.isEnabled() and page.send_button.isEnabled()
+
+
+def _turns(session):
+    return [m["content"] for m in session.history if m["role"] == "user"]
+
+
+def test_stop_during_compare_regenerate_settles_both_panes(
+    qtbot, page, stories_path, stories_chat_run
+):
+    """Issue 17, item 3: Stop during Regenerate in compare mode left the tuned pane at "waiting
+    for the tuned model's reply..." for good, and the next message left the two histories
+    differing (the tuned side never took the stopped turn)."""
+    load(qtbot, page, stories_path, stories_chat_run)
+    page.compare_box.setChecked(True)
+    greedy(page, max_tokens=8)
+    page.send("Once upon a time")
+    qtbot.waitUntil(lambda: not page.controller.busy, timeout=30_000)
+    greedy(page, max_tokens=400)
+    seen = []
+
+    def on_text(side, _text):
+        seen.append(side)
+        if len(seen) == 2:
+            page.stop_button.click()
+
+    page.controller.sig_text.connect(on_text)
+    page.regenerate_button.click()
+    qtbot.waitUntil(lambda: not page.controller.busy, timeout=30_000)
+    page.controller.sig_text.disconnect(on_text)
+    base, tuned = page.controller.compare.base, page.controller.compare.tuned
+    assert [m["role"] for m in base.history] == [m["role"] for m in tuned.history]
+    assert tuned.replies[-1].stats.stop_reason == "cancelled"
+    assert "waiting for" not in page.tuned_view.toPlainText()
+    assert "waiting for" not in page.base_view.toPlainText()
+    greedy(page, max_tokens=6)
+    page.send("The end")
+    qtbot.waitUntil(lambda: not page.controller.busy, timeout=30_000)
+    assert _turns(base) == _turns(tuned) == ["Once upon a time", "The end"]
+    assert [m["role"] for m in base.history] == [m["role"] for m in tuned.history]
+
+
+def test_toggling_compare_asks_before_the_conversation_goes(
+    qtbot, page, stories_path, stories_chat_run
+):
+    """Issue 17, item 3: ticking Compare replaced the conversation on screen without asking."""
+    load(qtbot, page, stories_path, stories_chat_run)
+    greedy(page, max_tokens=6)
+    page.send("Once upon a time")
+    qtbot.waitUntil(lambda: not page.controller.busy, timeout=30_000)
+    asked = []
+    page.confirm_compare_switch = lambda on: asked.append(on) or False
+    page.compare_box.click()
+    assert asked == [True] and not page.compare_box.isChecked()
+    assert "Once upon a time" in page.view.toPlainText() and page.views.currentIndex() == 0
+    page.confirm_compare_switch = lambda on: asked.append(on) or True
+    page.compare_box.click()
+    assert page.compare_box.isChecked() and page.views.currentIndex() == 1
+    page.compare_box.click()  # the comparison is empty: nothing to lose, no question
+    assert asked == [True, True] and not page.compare_box.isChecked()
+    assert "Once upon a time" in page.view.toPlainText()  # the conversation was kept
+
+
+def test_escape_ends_the_editing_hint(qtbot, page, stories_path):
+    """Issue 17, item 3: "Editing your last message" stayed in the status line after Escape."""
+    load(qtbot, page, stories_path)
+    greedy(page, max_tokens=6)
+    page.send("Once upon a time")
+    qtbot.waitUntil(lambda: not page.controller.busy, timeout=30_000)
+    before = page.status.text()
+    page.edit_button.click()
+    assert page.status.text().startswith("Editing your last message")
+    qtbot.keyClick(page.input, Qt.Key.Key_Escape)
+    assert page.status.text() == before and page.send_button.text() == "Send"
