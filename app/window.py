@@ -152,6 +152,9 @@ class MainWindow(QMainWindow):
         self.open_action.setShortcut(QKeySequence.StandardKey.Open)
         self.open_action.triggered.connect(self.open_dataset_dialog)
         file.addAction(self.open_action)
+        self.open_folder_action = QAction("Open Dataset Folder…", self)
+        self.open_folder_action.triggered.connect(self._on_open_folder_action)
+        file.addAction(self.open_folder_action)
         self.import_model_action = QAction("Import Model Folder…", self)
         self.import_model_action.triggered.connect(self.models.import_folder_dialog)
         file.addAction(self.import_model_action)
@@ -291,6 +294,10 @@ class MainWindow(QMainWindow):
         if path:
             self.open_path(path)
 
+    def _on_open_folder_action(self) -> None:
+        self.show_page("data")
+        self.data.open_folder_dialog()
+
     def open_path(self, path: str | Path) -> None:
         """A dropped or opened file: a model folder goes to Models, anything else to Data."""
         p = Path(path)
@@ -401,17 +408,17 @@ class MainWindow(QMainWindow):
 
     # -- drops and file-open events -----------------------------------------------------------
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt API
-        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
-            event.acceptProposedAction()
+        if _accept_as_copy(event):
+            event.accept()
 
     def dragMoveEvent(self, event) -> None:  # noqa: N802 - Qt API
-        if event.mimeData().hasUrls():
-            event.acceptProposedAction()
+        if _accept_as_copy(event):
+            event.accept()
 
     def dropEvent(self, event) -> None:  # noqa: N802 - Qt API
         paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
-        if paths:
-            event.acceptProposedAction()
+        if paths and _accept_as_copy(event):
+            event.accept()
             self.open_path(paths[0])
 
     # -- state --------------------------------------------------------------------------------
@@ -472,6 +479,19 @@ class MainWindow(QMainWindow):
             self.tray.hide()
         self.chat.controller.shutdown()  # frees the chat model and ends its thread before exit
         event.accept()
+
+
+def _accept_as_copy(event) -> bool:
+    """Local files are taken as a Copy, never a Move: Lathe reads a dropped file and leaves it
+    where it is, and a drag source that honours Move would delete the user's original.
+    False (the drop is refused) when the source offers no Copy or no local file."""
+    mime = event.mimeData()
+    if not (mime.hasUrls() and any(u.isLocalFile() for u in mime.urls())):
+        return False
+    if not event.possibleActions() & Qt.DropAction.CopyAction:
+        return False
+    event.setDropAction(Qt.DropAction.CopyAction)
+    return True
 
 
 class FileOpenFilter(QObject):
