@@ -92,6 +92,8 @@ class StallProbe:
         self.last_cpu = 0.0
         self.gaps: list[float] = []
         self.cpu: list[float] = []  # GUI-thread CPU time used within each gap
+        self.label = ""  # what the app is doing now (a journey step); stalls are kept per label
+        self.worst: dict[str, float] = {}  # label -> longest gap (s)
 
     def start(self) -> None:
         self.last = time.perf_counter()
@@ -105,6 +107,7 @@ class StallProbe:
         now, cpu = time.perf_counter(), time.thread_time()
         self.gaps.append(now - self.last)
         self.cpu.append(cpu - self.last_cpu)
+        self.worst[self.label] = max(self.worst.get(self.label, 0.0), now - self.last)
         self.last, self.last_cpu = now, cpu
 
     @property

@@ -24,6 +24,8 @@ from engine.workspace import (
 
 STATES = ("created", "running", "completed", "stopped", "failed", "interrupted")
 FINAL_STATES = ("completed", "stopped", "failed", "interrupted")
+# The events that mark training time (log lines are not: a worker logs while it loads).
+TIMED_EVENTS = ("started", "progress", "eval", "checkpoint", "golden", "finished", "error")
 
 
 class RunError(LatheError):
@@ -82,8 +84,9 @@ def run_numbers(run_dir: Path, status: dict | None = None, now: float | None = N
     - step: the last step of the latest start or resume (a resume that goes back to an earlier
       checkpoint repeats steps, so the run is where its latest segment got to); a run killed
       between checkpoints still counts the steps its progress events reported.
-    - active_seconds: each start or resume from its `started` event to its last event, summed
-      (a running run counts up to `now`); the time a run sat stopped is not training time.
+    - active_seconds: each start or resume from its `started` event to its last training event
+      (progress, eval, checkpoint, finished...), summed; a running run counts up to `now`. The
+      time a run sat stopped, and a worker's loading before `started`, are not training time.
     - best_val_loss: the lowest validation loss of an evaluation at step > 0; the evaluation at
       step 0 measures the untrained model, and a later value of the same step wins.
     """
@@ -99,7 +102,14 @@ def run_numbers(run_dir: Path, status: dict | None = None, now: float | None = N
     active = 0.0
     total = int(status.get("total_steps") or 0)
     for seg in segments:
-        times = [float(e["time"]) for e in seg if isinstance(e.get("time"), (int, float))]
+        # Timed from `started` to the segment's last training event: the log lines a worker
+        # writes while it loads (before `started`) land in the previous segment and would
+        # otherwise count the pause between a stop and a resume as training.
+        times = [
+            float(e["time"])
+            for e in seg
+            if e.get("event") in TIMED_EVENTS and isinstance(e.get("time"), (int, float))
+        ]
         if times:
             active += max(times) - min(times)
         for e in seg:
@@ -122,7 +132,11 @@ def run_numbers(run_dir: Path, status: dict | None = None, now: float | None = N
             reached.append(started["resumed_from"])
         if reached:
             step = max(reached)
-        last_times = [float(e["time"]) for e in last if isinstance(e.get("time"), (int, float))]
+        last_times = [
+            float(e["time"])
+            for e in last
+            if e.get("event") in TIMED_EVENTS and isinstance(e.get("time"), (int, float))
+        ]
         if status.get("state") == "running" and last_times:
             active += max(0.0, (now or time.time()) - max(last_times))
     best_step, best = (None, None)

@@ -65,7 +65,9 @@ def test_duration_sums_every_start_and_resume_and_best_loss_skips_step_zero():
             "summary": {"steps": 80, "wall_seconds": 80.0},
         }
     )
-    # Paused for an hour, then resumed from the checkpoint at step 80 and stopped at 94.
+    # Paused for an hour, then resumed from the checkpoint at step 80 and stopped at 94; the
+    # resumed worker logs while it loads, before its `started` event.
+    events.append({"event": "log", "time": 4670.0, "level": "info", "message": "Memory: ..."})
     events.append({"event": "started", "time": 4680.0, "total_steps": 300, "resumed_from": 80})
     events += [_progress(s, 4680.0 + (s - 80), 300) for s in range(81, 95)]
     events.append({"event": "eval", "time": 4690.0, "step": 90, "val_loss": 2.2})
