@@ -24,6 +24,10 @@ def x_display():
     if why:
         pytest.skip(why)
     server = xserver.start(1440, 900)
+    why = xserver.qt_cannot_start(server)
+    if why:
+        server.stop()
+        pytest.skip(why)
     yield server
     server.stop()
 

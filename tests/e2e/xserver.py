@@ -47,6 +47,20 @@ def missing() -> str | None:
     return None
 
 
+def qt_cannot_start(server: XServer) -> str | None:
+    """Why Qt's xcb platform cannot open a window on `server` (a missing X library), or None."""
+    import sys
+
+    probe = "from PySide6.QtWidgets import QApplication; QApplication(['probe'])"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=server.env(), capture_output=True, text=True, timeout=60
+    )
+    if out.returncode == 0:
+        return None
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    return "Qt cannot use the X server: " + " ".join(lines[-3:])[:400]
+
+
 def start(width: int = 1440, height: int = 900, timeout: float = 20.0) -> XServer:
     """Start Xvfb (screen WIDTHxHEIGHTx24) and openbox on it; raises RuntimeError on failure."""
     read_fd, write_fd = os.pipe()
