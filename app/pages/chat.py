@@ -221,13 +221,20 @@ class ChatPage(QWidget):
         head = QLabel("Sampling")
         head.setObjectName("sectionTitle")
         sl.addWidget(head)
+        self.max_tokens.setToolTip("The longest reply, in tokens.")
         form = QFormLayout()
-        form.addRow("Temperature", self.temperature)
-        form.addRow("Top-p", self.top_p)
-        form.addRow("Min-p", self.min_p)
-        form.addRow("Repetition penalty", self.repetition_penalty)
-        form.addRow("Max tokens", self.max_tokens)
-        form.addRow("Seed", self.seed)
+        for text, field in (
+            ("Temperature", self.temperature),
+            ("Top-p", self.top_p),
+            ("Min-p", self.min_p),
+            ("Repetition penalty", self.repetition_penalty),
+            ("Max tokens", self.max_tokens),
+            ("Seed", self.seed),
+        ):
+            label = QLabel(text)
+            label.setToolTip(field.toolTip())  # the words are what users point at
+            label.setBuddy(field)
+            form.addRow(label, field)
         sl.addLayout(form)
         self.template_note = QLabel()
         self.template_note.setObjectName("muted")

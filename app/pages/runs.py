@@ -45,14 +45,10 @@ STATE_LABELS = {
 
 
 def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min"
-    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+    """A run's training time, written as the Train page writes it ("1 min 06 s")."""
+    from app.pages.train import format_eta
+
+    return "" if seconds is None else format_eta(seconds)
 
 
 class RunsPage(QWidget):

@@ -281,3 +281,12 @@ def test_escape_ends_the_editing_hint(qtbot, page, stories_path):
     assert page.status.text().startswith("Editing your last message")
     qtbot.keyClick(page.input, Qt.Key.Key_Escape)
     assert page.status.text() == before and page.send_button.text() == "Send"
+
+
+def test_sampling_labels_carry_their_fields_tooltips(page):
+    """Issue 17, item 12: tooltips appeared over the fields but not over their labels."""
+    from PySide6.QtWidgets import QLabel
+
+    labels = {lab.text(): lab for lab in page.findChildren(QLabel)}
+    for text, field in (("Temperature", page.temperature), ("Seed", page.seed)):
+        assert field.toolTip() and labels[text].toolTip() == field.toolTip()

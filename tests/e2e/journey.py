@@ -289,7 +289,9 @@ class Journey:
         mime.setUrls([QUrl.fromLocalFile(str(sample))])
         actions = Qt.DropAction.CopyAction | Qt.DropAction.MoveAction
         pos = w.stack.mapTo(w, w.stack.rect().center())
-        button, mods = Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+        # Shift held: Qt then proposes a Move (as a file manager's drag may), which must be
+        # taken as a Copy.
+        button, mods = Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ShiftModifier
         seen = {}
         enter = QDragEnterEvent(pos, actions, mime, button, mods)
         self.qapp.sendEvent(w, enter)
@@ -301,6 +303,7 @@ class Journey:
         self.qapp.sendEvent(w, drop)
         seen["drop_accepted"] = drop.isAccepted()
         seen["drop_action"] = drop.dropAction().name
+        seen["proposed_action"] = drop.proposedAction().name
         seen["sample_still_there"] = (sample / "train.jsonl").is_file()
         self.wait_until(lambda: w.data.report is not None and not w.data.busy, 90)
         report = w.data.report

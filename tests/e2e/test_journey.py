@@ -66,9 +66,10 @@ def test_help_welcome_then_go_to_the_app_leaves_one_page(journey):
 
 
 def test_dropping_the_sample_folder_imports_it_as_a_copy(journey):
-    """Item 4: drops were accepted with the proposed action, a Move when the source offers one
-    (a source that honours Move deletes the user's original)."""
+    """Item 4: drops were accepted with the proposed action; dragged with Shift held, the
+    proposed action is a Move, and a source that honours Move deletes the user's original."""
     drop = seen(journey, "drop")
+    assert drop["proposed_action"] == "MoveAction", drop  # the case that matters
     assert drop["enter_accepted"] and drop["drop_accepted"], drop
     assert drop["drop_action"] == "CopyAction", drop
     assert drop["sample_still_there"]
@@ -93,7 +94,9 @@ def test_stop_shows_one_step_in_the_bar_and_the_message(journey):
 
 
 def test_resume_continues_the_curve_and_completes(journey):
-    """Item 6: a resumed run's chart kept the old points and drew the repeated steps again."""
+    """Item 6: a resumed run's chart kept the old points and drew repeated steps again. Here the
+    resume continues from the checkpoint Stop saved, so the curve only goes on; this passed
+    before too. A resume that restarts from step 0 is in tests/app/test_train_numbers.py."""
     resumed = seen(journey, "resumed")
     assert resumed["state"] == "completed", resumed
     assert resumed["chart_steps_increase"] and resumed["bar"] == "step 40 of 40", resumed
@@ -111,7 +114,8 @@ def _seconds(text: str) -> float:
 
 def test_the_runs_row_shows_steps_duration_and_best_val_loss(journey):
     """Item 5: Duration was the last segment's wall time (14 s after 1.5 min of training in the
-    issue; here the resumed half alone), Steps came from status.json (0/104 for a killed run),
+    issue; here the resumed half alone) shown in whole minutes, Steps came from status.json
+    (0/104 for a killed run),
     and Best val loss counted the untrained model's step-0 evaluation. In this journey the loss
     falls, so the step-0 value is not the lowest and that column was right before too; the
     killed-run steps and the step-0 case are in tests/engine/test_run_numbers.py."""
@@ -123,11 +127,9 @@ def test_the_runs_row_shows_steps_duration_and_best_val_loss(journey):
     # Seen by the window: from each `started` to the end of that worker, summed over both halves.
     want = expected["seconds"]
     got = _seconds(row["Duration"])
-    # The column rounds to whole minutes past 60 s; the worker's exit is in the window's time.
-    slack = max(8.0, 0.25 * want) + (30.0 if got >= 60 else 0.0)
+    # The window's clock also counts each worker's exit after its last event.
+    slack = max(6.0, 0.2 * want)
     assert abs(got - want) <= slack, (row["Duration"], want, journey.get("segments"))
-    last_half = journey["segments"][-1]["seconds"]
-    assert got > last_half + 0.5 * journey["segments"][0]["seconds"] - 8, journey["segments"]
 
 
 def test_chat_compare_stop_during_regenerate_settles_both_panes(journey):
