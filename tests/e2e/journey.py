@@ -446,7 +446,9 @@ class Journey:
         texts: list[str] = []
         chat.controller.sig_text.connect(lambda side, _t: texts.append(side))
         self.click(chat.regenerate_button)
-        self.wait_until(lambda: len(texts) >= 2 or not chat.controller.busy, 60, poll_ms=2)
+        # Stop while the base side streams (its first piece is on screen): the tuned side has
+        # not begun.
+        self.wait_until(lambda: len(texts) >= 1 or not chat.controller.busy, 60, poll_ms=2)
         self.obs["stopped_during"] = texts[-1] if texts else None
         if chat.controller.busy:
             self.click(chat.stop_button)
