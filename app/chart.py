@@ -58,6 +58,19 @@ class Series:
         self._ema = self._ema * w + (1 - w) * y
         self._s.append(self._ema / (1 - w**self.n) if w > 0 else y)
 
+    def drop_from(self, x: float) -> None:
+        """Forget the points at step `x` and later (a resumed run repeats them, or restarts)."""
+        keep = 0
+        while keep < self.n and self._x[keep] < x:
+            keep += 1
+        if keep == self.n:
+            return
+        del self._x[keep:], self._y[keep:]
+        self.n = keep
+        self.lo = min(self._y, default=math.inf)
+        self.hi = max(self._y, default=-math.inf)
+        self.set_smoothing(self.smoothing)
+
     def set_smoothing(self, weight: float) -> None:
         self.smoothing = weight
         self._s = ema(self._y, weight)
@@ -135,15 +148,19 @@ class LossChartWidget(QWidget):
         self._dirty = True
 
     def add_train(self, step: float, loss: float | None) -> None:
-        if loss is None or not math.isfinite(loss):
-            return
-        self.train.append(float(step), float(loss))
-        self._dirty = True
+        self._add(self.train, step, loss)
 
     def add_valid(self, step: float, loss: float | None) -> None:
+        self._add(self.valid, step, loss)
+
+    def _add(self, series: Series, step: float, loss: float | None) -> None:
         if loss is None or not math.isfinite(loss):
             return
-        self.valid.append(float(step), float(loss))
+        if len(series) and float(step) <= series.xs[-1]:
+            # A resumed run goes back to its checkpoint (or to step 0): the later values of those
+            # steps replace the earlier ones, so the line never zig-zags back in time.
+            series.drop_from(float(step))
+        series.append(float(step), float(loss))
         self._dirty = True
 
     def load_events(self, events: list[dict]) -> None:
@@ -191,12 +208,21 @@ class LossChartWidget(QWidget):
             pos_lo = [v for v in lows if v > 0] or [1.0]
             pos_hi = [v for v in highs if v > 0] or [1.0]
             y0, y1 = math.log10(min(pos_lo)), math.log10(max(pos_hi))
-        else:
-            y0, y1 = (min(lows), max(highs)) if lows else (0.0, 1.0)
-        if y1 - y0 < 1e-9:
-            y0, y1 = y0 - 0.5, y1 + 0.5
-        pad = (y1 - y0) * 0.06
-        return x0, x1, y0 - pad, y1 + pad
+            if y1 - y0 < 1e-9:
+                y0, y1 = y0 - 0.5, y1 + 0.5
+            pad = (y1 - y0) * 0.06
+            return x0, x1, y0 - pad, y1 + pad
+        y0, y1 = (min(lows), max(highs)) if lows else (0.0, 1.0)
+        ticks = nice_ticks(y0, y1)
+        return x0, x1, ticks[0], ticks[-1]
+
+    def y_ticks(self) -> list[float]:
+        """The values of the horizontal grid lines (in the axis' own scale, log10 when log)."""
+        _, _, y0, y1 = self._ranges()
+        if self.log_scale:
+            return [y0 + (y1 - y0) * i / 4 for i in range(5)]
+        lows, highs = self._bounds()
+        return nice_ticks(min(lows), max(highs)) if lows else nice_ticks(0.0, 1.0)
 
     def _bounds(self) -> tuple[list[float], list[float]]:
         series = [s for s in (self.train, self.valid) if len(s)]
@@ -241,16 +267,16 @@ class LossChartWidget(QWidget):
 
         # grid and axis labels
         p.setPen(QPen(grid, 1))
-        for i in range(5):
-            fy = y0 + (y1 - y0) * i / 4
-            py = rect.bottom() - rect.height() * i / 4
+        ticks = self.y_ticks()
+        for fy in ticks:
+            py = rect.bottom() - (fy - y0) / (y1 - y0) * rect.height()
             p.drawLine(QPointF(rect.left(), py), QPointF(rect.right(), py))
             value = 10**fy if self.log_scale else fy
             p.setPen(muted)
             p.drawText(
                 QRectF(0, py - 8, rect.left() - 6, 16),
                 Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
-                f"{value:.3g}",
+                f"{value:.3g}" if self.log_scale else tick_label(value, ticks),
             )
             p.setPen(QPen(grid, 1))
         for i in range(5):
@@ -376,6 +402,32 @@ class LossChartWidget(QWidget):
     def leaveEvent(self, _event) -> None:  # noqa: N802 - Qt API
         self._hover_x = None
         self.update()
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """About `count` round grid values (steps of 1, 2 or 5 times a power of ten) that span
+    [lo, hi]; never below zero when the data is not (a loss cannot be negative)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        lo, hi = 0.0, 1.0
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    raw = (hi - lo) / max(1, count - 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    start = math.floor(lo / step + 1e-9) * step
+    if lo >= 0:
+        start = max(0.0, start)
+    end = math.ceil(hi / step - 1e-9) * step
+    n = int(round((end - start) / step))
+    return [round(start + i * step, 12) for i in range(n + 1)]
+
+
+def tick_label(value: float, ticks: list[float]) -> str:
+    """A tick value with as few decimals as shows every tick exactly (0.25 but 2, not 2.00)."""
+    for decimals in range(7):
+        if all(abs(round(t, decimals) - t) < 1e-9 for t in ticks):
+            break
+    return f"{value:.{decimals}f}"
 
 
 def _blend(fg: QColor, bg: QColor, amount: float) -> QColor:

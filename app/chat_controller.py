@@ -234,11 +234,15 @@ class ChatController(QObject):
 
         def stream(progress) -> None:  # worker thread
             for side in sides:
-                if cancel.is_set():
-                    break
                 session = self.session(side)
                 events: Iterator = op(session, cancel)
                 progress(("start", side, session.label))
+                if cancel.is_set():
+                    # Stopped before this side began (compare mode, during the base reply):
+                    # it takes the same turn with an empty stopped reply, so both sides settle
+                    # and their histories keep the same messages.
+                    progress(("done", side, session.settle_stopped(events)))
+                    continue
                 for event in events:
                     progress(
                         (event.kind, side, event.reply if event.kind == "done" else event.text)

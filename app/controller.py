@@ -17,8 +17,9 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
 IDLE, STARTING, RUNNING, STOPPING = "idle", "starting", "running", "stopping"
-# Final states a run can end in, as the app shows them.
-COMPLETED, STOPPED, FAILED, CRASHED = "completed", "stopped", "failed", "crashed"
+# Final states a run can end in, as the app shows them. A worker that ended without finishing
+# (killed, crashed) leaves an `interrupted` run: the word engine.runs and the Runs page use too.
+COMPLETED, STOPPED, FAILED, INTERRUPTED = "completed", "stopped", "failed", "interrupted"
 
 STOP_WAIT_MS = 60_000  # how long a requested stop may take (a checkpoint of a big adapter)
 TERMINATE_WAIT_MS = 5_000  # after SIGTERM (the worker checkpoints on it too), before SIGKILL
@@ -83,7 +84,7 @@ class TrainingController(QObject):
     sig_checkpoint = Signal(dict)
     sig_log = Signal(str, str)  # level, message (engine log events and stderr lines)
     sig_error = Signal(dict)  # the `error` event
-    sig_finished = Signal(str, dict)  # final state (completed/stopped/failed/crashed), details
+    sig_finished = Signal(str, dict)  # final state (completed/stopped/failed/interrupted), details
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -285,7 +286,7 @@ class TrainingController(QObject):
     def _on_process_error(self, error: QProcess.ProcessError) -> None:
         if error == QProcess.ProcessError.FailedToStart:
             self.tail.append(f"The training process could not start: {self.process.errorString()}")
-            self._finish(CRASHED, exit_code=-1)
+            self._finish(INTERRUPTED, exit_code=-1)
 
     def _on_process_finished(self, exit_code: int, exit_status: QProcess.ExitStatus) -> None:
         self._drain_stdout()
@@ -300,7 +301,7 @@ class TrainingController(QObject):
         elif status == FAILED:
             final = FAILED
         else:
-            final = CRASHED
+            final = INTERRUPTED
         self._finish(final, exit_code=-1 if crashed else exit_code)
 
     def _finish(self, final: str, exit_code: int) -> None:
@@ -320,7 +321,7 @@ class TrainingController(QObject):
             "last_checkpoint": self.last_checkpoint,
             "tail": list(self.tail)[-20:],
         }
-        if final == CRASHED and self.run_dir is not None:
+        if final == INTERRUPTED and self.run_dir is not None:
             details["interrupted"] = _mark_interrupted(self.run_dir)
         proc, self.process = self.process, None
         if proc is not None:

@@ -1,17 +1,25 @@
-"""Export a run's adapter (engine.export): fused MLX folder, GGUF or an Ollama folder, on a worker
-thread with progress and Cancel."""
+"""Export a run's adapter (engine.export): fused MLX folder, GGUF or an Ollama folder, into a
+folder the user chooses, on a worker thread with progress and Cancel. An earlier export of the
+same kind in that folder can be replaced (only one Lathe wrote); after success the result can be
+revealed in the file manager or its path copied."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QFileDialog,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
     QProgressBar,
+    QPushButton,
+    QSizePolicy,
     QVBoxLayout,
 )
 
@@ -25,23 +33,49 @@ KINDS = [
 
 
 class ExportDialog(QDialog):
-    """Choose an export, run it, show where the result went."""
+    """Choose an export and where it goes, run it, show where the result went."""
 
     def __init__(self, run_dir: str | Path, parent=None):
         super().__init__(parent)
         self.run_dir = Path(run_dir)
         self.task: Task | None = None
         self.result = None
+        self.result_path: Path | None = None
+        self.folder: str | None = None  # None: the run's exports folder
+        self.target = None  # engine.export.destination.ExportTarget of the last check
         self.setWindowTitle(f"Export {self.run_dir.name}")
-        self.setMinimumWidth(520)
+        self.setMinimumWidth(560)
         self.kind = QComboBox()
         for key, label in KINDS:
             self.kind.addItem(label, key)
+        self.kind.currentIndexChanged.connect(self._on_choice_changed)
+        self.where = QLabel("the run's exports folder")
+        self.where.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.where.setWordWrap(True)
+        self.choose_button = QPushButton("Choose…")
+        self.choose_button.clicked.connect(self.choose_folder)
+        where_row = QHBoxLayout()
+        where_row.addWidget(self.where, 1)
+        where_row.addWidget(self.choose_button)
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
         self.status = QLabel("The export runs in the background; you can cancel it.")
         self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+        self.reveal_button = QPushButton("Reveal")
+        self.reveal_button.clicked.connect(self._on_reveal_clicked)
+        self.copy_button = QPushButton("Copy Path")
+        self.copy_button.clicked.connect(self._on_copy_clicked)
+        self.replace_button = QPushButton("Replace")
+        self.replace_button.setToolTip("Write the export again in place of the earlier one.")
+        self.replace_button.clicked.connect(self.replace)
+        after = QHBoxLayout()
+        for b in (self.replace_button, self.reveal_button, self.copy_button):
+            after.addWidget(b)
+            b.setVisible(False)
+        after.addStretch(1)
         self.buttons = QDialogButtonBox()
         self.export_button = self.buttons.addButton(
             "Export", QDialogButtonBox.ButtonRole.AcceptRole
@@ -51,22 +85,88 @@ class ExportDialog(QDialog):
         self.cancel_button.clicked.connect(self._on_cancel_clicked)
         form = QFormLayout()
         form.addRow("Export as", self.kind)
+        form.addRow("Save in", where_row)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        layout.addLayout(after)
         layout.addWidget(self.buttons)
+        self._show_folder()
 
+    # -- destination --------------------------------------------------------------------------
+    def choose_folder(self) -> None:
+        start = self.folder or str(self.result_path.parent if self.result_path else Path.home())
+        folder = QFileDialog.getExistingDirectory(self, "Export into", start)
+        if folder:
+            self.set_folder(folder)
+
+    def set_folder(self, folder: str | None) -> None:
+        self.folder = folder or None
+        self._show_folder()
+        self._on_choice_changed()
+
+    def _show_folder(self) -> None:
+        text = self.folder or "the run's exports folder"
+        self.where.setText(text)
+        self.where.setToolTip(self.folder or str(self.run_dir / "exports"))
+
+    def _on_choice_changed(self, *_args) -> None:
+        self.replace_button.setVisible(False)
+        self.export_button.setEnabled(self.task is None)
+
+    # -- running ------------------------------------------------------------------------------
     def start(self) -> None:
-        from app.services import export_run
+        """Check the destination (off the GUI thread), then export, or offer Replace."""
+        from app.services import export_target
 
         if self.task is not None:
             return
-        kind = self.kind.currentData()
-        self.kind.setEnabled(False)
-        self.export_button.setEnabled(False)
+        self._set_running(True)
+        self.status.setText("Checking the destination…")
+        task = Task(export_target, self.kind.currentData(), str(self.run_dir), self.folder)
+        task.sig_done.connect(self._on_target_checked)
+        task.sig_failed.connect(self._on_task_failed)
+        self.task = task.start(self)
+
+    def _on_target_checked(self, target) -> None:
+        self.task = None
+        self.target = target
+        if not target.exists:
+            self._run_export(replace=False)
+            return
+        self._set_running(False)
+        if target.replaceable:
+            self._set_status(
+                f"{target.path.name} is already in {target.path.parent}. Replace it with a new "
+                "export, or choose another folder."
+            )
+            self.replace_button.setVisible(True)
+        else:
+            self._set_status(
+                f"{target.path} already exists and was not written by Lathe, so it is left "
+                "alone. Choose another folder."
+            )
+
+    def replace(self) -> None:
+        if self.task is None and self.target is not None and self.target.replaceable:
+            self._run_export(replace=True)
+
+    def _run_export(self, replace: bool) -> None:
+        from app.services import export_run
+
+        self._set_running(True)
+        self.replace_button.setVisible(False)
+        self.reveal_button.setVisible(False)
+        self.copy_button.setVisible(False)
         self.status.setText("Starting…")
-        self.task = Task(export_run, kind, str(self.run_dir))
+        self.task = Task(
+            export_run,
+            self.kind.currentData(),
+            str(self.run_dir),
+            folder=self.folder,
+            replace=replace,
+        )
         self.task.sig_progress.connect(self._on_task_progress)
         self.task.sig_done.connect(self._on_task_done)
         self.task.sig_failed.connect(self._on_task_failed)
@@ -74,7 +174,7 @@ class ExportDialog(QDialog):
         self.task.start(self)
 
     def _on_task_progress(self, p) -> None:
-        self.status.setText(getattr(p, "message", str(p)))
+        self._set_status(getattr(p, "message", str(p)))
         fraction = getattr(p, "fraction", None)
         if fraction is None:
             self.progress.setRange(0, 0)
@@ -89,30 +189,65 @@ class ExportDialog(QDialog):
         self.progress.setValue(100)
         d = result.to_dict() if hasattr(result, "to_dict") else {}
         where = d.get("path") or d.get("out") or d.get("out_dir") or d.get("gguf_path") or ""
-        self.status.setText(f"Done. {where}".strip())
+        self.result_path = Path(str(where)) if where else None
+        self._set_status(f"Done. {where}".strip())
+        self.reveal_button.setVisible(self.result_path is not None)
+        self.copy_button.setVisible(self.result_path is not None)
         self._finish()
 
     def _on_task_failed(self, message: str, hint: str) -> None:
         self.task = None
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
-        self.status.setText(f"The export failed: {message}" + (f"\n{hint}" if hint else ""))
+        self._set_status(f"The export failed: {message}" + (f"\n{hint}" if hint else ""))
         self._finish()
 
     def _on_task_cancelled(self) -> None:
         self.task = None
-        self.status.setText("Cancelled; nothing was left half-written.")
+        self._set_status("Cancelled; nothing was left half-written.")
         self._finish()
 
+    def _set_running(self, running: bool) -> None:
+        self.kind.setEnabled(not running)
+        self.choose_button.setEnabled(not running)
+        self.export_button.setEnabled(not running)
+
     def _finish(self) -> None:
-        self.kind.setEnabled(True)
-        self.export_button.setEnabled(True)
+        self._set_running(False)
         self.cancel_button.setText("Close")
+
+    def _set_status(self, text: str) -> None:
+        """Status text, with the dialog grown to show all of it (a wrapped label is otherwise cut)."""
+        self.status.setText(text)
+        QTimer.singleShot(0, self._fit_status)
+
+    def _fit_status(self) -> None:
+        layout = self.layout()
+        if layout is None:
+            return
+        need = (
+            layout.totalHeightForWidth(self.width())
+            if layout.hasHeightForWidth()
+            else layout.totalSizeHint().height()
+        )
+        if need > self.height():
+            self.resize(self.width(), need)
+
+    # -- after success ------------------------------------------------------------------------
+    def _on_reveal_clicked(self) -> None:
+        from app.reveal import reveal
+
+        if self.result_path is not None:
+            reveal(self.result_path, self)
+
+    def _on_copy_clicked(self) -> None:
+        if self.result_path is not None:
+            QGuiApplication.clipboard().setText(str(self.result_path))
 
     def _on_cancel_clicked(self) -> None:
         if self.task is not None:
             self.task.cancel()
-            self.status.setText("Cancelling…")
+            self._set_status("Cancelling…")
         else:
             self.reject()
 

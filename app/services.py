@@ -130,17 +130,7 @@ def run_rows() -> list[RunRow]:
     rows = []
     for info in list_runs():
         s = info.status
-        started, finished = s.get("started"), s.get("finished")
-        duration = None
-        summary = s.get("summary") or {}
-        if isinstance(summary, dict) and summary.get("wall_seconds"):
-            duration = float(summary["wall_seconds"])
-        elif started and finished:
-            duration = float(finished) - float(started)
-        elif started and info.state == "running":
-            import time
-
-            duration = time.time() - float(started)
+        numbers = info.numbers()  # engine.runs.run_numbers: the same numbers the Train page shows
         rows.append(
             RunRow(
                 id=info.id,
@@ -150,10 +140,10 @@ def run_rows() -> list[RunRow]:
                 reason=str(s.get("reason") or ""),
                 model=Path(info.config.model.path).name or info.config.model.path,
                 dataset=Path(info.config.data.path).name,
-                step=int(s.get("step") or 0),
-                total_steps=int(s.get("total_steps") or 0),
-                best_val_loss=info.best_val_loss,
-                duration=duration,
+                step=numbers.step,
+                total_steps=numbers.total_steps,
+                best_val_loss=numbers.best_val_loss,
+                duration=numbers.active_seconds,
                 created=float(s.get("created") or s.get("updated") or 0),
                 checkpoints=list(info.checkpoints),
                 has_adapter=info.adapter_path is not None,
@@ -180,12 +170,40 @@ def delete_run(path: Path) -> None:
     _delete(path)
 
 
-def export_run(kind: str, run: str, progress=None, cancel: threading.Event | None = None):
-    """Run one export (fuse / gguf / ollama) of a run's adapter; returns the engine's result."""
+def export_run(
+    kind: str,
+    run: str,
+    progress=None,
+    cancel: threading.Event | None = None,
+    folder: str | None = None,
+    replace: bool = False,
+):
+    """Run one export (fuse / gguf / ollama) of a run's adapter into `folder` (default: the run's
+    exports folder); returns the engine's result. `replace` overwrites an earlier export of the
+    same kind there, and only one that Lathe wrote (engine.export.destination)."""
     from engine import export
+    from engine.export.destination import export_target
 
+    target = export_target(kind, run, folder)
+    if target.exists and not (replace and target.replaceable):
+        if target.replaceable:
+            raise export.ExportError(
+                f"{target.path.name} is already in {target.path.parent}.",
+                hint="Replace it, or choose another folder.",
+            )
+        raise export.ExportError(
+            f"{target.path} already exists and was not written by Lathe, so it is left alone.",
+            hint="Choose another folder.",
+        )
     fn = {"fuse": export.fuse, "gguf": export.export_gguf, "ollama": export.export_ollama}[kind]
-    return fn(str(run), progress=progress, cancel=cancel)
+    return fn(str(run), out=target.path, overwrite=replace, progress=progress, cancel=cancel)
+
+
+def export_target(kind: str, run: str, folder: str | None = None):
+    """Where an export would go and whether an earlier one is there (the Export dialog asks)."""
+    from engine.export.destination import default_folder, export_target
+
+    return export_target(kind, run, folder or default_folder(run))
 
 
 # ---------------------------------------------------------------------------------------------

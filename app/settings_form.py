@@ -94,6 +94,44 @@ class _FloatEdit(QLineEdit):
         self.setText(self.fmt.format(v))
 
 
+class _WheelOnlyWhenFocused:
+    """Mixin for value fields in a scrolling form: the wheel scrolls the form over a field, and
+    changes the value only when the field has focus (clicked or tabbed into), as on the Mac. The
+    wheel does not give focus either (Qt.StrongFocus, not WheelFocus)."""
+
+    def _init_wheel(self) -> None:
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+
+    def wheelEvent(self, event) -> None:  # noqa: N802 - Qt API
+        if not self.hasFocus():
+            event.ignore()  # the scroll area behind the field gets it
+            return
+        super().wheelEvent(event)
+
+
+class SpinBox(_WheelOnlyWhenFocused, QSpinBox):
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._init_wheel()
+
+
+class DoubleSpinBox(_WheelOnlyWhenFocused, QDoubleSpinBox):
+    """Shows whole numbers without decimals: Epochs "2", not "2.0"; "1.5" stays "1.5"."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._init_wheel()
+
+    def textFromValue(self, value: float) -> str:  # noqa: N802 - Qt API
+        return f"{value:.{self.decimals()}f}".rstrip("0").rstrip(".") or "0"
+
+
+class ComboBox(_WheelOnlyWhenFocused, QComboBox):
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._init_wheel()
+
+
 # (section, field, label, kind, options); kind: int, float, text, bool, choice, optint
 MAIN_FIELDS = [
     ("training", "epochs", "Epochs", "epochs", None),
@@ -133,7 +171,7 @@ class TrainSettingsWidget(QWidget):
         self.fields: dict[str, QWidget] = {}
         self._filling = False
 
-        self.model = QComboBox()
+        self.model = ComboBox()
         self.model.setEditable(True)
         self.model.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
@@ -141,7 +179,7 @@ class TrainSettingsWidget(QWidget):
         self.model.setMinimumContentsLength(16)
         self.model.setToolTip(field_help("model", "path"))
         self.model.lineEdit().setPlaceholderText("model folder or Hugging Face repo id")
-        self.data = QComboBox()
+        self.data = ComboBox()
         self.data.setEditable(True)
         self.data.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
@@ -152,7 +190,7 @@ class TrainSettingsWidget(QWidget):
         self.name = QLineEdit()
         self.name.setPlaceholderText("optional")
         self.name.setToolTip("A name for the run (used in its folder name).")
-        self.preset = QComboBox()
+        self.preset = ComboBox()
         self.preset.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
@@ -164,12 +202,13 @@ class TrainSettingsWidget(QWidget):
 
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        form.addRow("Model", self.model)
-        form.addRow("Dataset", self.data)
-        form.addRow("Preset", self.preset)
+        self.labels: dict[QWidget, QLabel] = {}  # each field's label, with the field's tooltip
+        self._row(form, "Model", self.model)
+        self._row(form, "Dataset", self.data)
+        self._row(form, "Preset", self.preset)
         form.addRow("", self.preset_note)
         for spec in MAIN_FIELDS:
-            form.addRow(spec[2], self._make(*spec))
+            self._row(form, spec[2], self._make(*spec))
 
         self.advanced_toggle = QToolButton()
         self.advanced_toggle.setText("Advanced")
@@ -181,9 +220,9 @@ class TrainSettingsWidget(QWidget):
         self.advanced = QWidget()
         adv = QFormLayout(self.advanced)
         adv.setContentsMargins(0, 0, 0, 0)
-        adv.addRow("Run name", self.name)
+        self._row(adv, "Run name", self.name)
         for spec in ADVANCED_FIELDS:
-            adv.addRow(spec[2], self._make(*spec))
+            self._row(adv, spec[2], self._make(*spec))
         self.hosts = HostsWidget()
         adv.addRow(self.hosts)
         self.advanced.setVisible(False)
@@ -206,16 +245,26 @@ class TrainSettingsWidget(QWidget):
             self._on_preset_changed(default)
 
     # -- building -----------------------------------------------------------------------------
+    def _row(self, form: QFormLayout, text: str, field: QWidget) -> None:
+        """A form row whose label shows the field's tooltip too (users point at the words)."""
+        label = QLabel(text)
+        label.setToolTip(field.toolTip())
+        label.setBuddy(field)
+        self.labels[field] = label
+        form.addRow(label, field)
+
     def _make(self, section: str, name: str, label: str, kind: str, options) -> QWidget:
         if kind in ("int", "optint"):
-            w = QSpinBox()
+            w = SpinBox()
             w.setRange(*options)
             w.setMaximumWidth(140)
             if kind == "optint":
                 w.setSpecialValueText("from epochs")
+            elif options[0] == -1:
+                w.setSpecialValueText("All")  # -1 means every layer (lora.num_layers)
             w.valueChanged.connect(self._on_field_changed)
         elif kind == "epochs":
-            w = QDoubleSpinBox()
+            w = DoubleSpinBox()
             w.setRange(0.1, 1000)
             w.setDecimals(1)
             w.setSingleStep(0.5)
@@ -228,7 +277,7 @@ class TrainSettingsWidget(QWidget):
             w = QCheckBox()
             w.toggled.connect(self._on_field_changed)
         elif kind == "choice":
-            w = QComboBox()
+            w = ComboBox()
             w.addItems(list(options))
             w.setMaximumWidth(140)
             w.currentTextChanged.connect(self._on_field_changed)
@@ -326,6 +375,8 @@ class TrainSettingsWidget(QWidget):
                     'on by itself (see "Checkpointing when memory is tight").'
                 )
                 w.setToolTip(field_help(section, name) + (note if auto else ""))
+                if w in self.labels:
+                    self.labels[w].setToolTip(w.toolTip())
 
     def _on_field_changed(self, *_args) -> None:
         if self._filling:

@@ -88,19 +88,27 @@ class MainWindow(QMainWindow):
             "chat": self.chat,
             "runs": self.runs,
         }
+        self._switching = False
+        self._pending_page: str | None = None
         self.stack = QStackedWidget()
         for name in PAGES:
             self.stack.addWidget(self.pages[name])
 
         self.sidebar = QListWidget()
         self.sidebar.setObjectName("sidebar")
+        # A source list, as on the Mac: clicks choose a page, but it never takes keyboard focus.
+        # With focus, Qt made row 0 current when the window was activated on Welcome (issue 17,
+        # item 1) and re-entered show_page while a page was being hidden (item 2).
+        self.sidebar.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.sidebar.setIconSize(QSize(18, 18))
         for key, label, glyph in SIDEBAR:
             item = QListWidgetItem(f"{glyph}   {label}")
             item.setData(Qt.ItemDataRole.UserRole, key)
             item.setSizeHint(QSize(160, 34))
             self.sidebar.addItem(item)
-        self.sidebar.currentItemChanged.connect(self._on_sidebar_changed)
+        # Only a click chooses a page: a current row that changes for any other reason (Qt makes
+        # row 0 current when the list gets focus) must not switch pages.
+        self.sidebar.itemPressed.connect(self._on_sidebar_pressed)
         hint = QLabel("Drop a dataset\nor a model folder\nanywhere")
         hint.setObjectName("sidebarHint")
         hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -144,6 +152,9 @@ class MainWindow(QMainWindow):
         self.open_action.setShortcut(QKeySequence.StandardKey.Open)
         self.open_action.triggered.connect(self.open_dataset_dialog)
         file.addAction(self.open_action)
+        self.open_folder_action = QAction("Open Dataset Folder…", self)
+        self.open_folder_action.triggered.connect(self._on_open_folder_action)
+        file.addAction(self.open_folder_action)
         self.import_model_action = QAction("Import Model Folder…", self)
         self.import_model_action.triggered.connect(self.models.import_folder_dialog)
         file.addAction(self.import_model_action)
@@ -213,22 +224,50 @@ class MainWindow(QMainWindow):
 
     # -- pages --------------------------------------------------------------------------------
     def show_page(self, name: str) -> None:
+        """Show one page, and only that one.
+
+        Switching cannot be re-entered: hiding a page moves keyboard focus, and whatever reacts
+        to that (a focus handler, a selection change) may ask for another page while this switch
+        is half done. Such a request is applied once this switch has finished.
+        """
         if name not in self.pages:
             name = "data"
-        self.stack.setCurrentWidget(self.pages[name])
+        if self._switching:
+            self._pending_page = name
+            return
+        self._switching = True
+        try:
+            while True:
+                self._switch_to(name)
+                name, self._pending_page = self._pending_page, None
+                if name is None or self.pages[name] is self.stack.currentWidget():
+                    break
+        finally:
+            self._switching = False
+        self.sig_page_changed.emit(self.current_page())
+
+    def _switch_to(self, name: str) -> None:
+        page = self.pages[name]
+        self.stack.setCurrentWidget(page)
+        for other in self.pages.values():  # never two pages on screen, whatever happened above
+            if other is not page and not other.isHidden():
+                other.hide()
         self.sidebar.blockSignals(True)
         row = next((i for i, (k, _, _) in enumerate(SIDEBAR) if k == name), -1)
         self.sidebar.setCurrentRow(row)
         self.sidebar.blockSignals(False)
-        self.sig_page_changed.emit(name)
+
+    def visible_pages(self) -> list[str]:
+        """The pages that are shown right now (exactly one in a healthy window)."""
+        return [k for k, v in self.pages.items() if v.isVisible()]
 
     def current_page(self) -> str:
         w = self.stack.currentWidget()
         return next(k for k, v in self.pages.items() if v is w)
 
-    def _on_sidebar_changed(self, current, _previous) -> None:
-        if current is not None:
-            self.show_page(current.data(Qt.ItemDataRole.UserRole))
+    def _on_sidebar_pressed(self, item) -> None:
+        if item is not None:
+            self.show_page(item.data(Qt.ItemDataRole.UserRole))
 
     def load_initial_data(self) -> None:
         """The slower listings (runs, library, datasets), after the window is on screen."""
@@ -254,6 +293,10 @@ class MainWindow(QMainWindow):
         )
         if path:
             self.open_path(path)
+
+    def _on_open_folder_action(self) -> None:
+        self.show_page("data")
+        self.data.open_folder_dialog()
 
     def open_path(self, path: str | Path) -> None:
         """A dropped or opened file: a model folder or a GGUF file goes to Models, anything else to
@@ -366,17 +409,17 @@ class MainWindow(QMainWindow):
 
     # -- drops and file-open events -----------------------------------------------------------
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt API
-        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
-            event.acceptProposedAction()
+        if _accept_as_copy(event):
+            event.accept()
 
     def dragMoveEvent(self, event) -> None:  # noqa: N802 - Qt API
-        if event.mimeData().hasUrls():
-            event.acceptProposedAction()
+        if _accept_as_copy(event):
+            event.accept()
 
     def dropEvent(self, event) -> None:  # noqa: N802 - Qt API
         paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
-        if paths:
-            event.acceptProposedAction()
+        if paths and _accept_as_copy(event):
+            event.accept()
             self.open_path(paths[0])
 
     # -- state --------------------------------------------------------------------------------
@@ -437,6 +480,19 @@ class MainWindow(QMainWindow):
             self.tray.hide()
         self.chat.controller.shutdown()  # frees the chat model and ends its thread before exit
         event.accept()
+
+
+def _accept_as_copy(event) -> bool:
+    """Local files are taken as a Copy, never a Move: Lathe reads a dropped file and leaves it
+    where it is, and a drag source that honours Move would delete the user's original.
+    False (the drop is refused) when the source offers no Copy or no local file."""
+    mime = event.mimeData()
+    if not (mime.hasUrls() and any(u.isLocalFile() for u in mime.urls())):
+        return False
+    if not event.possibleActions() & Qt.DropAction.CopyAction:
+        return False
+    event.setDropAction(Qt.DropAction.CopyAction)
+    return True
 
 
 class FileOpenFilter(QObject):

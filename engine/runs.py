@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from engine.workspace import (
 
 STATES = ("created", "running", "completed", "stopped", "failed", "interrupted")
 FINAL_STATES = ("completed", "stopped", "failed", "interrupted")
+# The events that mark training time (log lines are not: a worker logs while it loads).
+TIMED_EVENTS = ("started", "progress", "eval", "checkpoint", "golden", "finished", "error")
 
 
 class RunError(LatheError):
@@ -51,7 +54,95 @@ class RunInfo:
 
     @property
     def best_val_loss(self) -> float | None:
-        return self.status.get("best_val_loss")
+        return self.numbers().best_val_loss
+
+    def numbers(self) -> RunNumbers:
+        """Steps reached, active duration and best validation loss (see `run_numbers`)."""
+        if self._numbers is None:
+            self._numbers = run_numbers(self.path, self.status)
+        return self._numbers
+
+    _numbers: RunNumbers | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class RunNumbers:
+    """The numbers a user reads about a run; the Train and Runs pages both show these."""
+
+    step: int  # the step the run has reached (where a resume continues from; killed runs too)
+    total_steps: int
+    active_seconds: (
+        float | None
+    )  # training time summed over every start and resume, pauses excluded
+    best_val_loss: float | None  # lowest validation loss measured after training began (step > 0)
+    best_val_step: int | None
+
+
+def run_numbers(run_dir: Path, status: dict | None = None, now: float | None = None) -> RunNumbers:
+    """A run's numbers from its `events.jsonl`, with `status.json` where the events say nothing.
+
+    - step: the last step of the latest start or resume (a resume that goes back to an earlier
+      checkpoint repeats steps, so the run is where its latest segment got to); a run killed
+      between checkpoints still counts the steps its progress events reported.
+    - active_seconds: each start or resume from its `started` event to its last training event
+      (progress, eval, checkpoint, finished...), summed; a running run counts up to `now`. The
+      time a run sat stopped, and a worker's loading before `started`, are not training time.
+    - best_val_loss: the lowest validation loss of an evaluation at step > 0; the evaluation at
+      step 0 measures the untrained model, and a later value of the same step wins.
+    """
+    run_dir = Path(run_dir)
+    if status is None:
+        status = read_json(run_dir / "status.json", {}) or {}
+    segments: list[list[dict]] = []
+    for e in read_log(run_dir / "events.jsonl"):
+        if e.get("event") == "started" or not segments:
+            segments.append([])
+        segments[-1].append(e)
+    valid: dict[int, float] = {}
+    active = 0.0
+    total = int(status.get("total_steps") or 0)
+    for seg in segments:
+        # Timed from `started` to the segment's last training event: the log lines a worker
+        # writes while it loads (before `started`) land in the previous segment and would
+        # otherwise count the pause between a stop and a resume as training.
+        times = [
+            float(e["time"])
+            for e in seg
+            if e.get("event") in TIMED_EVENTS and isinstance(e.get("time"), (int, float))
+        ]
+        if times:
+            active += max(times) - min(times)
+        for e in seg:
+            if e.get("event") == "eval" and isinstance(e.get("val_loss"), (int, float)):
+                step = int(e.get("step") or 0)
+                if step > 0 and math.isfinite(e["val_loss"]):
+                    valid[step] = float(e["val_loss"])
+            elif e.get("event") == "started" and e.get("total_steps"):
+                total = int(e["total_steps"])
+    step = int(status.get("step") or 0)
+    if segments:
+        last = segments[-1]
+        reached = [int(e["step"]) for e in last if isinstance(e.get("step"), int)]
+        for e in last:
+            summary = e.get("summary") if e.get("event") == "finished" else None
+            if isinstance(summary, dict) and isinstance(summary.get("steps"), int):
+                reached.append(summary["steps"])
+        started = next((e for e in last if e.get("event") == "started"), None)
+        if started is not None and isinstance(started.get("resumed_from"), int):
+            reached.append(started["resumed_from"])
+        if reached:
+            step = max(reached)
+        last_times = [
+            float(e["time"])
+            for e in last
+            if e.get("event") in TIMED_EVENTS and isinstance(e.get("time"), (int, float))
+        ]
+        if status.get("state") == "running" and last_times:
+            active += max(0.0, (now or time.time()) - max(last_times))
+    best_step, best = (None, None)
+    if valid:
+        best_step, best = min(valid.items(), key=lambda sv: (sv[1], sv[0]))
+    return RunNumbers(step, total, active if segments else None, best, best_step)
 
 
 def create_run(config: RunConfig, run_id: str | None = None) -> Path:

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QSpinBox,
@@ -34,6 +35,7 @@ from app.chat_view import AddToDatasetDialog, ChatInputWidget, ConversationWidge
 from app.tasks import Task
 
 FINAL = "final"
+EDITING_HINT = "Editing your last message: Enter resends it, Escape cancels."
 
 
 @dataclass
@@ -90,6 +92,8 @@ class ChatPage(QWidget):
         self.run_dir: str | None = None
         self.runs: list[ChatRun] = []
         self._editing_index: int | None = None
+        self._status_before_edit = ""
+        self.compare_question: QMessageBox | None = None  # open while asking (tests answer it)
         self._model_auto = True  # the model field follows the run until the user types another
         self._tasks: list[Task] = []
         self._build()
@@ -233,13 +237,20 @@ class ChatPage(QWidget):
         head = QLabel("Sampling")
         head.setObjectName("sectionTitle")
         sl.addWidget(head)
+        self.max_tokens.setToolTip("The longest reply, in tokens.")
         form = QFormLayout()
-        form.addRow("Temperature", self.temperature)
-        form.addRow("Top-p", self.top_p)
-        form.addRow("Min-p", self.min_p)
-        form.addRow("Repetition penalty", self.repetition_penalty)
-        form.addRow("Max tokens", self.max_tokens)
-        form.addRow("Seed", self.seed)
+        for text, field in (
+            ("Temperature", self.temperature),
+            ("Top-p", self.top_p),
+            ("Min-p", self.min_p),
+            ("Repetition penalty", self.repetition_penalty),
+            ("Max tokens", self.max_tokens),
+            ("Seed", self.seed),
+        ):
+            label = QLabel(text)
+            label.setToolTip(field.toolTip())  # the words are what users point at
+            label.setBuddy(field)
+            form.addRow(label, field)
         sl.addLayout(form)
         self.template_note = QLabel()
         self.template_note.setObjectName("muted")
@@ -266,7 +277,7 @@ class ChatPage(QWidget):
         c.sig_loading.connect(self._on_controller_loading)
         c.sig_loaded.connect(self._on_controller_loaded)
         c.sig_load_failed.connect(self._on_controller_load_failed)
-        c.sig_busy_changed.connect(lambda _busy: self._update_buttons())
+        c.sig_busy_changed.connect(self._on_controller_busy_changed)
         c.sig_reply_started.connect(self._on_controller_reply_started)
         c.sig_text.connect(self._on_controller_text)
         c.sig_notice.connect(self._on_controller_notice)
@@ -276,6 +287,7 @@ class ChatPage(QWidget):
         self.run.currentIndexChanged.connect(self._on_run_changed)
         self.model.lineEdit().textEdited.connect(self._on_model_edited)
         self.model.activated.connect(self._on_model_edited)
+        self.compare_box.clicked.connect(self._on_compare_clicked)
         self.compare_box.toggled.connect(self._on_compare_toggled)
         self.input.sig_submit.connect(self.send)
         self.input.sig_escape.connect(self._cancel_edit)
@@ -484,6 +496,7 @@ class ChatPage(QWidget):
         settings = self.settings()
         if self._editing_index is not None:
             index, self._editing_index = self._editing_index, None
+            self._end_edit_hint()
             started = self.controller.edit_and_resend(index, text, settings, self.compare)
             if started:
                 for v in self._views():
@@ -524,13 +537,22 @@ class ChatPage(QWidget):
         self.input.setPlainText(session.history[index]["content"])
         self.input.setFocus()
         self.send_button.setText("Resend")
-        self.status.setText("Editing your last message: Enter resends it, Escape cancels.")
+        if self._status_before_edit == "":
+            self._status_before_edit = self.status.text()
+        self.status.setText(EDITING_HINT)
 
     def _cancel_edit(self) -> None:
         if self._editing_index is not None:
             self._editing_index = None
             self.input.clear()
             self.send_button.setText("Send")
+        self._end_edit_hint()
+
+    def _end_edit_hint(self) -> None:
+        """The editing hint goes when the edit ends (Escape, Resend, another conversation)."""
+        if self.status.text() == EDITING_HINT:
+            self.status.setText(self._status_before_edit)
+        self._status_before_edit = ""
 
     def stop(self) -> None:
         self.controller.stop()
@@ -559,6 +581,51 @@ class ChatPage(QWidget):
     def _main_session(self):
         """The conversation the buttons act on: the tuned side in compare mode."""
         return self.controller.session("tuned" if self.compare else "single")
+
+    def _on_compare_clicked(self, on: bool) -> None:
+        """The user switched compare mode: ask first when the conversation on screen would go."""
+        leaving = self.controller.session("tuned" if not on else "single")
+        entering = self.controller.session("tuned" if on else "single")
+        if leaving is None or not leaving.history or (entering is not None and entering.history):
+            return
+        if not self.confirm_compare_switch(on):
+            self.compare_box.setChecked(not on)
+
+    def confirm_compare_switch(self, on: bool) -> bool:
+        """Ask before the conversation on screen makes way for the other mode's (it is kept)."""
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Compare with base")
+        if on:
+            box.setText("Start a side-by-side comparison?")
+            box.setInformativeText(
+                "Compare mode starts a new conversation with the base and the tuned model. "
+                "This conversation is kept: turn Compare off to go back to it."
+            )
+            go = box.addButton("Compare", QMessageBox.ButtonRole.AcceptRole)
+        else:
+            box.setText("Leave the comparison?")
+            box.setInformativeText(
+                "The single conversation comes back. The comparison is kept: turn Compare on "
+                "to go back to it."
+            )
+            go = box.addButton("Leave Compare", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(go)
+        self.compare_question = box
+        try:
+            box.exec()
+            return box.clickedButton() is go
+        finally:
+            self.compare_question = None
+            box.deleteLater()
+
+    def _on_controller_busy_changed(self, busy: bool) -> None:
+        if not busy:
+            # Every pane shows its session as it ended: a reply stopped before it began (the
+            # tuned side of a comparison) is settled, and no pane is left "waiting".
+            self._resync()
+        self._update_buttons()
 
     def _on_compare_toggled(self, on: bool) -> None:
         self.views.setCurrentIndex(1 if on else 0)

@@ -244,6 +244,11 @@ class DataPage(QWidget):
         title.setObjectName("pageTitle")
         self.open_button = QPushButton("Open…")
         self.open_button.clicked.connect(self.open_dialog)
+        self.open_folder_button = QPushButton("Open Folder…")
+        self.open_folder_button.setToolTip(
+            "A folder of split files (train.jsonl, valid.jsonl, …), like the bundled sample."
+        )
+        self.open_folder_button.clicked.connect(self.open_folder_dialog)
         self.format = QComboBox()
         for key, label in FORMAT_CHOICES:
             self.format.addItem(label, key)
@@ -265,6 +270,7 @@ class DataPage(QWidget):
         top.addWidget(self.map_button)
         top.addWidget(self.fill_button)
         top.addWidget(self.open_button)
+        top.addWidget(self.open_folder_button)
 
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
@@ -395,6 +401,19 @@ class DataPage(QWidget):
         if path:
             self.open_path(path)
 
+    def open_folder_dialog(self) -> None:
+        """A dataset that is a folder (train/valid/test files): a file dialog cannot choose one."""
+        path = QFileDialog.getExistingDirectory(self, "Open a dataset folder", str(Path.home()))
+        if path:
+            self.open_path(path)
+
+    def clear_report(self) -> None:
+        """Forget the shown report: after a failed or cancelled import it would describe a file
+        that is no longer the one on screen (and offer "Use for training" for it)."""
+        self.report = None
+        self.use_button.setEnabled(False)
+        self.body.setCurrentIndex(0)
+
     def open_path(
         self, path: str | Path, fmt: str | None = None, mapping: dict | None = None
     ) -> None:
@@ -412,6 +431,7 @@ class DataPage(QWidget):
                 self.format.setCurrentIndex(0)
         self.map_button.setVisible(bool(csv_columns(self.path)))
         self.error.setVisible(False)
+        self.use_button.setEnabled(False)  # until this import has a report
         self.progress_row.setVisible(True)
         self.progress.setRange(0, 0)
         self.progress_label.setText(f"Reading {self.path.name}…")
@@ -461,6 +481,7 @@ class DataPage(QWidget):
         if task is not self.task:
             return
         self.progress_row.setVisible(False)
+        self.clear_report()
         self.last_error = message
         self.error.setText(
             f"<b>{html.escape(self.path.name if self.path else 'This file')} "
@@ -474,6 +495,7 @@ class DataPage(QWidget):
         if task is not self.task:
             return
         self.progress_row.setVisible(False)
+        self.clear_report()
         self.error.setText("Import cancelled; nothing was added to the workspace.")
         self.error.setVisible(True)
 

@@ -6,13 +6,12 @@ Evaluate tab)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QUrl, Signal
-from PySide6.QtGui import QCursor, QDesktopServices
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QCursor
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
@@ -31,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from app.chart import LossChartWidget
 from app.eval_widget import EvalResultsWidget, load_run_view
+from app.reveal import reveal
 from app.tasks import Task
 
 COLUMNS = ["Run", "Status", "Model", "Dataset", "Steps", "Best val loss", "Duration", "Created"]
@@ -45,21 +45,10 @@ STATE_LABELS = {
 
 
 def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min"
-    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+    """A run's training time, written as the Train page writes it ("1 min 06 s")."""
+    from app.pages.train import format_eta
 
-
-def reveal_command(path: Path, platform: str | None = None) -> list[str] | None:
-    """`open -R PATH` on macOS (selects it in Finder); None elsewhere (the folder is opened)."""
-    if (platform or sys.platform) == "darwin":
-        return ["open", "-R", str(path)]
-    return None
+    return "" if seconds is None else format_eta(seconds)
 
 
 class RunsPage(QWidget):
@@ -311,11 +300,7 @@ class RunsPage(QWidget):
         row = self.selected_row()
         if row is None:
             return
-        cmd = reveal_command(row.path)
-        if cmd:
-            subprocess.Popen(cmd)  # noqa: S603 - fixed command, our own path
-        else:
-            QDesktopServices.openUrl(QUrl.fromLocalFile(str(row.path)))
+        reveal(row.path, self)  # says so visibly where there is no file manager to ask
 
     def _on_delete_clicked(self) -> None:
         row = self.selected_row()

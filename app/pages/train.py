@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.chart import LossChartPanelWidget
-from app.controller import CRASHED, IDLE, STOPPING, TrainingController, describe_crash
+from app.controller import IDLE, INTERRUPTED, STOPPING, TrainingController, describe_crash
 from app.settings_form import FitBannerWidget, TrainSettingsWidget
 from app.tasks import Task, describe_error
 
@@ -58,6 +58,7 @@ class TrainPage(QWidget):
         self._pending_log: list[str] = []
         self.final_state: str | None = None
         self.final_details: dict = {}
+        self.final_numbers = None  # engine.runs.RunNumbers of the run that ended
 
         # -- left: settings --
         self.settings = TrainSettingsWidget()
@@ -368,37 +369,61 @@ class TrainPage(QWidget):
     def _on_controller_finished(self, state: str, details: dict) -> None:
         self.final_state = state
         self.final_details = details
+        self.final_numbers = None
         self._on_stats_timer_timeout()
         self._flush_log()
-        self.progress.setRange(0, max(1, self.controller.total_steps or 1))
+        run_dir = details.get("run_dir")
+        if not run_dir:
+            self._show_finished(state, details, None)
+            return
+        # The run's numbers (steps reached, active time, best validation loss) come from the
+        # engine, read off the GUI thread: the same numbers the Runs page shows.
+        from engine.runs import run_numbers
+
+        task = Task(run_numbers, Path(run_dir))
+        task.sig_done.connect(lambda numbers: self._show_finished(state, details, numbers))
+        task.sig_failed.connect(lambda *_: self._show_finished(state, details, None))
+        self._numbers_task = task.start(self)
+
+    def _show_finished(self, state: str, details: dict, numbers) -> None:
+        if details is not self.final_details:
+            return  # another run started meanwhile
+        self.final_numbers = numbers
         fin = details.get("finished") or {}
         summary = fin.get("summary") or {}
+        total = (numbers.total_steps if numbers else 0) or self.controller.total_steps or 1
+        self.progress.setRange(0, max(1, total))
+        ck = details.get("last_checkpoint") or {}
+        last = details.get("last_progress") or {}
+        step = (
+            numbers.step
+            if numbers is not None
+            else int(summary.get("steps") or ck.get("step") or last.get("step") or 0)
+        )
+        self.progress.setValue(min(step, self.progress.maximum()))
+        self.progress.setFormat(f"step {step} of {total}")
+        best = numbers.best_val_loss if numbers is not None else None
+        seconds = numbers.active_seconds if numbers is not None else summary.get("wall_seconds")
         run_name = details.get("run_id") or "the run"
         if state == "completed":
             self.progress.setValue(self.progress.maximum())
-            text = (
-                f"<b>Training completed.</b> {int(summary.get('steps', 0))} steps in "
-                f"{format_eta(summary.get('wall_seconds'))}"
-            )
-            if summary.get("best_val_loss") is not None:
-                text += f", best validation loss {summary['best_val_loss']:.4f}"
+            text = f"<b>Training completed.</b> {step} steps in {format_eta(seconds)}"
+            if best is not None:
+                text += f", best validation loss {best:.4f}"
             text += f".<br>Adapter: {_esc(str(fin.get('adapter_path') or ''))}"
             self._show_result("completed", text, ("chat", "export", "runs"))
             self.eta.setText("done")
             note = f"{run_name} completed" + (
-                f", validation loss {summary['best_val_loss']:.3f}"
-                if summary.get("best_val_loss") is not None
-                else ""
+                f", validation loss {best:.3f}" if best is not None else ""
             )
         elif state == "stopped":
-            ck = details.get("last_checkpoint") or {}
             text = (
-                f"<b>Training stopped</b> at step {summary.get('steps', ck.get('step', '?'))}; "
+                f"<b>Training stopped</b> at step {step}; "
                 f"the checkpoint is kept, so you can resume later."
             )
             self._show_result("stopped", text, ("resume", "chat", "export", "runs"))
             self.eta.setText("stopped")
-            note = f"{run_name} stopped at step {summary.get('steps', '?')}"
+            note = f"{run_name} stopped at step {step}"
         elif failure_summary(details.get("error")) is not None:
             error = details["error"]
             headline, body = failure_summary(error)
@@ -409,7 +434,7 @@ class TrainPage(QWidget):
             verb = (
                 "Not started"
                 if refused
-                else ("Training crashed" if state == CRASHED else "Training stopped")
+                else ("Training interrupted" if state == INTERRUPTED else "Training stopped")
             )
             text = f"<b>{verb}: {_esc(headline)}</b><br>{body}"
             if refused:
@@ -425,22 +450,23 @@ class TrainPage(QWidget):
         else:
             message = (
                 describe_crash(details)
-                if state == CRASHED
+                if state == INTERRUPTED
                 else (
                     (details.get("error") or {}).get("message")
                     or str(summary.get("reason") or "The run failed.")
                 )
             )
-            hint = (details.get("error") or {}).get("hint") if state != CRASHED else ""
+            hint = (details.get("error") or {}).get("hint") if state != INTERRUPTED else ""
             can_resume = bool(details.get("last_checkpoint")) or _has_checkpoint(
                 details.get("run_dir")
             )
-            text = f"<b>Training {'crashed' if state == CRASHED else 'failed'}.</b><br>" + _esc(
-                message
-            ).replace("\n", "<br>")
+            text = (
+                f"<b>Training {'interrupted' if state == INTERRUPTED else 'failed'}.</b><br>"
+                + _esc(message).replace("\n", "<br>")
+            )
             if hint:
                 text += f"<br>What to do: {_esc(hint)}"
-            if state == CRASHED and details.get("exit_code") not in (None, -1):
+            if state == INTERRUPTED and details.get("exit_code") not in (None, -1):
                 text += f"<br>Exit code {details['exit_code']}."
             text += (
                 "<br>Resume continues from the last checkpoint."
@@ -449,7 +475,7 @@ class TrainPage(QWidget):
             )
             self._show_result("problem", text, ("resume", "runs"))
             self.eta.setText(state)
-            note = f"{run_name} {'crashed' if state == CRASHED else 'failed'}"
+            note = f"{run_name} {'interrupted' if state == INTERRUPTED else 'failed'}"
         self.sig_run_ended.emit(state, note)
 
     def _show_result(self, kind: str, html: str, buttons: tuple[str, ...]) -> None:
@@ -482,11 +508,14 @@ class TrainPage(QWidget):
         e = self.controller.last_progress if self.controller.active or self.final_state else None
         if not e:
             return
-        total = int(e.get("total") or 0)
-        if self.progress.maximum() != max(1, total):
-            self.progress.setRange(0, max(1, total))
-        self.progress.setValue(int(e.get("step", 0)))
-        self.progress.setFormat(f"step {e.get('step', 0)} of {total}")
+        if (
+            self.controller.active
+        ):  # a finished run's bar shows the step it reached (_show_finished)
+            total = int(e.get("total") or 0)
+            if self.progress.maximum() != max(1, total):
+                self.progress.setRange(0, max(1, total))
+            self.progress.setValue(int(e.get("step", 0)))
+            self.progress.setFormat(f"step {e.get('step', 0)} of {total}")
         if self.controller.active and self.controller.state != STOPPING:
             self.eta.setText(f"ETA {format_eta(e.get('eta_seconds'))}")
         self.stats.setText(

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator
 
 from engine.chat.adapters import ChatError
-from engine.chat.generation import ChatEvent, ChatModel, ChatSettings, Reply
+from engine.chat.generation import ChatEvent, ChatModel, ChatSettings, Reply, ReplyStats
 
 
 class ChatSession:
@@ -94,6 +94,19 @@ class ChatSession:
     def cancel(self) -> None:
         if self._cancel is not None:
             self._cancel.set()
+
+    def settle_stopped(self, stream: Iterator[ChatEvent]) -> Reply:
+        """Settle a reply that was stopped before it began, without generating: `stream` is what
+        send, regenerate or edit_and_resend returned (their change to the history is made). The
+        turn is kept as any stopped reply is, with the text generated so far (none), so the two
+        sides of a comparison stopped between their replies keep the same turns."""
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+        reply = Reply("", ReplyStats(stop_reason="cancelled"), self.label, self.use_adapter)
+        self.history.append({"role": "assistant", "content": ""})
+        self.replies.append(reply)
+        return reply
 
     def reset(self) -> None:
         """Forget the conversation (the system prompt and settings stay)."""

@@ -226,3 +226,85 @@ def test_the_tools_field_gives_the_chat_its_tool_definitions(qtbot, page, tmp_pa
     page.tools_file.editingFinished.emit()
     assert "does not exist" in page.tools_note.text() and page.tools_note.isVisibleTo(page)
     assert page.controller.tools is None
+
+
+def _turns(session):
+    return [m["content"] for m in session.history if m["role"] == "user"]
+
+
+def test_stop_during_compare_regenerate_settles_both_panes(
+    qtbot, page, stories_path, stories_chat_run
+):
+    """Issue 17, item 3: Stop during Regenerate in compare mode left the tuned pane at "waiting
+    for the tuned model's reply..." for good, and the next message left the two histories
+    differing (the tuned side never took the stopped turn)."""
+    load(qtbot, page, stories_path, stories_chat_run)
+    page.compare_box.setChecked(True)
+    greedy(page, max_tokens=8)
+    page.send("Once upon a time")
+    qtbot.waitUntil(lambda: not page.controller.busy, timeout=30_000)
+    greedy(page, max_tokens=400)
+    seen = []
+
+    def on_text(side, _text):
+        seen.append(side)
+        if len(seen) == 2:
+            page.stop_button.click()
+
+    page.controller.sig_text.connect(on_text)
+    page.regenerate_button.click()
+    qtbot.waitUntil(lambda: not page.controller.busy, timeout=30_000)
+    page.controller.sig_text.disconnect(on_text)
+    base, tuned = page.controller.compare.base, page.controller.compare.tuned
+    assert [m["role"] for m in base.history] == [m["role"] for m in tuned.history]
+    assert tuned.replies[-1].stats.stop_reason == "cancelled"
+    assert "waiting for" not in page.tuned_view.toPlainText()
+    assert "waiting for" not in page.base_view.toPlainText()
+    greedy(page, max_tokens=6)
+    page.send("The end")
+    qtbot.waitUntil(lambda: not page.controller.busy, timeout=30_000)
+    assert _turns(base) == _turns(tuned) == ["Once upon a time", "The end"]
+    assert [m["role"] for m in base.history] == [m["role"] for m in tuned.history]
+
+
+def test_toggling_compare_asks_before_the_conversation_goes(
+    qtbot, page, stories_path, stories_chat_run
+):
+    """Issue 17, item 3: ticking Compare replaced the conversation on screen without asking."""
+    load(qtbot, page, stories_path, stories_chat_run)
+    greedy(page, max_tokens=6)
+    page.send("Once upon a time")
+    qtbot.waitUntil(lambda: not page.controller.busy, timeout=30_000)
+    asked = []
+    page.confirm_compare_switch = lambda on: asked.append(on) or False
+    page.compare_box.click()
+    assert asked == [True] and not page.compare_box.isChecked()
+    assert "Once upon a time" in page.view.toPlainText() and page.views.currentIndex() == 0
+    page.confirm_compare_switch = lambda on: asked.append(on) or True
+    page.compare_box.click()
+    assert page.compare_box.isChecked() and page.views.currentIndex() == 1
+    page.compare_box.click()  # the comparison is empty: nothing to lose, no question
+    assert asked == [True, True] and not page.compare_box.isChecked()
+    assert "Once upon a time" in page.view.toPlainText()  # the conversation was kept
+
+
+def test_escape_ends_the_editing_hint(qtbot, page, stories_path):
+    """Issue 17, item 3: "Editing your last message" stayed in the status line after Escape."""
+    load(qtbot, page, stories_path)
+    greedy(page, max_tokens=6)
+    page.send("Once upon a time")
+    qtbot.waitUntil(lambda: not page.controller.busy, timeout=30_000)
+    before = page.status.text()
+    page.edit_button.click()
+    assert page.status.text().startswith("Editing your last message")
+    qtbot.keyClick(page.input, Qt.Key.Key_Escape)
+    assert page.status.text() == before and page.send_button.text() == "Send"
+
+
+def test_sampling_labels_carry_their_fields_tooltips(page):
+    """Issue 17, item 12: tooltips appeared over the fields but not over their labels."""
+    from PySide6.QtWidgets import QLabel
+
+    labels = {lab.text(): lab for lab in page.findChildren(QLabel)}
+    for text, field in (("Temperature", page.temperature), ("Seed", page.seed)):
+        assert field.toolTip() and labels[text].toolTip() == field.toolTip()

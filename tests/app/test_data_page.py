@@ -167,3 +167,64 @@ def test_placeholders_can_be_filled_on_the_data_page(
     records = read_imported(Path(report.dataset_path))
     completions = {r["completion"] for split in records.values() for r in split}
     assert completions == {"I am Lathe."}
+
+
+def test_a_failed_import_takes_the_previous_report_away(
+    window, qtbot, chat_jsonl, tmp_path, tiny_chat_model
+):
+    """Issue 17, item 4: a failed import (or format override) showed its error above the previous
+    report, which still said "No problems found" and still offered "Use for training"."""
+    window.data.preferred_model = str(tiny_chat_model)
+    with qtbot.waitSignal(window.data.sig_report_ready, timeout=60_000):
+        drop(window, chat_jsonl)
+    assert window.data.use_button.isEnabled() and window.data.body.currentIndex() == 1
+    bad = tmp_path / "photo.jsonl"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    with qtbot.waitSignal(window.data.sig_import_failed, timeout=60_000):
+        drop(window, bad)
+    assert window.data.report is None
+    assert not window.data.use_button.isEnabled()
+    assert window.data.body.currentIndex() == 0  # the drop zone, not the old report
+
+
+def test_drops_are_taken_as_a_copy_never_a_move(window, chat_jsonl):
+    """Issue 17, item 4: drops were accepted with the proposed action, a Move when the source
+    offers one; a source that honours Move deletes the user's original file."""
+    from PySide6.QtGui import QDragEnterEvent
+
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(chat_jsonl))])
+    both = Qt.DropAction.CopyAction | Qt.DropAction.MoveAction
+    args = (QPoint(400, 300), both, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    enter = QDragEnterEvent(*args)
+    window.dragEnterEvent(enter)
+    assert enter.isAccepted() and enter.dropAction() == Qt.DropAction.CopyAction
+    event = QDropEvent(*args)
+    window.dropEvent(event)
+    assert event.isAccepted() and event.dropAction() == Qt.DropAction.CopyAction
+    move_only = QDropEvent(
+        QPoint(400, 300),
+        Qt.DropAction.MoveAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    move_only.ignore()
+    window.dropEvent(move_only)
+    assert not move_only.isAccepted()
+    assert chat_jsonl.exists()
+
+
+def test_open_folder_imports_a_folder_dataset(window, qtbot, monkeypatch, tiny_chat_model):
+    """Issue 17, item 4: Open... could not choose a folder, and the bundled sample is a folder."""
+    from PySide6.QtWidgets import QFileDialog
+
+    from engine.workspace import resources_dir
+
+    sample = resources_dir() / "samples" / "bank-support"
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(sample))
+    window.data.preferred_model = str(tiny_chat_model)
+    window.show_page("data")
+    with qtbot.waitSignal(window.data.sig_report_ready, timeout=60_000) as blocker:
+        window.data.open_folder_button.click()
+    assert blocker.args[0].splits["train"] == 288

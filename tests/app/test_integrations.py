@@ -156,6 +156,13 @@ def _finish_with(controller, *events) -> None:
     for e in events:
         controller.handle_line(json.dumps(e))
     controller._finish(FAILED, exit_code=1)
+    # The Train page reads the run's numbers (engine.runs.run_numbers) off the GUI thread first.
+    from PySide6.QtWidgets import QApplication
+
+    from app.tasks import wait_all
+
+    wait_all(10_000)
+    QApplication.processEvents()
 
 
 def test_a_refused_run_shows_the_memory_numbers_and_can_start_anyway(
