@@ -16,8 +16,10 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
+from engine.errors import Cancelled
 
-class TaskCancelled(Exception):
+
+class TaskCancelled(Cancelled):
     """Raised inside a task function when its cancel flag is set."""
 
 
@@ -77,14 +79,11 @@ class Task(QRunnable):
             kwargs["cancel"] = self.cancel_event
         try:
             result = self.fn(*self.args, **kwargs)
-        except TaskCancelled:
+        except Cancelled:
             self._emit(self.signals.sig_cancelled)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message for the user
-            if self.cancel_event.is_set() and type(exc).__name__.endswith("Cancelled"):
-                self._emit(self.signals.sig_cancelled)
-            else:
-                message, hint = describe_error(exc)
-                self._emit(self.signals.sig_failed, message, hint)
+            message, hint = describe_error(exc)
+            self._emit(self.signals.sig_failed, message, hint)
         else:
             if self.cancel_event.is_set():
                 self._emit(self.signals.sig_cancelled)

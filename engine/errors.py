@@ -21,5 +21,16 @@ class ModelError(LatheError):
     kind = "model"
 
 
+class Cancelled(LatheError):
+    """The work was cancelled by whoever asked for it: nothing is wrong. Every cancellation in
+    Lathe (evaluation, export, download, chat generation, a GUI task) is one of these, so a caller
+    tells a cancel from a failure by type, never by name."""
+
+    kind = "cancelled"
+
+    def __init__(self, message: str = "Cancelled.", hint: str = ""):
+        super().__init__(message, hint)
+
+
 class TrainingError(LatheError):
     kind = "training"

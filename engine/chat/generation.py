@@ -21,7 +21,7 @@ from engine.chat.adapters import (
     adapter_config,
     resolve_adapter,
 )
-from engine.errors import ModelError
+from engine.errors import Cancelled, ModelError
 from engine.templates import DEFAULT_CHAT_TEMPLATE, resolve
 
 # Lathe's default template marks turns with plain-text headers, so a model that was never tuned to
@@ -95,10 +95,6 @@ class ChatEvent:
     text: str = ""
     token: int | None = None
     reply: Reply | None = None
-
-
-class _Cancelled(Exception):
-    pass
 
 
 class StopMatcher:
@@ -388,7 +384,7 @@ class ChatModel:
         def check_cancel(_done: int, _total: int) -> None:
             # Called between prompt chunks, so a long prompt can be cancelled too.
             if cancel.is_set():
-                raise _Cancelled
+                raise Cancelled("Generation stopped.")
 
         stats = ReplyStats(prompt_tokens=len(tokens), trimmed_messages=dropped)
         text_parts: list[str] = []
@@ -423,7 +419,7 @@ class ChatModel:
                     break
                 if response.finish_reason is not None:
                     reason = "eos" if response.finish_reason == "stop" else "length"
-        except _Cancelled:
+        except Cancelled:
             reason = "cancelled"
         finally:
             generator.close()

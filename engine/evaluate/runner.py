@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from engine import errors
 from engine.chat import AdapterInfo, ChatModel, ChatSettings, resolve_adapter
 from engine.config import RunConfig
 from engine.evaluate.metrics import (
@@ -32,7 +33,7 @@ SIDES = ("base", "tuned")
 Progress = Callable[[dict], None]
 
 
-class Cancelled(EvalError):
+class Cancelled(errors.Cancelled, EvalError):
     """The evaluation was cancelled by its caller."""
 
 

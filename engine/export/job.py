@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from engine.errors import LatheError
+from engine.errors import Cancelled, LatheError
 
 
 class ExportError(LatheError):
@@ -21,7 +21,7 @@ class ExportError(LatheError):
     kind = "export"
 
 
-class ExportCancelled(ExportError):
+class ExportCancelled(Cancelled, ExportError):
     kind = "cancelled"
 
     def __init__(self, message: str = "The export was cancelled.", hint: str = ""):

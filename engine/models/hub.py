@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine.errors import ModelError
+from engine.errors import Cancelled, ModelError
 
 NEEDED_PATTERNS = (
     "model*.safetensors",
@@ -52,7 +52,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
-class DownloadCancelled(ModelError):
+class DownloadCancelled(Cancelled, ModelError):
     """The user cancelled a download; the bytes so far are kept for the next attempt."""
 
     kind = "cancelled"
