@@ -1,0 +1,80 @@
+"""Issue 16: nothing outside Lathe's own folders is ever touched, and damaged inputs are survived.
+
+Each test names the item of issue 16 it covers and fails on the code as it was before the fix.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.export import ExportError, export_gguf, fuse
+from engine.templates import DEFAULT_CHAT_TEMPLATE
+from tests.engine.test_export_support import make_run
+
+
+@pytest.fixture(scope="module")
+def stories_run(tmp_path_factory, stories_path):
+    return make_run(
+        stories_path, tmp_path_factory.mktemp("runs"), "stories", template=DEFAULT_CHAT_TEMPLATE
+    )
+
+
+# --- item 1: exports never delete or replace what Lathe did not write -------------------------
+
+
+def test_force_never_deletes_a_folder_lathe_did_not_create(stories_run, tmp_path, capsys):
+    """issue 16 item 1: `export fuse RUN --out DIR --force` into a folder of the user's (think
+    ~/Desktop) is refused with a clear message, and every file in it is left as it was."""
+    from engine.cli import main
+
+    desktop = tmp_path / "Desktop"
+    (desktop / "photos").mkdir(parents=True)
+    (desktop / "notes.txt").write_text("mine")
+    (desktop / "photos" / "cat.jpg").write_bytes(b"\xff\xd8\xff")
+    code = main(
+        ["export", "fuse", str(stories_run), "--out", str(desktop), "--force", "--no-check"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "Lathe did not create it" in err and "not even with --force" in err
+    assert (desktop / "notes.txt").read_text() == "mine"
+    assert (desktop / "photos" / "cat.jpg").read_bytes() == b"\xff\xd8\xff"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Desktop"]  # no temporary leftovers
+
+
+def test_force_replaces_only_a_folder_of_lathes_own_files(stories_run, tmp_path):
+    """issue 16 item 1: --force replaces an earlier Lathe export, but not once the user has put a
+    file of their own into it; an Ollama folder follows the same rule."""
+    from engine.export import export_ollama
+
+    out = tmp_path / "fused"
+    first = fuse(str(stories_run), out, dequantize=True, check=False)
+    assert (out / ".lathe-export.json").is_file()
+    again = fuse(str(stories_run), out, dequantize=True, check=False, overwrite=True)
+    assert again.path == out and (out / "model.safetensors").is_file()
+    assert first.size_bytes == again.size_bytes
+    (out / "my-notes.md").write_text("keep me")
+    with pytest.raises(ExportError, match="files Lathe did not write \\(my-notes.md\\)"):
+        fuse(str(stories_run), out, dequantize=True, check=False, overwrite=True)
+    assert (out / "my-notes.md").read_text() == "keep me" and (out / "config.json").is_file()
+
+    mine = tmp_path / "ollama-here"
+    mine.mkdir()
+    (mine / "model.gguf").write_bytes(b"my own model")
+    with pytest.raises(ExportError, match="Lathe did not create it"):
+        export_ollama(str(stories_run), mine, overwrite=True)
+    assert (mine / "model.gguf").read_bytes() == b"my own model"
+
+
+def test_force_replaces_only_a_gguf_file_lathe_wrote(stories_run, tmp_path):
+    """issue 16 item 1: a GGUF export with --force replaces a GGUF Lathe wrote (it carries Lathe's
+    mark), never any other file at that path."""
+    theirs = tmp_path / "theirs.gguf"
+    theirs.write_bytes(b"GGUF not Lathe's")
+    with pytest.raises(ExportError, match="Lathe did not write it"):
+        export_gguf(str(stories_run), theirs, overwrite=True)
+    assert theirs.read_bytes() == b"GGUF not Lathe's"
+    ours = tmp_path / "ours.gguf"
+    export_gguf(str(stories_run), ours)
+    with pytest.raises(ExportError, match="already exists"):
+        export_gguf(str(stories_run), ours)
+    assert export_gguf(str(stories_run), ours, overwrite=True).path == ours
