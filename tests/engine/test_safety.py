@@ -78,3 +78,45 @@ def test_force_replaces_only_a_gguf_file_lathe_wrote(stories_run, tmp_path):
     with pytest.raises(ExportError, match="already exists"):
         export_gguf(str(stories_run), ours)
     assert export_gguf(str(stories_run), ours, overwrite=True).path == ours
+
+
+# --- item 2: no download writes outside the Hugging Face cache -------------------------------
+
+
+def test_a_crafted_revision_cannot_write_outside_the_hf_cache(stories_path, tmp_path, monkeypatch):
+    """issue 16 item 2: `models download REPO --revision ../../../../x/victim` used to write the
+    commit hash over a file outside the cache. Revisions are now checked (branch, tag or commit)
+    before anything is fetched or written, and the write itself is checked to stay inside refs/."""
+    from engine.cli import main
+    from engine.errors import ModelError
+    from engine.models import hub
+    from engine.workspace import WorkspaceError, within
+    from tests.engine.hub_server import HubServer
+
+    cache = tmp_path / "hf-cache"
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    with HubServer() as server:
+        server.state.add_folder("lathe-test/stories", stories_path)
+        server.state.any_revision = True
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        storage = hub.repo_storage_folder("lathe-test/stories", cache)
+        escape = "../" * (len((storage / "refs").relative_to(tmp_path).parts)) + "victim"
+        assert (storage / "refs" / escape).resolve() == victim.resolve()
+        code = main(["models", "download", "lathe-test/stories", "--revision", escape])
+        assert victim.read_text() == "precious"
+        assert code == 1
+        for bad in ("/etc/passwd", "main/../../x", ".hidden", "a b", "x.lock", "a//b", ""):
+            with pytest.raises(ModelError, match="is not a branch, tag or commit"):
+                hub.check_revision(bad)
+        for good in ("main", "v1.0", "refs/pr/1", "feature/x-y_z", "a" * 40):
+            assert hub.check_revision(good) == good
+        # Nothing was fetched for the bad revision; a good one still downloads.
+        assert not [e for e in server.state.log if e["method"] == "GET"]
+        assert main(["models", "download", "lathe-test/stories", "--revision", "main"]) == 0
+    assert victim.read_text() == "precious"
+    assert (storage / "refs" / "main").is_file()
+    with pytest.raises(WorkspaceError, match="outside"):
+        within(storage / "refs", storage / "refs" / escape)
