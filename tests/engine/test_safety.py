@@ -5,6 +5,8 @@ Each test names the item of issue 16 it covers and fails on the code as it was b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from engine.export import ExportError, export_gguf, fuse
@@ -120,3 +122,38 @@ def test_a_crafted_revision_cannot_write_outside_the_hf_cache(stories_path, tmp_
     assert (storage / "refs" / "main").is_file()
     with pytest.raises(WorkspaceError, match="outside"):
         within(storage / "refs", storage / "refs" / escape)
+
+
+# --- item 3: links in a dropped folder never lead out of it ------------------------------------
+
+
+def test_links_that_leave_a_dropped_folder_are_skipped_and_reported(tmp_path):
+    """issue 16 item 3: `train/passwd.txt -> /etc/passwd` in a dropped folder used to import the
+    link's target as training text. Links leading out of the folder (to a file or a folder) are
+    skipped and named in the report; a link to a file inside the folder is read as usual."""
+    import json
+    import os
+
+    from engine.data import import_dataset, inspect_dataset
+
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "passwd.txt").write_text("root:x:0:0:SECRET-LINE\n")
+    ds = tmp_path / "notes"
+    (ds / "train").mkdir(parents=True)
+    (ds / "shared").mkdir()
+    (ds / "train" / "a.txt").write_text("A story about a cat.\n\nAnd another about a dog.\n")
+    (ds / "shared" / "b.txt").write_text("A shared story about the sea.\n")
+    os.symlink(secret / "passwd.txt", ds / "train" / "passwd.txt")
+    os.symlink(secret, ds / "train" / "more")
+    os.symlink(Path("..") / "shared" / "b.txt", ds / "train" / "b.txt")
+
+    report = inspect_dataset(ds)
+    skipped = [n for n in report.notes if "outside" in n]
+    assert skipped and "train/passwd.txt" in skipped[0] and "train/more" in skipped[0]
+    imported = import_dataset(ds)
+    text = "".join(p.read_text() for p in Path(imported.dataset_path).glob("*.jsonl"))
+    assert "SECRET-LINE" not in text
+    assert "shared story about the sea" in text  # the link inside the folder was followed
+    meta = json.loads((Path(imported.dataset_path) / "dataset.json").read_text())
+    assert any("train/passwd.txt" in n for n in meta["report"]["notes"])
