@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
+    tidy_workspace()
     try:
         return int(handler(args) or 0)
     except KeyboardInterrupt:
@@ -83,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"lathe-engine: {message}", file=sys.stderr)
         return 1
+
+
+def tidy_workspace() -> None:
+    """Remove what killed Lathe processes left in the workspace's temporary places (best effort:
+    a start is never held up by it)."""
+    from engine.workspace import tidy
+
+    try:
+        tidy()
+    except OSError:
+        pass
 
 
 def _user_message(exc: Exception) -> str:

@@ -37,16 +37,19 @@ class WorkspaceError(ValueError):
 
 def home() -> Path:
     """The workspace folder (created on first use)."""
-    env = os.environ.get("LATHE_HOME")
-    if env:
-        root = Path(env).expanduser()
-    elif sys.platform == "darwin":
-        root = Path.home() / "Library" / "Application Support" / "Lathe"
-    else:
-        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        root = Path(base) / "lathe"
+    root = _home_path()
     ensure_dir(root)
     return root
+
+
+def _home_path() -> Path:
+    env = os.environ.get("LATHE_HOME")
+    if env:
+        return Path(env).expanduser()
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "Lathe"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "lathe"
 
 
 def ensure_dir(path: Path) -> Path:
@@ -221,7 +224,7 @@ def is_locked(path: Path) -> bool:
     if fcntl is None or not Path(path).exists():
         return False
     try:
-        fh = open(path, "a+")
+        fh = open(path, "rb")
     except OSError:
         return False
     with fh:
@@ -270,7 +273,9 @@ def tidy() -> list[Path]:
     lock and it is older than a minute. Nothing else in the workspace is ever looked at.
     """
     removed: list[Path] = []
-    root = home()
+    root = _home_path()
+    if not root.is_dir():
+        return removed
     candidates = []
     if (root / TMP_DIR).is_dir():
         candidates += [p for p in (root / TMP_DIR).iterdir() if p.name.startswith(SCRATCH_PREFIX)]

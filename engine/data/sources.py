@@ -10,8 +10,6 @@ from __future__ import annotations
 import codecs
 import hashlib
 import re
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.data.problems import DataError
+from engine.workspace import scratch
 
 DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".txt", ".md", ".markdown", ".parquet"}
 SPLIT_NAMES = {
@@ -195,16 +194,18 @@ def unpacked(path: Path) -> Iterator[Path]:
                 "plausible dataset.",
                 "Unpack it yourself and import the data files.",
             )
-        tmp = Path(tempfile.mkdtemp(prefix="lathe-zip-"))
-        try:
-            for m in members:
-                # zipfile.extract strips absolute paths and "..", so members stay inside tmp.
-                zf.extract(m, tmp)
-            yield tmp
-        except zipfile.BadZipFile as exc:
-            raise DataError(f"{path.name} is damaged ({exc}).", "Re-create the archive.") from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # Unpacked inside the workspace (tmp/lathe-zip-*), never the system temp folder; what a
+        # killed import leaves there is tidied at the next start (workspace.tidy).
+        with scratch("zip") as tmp:
+            try:
+                for m in members:
+                    # zipfile.extract strips absolute paths and "..", so members stay inside tmp.
+                    zf.extract(m, tmp)
+                yield tmp
+            except zipfile.BadZipFile as exc:
+                raise DataError(
+                    f"{path.name} is damaged ({exc}).", "Re-create the archive."
+                ) from None
 
 
 def sha256_of(path: Path) -> str:
