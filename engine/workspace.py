@@ -188,7 +188,7 @@ class FileLock:
         if self._fh is not None:
             return True
         ensure_dir(self.path.parent)
-        fh = open(self.path, "a+")
+        fh = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE), "r+")
         deadline = time.monotonic() + timeout
         while fcntl is not None:
             try:

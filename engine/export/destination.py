@@ -90,6 +90,18 @@ def write_manifest(folder: Path, kind: str) -> None:
     write_json_atomic(Path(folder) / MANIFEST, {"made_by": MADE_BY, "kind": kind, "files": files})
 
 
+def add_to_manifest(folder: Path, names: list[str]) -> None:
+    """Record files Lathe has since written into one of its export folders (e.g. a model card)."""
+    from engine.workspace import write_json_atomic
+
+    listed = written_files(folder)
+    if listed is None:
+        return  # not a folder Lathe made: nothing to record in
+    data = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    data["files"] = sorted(listed | set(names))
+    write_json_atomic(Path(folder) / MANIFEST, data)
+
+
 def replace_folder(tmp: Path, out: Path, overwrite: bool) -> None:
     """Move the finished export `tmp` to `out`, replacing an earlier Lathe export there (checked
     again now: the folder may have changed while the export ran)."""
