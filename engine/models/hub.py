@@ -290,6 +290,8 @@ def download_model(
     from huggingface_hub.file_download import get_hf_file_metadata, http_get
     from huggingface_hub.utils import build_hf_headers
 
+    from engine.workspace import within
+
     repo_id = check_repo_id(repo_id)
     revision = check_revision(revision or "main")
     if is_offline():
@@ -362,7 +364,7 @@ def download_model(
             etag = meta.etag or ""
             if not etag or "/" in etag or etag.startswith("."):
                 raise ModelError(f"The Hub sent no usable ETag for {name}.", "Try again later.")
-            blob = storage / "blobs" / etag
+            blob = within(storage / "blobs", storage / "blobs" / etag)
             partial = blob.with_name(etag + PARTIAL_SUFFIX)
             blob.parent.mkdir(parents=True, exist_ok=True)
             if not blob.exists():
