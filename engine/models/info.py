@@ -102,7 +102,7 @@ def read_config(path: Path) -> dict:
 
 def safetensors_header(path: Path) -> dict:
     """The JSON header of one .safetensors file: {name: {dtype, shape, data_offsets}}."""
-    header = _raw_header(Path(path))
+    header, _ = _raw_header(Path(path))
     header.pop("__metadata__", None)
     return header
 
@@ -117,13 +117,13 @@ def check_safetensors(path: Path) -> None:
         size = path.stat().st_size
     except OSError as exc:
         raise ModelError(f"{name} cannot be read ({exc.strerror or exc}).") from None
-    header = _raw_header(path)
-    if size < 8 or _header_length(path) > size - 8:
+    header, length = _raw_header(path)
+    if length > size - 8:
         raise ModelError(
             f"{name} is cut short: its header says more than the file holds.",
             "Copy or download the model again.",
         )
-    data_bytes = size - 8 - _header_length(path)
+    data_bytes = size - 8 - length
     end = 0
     for key, meta in header.items():
         if key == "__metadata__":
@@ -156,13 +156,8 @@ def check_safetensors(path: Path) -> None:
         )
 
 
-def _header_length(path: Path) -> int:
-    with open(path, "rb") as fh:
-        return struct.unpack("<Q", fh.read(8))[0]
-
-
-def _raw_header(path: Path) -> dict:
-    """The header with `__metadata__`, as `safetensors_header` checks it."""
+def _raw_header(path: Path) -> tuple[dict, int]:
+    """The header with `__metadata__`, and its length in bytes as the file states it."""
     with open(path, "rb") as fh:
         raw = fh.read(8)
         if len(raw) != 8:
@@ -176,7 +171,7 @@ def _raw_header(path: Path) -> dict:
             raise ModelError(f"{path.name} is not a valid safetensors file.") from None
     if not isinstance(header, dict):
         raise ModelError(f"{path.name} is not a valid safetensors file.")
-    return header
+    return header, length
 
 
 def check_weights(path: Path) -> None:
