@@ -62,6 +62,7 @@ def _main(argv: list[str] | None = None) -> int:
 
         return render(*args.screenshot)
 
+    _tidy_in_background()
     from PySide6.QtCore import QTimer
     from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
@@ -93,6 +94,21 @@ def _main(argv: list[str] | None = None) -> int:
     for path in args.paths:
         QTimer.singleShot(0, lambda p=path: window.open_path(p))
     return app.exec()
+
+
+def _tidy_in_background() -> None:
+    """Remove what killed imports left in the workspace (engine.workspace.tidy), off the GUI thread."""
+    import threading
+
+    def tidy() -> None:
+        from engine.workspace import tidy
+
+        try:
+            tidy()
+        except OSError:
+            pass
+
+    threading.Thread(target=tidy, name="lathe-tidy", daemon=True).start()
 
 
 if __name__ == "__main__":

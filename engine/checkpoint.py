@@ -116,7 +116,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: TrainState, config: 
     root = ensure_dir(Path(run_dir) / "checkpoints")
     final = root / f"{state.step:07d}"
     record = json.dumps(asdict(state), indent=2)
-    if _is_complete(final) and _read_text(final / STATE_FILE) == record:
+    if _is_complete(final) and _read_text(final / STATE_FILE) == record and _readable(final):
         return final
     tmp = root / f".tmp-{state.step:07d}-{os.getpid()}"
     try:
@@ -151,6 +151,19 @@ def _read_text(path: Path) -> str | None:
         return path.read_text()
     except OSError:
         return None
+
+
+def _readable(folder: Path) -> bool:
+    """Whether a checkpoint's weight files pass the header-and-size check (no data is read)."""
+    from engine.errors import ModelError
+    from engine.models.info import check_safetensors
+
+    try:
+        for name in (ADAPTER_FILE, OPTIMIZER_FILE):
+            check_safetensors(folder / name)
+    except (ModelError, OSError):
+        return False
+    return True
 
 
 def _is_complete(folder: Path) -> bool:
@@ -218,18 +231,56 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and ".tmp" in name
 
 
+class CheckpointUnreadable(Exception):
+    """A checkpoint whose files cannot be read back (damaged on disk); the message says which."""
+
+
+def read_checkpoint(folder: Path) -> tuple[dict, dict, TrainState]:
+    """Every file of a checkpoint, read and checked, nothing applied yet: (adapter weights,
+    optimizer state, train state). Raises CheckpointUnreadable naming the damaged file."""
+    from engine.errors import ModelError
+    from engine.models.info import check_safetensors
+
+    folder = Path(folder)
+    loaded = []
+    for name in (ADAPTER_FILE, OPTIMIZER_FILE):
+        try:
+            check_safetensors(folder / name)
+            arrays = mx.load(str(folder / name))
+            mx.eval(list(arrays.values()))
+        except (ModelError, OSError, RuntimeError, ValueError) as exc:
+            raise CheckpointUnreadable(f"{name} cannot be read ({exc})") from exc
+        loaded.append(arrays)
+    try:
+        state = TrainState(**json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointUnreadable(f"{STATE_FILE} cannot be read ({exc})") from exc
+    return loaded[0], loaded[1], state
+
+
 def load_checkpoint(folder: Path, model, optimizer) -> TrainState:
-    """Restore weights and optimizer state from `folder`; returns the train state.
+    """Restore weights and optimizer state from `folder`; returns the train state. Nothing is
+    changed when a file cannot be read (CheckpointUnreadable).
 
     The RNG needs no restoring: the trainer reseeds it from (seed, step) before every step.
     """
-    folder = Path(folder)
-    model.load_weights(str(folder / ADAPTER_FILE), strict=False)
-    opt = mx.load(str(folder / OPTIMIZER_FILE))
+    weights, opt, state = read_checkpoint(folder)
+    model.load_weights(list(weights.items()), strict=False)
     optimizer.state = tree_unflatten(list(opt.items()))
-    state = TrainState(**json.loads((folder / STATE_FILE).read_text()))
     mx.eval(model.parameters(), optimizer.state)
     return state
+
+
+def load_newest_readable(run_dir: Path, model, optimizer) -> tuple[TrainState | None, list[str]]:
+    """Restore the newest checkpoint of `run_dir` that reads back whole; returns its state (None
+    when there is none) and one note per newer checkpoint that was damaged and passed over."""
+    notes = []
+    for folder in reversed(list_checkpoints(run_dir)):
+        try:
+            return load_checkpoint(folder, model, optimizer), notes
+        except CheckpointUnreadable as exc:
+            notes.append(f"The checkpoint at step {int(folder.name)} is damaged: {exc}.")
+    return None, notes
 
 
 def _fsync(path: Path) -> None:

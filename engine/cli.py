@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
+    tidy_workspace()
     try:
         return int(handler(args) or 0)
     except KeyboardInterrupt:
@@ -95,6 +96,17 @@ def _error_dict(exc: Exception, message: str) -> dict:
     if isinstance(exc, LatheError):
         return {"kind": exc.kind, "message": str(exc.args[0]) if exc.args else "", "hint": exc.hint}
     return {"kind": "internal", "message": message, "hint": ""}
+
+
+def tidy_workspace() -> None:
+    """Remove what killed Lathe processes left in the workspace's temporary places (best effort:
+    a start is never held up by it)."""
+    from engine.workspace import tidy
+
+    try:
+        tidy()
+    except OSError:
+        pass
 
 
 def _user_message(exc: Exception) -> str:

@@ -141,14 +141,15 @@ class EventLog:
 
 
 def read_log(path: Path) -> list[dict]:
-    """Every complete event in an `events.jsonl` (a torn last line after a crash is skipped)."""
+    """Every complete event in an `events.jsonl`. A line that cannot be read (one torn by a crash,
+    even mid-way through a multibyte character, or not JSON) is skipped, never fatal."""
     events = []
     try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
+        with open(path, "rb") as fh:
+            for raw in fh:
                 try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
+                    event = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
                     continue
                 if isinstance(event, dict):
                     events.append(event)

@@ -13,7 +13,9 @@ from engine.config import RunConfig
 from engine.errors import LatheError
 from engine.events import read_log
 from engine.workspace import (
+    FileLock,
     ensure_dir,
+    is_locked,
     new_id,
     read_json,
     runs_dir,
@@ -28,8 +30,53 @@ FINAL_STATES = ("completed", "stopped", "failed", "interrupted")
 TIMED_EVENTS = ("started", "progress", "eval", "checkpoint", "golden", "finished", "error")
 
 
+LOCK_FILE = "worker.lock"
+
+
 class RunError(LatheError):
     kind = "run"
+
+
+# Run folders whose lock this process holds: path -> [lock, how many holders in this process].
+_held: dict[Path, list] = {}
+
+
+def claim(run_dir: Path) -> None:
+    """Take the run's exclusive OS lock (`worker.lock`) for this process, or raise RunError naming
+    the process that holds it. The lock is what says a run is training: the OS drops it when the
+    worker ends in any way (exit, crash, kill), so a stale pid can never keep a run "running".
+    Claims nest within one process; each `claim` needs a `release`."""
+    key = Path(run_dir).resolve()
+    if key in _held:
+        _held[key][1] += 1
+        return
+    lock = FileLock(key / LOCK_FILE)
+    # A short wait: another process may be probing the lock (is_live) at this very moment.
+    if not lock.acquire(timeout=1.0):
+        holder = lock.holder()
+        raise RunError(
+            f"Run {key.name} is already training in process {holder or 'unknown'}.",
+            "Two workers cannot train one run: wait for it to finish, or stop it first.",
+        )
+    _held[key] = [lock, 1]
+
+
+def release(run_dir: Path) -> None:
+    """Give back one `claim` of this process; the lock goes when the last one does."""
+    key = Path(run_dir).resolve()
+    entry = _held.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] <= 0:
+        del _held[key]
+        entry[0].release()
+
+
+def is_live(run_dir: Path) -> bool:
+    """Whether a worker (this process or another) holds the run's lock, i.e. is training it."""
+    key = Path(run_dir).resolve()
+    return key in _held or is_locked(key / LOCK_FILE)
 
 
 @dataclass
@@ -205,11 +252,14 @@ def _pid_alive(pid: int | None) -> bool:
 
 
 def load_run(ref: str | Path) -> RunInfo:
-    """A run's config and status; a `running` status whose worker is gone reads as interrupted."""
+    """A run's config and status; a `running` status whose worker is gone reads as interrupted.
+
+    Whether the worker is gone is decided by the run's lock, not by the pid in status.json: after
+    a crash that pid may belong to any other process."""
     path = find_run(ref)
     config = RunConfig.load(path / "config.yaml")
     status = read_json(path / "status.json", {}) or {"state": "created"}
-    if status.get("state") == "running" and not _pid_alive(status.get("pid")):
+    if status.get("state") == "running" and not is_live(path):
         status = dict(
             status,
             state="interrupted",

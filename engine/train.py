@@ -22,7 +22,7 @@ from engine import events, memory
 from engine.config import RunConfig
 from engine.errors import LatheError, TrainingError
 from engine.models.loading import load_model, resolve_model  # noqa: F401 - the run's API
-from engine.runs import write_status
+from engine.runs import claim, release, write_status
 from engine.workspace import read_json, write_text_atomic
 
 
@@ -247,9 +247,19 @@ def run(
     """Train in `run_dir` (from its newest checkpoint when `resume`); returns the final status.
 
     Every outcome ends with a `finished` event and a final status.json; failures also send an
-    `error` event with a hint. Nothing raises out of here except KeyboardInterrupt.
+    `error` event with a hint. Nothing raises out of here except KeyboardInterrupt, and RunError
+    (before anything is written) when another process is training the same run: the run's lock
+    is held for the whole of training.
     """
     run_dir = Path(run_dir)
+    claim(run_dir)
+    try:
+        return _run_locked(config, run_dir, sink, should_stop, resume)
+    finally:
+        release(run_dir)
+
+
+def _run_locked(config, run_dir, sink, should_stop, resume) -> str:
     config = copy.deepcopy(
         config
     )  # the run may adjust it (automatic choices); the caller's stays as given
@@ -381,13 +391,24 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
     resumed_from = None
     if resume:
         ckpt.clean_partial(run_dir)
-        latest = ckpt.latest_checkpoint(run_dir)
-        if latest is None:
+        had_any = ckpt.latest_checkpoint(run_dir) is not None
+        state, damaged = ckpt.load_newest_readable(run_dir, model, optimizer)
+        for note in damaged:
+            log("warning", note)
+        if state is None and had_any:
+            raise TrainingError(
+                "No checkpoint of this run can be read back: " + " ".join(damaged),
+                "Start a new run with the same settings.",
+            )
+        if state is None:
             log("warning", "No checkpoint to resume from; starting from step 0.")
         else:
-            state = ckpt.load_checkpoint(latest, model, optimizer)
             resumed_from = state.step
-            log("info", f"Resumed from the checkpoint at step {state.step}.")
+            log(
+                "info" if not damaged else "warning",
+                f"Resumed from the checkpoint at step {state.step}"
+                + (", the newest one that reads back whole." if damaged else "."),
+            )
 
     from engine.distributed import world
 
@@ -515,10 +536,8 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
         config = _halve_learning_rate(config)
         t = config.training
         optimizer = build_optimizer(config)
-        latest = ckpt.latest_checkpoint(run_dir)
-        if latest is not None:
-            state = ckpt.load_checkpoint(latest, model, optimizer)
-        else:
+        state, _ = ckpt.load_newest_readable(run_dir, model, optimizer)
+        if state is None:
             from mlx.utils import tree_unflatten
 
             model.update(tree_unflatten(list(initial.items())))

@@ -11,11 +11,19 @@ import json
 import os
 import re
 import secrets
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+try:  # POSIX file locks; elsewhere a lock is always granted (Lathe targets macOS and Linux)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 import yaml
 
@@ -29,16 +37,19 @@ class WorkspaceError(ValueError):
 
 def home() -> Path:
     """The workspace folder (created on first use)."""
-    env = os.environ.get("LATHE_HOME")
-    if env:
-        root = Path(env).expanduser()
-    elif sys.platform == "darwin":
-        root = Path.home() / "Library" / "Application Support" / "Lathe"
-    else:
-        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        root = Path(base) / "lathe"
+    root = _home_path()
     ensure_dir(root)
     return root
+
+
+def _home_path() -> Path:
+    env = os.environ.get("LATHE_HOME")
+    if env:
+        return Path(env).expanduser()
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "Lathe"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "lathe"
 
 
 def ensure_dir(path: Path) -> Path:
@@ -82,6 +93,19 @@ def inside(root: Path, name: str) -> Path:
     if candidate.parent != root.resolve():
         raise WorkspaceError(f"'{name}' is not a valid name inside {root}")
     return candidate
+
+
+def within(root: Path, path: Path) -> Path:
+    """`path` when it stays inside `root` once `..` and links are resolved; WorkspaceError otherwise.
+
+    Every write whose path is joined from outside input (a revision, a file name from a server)
+    goes through this, so no input can make Lathe write outside the folder it means to.
+    """
+    root_r = Path(root).resolve()
+    resolved = (root_r / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
+    if resolved != root_r and not resolved.is_relative_to(root_r):
+        raise WorkspaceError(f"{path} is outside {root}; Lathe writes only inside it.")
+    return Path(path)
 
 
 def new_id(prefix: str) -> str:
@@ -141,6 +165,139 @@ def commit_temp(tmp: Path, final: Path) -> Path:
     os.chmod(tmp, FILE_MODE)
     os.replace(tmp, final)
     return final
+
+
+# ---------------------------------------------------------------------------------------------
+# OS file locks and the workspace's temporary folder
+
+
+class FileLock:
+    """An exclusive OS lock (`flock`) on a file: held until `release()` or until the process ends,
+    so a crash or a kill can never leave it held. The holder's pid is written into the file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fh = None
+
+    @property
+    def held(self) -> bool:
+        return self._fh is not None
+
+    def acquire(self, timeout: float = 0.0) -> bool:
+        """Take the lock, waiting up to `timeout` seconds; False when another process holds it."""
+        if self._fh is not None:
+            return True
+        ensure_dir(self.path.parent)
+        fh = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE), "r+")
+        deadline = time.monotonic() + timeout
+        while fcntl is not None:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    fh.close()
+                    return False
+                time.sleep(0.02)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        return True
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fh, self._fh = self._fh, None
+            fh.close()  # closing the file releases the lock
+
+    def holder(self) -> int | None:
+        """The pid written by the process that holds (or last held) the lock."""
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def is_locked(path: Path) -> bool:
+    """Whether a process holds the lock on `path` (probed without waiting; False if absent)."""
+    if fcntl is None or not Path(path).exists():
+        return False
+    try:
+        fh = open(path, "rb")
+    except OSError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
+TMP_DIR = "tmp"
+SCRATCH_PREFIX = "lathe-"
+LOCK_FILE = ".lathe-lock"
+# A temporary folder is tidied only once it is this old and no live process holds its lock, so a
+# folder another Lathe process has just made (and not yet locked) is never taken from it.
+TIDY_MIN_AGE_S = 60.0
+_OLD_IMPORT_TMP = re.compile(r"^\.\d{8}-\d{6}-.+-[0-9a-f]{4}\.tmp$")  # datasets/.<id>.tmp
+
+
+def temp_dir() -> Path:
+    """`$LATHE_HOME/tmp`: where Lathe unpacks zips and builds imports (never the system temp)."""
+    return ensure_dir(home() / TMP_DIR)
+
+
+@contextmanager
+def scratch(purpose: str) -> Iterator[Path]:
+    """A private folder under `temp_dir()`, locked while in use and removed afterwards. One that a
+    killed process leaves behind is removed by `tidy()` at the next start."""
+    folder = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{safe_name(purpose)}-", dir=temp_dir()))
+    os.chmod(folder, DIR_MODE)
+    lock = FileLock(folder / LOCK_FILE)
+    lock.acquire()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        lock.release()
+
+
+def tidy() -> list[Path]:
+    """Remove what killed Lathe processes left behind; returns what was removed.
+
+    Only Lathe's own temporary names are touched: `tmp/lathe-*` folders (from `scratch`) and
+    `datasets/.<id>.tmp` folders of older versions' imports, each only when no process holds its
+    lock and it is older than a minute. Nothing else in the workspace is ever looked at.
+    """
+    removed: list[Path] = []
+    root = _home_path()
+    if not root.is_dir():
+        return removed
+    candidates = []
+    if (root / TMP_DIR).is_dir():
+        candidates += [p for p in (root / TMP_DIR).iterdir() if p.name.startswith(SCRATCH_PREFIX)]
+    if (root / "datasets").is_dir():
+        candidates += [p for p in (root / "datasets").iterdir() if _OLD_IMPORT_TMP.match(p.name)]
+    now = time.time()
+    for p in candidates:
+        try:
+            if not p.is_dir() or p.is_symlink() or now - p.lstat().st_mtime < TIDY_MIN_AGE_S:
+                continue
+        except OSError:
+            continue
+        lock = FileLock(p / LOCK_FILE)
+        if (p / LOCK_FILE).exists() and not lock.acquire():
+            continue  # a live process is using it
+        try:
+            shutil.rmtree(p, ignore_errors=True)
+        finally:
+            lock.release()
+        if not p.exists():
+            removed.append(p)
+    return removed
 
 
 def read_json(path: Path, default: Any = None) -> Any:

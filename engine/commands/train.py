@@ -208,8 +208,8 @@ def handle(args: argparse.Namespace) -> int:
 
     from engine import distributed, events
     from engine.cli import UserError
-    from engine.runs import create_run, find_run, load_run
-    from engine.workspace import write_yaml_atomic
+    from engine.runs import LOCK_FILE, claim, create_run, find_run, load_run, release
+    from engine.workspace import FileLock, write_yaml_atomic
 
     if args.hosts and not distributed.launched():
         return _launch_on_hosts(args)
@@ -223,9 +223,13 @@ def handle(args: argparse.Namespace) -> int:
         run_dir = find_run(args.resume)
         info = load_run(run_dir)
         if info.state == "running":
-            raise UserError(f"Run {info.id} is still training (pid {info.status.get('pid')}).")
+            raise UserError(
+                f"Run {info.id} is already training in process "
+                f"{FileLock(run_dir / LOCK_FILE).holder() or info.status.get('pid')}."
+            )
         if info.state == "completed":
             raise UserError(f"Run {info.id} already completed; start a new run to train more.")
+        claim(run_dir)  # held until this worker ends; a second worker is refused from here on
         config = info.config
         if args.force:
             config.training.ignore_fit_check = True
@@ -258,7 +262,10 @@ def handle(args: argparse.Namespace) -> int:
 
     from engine.train import run
 
-    status = run(config, run_dir, sink, should_stop=stop, resume=resume)
+    try:
+        status = run(config, run_dir, sink, should_stop=stop, resume=resume)
+    finally:
+        release(run_dir)
     sinks[0].close()
     if not args.events and status == "completed":
         print(f"Adapter: {run_dir / 'adapters'}", file=sys.stderr)
@@ -266,30 +273,36 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _run_folder_for(config_path: str | None, config: RunConfig, create_run) -> Path:
-    """The run folder the config already lives in (the app creates it), else a new one."""
+    """The run folder the config already lives in (the app creates it), else a new one; either way
+    claimed (locked) for this worker. A second worker on the same created run is refused here."""
+    from engine.runs import claim, release
     from engine.workspace import read_json, write_text_atomic
 
-    if config_path:
+    if config_path and Path(config_path).name == "config.yaml":
         folder = Path(config_path).resolve().parent
-        status = read_json(folder / "status.json", {}) or {}
-        if Path(config_path).name == "config.yaml" and status.get("state") == "created":
-            write_text_atomic(folder / "config.yaml", config.to_yaml())
-            return folder
-    return create_run(config)
+        if (folder / "status.json").is_file():
+            claim(folder)  # before reading the state: two workers started together race here
+            status = read_json(folder / "status.json", {}) or {}
+            if status.get("state") == "created":
+                write_text_atomic(folder / "config.yaml", config.to_yaml())
+                return folder
+            release(folder)
+    folder = create_run(config)
+    claim(folder)
+    return folder
 
 
 def _secondary_rank(args: argparse.Namespace, ranks) -> int:
     """Ranks other than 0 train in a private scratch folder, deleted at the end, and print nothing:
     only rank 0 writes the run folder and events."""
     import shutil
-    import tempfile
 
     from engine import checkpoint as ckpt
     from engine.runs import find_run, load_run
     from engine.train import run
+    from engine.workspace import scratch as scratch_dir
 
-    scratch = Path(tempfile.mkdtemp(prefix=f"lathe-rank{ranks.rank}-"))
-    try:
+    with scratch_dir(f"rank{ranks.rank}") as scratch:
         if args.resume:
             source = find_run(args.resume)
             config = load_run(source).config
@@ -304,21 +317,26 @@ def _secondary_rank(args: argparse.Namespace, ranks) -> int:
             config, scratch, lambda event: None, should_stop=stop, resume=bool(args.resume)
         )
         return {"completed": 0, "stopped": 0}.get(status, 1)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _launch_on_hosts(args: argparse.Namespace) -> int:
     """Start this same command on every listed Mac with mlx.launch and relay rank 0's events."""
+    from engine import distributed
+    from engine.workspace import scratch
+
+    hosts = distributed.read_hosts(args.hosts)
+    with scratch("hosts") as folder:  # in the workspace, removed when the launch ends
+        hostfile = distributed.write_hostfile(hosts, folder / "hosts.json")
+        return _relay_launch(args, hostfile, len(hosts))
+
+
+def _relay_launch(args: argparse.Namespace, hostfile: Path, n_hosts: int) -> int:
     import json
     import signal as sig
     import subprocess
-    import tempfile
 
     from engine import distributed, events
 
-    hosts = distributed.read_hosts(args.hosts)
-    hostfile = distributed.write_hostfile(hosts, Path(tempfile.mkstemp(suffix=".json")[1]))
     argv = list(sys.argv[1:])
     i = argv.index("--hosts")
     train_args = (
@@ -351,10 +369,9 @@ def _launch_on_hosts(args: argparse.Namespace) -> int:
         else:
             sys.stderr.write(line)
     proc.wait()
-    Path(hostfile).unlink(missing_ok=True)
     if status is None:
         print(
-            f"lathe-engine: the run across {len(hosts)} Macs ended without a result (mlx.launch exit "
+            f"lathe-engine: the run across {n_hosts} Macs ended without a result (mlx.launch exit "
             f"code {proc.returncode}); see the messages above.",
             file=sys.stderr,
         )

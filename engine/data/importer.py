@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from array import array
 from collections.abc import Callable
@@ -83,9 +82,10 @@ def import_dataset(
         return report
     root = workspace.datasets_dir()
     ds_id = workspace.new_id(name or _stem(source))
-    tmp = root / f".{ds_id}.tmp"
-    workspace.ensure_dir(tmp)
-    try:
+    # Built in the workspace's tmp/ (locked while in use; a killed import's leftovers are tidied
+    # at the next start), then renamed into datasets/ complete.
+    with workspace.scratch("import") as scratch:
+        tmp = workspace.ensure_dir(scratch / ds_id)
         pool_path = tmp / ".pool.jsonl"
         with open(pool_path, "w", encoding="utf-8") as pool:
 
@@ -112,9 +112,6 @@ def import_dataset(
         }
         workspace.write_json_atomic(tmp / META, meta)
         os.replace(tmp, root / ds_id)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 

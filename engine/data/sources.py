@@ -10,8 +10,6 @@ from __future__ import annotations
 import codecs
 import hashlib
 import re
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.data.problems import DataError
+from engine.workspace import scratch
 
 DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".txt", ".md", ".markdown", ".parquet"}
 SPLIT_NAMES = {
@@ -112,7 +111,14 @@ def discover(
     notes = notes if notes is not None else []
     if root.is_file():
         return [SourceFile(root, display_root or root.name, "train")]
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p.relative_to(root)))
+    outside: list[str] = []
+    files = [p for p in files_in(root, outside) if not _hidden(p.relative_to(root))]
+    if outside:
+        shown = ", ".join(outside[:5]) + (" ..." if len(outside) > 5 else "")
+        notes.append(
+            f"Skipped links that point outside {display_root or root.name}: {shown}. Only files "
+            "inside the folder you chose are read."
+        )
     data = [p for p in files if p.suffix.lower() in DATA_SUFFIXES]
     if not data:
         names = ", ".join(p.name for p in files[:5]) or "nothing"
@@ -140,6 +146,24 @@ def discover(
             )
         return named
     return [SourceFile(p, _display(display_root, p.relative_to(root)), "train") for p in data]
+
+
+def files_in(root: Path, outside: list[str] | None = None) -> list[Path]:
+    """The files under the folder `root`, sorted. A symbolic link is followed only when its target
+    lies inside `root`; links that lead out of it are left out (and listed in `outside`, by their
+    path relative to `root`), so a dropped folder can never pull in /etc/passwd."""
+    top = root.resolve()
+    found = []
+    for p in root.rglob("*"):
+        if p.is_symlink():
+            target = p.resolve()
+            if target != top and not target.is_relative_to(top):
+                if outside is not None:
+                    outside.append(p.relative_to(root).as_posix())
+                continue
+        if p.is_file():
+            found.append(p)
+    return sorted(found)
 
 
 def _display(root_name: str | None, rel: Path) -> str:
@@ -170,16 +194,18 @@ def unpacked(path: Path) -> Iterator[Path]:
                 "plausible dataset.",
                 "Unpack it yourself and import the data files.",
             )
-        tmp = Path(tempfile.mkdtemp(prefix="lathe-zip-"))
-        try:
-            for m in members:
-                # zipfile.extract strips absolute paths and "..", so members stay inside tmp.
-                zf.extract(m, tmp)
-            yield tmp
-        except zipfile.BadZipFile as exc:
-            raise DataError(f"{path.name} is damaged ({exc}).", "Re-create the archive.") from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # Unpacked inside the workspace (tmp/lathe-zip-*), never the system temp folder; what a
+        # killed import leaves there is tidied at the next start (workspace.tidy).
+        with scratch("zip") as tmp:
+            try:
+                for m in members:
+                    # zipfile.extract strips absolute paths and "..", so members stay inside tmp.
+                    zf.extract(m, tmp)
+                yield tmp
+            except zipfile.BadZipFile as exc:
+                raise DataError(
+                    f"{path.name} is damaged ({exc}).", "Re-create the archive."
+                ) from None
 
 
 def sha256_of(path: Path) -> str:
@@ -188,7 +214,7 @@ def sha256_of(path: Path) -> str:
     if path.is_file():
         _hash_file(h, path)
         return h.hexdigest()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+    for p in files_in(path):
         h.update(p.relative_to(path).as_posix().encode() + b"\0")
         _hash_file(h, p)
     return h.hexdigest()
@@ -203,7 +229,7 @@ def _hash_file(h, path: Path) -> None:
 def size_of(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in files_in(path))
 
 
 # ---------------------------------------------------------------------------------------------

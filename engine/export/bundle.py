@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +75,9 @@ def make_bundle(
         raise BundleError(
             "The config names no model or no dataset.", "Set model.path and data.path."
         )
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    ensure_dir(tmp)
+    # A new folder of its own: an existing folder of that name is never emptied or removed.
+    ensure_dir(out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         d = config.data
         splits = load_splits(d.path, valid_fraction=d.valid_fraction, seed=config.training.seed)
@@ -107,6 +108,8 @@ def make_bundle(
             config.model.path = repo
         write_text_atomic(tmp / "config.yaml", config.to_yaml())
         write_text_atomic(tmp / "README.txt", _readme(config.model.path, repo, counts))
+        if out.exists():
+            raise BundleError(f"{out} already exists.", "Choose another folder or delete it first.")
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -24,19 +24,12 @@ def hub_repo_id(base_model: str) -> str | None:
 
 
 def read_events(run_dir: Path) -> list[dict]:
-    events = []
+    from engine.events import read_log
+
     try:
-        with open(Path(run_dir) / "events.jsonl", encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash
-                if isinstance(event, dict):
-                    events.append(event)
+        return read_log(Path(run_dir) / "events.jsonl")
     except OSError:
-        pass
-    return events
+        return []
 
 
 def dataset_stats(data_path: str) -> dict:

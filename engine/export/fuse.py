@@ -12,12 +12,12 @@ base + adapter, greedily, token for token.
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engine.export import destination
 from engine.export.job import ExportError, ProgressFn, Reporter
 from engine.export.source import AdapterSource, resolve_adapter, resolve_base_model
 
@@ -224,8 +224,7 @@ def fuse(
 
     model, config, base_path = fuse_in_memory(source, dequantize=dequantize, rep=rep.sub(0.0, 0.5))
     quantization = config.get("quantization")
-    tmp = out.parent / f".{out.name}.partial-{secrets.token_hex(3)}"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.temp_folder(out)
     try:
         rep("save", f"Writing {out.name}", 0.5)
         save_model(tmp, model, donate_model=True)
@@ -237,10 +236,9 @@ def fuse(
         from engine.export.card import write_card
 
         write_card(tmp, source, kind="mlx", dequantized=dequantize, quantization=quantization)
+        destination.write_manifest(tmp, "mlx")
         rep.check()
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        destination.replace_folder(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -381,14 +379,7 @@ def _check_destination(out: Path, overwrite: bool, keep: tuple[Path, ...] = ()) 
                 f"{out} holds the model or adapter being exported.",
                 hint="Choose another output folder.",
             )
-    if out.exists() and not out.is_dir():
-        raise ExportError(
-            f"{out} exists and is not a folder.", hint="Choose another output folder."
-        )
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ExportError(
-            f"{out} already exists.", hint="Choose another folder or allow overwriting (--force)."
-        )
+    destination.check_folder(out, overwrite)
 
 
 def _folder_size(path: Path) -> int:

@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.export import destination
 from engine.export.job import ExportError, ProgressFn, Reporter
 from engine.export.source import AdapterSource, resolve_adapter, resolve_base_model
 from engine.models.info import is_model_folder
@@ -162,11 +163,7 @@ def export_gguf(
 
     template = template or base_chat_template(tokenizer_dir)
     out = Path(out).expanduser() if out else default_out_path(label_source, dtype)
-    if out.exists() and not overwrite:
-        raise ExportError(
-            f"{out} already exists.",
-            hint="Choose another file name or allow overwriting (--force).",
-        )
+    destination.check_file(out, overwrite)
 
     rep("convert", "Converting tensors to GGUF layout", 0.55)
     weights = dict(tree_flatten(model.parameters()))
@@ -187,6 +184,7 @@ def export_gguf(
                 "The written GGUF file does not match the model: " + "; ".join(check.problems[:3])
             )
         rep.check()
+        destination.check_file(out, overwrite)  # again: the file may have appeared meanwhile
         tmp.replace(out)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -249,6 +247,8 @@ def gguf_metadata(config: dict, tokenizer_dir: Path, template: str | None, dtype
         metadata["llama.attention.value_length"] = mx.array(head_dim, dtype=mx.uint32)
     if template:
         metadata["tokenizer.chat_template"] = template
+    # Lathe's mark: `--force` replaces only a GGUF file that carries it (see destination.py).
+    metadata[destination.GGUF_MARK] = destination.MADE_BY
     return metadata
 
 

@@ -95,6 +95,9 @@ def upload(
             dequantized=dequantize,
             quantization=_quantization(folder),
         )
+        from engine.export.destination import add_to_manifest
+
+        add_to_manifest(folder, ["README.md"])
 
     from huggingface_hub import HfApi
 
@@ -125,12 +128,21 @@ def _prepare(source: AdapterSource, what: str, dequantize: bool, rep: Reporter) 
 
     exports = (source.run_dir / "exports") if source.run_dir else source.adapter_path.parent
     if what == "adapter":
+        from engine.export import destination
+
         folder = exports / f"{source.label}-adapter"
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("adapters.safetensors", "adapter_config.json"):
-            shutil.copy2(source.adapter_path / name, folder / name)
-        if source.chat_template:
-            (folder / "chat_template.jinja").write_text(source.chat_template, encoding="utf-8")
+        destination.check_folder(folder, overwrite=True)  # only a folder Lathe made is replaced
+        tmp = destination.temp_folder(folder)
+        try:
+            for name in ("adapters.safetensors", "adapter_config.json"):
+                shutil.copy2(source.adapter_path / name, tmp / name)
+            if source.chat_template:
+                (tmp / "chat_template.jinja").write_text(source.chat_template, encoding="utf-8")
+            destination.write_manifest(tmp, "adapter")
+            destination.replace_folder(tmp, folder, overwrite=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         rep("prepare", "Adapter ready", 0.8)
         return folder
     if what == "gguf":

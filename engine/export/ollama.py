@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.export import destination
 from engine.export.job import ExportError, ProgressFn, Reporter
 from engine.export.source import AdapterSource, resolve_adapter
 from engine.models.info import is_model_folder
@@ -222,30 +223,27 @@ def export_ollama(
         label = source.label
         base = source.run_dir / "exports" if source.run_dir else source.adapter_path.parent
         out = Path(out).expanduser() if out else base / f"{label}-ollama"
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(
-            f"{out} already exists.", hint="Choose another folder or allow overwriting (--force)."
-        )
-    out.mkdir(parents=True, exist_ok=True)
+    destination.check_folder(out, overwrite)
+    tmp = destination.temp_folder(out)
     try:
         result = export_gguf(
             source,
-            out / "model.gguf",
+            tmp / "model.gguf",
             dtype=dtype,
-            overwrite=True,
             progress=rep.scaled(0.0, 0.95),
             cancel=rep.cancel,
         )
-    except BaseException:
-        (out / "model.gguf").unlink(missing_ok=True)
-        if not any(out.iterdir()):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    eos = _eos_token(source)
-    text, style = modelfile("model.gguf", result.chat_template, eos_token=eos, system=system)
-    from engine.workspace import write_text_atomic
+        eos = _eos_token(source)
+        text, style = modelfile("model.gguf", result.chat_template, eos_token=eos, system=system)
+        from engine.workspace import write_text_atomic
 
-    write_text_atomic(out / "Modelfile", text)
+        write_text_atomic(tmp / "Modelfile", text)
+        destination.write_manifest(tmp, "ollama")
+        rep.check()
+        destination.replace_folder(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     notes = list(result.notes)
     if style.name == "unknown":
         notes.append(

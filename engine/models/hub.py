@@ -50,6 +50,10 @@ NEEDED_PATTERNS = (
 PARTIAL_SUFFIX = ".lathe-partial"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TRUE = {"1", "ON", "YES", "TRUE"}
+# A branch or tag name as git allows it (no `..`, no component starting with `.`, no `.lock`
+# ending, none of ~^:?*[\\ or spaces), or a commit hash. The Hub's own refs/pr/N fit too.
+_REF_PART = re.compile(r"^[A-Za-z0-9_+=,@-][A-Za-z0-9._+=,@-]*$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 class DownloadCancelled(Cancelled, ModelError):
@@ -143,6 +147,27 @@ def check_repo_id(repo_id: str) -> str:
             "Use the form organisation/name, e.g. mlx-community/Qwen2.5-0.5B-Instruct-4bit.",
         )
     return repo_id
+
+
+def check_revision(revision: str) -> str:
+    """A branch, tag or commit hash; ModelError for anything else (paths, `..`, odd characters).
+
+    The revision names a file under the cache's refs/ folder, so this is what keeps a crafted
+    revision from writing outside the Hugging Face cache."""
+    rev = str(revision).strip()
+    parts = rev.split("/")
+    if (
+        not rev
+        or len(rev) > 200
+        or not all(_REF_PART.match(part) for part in parts)
+        or any(part.endswith((".lock", ".")) for part in parts)
+        or "@{" in rev
+    ):
+        raise ModelError(
+            f"'{revision}' is not a branch, tag or commit.",
+            "Use a branch or tag name such as main or v1.0, or a 40-character commit hash.",
+        )
+    return rev
 
 
 def _offline_error(action: str) -> ModelError:
@@ -265,8 +290,10 @@ def download_model(
     from huggingface_hub.file_download import get_hf_file_metadata, http_get
     from huggingface_hub.utils import build_hf_headers
 
+    from engine.workspace import within
+
     repo_id = check_repo_id(repo_id)
-    revision = revision or "main"
+    revision = check_revision(revision or "main")
     if is_offline():
         raise _offline_error(f"download {repo_id}")
     endpoint = hub_endpoint()
@@ -280,7 +307,9 @@ def download_model(
         )
     except Exception as exc:  # noqa: BLE001 - translated into a sentence
         raise _translate(exc, repo_id, action) from exc
-    commit = info.sha
+    commit = info.sha or ""
+    if not _COMMIT.match(commit):
+        raise ModelError(f"The Hub sent no usable commit for {repo_id}.", "Try again later.")
     siblings = {s.rfilename: s for s in (info.siblings or [])}
     wanted = sorted(name for name in siblings if is_needed(name))
     if not any(name.endswith(".safetensors") for name in wanted):
@@ -335,7 +364,7 @@ def download_model(
             etag = meta.etag or ""
             if not etag or "/" in etag or etag.startswith("."):
                 raise ModelError(f"The Hub sent no usable ETag for {name}.", "Try again later.")
-            blob = storage / "blobs" / etag
+            blob = within(storage / "blobs", storage / "blobs" / etag)
             partial = blob.with_name(etag + PARTIAL_SUFFIX)
             blob.parent.mkdir(parents=True, exist_ok=True)
             if not blob.exists():
@@ -411,9 +440,9 @@ def _write_ref(storage: Path, revision: str, commit: str) -> None:
     # refs/<branch> lets offline tools (mlx_lm.load("org/name")) find the snapshot.
     if revision == commit:
         return
-    from engine.workspace import write_text_atomic
+    from engine.workspace import within, write_text_atomic
 
-    ref = storage / "refs" / revision
+    ref = within(storage / "refs", storage / "refs" / check_revision(revision))
     if not ref.exists() or ref.read_text().strip() != commit:
         write_text_atomic(ref, commit)
 
@@ -423,7 +452,7 @@ def cached_snapshot(
 ) -> Path | None:
     """The cached snapshot folder of `repo_id` at `revision` when it has a config, else None."""
     storage = repo_storage_folder(repo_id, cache_dir)
-    ref = storage / "refs" / revision
+    ref = storage / "refs" / check_revision(revision)
     commit = ref.read_text().strip() if ref.is_file() else revision
     snap = storage / "snapshots" / commit
     return snap if (snap / "config.json").exists() else None

@@ -102,6 +102,62 @@ def read_config(path: Path) -> dict:
 
 def safetensors_header(path: Path) -> dict:
     """The JSON header of one .safetensors file: {name: {dtype, shape, data_offsets}}."""
+    header, _ = _raw_header(Path(path))
+    header.pop("__metadata__", None)
+    return header
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a `.safetensors` file that is cut short or whose header lies: ModelError naming the
+    file. Checks the header (valid JSON, each tensor's dtype, shape and byte range) and that the
+    file is exactly as long as the header says; reads no tensor data, so it takes milliseconds."""
+    path = Path(path)
+    name = path.name
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ModelError(f"{name} cannot be read ({exc.strerror or exc}).") from None
+    header, length = _raw_header(path)
+    if length > size - 8:
+        raise ModelError(
+            f"{name} is cut short: its header says more than the file holds.",
+            "Copy or download the model again.",
+        )
+    data_bytes = size - 8 - length
+    end = 0
+    for key, meta in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, stop) = meta["dtype"], meta["shape"], meta["data_offsets"]
+            ok = (
+                all(isinstance(d, int) and d >= 0 for d in shape)
+                and isinstance(start, int)
+                and isinstance(stop, int)
+                and 0 <= start <= stop
+            )
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise ModelError(f"{name} has a malformed entry for tensor {key!r} in its header.")
+        width = DTYPE_BYTES.get(str(dtype))
+        if width is not None and math.prod(shape) * width != stop - start:
+            raise ModelError(
+                f"{name}: tensor {key!r} is said to be {dtype} {list(shape)} "
+                f"({math.prod(shape) * width} bytes) but is given {stop - start} bytes.",
+                "The file is damaged; copy or download the model again.",
+            )
+        end = max(end, stop)
+    if end != data_bytes:
+        what = "cut short" if end > data_bytes else "longer than its header says"
+        raise ModelError(
+            f"{name} is {what} ({data_bytes:,} bytes of tensor data, the header says {end:,}).",
+            "The file is damaged or incomplete; copy or download the model again.",
+        )
+
+
+def _raw_header(path: Path) -> tuple[dict, int]:
+    """The header with `__metadata__`, and its length in bytes as the file states it."""
     with open(path, "rb") as fh:
         raw = fh.read(8)
         if len(raw) != 8:
@@ -113,8 +169,29 @@ def safetensors_header(path: Path) -> dict:
             header = json.loads(fh.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ModelError(f"{path.name} is not a valid safetensors file.") from None
-    header.pop("__metadata__", None)
-    return header
+    if not isinstance(header, dict):
+        raise ModelError(f"{path.name} is not a valid safetensors file.")
+    return header, length
+
+
+def check_weights(path: Path) -> None:
+    """`check_safetensors` for every weight file of a model folder, and that an index names only
+    shards that are there."""
+    path = Path(path)
+    for f in weight_files(path):
+        check_safetensors(f)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise ModelError(f"{index.name} cannot be read.") from None
+        missing = sorted(str(s) for s in shards if not (path / str(s)).is_file())
+        if missing:
+            raise ModelError(
+                f"{index.name} names weight files that are missing: {', '.join(missing[:3])}.",
+                "Copy the complete model folder.",
+            )
 
 
 def weight_files(path: Path) -> list[Path]:

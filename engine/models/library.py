@@ -29,7 +29,7 @@ from pathlib import Path
 from engine import workspace
 from engine.errors import ModelError
 from engine.models import hub
-from engine.models.info import folder_size, validate_model_dir
+from engine.models.info import check_weights, folder_size, validate_model_dir
 
 REGISTRY = "library.json"
 META = "lathe.json"
@@ -98,6 +98,7 @@ def import_model(path: str | Path, name: str | None = None) -> LibraryEntry:
     """
     folder = Path(path).expanduser().resolve()
     validate_model_dir(folder)
+    check_weights(folder)  # a truncated or lying file is refused now, not mid-training
     with _locked_registry() as data:
         models = data["models"]
         for key, rec in models.items():

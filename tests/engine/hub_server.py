@@ -35,6 +35,7 @@ class HubState:
     repos: dict[str, Repo] = field(default_factory=dict)
     drop_once: set[tuple[str, str]] = field(default_factory=set)
     chunk_delay: float = 0.0
+    any_revision: bool = False  # answer every revision name (a hostile or careless server)
     chunk_size: int = 16 * 1024
     log: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -122,7 +123,7 @@ def make_handler(state: HubState):
             if repo.gated and not self.headers.get("Authorization"):
                 return self._error(401, "GatedRepo")
             rev = parts[3] if len(parts) >= 4 and parts[2] == "revision" else "main"
-            if rev not in ("main", repo.commit):
+            if rev not in ("main", repo.commit) and not state.any_revision:
                 return self._error(404, "RevisionNotFound")
             siblings = []
             for name, data in repo.files.items():
@@ -160,7 +161,7 @@ def make_handler(state: HubState):
             if repo.gated and not self.headers.get("Authorization"):
                 return self._error(401, "GatedRepo")
             rev, name = parts[3], "/".join(parts[4:])
-            if rev not in ("main", repo.commit):
+            if rev not in ("main", repo.commit) and not state.any_revision:
                 return self._error(404, "RevisionNotFound")
             data = repo.files.get(name)
             if data is None:

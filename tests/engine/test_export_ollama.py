@@ -103,7 +103,11 @@ def test_ollama_folder_for_a_stories_run(stories_path, tmp_path):
     run = make_run(stories_path, tmp_path / "runs", "story", template=DEFAULT_CHAT_TEMPLATE)
     result = export_ollama(str(run), system="You tell short stories.")
     assert result.path == run / "exports" / "story-ollama"
-    assert sorted(p.name for p in result.path.iterdir()) == ["Modelfile", "model.gguf"]
+    assert sorted(p.name for p in result.path.iterdir()) == [
+        ".lathe-export.json",
+        "Modelfile",
+        "model.gguf",
+    ]
     parsed = parse_modelfile(result.modelfile.read_text())
     assert parsed["FROM"] == "./model.gguf" and parsed["SYSTEM"] == '"You tell short stories."'
     assert result.template_style == "lathe-default"

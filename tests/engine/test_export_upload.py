@@ -28,9 +28,15 @@ def hub(monkeypatch):
         return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
 
     def upload_folder(self, *, folder_path, repo_id, **kwargs):
+        from fnmatch import fnmatch
         from pathlib import Path
 
-        files = sorted(p.name for p in Path(folder_path).iterdir())
+        ignore = kwargs.get("ignore_patterns") or []  # as upload_folder skips them
+        files = sorted(
+            p.name
+            for p in Path(folder_path).iterdir()
+            if not any(fnmatch(p.name, pattern) for pattern in ignore)
+        )
         readme = (Path(folder_path) / "README.md").read_text()
         calls.append(
             (
