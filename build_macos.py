@@ -82,6 +82,9 @@ THIRD_PARTY = {
     "jinja2": "static analysis (chat templates)",
     "sentencepiece": "static analysis (SentencePiece tokenizers, GGUF export)",
     "safetensors": "static analysis + package metadata",
+    "jsonschema": "pyinstaller-hooks-contrib hook (its metaschemas come with jsonschema_specifications)",
+    "referencing": "static analysis ($ref resolution for jsonschema)",
+    "gguf": "static analysis (llama.cpp's GGUF dequantizers for `models import FILE.gguf`)",
     "httpx2": "static analysis (huggingface_hub's HTTP client)",
     "httpx": "static analysis (HTTP client)",
     "requests": "static analysis + package metadata",
@@ -91,7 +94,7 @@ THIRD_PARTY = {
     "regex": "static analysis + package metadata",
 }
 # Imported only inside `try: ... except ImportError` (optional features): warned about, not failed.
-OPTIONAL_THIRD_PARTY = {"pyarrow", "psutil", "gguf"}
+OPTIONAL_THIRD_PARTY = {"pyarrow", "psutil"}
 # Distributions whose metadata must travel with the app (importlib.metadata.version at run time).
 METADATA = [
     "transformers",
