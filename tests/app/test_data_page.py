@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from PySide6.QtCore import QMimeData, QPoint, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 
@@ -83,6 +84,7 @@ def test_a_file_that_is_not_a_dataset_gets_a_clear_message(
     assert blocker.args[0]
 
 
+@pytest.mark.slow
 def test_import_can_be_cancelled(window, qtbot, tmp_path, tiny_chat_model):
     path = tmp_path / "big.jsonl"
     # Large enough that the import is still running when Cancel lands (60,000 once finished first).

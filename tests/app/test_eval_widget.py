@@ -60,6 +60,7 @@ def small_run(stories_path, tmp_path_factory):
     return run_dir, heldout
 
 
+@pytest.mark.slow
 def test_evaluate_runs_off_the_gui_thread_and_shows_both_sides(qtbot, small_run, tmp_path):
     from app.eval_widget import HTML_ROLE, EvalResultsWidget
     from engine.evaluate import evaluate_run

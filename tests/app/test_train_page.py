@@ -18,6 +18,7 @@ def dataset(chat_jsonl) -> Path:
     return chat_jsonl
 
 
+@pytest.mark.slow
 def test_training_draws_the_chart_and_completes(window, qtbot, tiny_chat_model, dataset):
     page = window.train
     window.show_page("train")
@@ -56,6 +57,7 @@ def test_training_draws_the_chart_and_completes(window, qtbot, tiny_chat_model, 
     dialog.reject()
 
 
+@pytest.mark.slow
 def test_stop_ends_in_stopped_with_a_checkpoint(window, qtbot, tiny_chat_model, dataset):
     page = window.train
     page.settings.set_config(
@@ -78,6 +80,7 @@ def test_stop_ends_in_stopped_with_a_checkpoint(window, qtbot, tiny_chat_model, 
     assert page.resume_button.isVisibleTo(page)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_shows_the_error_and_offers_resume(window, qtbot, tiny_chat_model, dataset):
     page = window.train
     page.settings.set_config(

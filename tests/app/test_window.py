@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from app.controller import keep_awake_command, worker_command
 
 
@@ -152,6 +154,7 @@ def test_startup_does_not_import_mlx(lathe_home):
     assert out.stdout.strip() == "[]", out.stdout
 
 
+@pytest.mark.slow
 def test_screenshot_renders_a_page(tmp_path):
     target = tmp_path / "chat.png"
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
@@ -160,7 +163,7 @@ def test_screenshot_renders_a_page(tmp_path):
         capture_output=True,
         text=True,
         env=env,
-        timeout=60,
+        timeout=300,
         cwd=Path(__file__).resolve().parents[2],
     )
     assert out.returncode == 0, out.stderr

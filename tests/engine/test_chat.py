@@ -192,6 +192,7 @@ def test_tiny_chat_model_base_and_tuned_are_exact(tiny_chat_model, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_set_adapter_replaces_the_previous_one_and_none_restores_the_base(
     stories_path, stories_run
 ):

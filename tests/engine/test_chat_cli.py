@@ -149,6 +149,7 @@ def test_errors_are_one_sentence(args, message, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_runs_as_a_module_process(stories_path):
     out = subprocess.run(
         [

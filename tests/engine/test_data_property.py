@@ -6,6 +6,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -91,6 +92,7 @@ def test_arbitrary_json(values, suffix, strict):
     check(content.encode(), suffix, strict=strict)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(
     st.lists(st.dictionaries(KEYS, shaped, max_size=5), min_size=1, max_size=6),

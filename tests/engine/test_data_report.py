@@ -97,6 +97,7 @@ def test_examples_that_train_nothing_after_truncation_are_flagged(tmp_path, stor
         )
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_numbers(tmp_path, stories_path, stories_tok, monkeypatch):
     from engine.data import tokens
 

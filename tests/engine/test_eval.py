@@ -78,6 +78,7 @@ def evaluated(tuned_run):
     return results, seen
 
 
+@pytest.mark.slow
 def test_tuned_model_beats_the_base_model_on_exact_match(evaluated):
     results, seen = evaluated
     by = {m["spec"]: m for m in results["metrics"]}
@@ -133,6 +134,7 @@ def test_golden_prompts_are_answered_at_the_start_and_every_checkpoint(tuned_run
     assert history.golden_prompts == GOLDEN
 
 
+@pytest.mark.slow
 def test_golden_prompts_do_not_change_training(stories_path, tmp_path):
     """The answers are generated between steps: the losses match a run without golden prompts."""
     data = completion_data(tmp_path / "d", copies=2)

@@ -60,6 +60,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "dims, cfg",
     CASES,
@@ -199,6 +200,7 @@ def test_recommended_yaml_numbers_follow_from_the_architecture():
         assert m.train_gb == pytest.approx(train, abs=0.06)
 
 
+@pytest.mark.slow
 def test_cli_fit_with_measure(tmp_path, tiny_chat_model):
     config = tmp_path / "run.yaml"
     config.write_text(

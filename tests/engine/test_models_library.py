@@ -124,6 +124,7 @@ def _cli(*args, timeout=180):
     return out
 
 
+@pytest.mark.slow
 def test_cli_import_inspect_quantize_list_delete(user_model):
     out = _cli("import", str(user_model), "--json")
     assert out.returncode == 0, out.stderr

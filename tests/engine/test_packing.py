@@ -116,6 +116,7 @@ def test_budget_batches_cover_every_example_and_stay_within_the_budget():
     assert all((a == b).all() for a, b in zip(batches, again))
 
 
+@pytest.mark.slow
 def test_training_with_budget_batches_learns_and_resumes_exactly(tiny_chat_model, tmp_path):
     rng = np.random.default_rng(2)
     rows = [

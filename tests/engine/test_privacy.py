@@ -135,6 +135,7 @@ def _env():
 """
 
 
+@pytest.mark.slow
 def test_the_training_worker_stays_offline_with_hub_telemetry_off(
     tiny_chat_model, tmp_path, lathe_home
 ):

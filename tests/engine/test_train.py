@@ -83,6 +83,7 @@ def train_run(cfg: RunConfig, resume_dir: Path | None = None, stop_after: int | 
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_a_tiny_model_lowers_the_loss(tiny_chat_model, tmp_path):
     data = variable_chat_data(tmp_path / "chat.jsonl", n=24)
     status, run_dir, rec = train_run(
@@ -125,6 +126,7 @@ def _greedy_answer(model, tokenizer, template: str, question: str) -> str:
     return mlx_lm.generate(model, tokenizer, prompt, max_tokens=24)
 
 
+@pytest.mark.slow
 def test_stories260k_learns_to_answer_trained_questions(stories_run, stories_path):
     import mlx_lm
 
@@ -230,6 +232,7 @@ def test_loss_mask_covers_exactly_the_answers_and_nothing_past_the_end(tiny_chat
     assert mlx_mask[len(short.tokens) - 1] and not ours[len(short.tokens) - 1]
 
 
+@pytest.mark.slow
 def test_resume_continues_with_the_same_losses_as_an_uninterrupted_run(tiny_chat_model, tmp_path):
     data = variable_chat_data(tmp_path / "chat.jsonl", n=40)
     kwargs = dict(iters=24, steps_per_report=1, save_every=8, steps_per_eval=8)
@@ -257,6 +260,7 @@ def test_resume_continues_with_the_same_losses_as_an_uninterrupted_run(tiny_chat
         assert abs(value - val_full[step]) < 1e-4
 
 
+@pytest.mark.slow
 def test_validation_uses_the_same_examples_every_time(tiny_chat_model, tmp_path):
     import mlx_lm
 

@@ -47,6 +47,7 @@ def read_until(proc: subprocess.Popen, kind: str, timeout: float = 120) -> list[
     )
 
 
+@pytest.mark.slow
 def test_event_stream_parses_and_follows_the_contract(tiny_chat_model, tmp_path, lathe_home):
     data = variable_chat_data(tmp_path / "chat.jsonl", n=30)
     proc = start_worker(
@@ -86,6 +87,7 @@ def test_event_stream_parses_and_follows_the_contract(tiny_chat_model, tmp_path,
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["stdin", "sigterm", "stdin-closed"])
 def test_stop_ends_cleanly_with_a_usable_checkpoint(how, tiny_chat_model, tmp_path, lathe_home):
     import mlx_lm
@@ -127,6 +129,7 @@ def test_stop_ends_cleanly_with_a_usable_checkpoint(how, tiny_chat_model, tmp_pa
     assert isinstance(mlx_lm.generate(model, tok, "Hi", max_tokens=3), str)
 
 
+@pytest.mark.slow
 def test_resume_from_the_command_line_finishes_the_run(tiny_chat_model, tmp_path, lathe_home):
     data = variable_chat_data(tmp_path / "chat.jsonl", n=30)
     proc = start_worker(
