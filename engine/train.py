@@ -116,9 +116,35 @@ def apply_method(model, config: RunConfig) -> int:
     else:
         params = {"rank": lo.rank, "scale": lo.scale, "dropout": lo.dropout}
         if lo.keys:
+            _check_lora_keys(model, lo.keys, num_layers)
             params["keys"] = list(lo.keys)
         linear_to_lora_layers(model, num_layers, params, use_dora=lo.fine_tune_type == "dora")
     return num_layers
+
+
+def _check_lora_keys(model, keys: list[str], num_layers: int) -> None:
+    """Refuse `lora.keys` naming modules the trained layers lack (mlx-lm would adapt nothing)."""
+    from engine.config import ConfigError
+
+    def adaptable(module) -> bool:
+        return hasattr(module, "to_lora") or "Linear" in type(module).__name__
+
+    in_layers = {
+        name
+        for layer in model.layers[-num_layers:]
+        for name, module in layer.named_modules()
+        if name and adaptable(module)
+    }
+    anywhere = {name for name, module in model.named_modules() if name and adaptable(module)}
+    unknown = [k for k in keys if k not in in_layers | anywhere]
+    if unknown:
+        names = sorted(in_layers)
+        raise ConfigError(
+            f"lora.keys {', '.join(unknown)} {'matches' if len(unknown) == 1 else 'match'} no layer "
+            "of this model, so nothing would be trained.",
+            f"Use names such as {', '.join(names[:12])}, or leave lora.keys empty to adapt every "
+            "linear layer.",
+        )
 
 
 def build_optimizer(config: RunConfig):

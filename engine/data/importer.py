@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import workspace
+from engine.config import ConfigError, check_value, field_bounds
 from engine.data import sources
 from engine.data.pipeline import SPLIT_CODES, Example, Options, Scan, plan_splits
 from engine.data.problems import DataError, ProblemLog
@@ -40,6 +41,16 @@ class TokenSettings:
     mask_prompt: bool = True
     chat_template: str | None = None
     workers: int | None = None  # processes that encode; default: one per core (up to 8)
+
+    def __post_init__(self):
+        # The same ranges as the training settings these stand for (engine.config).
+        for name, section in (("max_seq_length", "data"), ("batch_size", "training")):
+            try:
+                check_value(
+                    name.replace("_", " "), getattr(self, name), **field_bounds(section, name)
+                )
+            except ConfigError as exc:
+                raise DataError(str(exc.args[0]), exc.hint) from None
 
 
 def inspect_dataset(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.config import MAX_SEED
 from engine.data import formats, readers, sources
 from engine.data.problems import DataError, Problem, ProblemLog, RecordProblem
 
@@ -53,6 +54,8 @@ class Options:
                     f"{name.replace('_', ' ')} must be between 0 and 1, not {v}.",
                     "Use, for example, 0.1 for 10%.",
                 )
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise DataError(f"The seed must be between 0 and {MAX_SEED:,}, not {self.seed}.")
         if self.valid_fraction + self.test_fraction >= 1:
             raise DataError(
                 "The valid and test fractions leave nothing to train on.",

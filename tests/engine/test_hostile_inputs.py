@@ -1,0 +1,214 @@
+"""Issue 16, items 6-11, 13, 14: inputs that must not hang Lathe, crash it, or read as its own fault."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine import cli
+from engine.config import ConfigError, RunConfig
+from tests.engine.test_train import make_config, train_run, variable_chat_data
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A "billion laughs" for YAML: every level repeats the one above ten times (five levels here:
+# 100,000 values once expanded; nine ran out of 3 GB).
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(4)
+)
+
+
+def _config_file(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 6: YAML aliases
+
+
+def test_yaml_alias_bombs_are_refused_in_every_yaml_lathe_reads(tmp_path, capsys):
+    """issue 16 item 6: configs, run config.yaml, hosts, presets and settings refuse aliases."""
+    from app.settings_form import load_presets
+    from engine.distributed import DistributedError, read_hosts
+    from engine.workspace import load_settings, settings_path
+
+    bomb = _config_file(
+        tmp_path, "training:\n  optimizer_config:\n    " + ALIAS_BOMB.replace("\n", "\n    ")
+    )
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"alias \(\*a\) at line \d+"):
+        RunConfig.load(bomb)
+    assert cli.main(["train", "--config", str(bomb)]) == 1
+    err = capsys.readouterr().err
+    assert "does not expand aliases" in err and "Traceback" not in err
+    # Even a harmless alias is refused: one rule, no size guessing.
+    small = _config_file(tmp_path, "model: &m {path: x}\ndata: *m\n", "small.yaml")
+    with pytest.raises(ConfigError, match="alias"):
+        RunConfig.load(small)
+    hosts = _config_file(tmp_path, "- &h mac.local\n- *h\n", "hosts.yaml")
+    with pytest.raises(DistributedError, match="alias"):
+        read_hosts(hosts)
+    presets = _config_file(tmp_path, "presets:\n- &p {name: a}\n- *p\n", "presets.yaml")
+    assert load_presets(presets) == []
+    settings_path().parent.mkdir(parents=True, exist_ok=True)
+    settings_path().write_text(ALIAS_BOMB, encoding="utf-8")
+    assert load_settings() == {}
+    assert time.monotonic() - started < 10
+
+
+def test_every_yaml_read_goes_through_the_one_loader():
+    """issue 16 item 6: no module parses YAML except engine.config.read_yaml (no aliases, no tags)."""
+    sources = [p for folder in ("engine", "app") for p in (ROOT / folder).rglob("*.py")]
+    direct = [
+        str(p.relative_to(ROOT))
+        for p in sources
+        if re.search(
+            r"yaml\.(safe_load|load|full_load|unsafe_load|load_all|safe_load_all)\(", p.read_text()
+        )
+    ]
+    assert direct == []
+
+
+def test_yaml_lathe_writes_never_contains_aliases(tmp_path):
+    """issue 16 item 6: a value shared twice is written out in full, so Lathe can read it back."""
+    from engine.config import read_yaml
+    from engine.workspace import write_yaml_atomic
+
+    shared = ["a", "b"]
+    path = write_yaml_atomic(tmp_path / "s.yaml", {"x": shared, "y": shared})
+    assert "&" not in path.read_text()
+    assert read_yaml(path.read_text()) == {"x": shared, "y": shared}
+
+
+# ---------------------------------------------------------------------------------------------
+# Items 10 and 11: values validation must refuse, with the range or the choices
+
+
+def _valid(**sections) -> RunConfig:
+    data = {"model": {"path": "m"}, "data": {"path": "d"}}
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return RunConfig.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("training", {"epochs": float("inf")}, "training.epochs must be more than 0 and at most"),
+        ("training", {"seed": -1}, "training.seed must be between 0 and 4,294,967,295, not -1"),
+        ("training", {"seed": "1e23"}, "training.seed must be between 0 and"),
+        (
+            "training",
+            {"grad_accumulation_steps": "1e9"},
+            "training.grad_accumulation_steps must be between 1 and 1,024, not 1,000,000,000",
+        ),
+        (
+            "training",
+            {"lr_schedule": {"name": "cosine_decy", "arguments": [1e-4, 100]}},
+            "use one of cosine_decay, exponential_decay, linear_schedule, step_decay",
+        ),
+        ("training", {"lr_schedule": {"name": "cosine_decay"}}, "must be a list of 2 or 3 numbers"),
+        ("lora", {"num_layers": 0}, "lora.num_layers must be -1"),
+        ("lora", {"dropout": float("nan")}, "lora.dropout must be at least 0 and less than 1"),
+    ],
+)
+def test_absurd_config_values_are_refused_with_the_allowed_range(section, values, message):
+    """issue 16 items 10 and 11: values that reached MLX (or hung the worker) are refused up front."""
+    cfg = _valid(**{section: values})
+    with pytest.raises(ConfigError) as caught:
+        cfg.validate()
+    assert message in str(caught.value)
+
+
+def test_every_numeric_field_has_a_range_and_the_defaults_pass():
+    """issue 16 item 11: the ranges live in the fields' metadata, next to their help text."""
+    import dataclasses
+
+    from engine.config import SECTIONS
+
+    _valid().validate()
+    for cls in SECTIONS.values():
+        for f in dataclasses.fields(cls):
+            if f.type in ("int", "float", "int | None") and f.name not in ("scale",):
+                assert {"at_least", "above"} & set(f.metadata), f"{cls.__name__}.{f.name}"
+
+
+def test_cli_options_with_absurd_values_are_refused(capsys, tmp_path):
+    """issue 16 item 11: `chat --seed -1` and `data inspect --batch-size -3` say what is allowed."""
+    data = variable_chat_data(tmp_path / "chat.jsonl", n=10)
+    assert cli.main(["chat", "--model", "x", "--seed", "-1", "--prompt", "hi"]) == 1
+    assert "Seed must be between 0 and 4,294,967,295, not -1." in capsys.readouterr().err
+    code = cli.main(["data", "inspect", str(data), "--model", "x", "--batch-size", "-3"])
+    err = capsys.readouterr().err
+    assert code == 1 and "batch size must be between 1 and 65,536, not -3." in err
+    assert cli.main(["data", "inspect", str(data), "--seed", "-5"]) == 1
+    assert "seed must be between 0" in capsys.readouterr().err
+
+
+def test_lora_keys_that_match_no_layer_stop_before_training_with_the_names(
+    tiny_chat_model, tmp_path
+):
+    """issue 16 item 11: a misspelt lora.keys is a config error naming the real modules."""
+    data = variable_chat_data(tmp_path / "chat.jsonl", n=8)
+    cfg = make_config(tiny_chat_model, data, iters=2)
+    cfg.lora.keys = ["self_attn.q_prj"]
+    status, _, rec = train_run(cfg)
+    assert status == "failed"
+    error = rec.of("error")[0]
+    assert error["kind"] == "config", error
+    assert "lora.keys self_attn.q_prj matches no layer" in error["message"]
+    assert "self_attn.q_proj" in error["hint"]
+    assert rec.of("progress") == []
+
+
+def test_stop_is_honoured_between_micro_batches_and_resume_stays_exact(tiny_chat_model, tmp_path):
+    """issue 16 item 10: with gradient accumulation, a stop lands within a micro-batch or two.
+
+    The stop comes mid-step, so the partial gradient is dropped and the data position rewound:
+    the resumed run reaches the same loss as one never stopped.
+    """
+    data = variable_chat_data(tmp_path / "chat.jsonl", n=12)
+    kwargs = dict(iters=1, batch_size=1, grad_accumulation_steps=8, steps_per_report=1)
+    _, _, full = train_run(make_config(tiny_chat_model, data, **kwargs))
+
+    cfg = make_config(tiny_chat_model, data, **kwargs)
+    # Call 1 is before step 1, then one per micro-batch: the stop arrives after 3 micro-batches.
+    status, run_dir, first = train_run(cfg, stop_after=3)
+    assert status == "stopped"
+    assert first.of("progress") == []
+    import json
+
+    from engine.checkpoint import STATE_FILE, latest_checkpoint
+
+    state = json.loads((latest_checkpoint(run_dir) / STATE_FILE).read_text())
+    assert (state["step"], state["position"], state["epoch"]) == (0, 0, 0)
+    status, _, second = train_run(cfg, resume_dir=run_dir)
+    assert status == "completed"
+    want = [e["train_loss"] for e in full.of("progress")]
+    got = [e["train_loss"] for e in second.of("progress")]
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_worker_events_carry_the_range_message_for_a_bad_config_file(tmp_path, capsys):
+    """issue 16 item 10: the worker refuses grad_accumulation_steps: 1e9 before creating a run."""
+    path = _config_file(
+        tmp_path,
+        yaml.safe_dump(
+            {
+                "model": {"path": str(tmp_path)},
+                "data": {"path": str(tmp_path)},
+                "training": {"grad_accumulation_steps": "1e9"},
+            }
+        ),
+    )
+    assert cli.main(["train", "--config", str(path)]) == 1
+    assert "grad_accumulation_steps must be between 1 and 1,024" in capsys.readouterr().err
+    from engine.workspace import home
+
+    assert not (home() / "runs").exists() or not any((home() / "runs").iterdir())
