@@ -248,8 +248,8 @@ def _report(
     mappings = [f.mapping for f in scan.files if f.mapping]
     counts = {s: int((final == c).sum()) for s, c in SPLIT_CODES.items()}
     return Report(
-        source=str(source),
-        name=source.name,
+        source=sources.shown(str(source)),
+        name=sources.shown(source.name),
         size_bytes=sources.size_of(source),
         sha256=sha or sources.sha256_of(source),
         container=scan.container,

@@ -216,13 +216,13 @@ class Scan:
                 else:
                     try:
                         record = normalise(formats.apply_mapping(value, mapping))
+                        key = _digest(record)
                     except RecordProblem as exc:
                         problem = exc
             if problem is not None:
                 info.skipped += 1
                 log.add(Problem(problem.code, where, problem.message, problem.hint, problem.field))
                 continue
-            key = _digest(record)
             first = seen.get(key)
             if first is not None:
                 repeat = self._repeat_problem(where, split, first)
@@ -318,10 +318,20 @@ class Scan:
 
 
 def _digest(record: dict) -> int:
+    """A 64-bit hash of the record; a record with text that is not Unicode is a RecordProblem."""
     text = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
-    return int.from_bytes(
-        hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"
-    )
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # JSON can escape half of a UTF-16 pair ("\ud800"): it decodes to no character, and
+        # writing it (import, tokenizer, export) fails, so the record is skipped here.
+        raise RecordProblem(
+            "bad_text",
+            f"holds an escape that is no character (\\u{ord(text[exc.start]):04x}, half of a "
+            "UTF-16 surrogate pair)",
+            "Fix the \\u escape or remove this example.",
+        ) from None
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 def plan_splits(

@@ -212,3 +212,159 @@ def test_worker_events_carry_the_range_message_for_a_bad_config_file(tmp_path, c
     from engine.workspace import home
 
     assert not (home() / "runs").exists() or not any((home() / "runs").iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 7: plain text is chunked in linear time, as it streams in
+
+
+def test_a_10_mb_line_of_plain_text_is_chunked_in_linear_time(tmp_path):
+    """issue 16 item 7: 10 MB without a line break took ~14 s (quadratic slicing); now well under 1 s.
+
+    The bound is loose for a loaded machine, and still far below the old time.
+    """
+    from engine.data import inspect_dataset
+
+    path = tmp_path / "notes.txt"
+    path.write_text(" ".join(map(str, range(1_500_000))), encoding="utf-8")  # 10 MB, one line
+    started = time.perf_counter()
+    report = inspect_dataset(path)
+    elapsed = time.perf_counter() - started
+    assert report.kept == report.rows >= 10_000_000 // 4000
+    assert elapsed < 6, f"{elapsed:.1f} s"
+
+
+def test_plain_text_chunks_stream_without_holding_a_paragraph(tmp_path, monkeypatch):
+    """issue 16 item 7: the first chunk comes out after a few KB of a 2 MB paragraph are read."""
+    from engine.data import readers
+    from engine.data.sources import TextFile
+
+    path = tmp_path / "one-paragraph.txt"
+    line = "A line of a paragraph that never ends, with no blank line anywhere.\n"
+    count = 2_000_000 // len(line)
+    path.write_text(line * count, encoding="utf-8")
+    read = [0]  # characters the reader has taken from the file so far
+    pieces = TextFile.pieces
+
+    def counting(self, size):
+        for n, piece, ends in pieces(self, size):
+            read[0] += len(piece) + ends
+            yield n, piece, ends
+
+    monkeypatch.setattr(TextFile, "pieces", counting)
+    rows, _ = readers.read(path, "text", 4000)
+    first = next(rows)
+    assert read[0] < 20_000, read[0]
+    chunks = [first, *rows]
+    assert all(len(c.value["text"]) <= 4000 for c in chunks)
+    assert "".join(c.value["text"].replace("\n", "") for c in chunks) == line.strip() * count
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 8: JSON lines that the format sniffer misread
+
+
+def _jsonl(path: Path, rows: list, end: str = "\n") -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + end for r in rows), encoding="utf-8", newline="")
+    return path
+
+
+ROWS = [{"prompt": f"Question {i}?", "completion": f"Answer {i}."} for i in range(12)]
+
+
+def test_a_first_json_line_over_64_kb_is_read_as_json_lines(tmp_path):
+    """issue 16 item 8: the sniffer's 64 KB head cut the first line, and the file read as broken."""
+    from engine.data import inspect_dataset
+
+    rows = [{"prompt": "long " * 20_000, "completion": "ok"}, *ROWS]
+    report = inspect_dataset(_jsonl(tmp_path / "long.jsonl", rows))
+    assert (report.format, report.kept, report.skipped) == ("completion", 13, 0)
+
+
+def test_cr_only_line_ends_get_a_clear_message(tmp_path):
+    """issue 16 item 8: CR line ends (classic Mac OS) were reported as JSON with 'Extra data'."""
+    from engine.data import DataError, inspect_dataset
+
+    with pytest.raises(DataError) as caught:
+        inspect_dataset(_jsonl(tmp_path / "mac.jsonl", ROWS, end="\r"))
+    message = str(caught.value)
+    assert "carriage return (CR) only" in message and "LF line endings" in message
+    assert "Extra data" not in message
+
+
+def test_a_deeply_nested_first_line_is_skipped_like_any_other_line(tmp_path):
+    """issue 16 item 8: 100k-deep nesting on line 1 raised RecursionError; on line 3 it was skipped."""
+    from engine.data import inspect_dataset
+
+    deep = '{"a": ' * 100_000 + "1" + "}" * 100_000
+    reasons = []
+    for where in (0, 2):
+        lines = [__import__("json").dumps(r) for r in ROWS]
+        lines.insert(where, deep)
+        path = tmp_path / f"deep{where}.jsonl"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        report = inspect_dataset(path)
+        assert (report.kept, report.skipped) == (12, 1)
+        reasons.append(report.problems[0]["message"])
+    assert reasons[0] == reasons[1] == "JSON nested too deeply"
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 9: text that is not Unicode, and file names that are not UTF-8
+
+
+def test_lone_surrogate_escapes_are_skipped_and_counted_at_inspect_and_import(tmp_path):
+    """issue 16 item 9: "\\ud800" passed inspect and then broke import, training and export."""
+    import json
+
+    from engine.data import import_dataset, inspect_dataset
+
+    path = _jsonl(tmp_path / "data.jsonl", ROWS)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('{"prompt": "half a pair \\ud800", "completion": "x"}\n')
+        fh.write('{"prompt": "hi", "completion": "the other half \\udfff"}\n')
+    for report in (inspect_dataset(path), import_dataset(path)):
+        assert report.kept == 12 and report.skipped == 2
+        assert report.problem_counts == {"bad_text": 2}
+        assert "\\ud800" in report.problems[0]["message"]
+    folder = Path(report.dataset_path)
+    for split in ("train", "valid", "test"):
+        for line in (folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
+            json.dumps(json.loads(line), ensure_ascii=False).encode("utf-8")
+
+
+def test_a_non_utf8_file_name_in_a_dataset_folder_is_harmless_and_ignored_files_unread(
+    tmp_path, monkeypatch
+):
+    """issue 16 item 9: one undecodable name (even an ignored file) broke inspect and import."""
+    import os
+
+    from engine.data import import_dataset, inspect_dataset, sources
+
+    folder = tmp_path / "bank"
+    folder.mkdir()
+    _jsonl(folder / "train.jsonl", ROWS)
+    raw = os.fsencode(folder)
+    with open(raw + b"/caf\xe9.jsonl", "wb") as fh:
+        fh.write(b'{"prompt": "p", "completion": "c"}\n')
+    with open(raw + b"/huge-\xff.bin", "wb") as fh:
+        fh.write(b"\0" * 1024)
+    opened = []
+    real_open = sources._hash_file
+
+    def hash_file(h, path):
+        opened.append(path.name)
+        return real_open(h, path)
+
+    monkeypatch.setattr(sources, "_hash_file", hash_file)
+    report = inspect_dataset(folder)
+    assert report.kept == 12
+    assert any("caf\\xe9.jsonl" in note for note in report.notes)
+    report = import_dataset(folder)
+    assert report.kept == 12 and report.dataset_path
+    assert set(opened) == {"train.jsonl"}
+    text = report.to_text()
+    text.encode("utf-8")
+    assert cli.main(["data", "inspect", str(folder)]) == 0
