@@ -151,6 +151,25 @@ def commit_temp(tmp: Path, final: Path) -> Path:
     return final
 
 
+def make_private(path: Path) -> None:
+    """Give a file Lathe wrote (or a folder it created, with everything in it) the workspace's modes:
+    0600 files and 0700 folders, also where the user chose a place outside the workspace."""
+    path = Path(path)
+    if path.is_symlink() or not path.exists():
+        return
+    if path.is_file():
+        os.chmod(path, FILE_MODE)
+        return
+    os.chmod(path, DIR_MODE)
+    for folder, dirs, files in os.walk(path):
+        for name in dirs:
+            if not os.path.islink(os.path.join(folder, name)):
+                os.chmod(os.path.join(folder, name), DIR_MODE)
+        for name in files:
+            if not os.path.islink(os.path.join(folder, name)):
+                os.chmod(os.path.join(folder, name), FILE_MODE)
+
+
 def read_json(path: Path, default: Any = None) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -24,6 +24,7 @@ from engine.data import sources
 from engine.data.pipeline import SPLIT_CODES, Example, Options, Scan, plan_splits
 from engine.data.problems import DataError, ProblemLog
 from engine.data.report import Report, TokenReport, TokenStats, format_label, histogram
+from engine.errors import disk_full, is_disk_full
 
 META = "dataset.json"
 BIG_SOURCE_BYTES = (
@@ -95,8 +96,8 @@ def import_dataset(
     root = workspace.datasets_dir()
     ds_id = workspace.new_id(name or _stem(source))
     tmp = root / f".{ds_id}.tmp"
-    workspace.ensure_dir(tmp)
     try:
+        workspace.ensure_dir(tmp)
         pool_path = tmp / ".pool.jsonl"
         with open(pool_path, "w", encoding="utf-8") as pool:
 
@@ -123,8 +124,10 @@ def import_dataset(
         }
         workspace.write_json_atomic(tmp / META, meta)
         os.replace(tmp, root / ds_id)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise disk_full(f"import {sources.shown(source.name)}") from None
         raise
     return report
 

@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.export.job import ExportError, ProgressFn, Reporter
+from engine.export.job import ExportError, ProgressFn, Reporter, private_output
 from engine.export.source import AdapterSource, is_model_folder, resolve_adapter, resolve_base_model
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "mixtral")
@@ -105,6 +105,7 @@ def default_out_path(source: AdapterSource | Path, dtype: str) -> Path:
     return Path(source).parent / f"{Path(source).name}-{dtype}.gguf"
 
 
+@private_output
 def export_gguf(
     spec: str | Path | AdapterSource,
     out: str | Path | None = None,

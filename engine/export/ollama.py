@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.export.job import ExportError, ProgressFn, Reporter
+from engine.export.job import ExportError, ProgressFn, Reporter, private_output
 from engine.export.source import AdapterSource, is_model_folder, resolve_adapter
 from engine.templates import DEFAULT_CHAT_TEMPLATE
 
@@ -186,6 +186,7 @@ class OllamaResult:
         }
 
 
+@private_output
 def export_ollama(
     spec: str | Path | AdapterSource,
     out: str | Path | None = None,

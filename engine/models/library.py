@@ -232,11 +232,22 @@ def get(name: str) -> LibraryEntry:
     raise ModelError(f"There is no model called '{name}' in the library.", "See `models list`.")
 
 
+def file_not_folder(path: Path) -> ModelError:
+    """The error for a model path that names a file (a .safetensors, a .gguf, config.json)."""
+    return ModelError(
+        f"{path} is a file, not a model folder.",
+        f"Give the folder that holds config.json and the .safetensors weights (perhaps "
+        f"{path.parent}).",
+    )
+
+
 def resolve(ref: str | Path) -> Path:
     """A model folder from a path, a library name or a cached Hugging Face repo id."""
     path = Path(str(ref)).expanduser()
     if path.is_dir():
         return path
+    if path.is_file():
+        raise file_not_folder(path)
     for entry in list_models():
         if entry.name == str(ref) or entry.repo_id == str(ref):
             if not entry.available:

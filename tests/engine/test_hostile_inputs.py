@@ -368,3 +368,127 @@ def test_a_non_utf8_file_name_in_a_dataset_folder_is_harmless_and_ignored_files_
     text = report.to_text()
     text.encode("utf-8")
     assert cli.main(["data", "inspect", str(folder)]) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 14: messages that misled
+
+
+def test_every_engine_command_a_message_names_exists():
+    """issue 16 item 14: hints named `python -m engine train --list`, a flag that does not exist."""
+    import argparse
+    import shlex
+
+    parser = cli.build_parser()
+
+    def subparser(p, name):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+                return action.choices[name]
+        return None
+
+    named = set()
+    for path in [p for folder in ("engine", "app") for p in (ROOT / folder).rglob("*.py")]:
+        named |= set(re.findall(r"`python -m engine ([^`]+)`", path.read_text()))
+    assert len(named) > 5
+    for command in sorted(named):
+        p = parser
+        for word in shlex.split(re.sub(r"\{[^}]*\}", "X", command)):
+            if word.startswith("--"):
+                flags = {s for a in p._actions for s in a.option_strings}
+                assert word.split("=")[0] in flags, f"`python -m engine {command}`: no {word}"
+            elif subparser(p, word) is not None:
+                p = subparser(p, word)
+
+
+def test_a_model_path_that_is_a_file_is_called_a_file(tiny_chat_model, capsys):
+    """issue 16 item 14: a file was taken for a hub id ("not on this Mac, and training never downloads")."""
+    from engine.errors import ModelError
+    from engine.models import resolve
+    from engine.train import resolve_model
+
+    weights = tiny_chat_model / "model.safetensors"
+    for lookup in (resolve_model, resolve):
+        with pytest.raises(ModelError, match="is a file, not a model folder"):
+            lookup(str(weights))
+    assert cli.main(["chat", "--model", str(weights), "--prompt", "hi"]) == 1
+    err = capsys.readouterr().err
+    assert "is a file, not a model folder" in err and str(tiny_chat_model) in err
+
+
+def _disk_full(monkeypatch):
+    """Every atomic write fails as on a full disk (fsync is where a full disk shows on APFS too)."""
+    import errno
+    import os as _os
+
+    import engine.workspace
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, _os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(engine.workspace.os, "fsync", no_space)
+
+
+def test_a_full_disk_gives_train_and_import_a_clear_error_and_no_empty_run_folder(
+    tiny_chat_model, tmp_path, monkeypatch, capsys, lathe_home
+):
+    """issue 16 item 14: 0 bytes free gave a raw OSError, and `train` left an empty run folder."""
+    data = variable_chat_data(tmp_path / "chat.jsonl", n=10)
+    _disk_full(monkeypatch)
+    assert cli.main(["train", "--model", str(tiny_chat_model), "--data", str(data)]) == 1
+    err = capsys.readouterr().err
+    assert "The disk is full, so Lathe could not create the run folder." in err
+    assert "OSError" not in err
+    runs = lathe_home / "runs"
+    assert not runs.exists() or list(runs.iterdir()) == []
+    assert cli.main(["data", "import", str(data)]) == 1
+    err = capsys.readouterr().err
+    assert "The disk is full, so Lathe could not import chat.jsonl." in err
+    assert list((lathe_home / "datasets").iterdir()) == []
+
+
+def test_interactive_chat_survives_a_line_that_is_not_utf8(tiny_chat_model, monkeypatch, capsys):
+    """issue 16 item 14: one Latin-1 line ended the whole chat session with a UnicodeDecodeError."""
+    import io
+    import sys
+
+    lines = b"caf\xe9 au lait?\n/system Be brief.\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(lines), encoding="utf-8"))
+    code = cli.main(
+        ["chat", "--model", str(tiny_chat_model), "--max-tokens", "2", "--temperature", "0"]
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "not valid UTF-8" in err and "System prompt set." in err
+
+
+def test_exports_outside_the_run_folder_are_private(stories_path, tmp_path):
+    """issue 16 item 14: the README promises 0600 files and 0700 folders; --out exports were 0644."""
+    import os
+    import stat
+
+    from engine.export import export_gguf, export_ollama
+    from engine.export.bundle import make_bundle
+
+    data = variable_chat_data(tmp_path / "chat.jsonl", n=10)
+    config = _config_file(
+        tmp_path,
+        yaml.safe_dump({"model": {"path": str(stories_path)}, "data": {"path": str(data)}}),
+    )
+    old = os.umask(0o022)
+    try:
+        written = [
+            export_gguf(str(stories_path), tmp_path / "desktop" / "stories.gguf").path,
+            export_ollama(str(stories_path), tmp_path / "ollama").path,
+            make_bundle(config, tmp_path / "bundle").path,
+        ]
+    finally:
+        os.umask(old)
+    checked = 0
+    for root in written:
+        for path in [root, *root.rglob("*")]:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert mode == (0o700 if path.is_dir() else 0o600), f"{path}: {oct(mode)}"
+            checked += 1
+    assert checked > 8
+    assert stat.S_IMODE((tmp_path / "desktop").stat().st_mode) != 0o700  # the user's folder
