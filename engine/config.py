@@ -59,9 +59,10 @@ def read_yaml(text: str, where: str | Path = "<text>") -> Any:
     The one loader for every YAML Lathe reads: plain data only (no Python tags), no aliases. Raises
     ConfigError naming `where` (and the line) for invalid YAML or an alias.
     """
-    loader = _NoAliasLoader(text)
-    loader.name = str(where)
+    loader = None
     try:
+        loader = _NoAliasLoader(text)  # checks the characters first
+        loader.name = str(where)
         return loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -71,7 +72,8 @@ def read_yaml(text: str, where: str | Path = "<text>") -> Any:
     except RecursionError:
         raise ConfigError(f"{where} is nested too deeply to be a config file.") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _f(default: Any, help: str, **extra: Any) -> Any:

@@ -290,7 +290,7 @@ class Scan:
         keys = list(dict.fromkeys(k for v in values if isinstance(v, dict) for k in v))
         for target, column in mapping.items():
             if column not in keys:
-                shown = ", ".join(map(str, keys[:12])) or "none"
+                shown = ", ".join(map(formats.shown_key, keys[:12])) or "none"
                 raise DataError(
                     f"{src.name} has no column or field '{column}' (for {target}); "
                     f"it has: {shown}.",
