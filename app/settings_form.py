@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -29,7 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.config import RunConfig, field_help
+from engine.config import ConfigError, RunConfig, field_help, read_yaml
 
 
 def resources_dir() -> Path:
@@ -49,8 +48,10 @@ def load_presets(path: Path | None = None) -> list[Preset]:
     """The presets of resources/presets.yaml (an unreadable file gives none, not a crash)."""
     path = path or resources_dir() / "presets.yaml"
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+        data = read_yaml(path.read_text(encoding="utf-8"), path) or {}
+    except (OSError, UnicodeDecodeError, ConfigError):
+        return []
+    if not isinstance(data, dict):
         return []
     out = []
     for item in data.get("presets", []) or []:

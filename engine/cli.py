@@ -111,10 +111,13 @@ def tidy_workspace() -> None:
 
 def _user_message(exc: Exception) -> str:
     # Engine error types carry sentences meant for users; anything else gets its type named.
-    from engine.errors import LatheError
+    from engine.errors import LatheError, disk_full, is_disk_full
 
     if isinstance(exc, (UserError, LatheError)):
         return str(exc)
+    if is_disk_full(exc):
+        what = f"write {exc.filename}" if getattr(exc, "filename", None) else "write its files"
+        return str(disk_full(what))
     if isinstance(exc, FileNotFoundError):
         return f"File not found: {exc.filename or exc}. Check the path."
     if isinstance(exc, PermissionError):

@@ -9,6 +9,7 @@ PyYAML reads `1e-5` as a string.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,12 +21,59 @@ import yaml
 from engine.errors import LatheError
 
 SCHEMA_VERSION = 1
+MAX_TOKENS = 1 << 20  # the most tokens a sequence, a packed row or a LoRA rank may name
+MAX_SEED = 2**32 - 1  # the seeds numpy and MLX accept
+# The learning rate schedules of mlx.optimizers that a config can name, with how many
+# arguments each takes (mlx-lm's build_schedule passes `arguments` to them as they are).
+LR_SCHEDULES = {
+    "cosine_decay": (2, 3),
+    "exponential_decay": (2, 2),
+    "linear_schedule": (3, 3),
+    "step_decay": (3, 3),
+}
 
 
 class ConfigError(LatheError, ValueError):
     """A config value that cannot be used; the message names the field and what to do."""
 
     kind = "config"
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses aliases (`*name`), so a small file cannot expand to gigabytes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                f"{self.name} uses a YAML alias (*{event.anchor}) at line "
+                f"{event.start_mark.line + 1}; Lathe does not expand aliases.",
+                "Write the value out in full instead of referring to an anchor.",
+            )
+        return super().compose_node(parent, index)
+
+
+def read_yaml(text: str, where: str | Path = "<text>") -> Any:
+    """Parse YAML a user wrote (configs, run config.yaml, presets, hosts, settings) safely.
+
+    The one loader for every YAML Lathe reads: plain data only (no Python tags), no aliases. Raises
+    ConfigError naming `where` (and the line) for invalid YAML or an alias.
+    """
+    loader = None
+    try:
+        loader = _NoAliasLoader(text)  # checks the characters first
+        loader.name = str(where)
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where} is not valid YAML{line}: {problem}.") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply to be a config file.") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def _f(default: Any, help: str, **extra: Any) -> Any:
@@ -56,17 +104,25 @@ class DataConfig:
         "Train only on the answers (assistant turns / completions), not on the prompts.",
     )
     max_seq_length: int = _f(
-        2048, "Longest example in tokens; longer examples are truncated (the report says how many)."
+        2048,
+        "Longest example in tokens; longer examples are truncated (the report says how many).",
+        at_least=2,
+        at_most=MAX_TOKENS,
     )
     valid_fraction: float = _f(
         0.1,
         "Share of the training examples held out for validation when the data has no valid split.",
+        at_least=0,
+        below=1,
+        example="0.1",
     )
     val_batches: int = _f(
-        25, "Validation batches per evaluation, always the same examples; -1 uses the whole set."
+        25,
+        "Validation batches per evaluation, always the same examples; -1 uses the whole set.",
+        at_least=-1,
     )
     test_batches: int = _f(
-        500, "Test batches for the final test evaluation; -1 uses the whole set."
+        500, "Test batches for the final test evaluation; -1 uses the whole set.", at_least=-1
     )
     packing: str = _f(
         "auto",
@@ -76,7 +132,12 @@ class DataConfig:
         "batch_size examples per step.",
         choices=("auto", "budget", "pack", "on", "off"),
     )
-    pack_length: int = _f(0, "Tokens per packed row (packing: pack); 0 uses the longest example.")
+    pack_length: int = _f(
+        0,
+        "Tokens per packed row (packing: pack); 0 uses the longest example.",
+        at_least=0,
+        at_most=MAX_TOKENS,
+    )
     allow_template_drops: bool = _f(
         False,
         "Start even when the chat template leaves out the tool calls that are every training "
@@ -107,10 +168,17 @@ class LoraConfig:
         "trained layers). A quantized base model makes lora/dora QLoRA.",
         choices=("lora", "dora", "full"),
     )
-    num_layers: int = _f(16, "How many of the last transformer layers to train; -1 trains all.")
-    rank: int = _f(8, "LoRA rank: adapter size. Higher learns more and uses more memory.")
+    num_layers: int = _f(
+        16, "How many of the last transformer layers to train; -1 trains all.", at_least=-1
+    )
+    rank: int = _f(
+        8,
+        "LoRA rank: adapter size. Higher learns more and uses more memory.",
+        at_least=1,
+        at_most=MAX_TOKENS,
+    )
     scale: float = _f(20.0, "LoRA scale: how strongly the adapter changes the layer's output.")
-    dropout: float = _f(0.0, "Dropout on the adapter input during training.")
+    dropout: float = _f(0.0, "Dropout on the adapter input during training.", at_least=0, below=1)
     keys: list[str] | None = _f(
         None, "Module names to adapt (e.g. self_attn.q_proj); empty adapts every linear layer."
     )
@@ -118,10 +186,17 @@ class LoraConfig:
 
 @dataclass
 class TrainingConfig:
-    iters: int | None = _f(None, "Optimizer steps to train for; when empty, `epochs` decides.")
-    epochs: float = _f(2.0, "Passes over the training data (used when `iters` is empty).")
-    batch_size: int = _f(4, "Examples per step.")
-    learning_rate: float = _f(1e-4, "Peak learning rate.")
+    iters: int | None = _f(
+        None,
+        "Optimizer steps to train for; when empty, `epochs` decides.",
+        at_least=1,
+        at_most=1_000_000_000,
+    )
+    epochs: float = _f(
+        2.0, "Passes over the training data (used when `iters` is empty).", above=0, at_most=100_000
+    )
+    batch_size: int = _f(4, "Examples per step.", at_least=1, at_most=65_536)
+    learning_rate: float = _f(1e-4, "Peak learning rate.", above=0, example="1e-4")
     optimizer: str = _f("adam", "Optimizer.", choices=("adam", "adamw", "sgd", "adafactor", "muon"))
     optimizer_config: dict = _f({}, "Extra optimizer arguments, e.g. {weight_decay: 0.01}.")
     lr_schedule: dict | None = _f(
@@ -135,15 +210,23 @@ class TrainingConfig:
         "Turn gradient checkpointing on by itself when the memory estimate says the run would be tight "
         "or would not fit without it (same results, steps about a third slower).",
     )
-    grad_accumulation_steps: int = _f(1, "Batches whose gradients are summed per optimizer update.")
-    steps_per_report: int = _f(10, "Steps between progress reports.")
-    steps_per_eval: int = _f(200, "Steps between validation evaluations.")
-    save_every: int = _f(100, "Steps between checkpoints.")
-    seed: int = _f(0, "Random seed for data order, the validation subset and dropout.")
+    grad_accumulation_steps: int = _f(
+        1, "Batches whose gradients are summed per optimizer update.", at_least=1, at_most=1024
+    )
+    steps_per_report: int = _f(10, "Steps between progress reports.", at_least=1)
+    steps_per_eval: int = _f(200, "Steps between validation evaluations.", at_least=1)
+    save_every: int = _f(100, "Steps between checkpoints.", at_least=1)
+    seed: int = _f(
+        0,
+        "Random seed for data order, the validation subset and dropout.",
+        at_least=0,
+        at_most=MAX_SEED,
+    )
     clear_cache_threshold: int = _f(
         0,
         "Free MLX's buffer cache after a step when it holds more than this many bytes (0: Lathe "
         "decides: after every step on a CPU, where that is faster; capped at one step's working set on a GPU).",
+        at_least=0,
     )
     test: bool = _f(False, "Evaluate on the test split after training.")
     resume_adapter_file: str | None = _f(
@@ -158,10 +241,11 @@ class TrainingConfig:
         None,
         "A file of golden prompts, one per line (.txt) or one JSON object with a prompt per line (.jsonl).",
     )
-    golden_max_tokens: int = _f(64, "Longest golden answer in tokens.")
+    golden_max_tokens: int = _f(64, "Longest golden answer in tokens.", at_least=1, at_most=65_536)
     early_stopping_patience: int = _f(
         0,
         "Stop when the validation loss has not improved for this many evaluations; 0 never stops early.",
+        at_least=0,
     )
     report_utilisation: bool = _f(
         True,
@@ -170,6 +254,8 @@ class TrainingConfig:
     pad_multiple: int = _f(
         8,
         "Batches are padded to a multiple of this many tokens (fewer distinct shapes to compile).",
+        at_least=1,
+        at_most=4096,
     )
     nan_retry: bool = _f(
         False,
@@ -256,15 +342,7 @@ class RunConfig:
             raise ConfigError(f"Config file {path} does not exist.") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"Config file {path} cannot be read: {exc}.") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            where = getattr(exc, "problem_mark", None)
-            line = f" at line {where.line + 1}" if where is not None else ""
-            raise ConfigError(
-                f"{path} is not valid YAML{line}: {getattr(exc, 'problem', exc)}."
-            ) from None
-        return cls.from_dict(data, warnings)
+        return cls.from_dict(read_yaml(text, path) or {}, warnings)
 
     def to_mlx_lm_dict(self) -> dict:
         """The same settings as the flat dict `mlx_lm.lora -c` reads."""
@@ -306,54 +384,124 @@ class RunConfig:
         return out
 
     def validate(self) -> None:
-        """Check values that no type can express; raise ConfigError naming the field."""
-        t, d, lo = self.training, self.data, self.lora
-        checks = [
-            (t.batch_size >= 1, "training.batch_size must be at least 1."),
-            (
-                t.iters is None or t.iters >= 1,
-                "training.iters must be at least 1 (or empty to use epochs).",
-            ),
-            (t.epochs > 0, "training.epochs must be more than 0."),
-            (t.learning_rate > 0, "training.learning_rate must be more than 0, e.g. 1e-4."),
-            (
-                t.grad_accumulation_steps >= 1,
-                "training.grad_accumulation_steps must be at least 1.",
-            ),
-            (t.steps_per_report >= 1, "training.steps_per_report must be at least 1."),
-            (t.steps_per_eval >= 1, "training.steps_per_eval must be at least 1."),
-            (t.save_every >= 1, "training.save_every must be at least 1."),
-            (t.pad_multiple >= 1, "training.pad_multiple must be at least 1."),
-            (
-                t.early_stopping_patience >= 0,
-                "training.early_stopping_patience must be 0 (off) or more.",
-            ),
-            (t.golden_max_tokens >= 1, "training.golden_max_tokens must be at least 1."),
-            (d.max_seq_length >= 2, "data.max_seq_length must be at least 2 tokens."),
-            (
-                d.packing in ("auto", "budget", "pack", "on", "off"),
-                "data.packing must be auto, budget, pack or off.",
-            ),
-            (d.pack_length >= 0, "data.pack_length must be 0 (automatic) or a number of tokens."),
-            (0 <= d.valid_fraction < 1, "data.valid_fraction must be between 0 and 1, e.g. 0.1."),
-            (lo.rank >= 1, "lora.rank must be at least 1."),
-            (0 <= lo.dropout < 1, "lora.dropout must be between 0 and 1."),
-            (
-                lo.fine_tune_type in ("lora", "dora", "full"),
-                "lora.fine_tune_type must be lora, dora or full.",
-            ),
-            (
-                t.optimizer in ("adam", "adamw", "sgd", "adafactor", "muon"),
-                "training.optimizer must be one of adam, adamw, sgd, adafactor, muon.",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        """Check every value against its field's range or choices; raise ConfigError naming the field."""
+        for section, cls in SECTIONS.items():
+            part = getattr(self, section)
+            for f in dataclasses.fields(cls):
+                value = getattr(part, f.name)
+                if value is not None:
+                    check_value(f"{section}.{f.name}", value, **bounds(f.metadata))
+        t, lo = self.training, self.lora
+        if lo.num_layers == 0:
+            raise ConfigError(
+                "lora.num_layers must be -1 (every layer) or at least 1, not 0.",
+                "Set how many of the last layers to train, e.g. 16.",
+            )
+        if t.lr_schedule:
+            _check_schedule(t.lr_schedule)
         if not self.model.path:
             raise ConfigError("No model given: set model.path (or pass --model).")
         if not self.data.path:
             raise ConfigError("No dataset given: set data.path (or pass --data).")
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranges and choices (from the fields' metadata)
+
+_BOUND_KEYS = ("at_least", "above", "at_most", "below", "choices", "example")
+
+
+def bounds(metadata: Any) -> dict:
+    """The range and choices a field's metadata gives (for `check_value`)."""
+    return {k: metadata[k] for k in _BOUND_KEYS if k in metadata}
+
+
+def field_bounds(section: str, name: str) -> dict:
+    """The range and choices of `section.name`, e.g. for a CLI option that sets the same value."""
+    for f in dataclasses.fields(SECTIONS[section]):
+        if f.name == name:
+            return bounds(f.metadata)
+    raise KeyError(f"{section}.{name}")
+
+
+def describe_range(
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
+    below: float | None = None,
+) -> str:
+    """The allowed range in words: "between 1 and 1024", "at least 0", "more than 0"."""
+    low = (
+        f"at least {at_least:,}"
+        if at_least is not None
+        else f"more than {above:,}"
+        if above is not None
+        else ""
+    )
+    high = (
+        f"at most {at_most:,}"
+        if at_most is not None
+        else f"less than {below:,}"
+        if below is not None
+        else ""
+    )
+    if at_least is not None and at_most is not None:
+        return f"between {at_least:,} and {at_most:,}"
+    return " and ".join(p for p in (low, high) if p) or "a finite number"
+
+
+def check_value(where: str, value: Any, **limits: Any) -> None:
+    """Raise ConfigError when `value` is outside `limits` (at_least, above, at_most, below, choices)."""
+    choices = limits.get("choices")
+    if choices is not None:
+        if value not in choices:
+            raise ConfigError(
+                f"{where} must be one of {', '.join(map(str, choices))}, not {value!r}."
+            )
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    ranges = {k: limits[k] for k in ("at_least", "above", "at_most", "below") if k in limits}
+    ok = math.isfinite(value) and (
+        ("at_least" not in ranges or value >= ranges["at_least"])
+        and ("above" not in ranges or value > ranges["above"])
+        and ("at_most" not in ranges or value <= ranges["at_most"])
+        and ("below" not in ranges or value < ranges["below"])
+    )
+    if not ok:
+        shown = f"{value:,}" if isinstance(value, int) else repr(value)
+        example = f"For example {limits['example']}." if "example" in limits else ""
+        raise ConfigError(f"{where} must be {describe_range(**ranges)}, not {shown}.", example)
+
+
+def _check_schedule(schedule: dict) -> None:
+    names = ", ".join(LR_SCHEDULES)
+    name = schedule.get("name")
+    if name not in LR_SCHEDULES:
+        raise ConfigError(
+            f"training.lr_schedule.name {name!r} is not a schedule Lathe knows; use one of {names}.",
+            "For example {name: cosine_decay, arguments: [1e-4, 1000], warmup: 100}.",
+        )
+    arguments = schedule.get("arguments")
+    low, high = LR_SCHEDULES[name]
+    if (
+        not isinstance(arguments, list)
+        or not low <= len(arguments) <= high
+        or not all(
+            isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a)
+            for a in arguments
+        )
+    ):
+        count = str(low) if low == high else f"{low} or {high}"
+        raise ConfigError(
+            f"training.lr_schedule.arguments for {name} must be a list of {count} numbers "
+            f"(the initial rate first), not {arguments!r}."
+        )
+    for key in ("warmup", "warmup_init"):
+        value = schedule.get(key, 0)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"training.lr_schedule.{key} must be a number, not {value!r}.")
+        check_value(f"training.lr_schedule.{key}", value, at_least=0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,8 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from engine.config import ConfigError, read_yaml
 from engine.errors import LatheError
 
 
@@ -98,14 +97,16 @@ def read_hosts(path: str | Path) -> list[Host]:
     """hosts.yaml: a list of hostnames, or of {ssh: NAME, ips: [ADDR, ...]} entries."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml(path.read_text(encoding="utf-8"), path)
     except FileNotFoundError:
         raise DistributedError(
             f"Host list {path} does not exist.", "Create it with one Mac per line."
         ) from None
-    except yaml.YAMLError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DistributedError(f"Host list {path} cannot be read: {exc}.") from None
+    except ConfigError as exc:
         raise DistributedError(
-            f"{path} is not valid YAML: {exc}.", "Fix the file and try again."
+            str(exc.args[0]), exc.hint or "Fix the file and try again."
         ) from None
     if isinstance(data, dict):
         data = data.get("hosts")

@@ -34,3 +34,23 @@ class Cancelled(LatheError):
 
 class TrainingError(LatheError):
     kind = "training"
+
+
+class DiskFullError(LatheError):
+    """The disk (or the user's quota) ran out while Lathe was writing."""
+
+    kind = "disk_full"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(doing: str) -> DiskFullError:
+    """The error for a full disk while Lathe was `doing` something ("import the dataset")."""
+    return DiskFullError(
+        f"The disk is full, so Lathe could not {doing}.",
+        "Free some disk space (old runs, exports or datasets you no longer need), then try again.",
+    )

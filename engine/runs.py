@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import checkpoint as ckpt
 from engine.config import RunConfig
-from engine.errors import LatheError
+from engine.errors import LatheError, disk_full, is_disk_full
 from engine.events import read_log
 from engine.workspace import (
     FileLock,
@@ -199,9 +200,15 @@ def create_run(config: RunConfig, run_id: str | None = None) -> Path:
     path = runs_dir() / safe_name(run_id)
     if path.exists():
         raise RunError(f"Run {run_id} already exists.", "Choose another name.")
-    ensure_dir(path)
-    write_text_atomic(path / "config.yaml", config.to_yaml())
-    write_status(path, "created")
+    try:
+        ensure_dir(path)
+        write_text_atomic(path / "config.yaml", config.to_yaml())
+        write_status(path, "created")
+    except OSError as exc:
+        shutil.rmtree(path, ignore_errors=True)  # no empty run folder left behind
+        if is_disk_full(exc):
+            raise disk_full("create the run folder") from None
+        raise
     return path
 
 
@@ -230,7 +237,9 @@ def find_run(ref: str | Path) -> Path:
     if (candidate / "config.yaml").exists():
         return candidate
     raise RunError(
-        f"No run called '{ref}' was found.", "List runs with `python -m engine train --list`."
+        f"No run called '{ref}' was found.",
+        f"Runs are the folders in {runs_dir()} (the app's Runs page lists them); pass a folder "
+        "name or path.",
     )
 
 

@@ -55,9 +55,76 @@ def apply_method(model, config: RunConfig) -> int:
     else:
         params = {"rank": lo.rank, "scale": lo.scale, "dropout": lo.dropout}
         if lo.keys:
+            _check_lora_keys(model, lo.keys, num_layers)
             params["keys"] = list(lo.keys)
         linear_to_lora_layers(model, num_layers, params, use_dora=lo.fine_tune_type == "dora")
     return num_layers
+
+
+def _check_lora_keys(model, keys: list[str], num_layers: int) -> None:
+    """Refuse `lora.keys` naming modules the trained layers lack (mlx-lm would adapt nothing)."""
+    from engine.config import ConfigError
+
+    def adaptable(module) -> bool:
+        return hasattr(module, "to_lora") or "Linear" in type(module).__name__
+
+    in_layers = {
+        name
+        for layer in model.layers[-num_layers:]
+        for name, module in layer.named_modules()
+        if name and adaptable(module)
+    }
+    anywhere = {name for name, module in model.named_modules() if name and adaptable(module)}
+    unknown = [k for k in keys if k not in in_layers | anywhere]
+    if unknown:
+        names = sorted(in_layers)
+        raise ConfigError(
+            f"lora.keys {', '.join(unknown)} {'matches' if len(unknown) == 1 else 'match'} no layer "
+            "of this model, so nothing would be trained.",
+            f"Use names such as {', '.join(names[:12])}, or leave lora.keys empty to adapt every "
+            "linear layer.",
+        )
+
+
+# Optimizer state saved per checkpoint, in copies of the trained parameters (Adam's two moments;
+# SGD's and Muon's momentum; Adafactor's factored moments are far smaller, counted as one).
+OPTIMIZER_STATE_COPIES = {"adam": 2, "adamw": 2, "sgd": 1, "muon": 1, "adafactor": 1}
+
+
+def check_disk_space(
+    config: RunConfig, run_dir: Path, adapter_bytes: int, steps: int, done: int, log
+) -> None:
+    """Refuse a run whose checkpoints would not fit on the disk (with the numbers), before step 1.
+
+    Every checkpoint is kept: adapter + optimizer state, one every `save_every` steps and one at the
+    end, plus the run's current adapter. `training.ignore_fit_check` (`--force`) makes it a warning.
+    """
+    t = config.training
+    per_checkpoint = adapter_bytes * (1 + OPTIMIZER_STATE_COPIES.get(t.optimizer, 2))
+    saves = steps // t.save_every - done // t.save_every + (1 if steps % t.save_every else 0)
+    needed = per_checkpoint * max(saves, 0) + adapter_bytes
+    free = shutil.disk_usage(run_dir).free
+    if needed <= free:
+        return
+    message = (
+        f"This run would write {saves} checkpoints of {_size(per_checkpoint)} each "
+        f"({_size(needed)} with the adapter; one every {t.save_every} steps of {steps}), but the disk "
+        f"has {_size(free)} free, so it was not started."
+    )
+    if t.ignore_fit_check:
+        log("warning", message.replace("so it was not started", "and it was started anyway"))
+        return
+    from engine.errors import DiskFullError
+
+    raise DiskFullError(
+        message,
+        "Save less often (a larger training.save_every), use a smaller lora.rank, or free disk "
+        "space; `train --force` starts it anyway (it stops cleanly when the disk is full).",
+    )
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024**3:.1f} GB" if n >= 1024**3 / 10 else f"{n / 1024**2:.1f} MB"
 
 
 def build_optimizer(config: RunConfig):
@@ -420,6 +487,8 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
     )
     n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     n_total = sum(v.size for _, v in tree_flatten(model.parameters()))
+    adapter_bytes = sum(v.nbytes for _, v in tree_flatten(model.trainable_parameters()))
+    check_disk_space(config, run_dir, adapter_bytes, steps, state.step if state else 0, log)
     method = config.lora.fine_tune_type
     if prep.quantized and method != "full":
         method = "q" + method

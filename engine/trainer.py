@@ -570,7 +570,17 @@ def train(
         grad = None
         step_loss = 0.0
         n_trained = 0
+        at_step_start = (plan, state.epoch, state.position, state.seen_examples)
+        processed_at_start = state.processed_tokens
         for micro in range(accum):
+            if micro and stop_requested():
+                # A stop between micro-batches (grad_accumulation_steps can be large): drop the
+                # partial gradient and rewind the data to the step's start, so the checkpoint is
+                # the state after `state.step` updates and a resumed run redoes this step exactly.
+                plan, state.epoch, state.position, state.seen_examples = at_step_start
+                state.processed_tokens = processed_at_start
+                save_checkpoint(state)
+                return LoopResult("stopped", state, last_loss, last_val, "Stopped on request.")
             batch = next_batch()
             window_real += batch.real_tokens
             state.processed_tokens += batch.real_tokens

@@ -147,8 +147,16 @@ def write_json_atomic(path: Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a value shared twice in full, never as an alias, because Lathe's loader refuses them."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def write_yaml_atomic(path: Path, obj: Any) -> Path:
-    return write_text_atomic(path, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True))
+    text = yaml.dump(obj, Dumper=_PlainDumper, sort_keys=False, allow_unicode=True)
+    return write_text_atomic(path, text)
 
 
 def temp_path_for(path: Path) -> Path:
@@ -300,6 +308,25 @@ def tidy() -> list[Path]:
     return removed
 
 
+def make_private(path: Path) -> None:
+    """Give a file Lathe wrote (or a folder it created, with everything in it) the workspace's modes:
+    0600 files and 0700 folders, also where the user chose a place outside the workspace."""
+    path = Path(path)
+    if path.is_symlink() or not path.exists():
+        return
+    if path.is_file():
+        os.chmod(path, FILE_MODE)
+        return
+    os.chmod(path, DIR_MODE)
+    for folder, dirs, files in os.walk(path):
+        for name in dirs:
+            if not os.path.islink(os.path.join(folder, name)):
+                os.chmod(os.path.join(folder, name), DIR_MODE)
+        for name in files:
+            if not os.path.islink(os.path.join(folder, name)):
+                os.chmod(os.path.join(folder, name), FILE_MODE)
+
+
 def read_json(path: Path, default: Any = None) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -308,9 +335,11 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 
 def load_settings() -> dict:
+    from engine.config import ConfigError, read_yaml
+
     try:
-        data = yaml.safe_load(settings_path().read_text(encoding="utf-8"))
-    except (FileNotFoundError, yaml.YAMLError):
+        data = read_yaml(settings_path().read_text(encoding="utf-8"), settings_path())
+    except (OSError, UnicodeDecodeError, ConfigError):
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -21,6 +21,7 @@ from engine.chat.adapters import (
     adapter_config,
     resolve_adapter,
 )
+from engine.config import MAX_SEED
 from engine.errors import Cancelled, ModelError
 from engine.templates import DEFAULT_CHAT_TEMPLATE, resolve
 
@@ -56,6 +57,10 @@ class ChatSettings:
             (self.top_k >= 0, "Top-k must be 0 (off) or more."),
             (self.repetition_penalty > 0, "Repetition penalty must be more than 0 (1 is off)."),
             (self.max_tokens >= 1, "Max tokens must be at least 1."),
+            (
+                self.seed is None or 0 <= self.seed <= MAX_SEED,
+                f"Seed must be between 0 and {MAX_SEED:,}, not {self.seed}.",
+            ),
         ]
         for ok, message in checks:
             if not ok:

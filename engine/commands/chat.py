@@ -153,7 +153,7 @@ def _interactive(session, out) -> int:
     while True:
         if tty:
             print("> ", end="", flush=True, file=sys.stderr)
-        line = sys.stdin.readline()
+        line = _read_line()
         if not line:
             return 0
         text = line.rstrip("\n")
@@ -163,6 +163,24 @@ def _interactive(session, out) -> int:
             out.info(_command(session, text))
             continue
         _turn(session, text, out)
+
+
+def _read_line() -> str:
+    """One line of input. Bytes that are not UTF-8 (a line pasted from a Latin-1 file) become
+    U+FFFD with a note, instead of ending the session."""
+    raw_in = getattr(sys.stdin, "buffer", None)
+    if raw_in is None:
+        return sys.stdin.readline()
+    raw = raw_in.readline()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        print(
+            "[That line is not valid UTF-8; the bytes that are not were replaced with \ufffd.]",
+            file=sys.stderr,
+            flush=True,
+        )
+        return raw.decode("utf-8", "replace")
 
 
 def _command(session, text: str) -> str:

@@ -162,6 +162,15 @@ def auto_mapping(columns: list[str]) -> tuple[dict[str, str], str] | None:
     return None
 
 
+def shown_key(key: object) -> str:
+    """A field name from the data as a message shows it: as it is when it is plain, else quoted
+    and escaped (a name with a line break or control characters would break the message)."""
+    text = str(key)
+    if text.isprintable() and text.strip() == text and 0 < len(text) <= 40:
+        return text
+    return json.dumps(text[:40])
+
+
 def detect(rows: list, mapping: dict[str, str]) -> tuple[str, str]:
     """(format, why) from the first rows of a file (after `mapping` renamed their keys)."""
     dicts = [apply_mapping(r, mapping) for r in rows if isinstance(r, dict)]
@@ -175,7 +184,7 @@ def detect(rows: list, mapping: dict[str, str]) -> tuple[str, str]:
     if not votes:
         keys = sorted({k for d in dicts[:20] for k in d})[:12]
         raise DataError(
-            f"the format cannot be told from the fields ({', '.join(map(str, keys)) or 'none'}).",
+            f"the format cannot be told from the fields ({', '.join(map(shown_key, keys)) or 'none'}).",
             "Name the fields with --map (e.g. --map prompt=question,completion=answer) or pick "
             f"the format with --format ({', '.join(FORMATS)}).",
         )

@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from engine import workspace
+from engine.config import ConfigError, check_value, field_bounds
 from engine.data import sources
 from engine.data.pipeline import SPLIT_CODES, Example, Options, Scan, plan_splits
 from engine.data.problems import DataError, ProblemLog
 from engine.data.report import Report, TokenReport, TokenStats, format_label, histogram
+from engine.errors import disk_full, is_disk_full
 
 META = "dataset.json"
 BIG_SOURCE_BYTES = (
@@ -39,6 +41,16 @@ class TokenSettings:
     mask_prompt: bool = True
     chat_template: str | None = None
     workers: int | None = None  # processes that encode; default: one per core (up to 8)
+
+    def __post_init__(self):
+        # The same ranges as the training settings these stand for (engine.config).
+        for name, section in (("max_seq_length", "data"), ("batch_size", "training")):
+            try:
+                check_value(
+                    name.replace("_", " "), getattr(self, name), **field_bounds(section, name)
+                )
+            except ConfigError as exc:
+                raise DataError(str(exc.args[0]), exc.hint) from None
 
 
 def inspect_dataset(
@@ -84,34 +96,39 @@ def import_dataset(
     ds_id = workspace.new_id(name or _stem(source))
     # Built in the workspace's tmp/ (locked while in use; a killed import's leftovers are tidied
     # at the next start), then renamed into datasets/ complete.
-    with workspace.scratch("import") as scratch:
-        tmp = workspace.ensure_dir(scratch / ds_id)
-        pool_path = tmp / ".pool.jsonl"
-        with open(pool_path, "w", encoding="utf-8") as pool:
+    try:
+        with workspace.scratch("import") as scratch:
+            tmp = workspace.ensure_dir(scratch / ds_id)
+            pool_path = tmp / ".pool.jsonl"
+            with open(pool_path, "w", encoding="utf-8") as pool:
 
-            def sink(ex: Example) -> None:
-                pool.write(json.dumps(ex.record, ensure_ascii=False, default=str) + "\n")
+                def sink(ex: Example) -> None:
+                    pool.write(json.dumps(ex.record, ensure_ascii=False, default=str) + "\n")
 
-            report, final = _run(source, options, tokens, sink, counter, sha=sha)
-        _distribute(pool_path, final, tmp)
-        pool_path.unlink()
-        report.dataset_id = ds_id
-        report.dataset_path = str(root / ds_id)
-        meta = {
-            "id": ds_id,
-            "name": name or _stem(source),
-            "created": time.time(),
-            "original": {
-                "name": source.name,
-                "path": str(source.resolve()),
-                "size_bytes": report.size_bytes,
-                "sha256": sha,
-            },
-            "signature": signature,
-            "report": report.to_dict(),
-        }
-        workspace.write_json_atomic(tmp / META, meta)
-        os.replace(tmp, root / ds_id)
+                report, final = _run(source, options, tokens, sink, counter, sha=sha)
+            _distribute(pool_path, final, tmp)
+            pool_path.unlink()
+            report.dataset_id = ds_id
+            report.dataset_path = str(root / ds_id)
+            meta = {
+                "id": ds_id,
+                "name": name or _stem(source),
+                "created": time.time(),
+                "original": {
+                    "name": source.name,
+                    "path": str(source.resolve()),
+                    "size_bytes": report.size_bytes,
+                    "sha256": sha,
+                },
+                "signature": signature,
+                "report": report.to_dict(),
+            }
+            workspace.write_json_atomic(tmp / META, meta)
+            os.replace(tmp, root / ds_id)
+    except BaseException as exc:
+        if is_disk_full(exc):
+            raise disk_full(f"import {sources.shown(source.name)}") from None
+        raise
     return report
 
 
@@ -240,8 +257,8 @@ def _report(
     mappings = [f.mapping for f in scan.files if f.mapping]
     counts = {s: int((final == c).sum()) for s, c in SPLIT_CODES.items()}
     return Report(
-        source=str(source),
-        name=source.name,
+        source=sources.shown(str(source)),
+        name=sources.shown(source.name),
         size_bytes=sources.size_of(source),
         sha256=sha or sources.sha256_of(source),
         container=scan.container,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.config import MAX_SEED
 from engine.data import formats, readers, sources
 from engine.data.problems import DataError, Problem, ProblemLog, RecordProblem
 
@@ -56,6 +57,8 @@ class Options:
                     f"{name.replace('_', ' ')} must be between 0 and 1, not {v}.",
                     "Use, for example, 0.1 for 10%.",
                 )
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise DataError(f"The seed must be between 0 and {MAX_SEED:,}, not {self.seed}.")
         if self.valid_fraction + self.test_fraction >= 1:
             raise DataError(
                 "The valid and test fractions leave nothing to train on.",
@@ -235,6 +238,7 @@ class Scan:
                     mapped = formats.apply_mapping(value, mapping)
                     try:
                         record, remarks = formats.normalise(normalise, mapped)
+                        key = _digest(record)
                     except RecordProblem as exc:
                         problem = exc
                     else:
@@ -242,6 +246,7 @@ class Scan:
                         self.unknown_keys.update(formats.unknown_keys(info.format, mapped))
                         if fill:
                             record = formats.fill_placeholders(record, fill)
+                            key = _digest(record)
                         words = formats.find_placeholders(record)
                         if words:
                             self.placeholders.update(words)
@@ -250,7 +255,6 @@ class Scan:
                 info.skipped += 1
                 log.add(Problem(problem.code, where, problem.message, problem.hint, problem.field))
                 continue
-            key = _digest(record)
             first = seen.get(key)
             if first is not None:
                 repeat = self._repeat_problem(where, split, first)
@@ -366,7 +370,7 @@ class Scan:
         keys = list(dict.fromkeys(k for v in values if isinstance(v, dict) for k in v))
         for target, column in mapping.items():
             if column not in keys:
-                shown = ", ".join(map(str, keys[:12])) or "none"
+                shown = ", ".join(map(formats.shown_key, keys[:12])) or "none"
                 raise DataError(
                     f"{src.name} has no column or field '{column}' (for {target}); "
                     f"it has: {shown}.",
@@ -423,10 +427,20 @@ def _check_forced_format(name: str, fmt: str, mapping: dict, values: list, keys:
 
 
 def _digest(record: dict) -> int:
+    """A 64-bit hash of the record; a record with text that is not Unicode is a RecordProblem."""
     text = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
-    return int.from_bytes(
-        hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"
-    )
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # JSON can escape half of a UTF-16 pair ("\ud800"): it decodes to no character, and
+        # writing it (import, tokenizer, export) fails, so the record is skipped here.
+        raise RecordProblem(
+            "bad_text",
+            f"holds an escape that is no character (\\u{ord(text[exc.start]):04x}, half of a "
+            "UTF-16 surrogate pair)",
+            "Fix the \\u escape or remove this example.",
+        ) from None
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 def plan_splits(

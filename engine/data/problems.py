@@ -48,6 +48,7 @@ LABELS = {
     "duplicate": "duplicate",
     "overlap": "also in train",
     "encoding": "not UTF-8",
+    "bad_text": "not Unicode text",
     "unsupported": "unsupported content",
 }
 

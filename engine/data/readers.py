@@ -22,6 +22,7 @@ from engine.data.sources import SPLIT_NAMES, TextFile, head_text, is_parquet
 TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
 MAX_JSON_OBJECT_FILE = 256 * 1024**2  # a top-level JSON object is parsed whole; refuse beyond this
 MAX_ELEMENT_CHARS = 64 * 1024**2  # one JSON array element larger than this is not an example
+HEAD_BYTES = 65536  # what format sniffing reads of a file
 
 
 @dataclass
@@ -47,9 +48,13 @@ def sniff_container(path: Path) -> tuple[str, str]:
         return "csv", "a .csv file"
     if suffix == ".tsv":
         return "tsv", "a .tsv file"
-    head = head_text(path)
+    head = head_text(path, HEAD_BYTES)
     stripped = head.lstrip()
     first_line = stripped.split("\n", 1)[0].strip()
+    if "\r" in first_line and cr_only_line_ends(path):
+        first_line = first_line.split("\r", 1)[0].strip()  # read() explains these line ends
+    elif "\n" not in stripped and first_line.startswith("{") and _longer_than_head(path):
+        first_line = _whole_first_line(path)  # one JSON line longer than the head
     if suffix in TEXT_SUFFIXES:
         if first_line.startswith("{") and _is_json_object(first_line):
             return "jsonl", f"a {suffix} file whose lines are JSON objects"
@@ -72,6 +77,36 @@ def _is_json_object(line: str) -> bool:
         return isinstance(json.loads(line), dict)
     except ValueError:
         return False
+    except RecursionError:
+        # Nested too deeply to parse, yet a line of its own: the reader skips it with a reason.
+        return line.startswith("{") and line.endswith("}")
+
+
+def _longer_than_head(path: Path) -> bool:
+    try:
+        return path.stat().st_size > HEAD_BYTES
+    except OSError:
+        return False
+
+
+def _whole_first_line(path: Path) -> str:
+    """The first non-blank line of a text file, however long (up to MAX_ELEMENT_CHARS)."""
+    parts: list[str] = []
+    size = 0
+    for _, piece, ends in TextFile(path).pieces(1 << 20):
+        if parts or piece.strip():
+            parts.append(piece)
+            size += len(piece)
+        if (ends and parts) or size > MAX_ELEMENT_CHARS:
+            break
+    return "".join(parts).strip()
+
+
+def cr_only_line_ends(path: Path) -> bool:
+    """True for a file whose lines end in CR alone (classic Mac OS): no LF in its head, but a CR
+    between lines. JSON strings cannot hold a raw CR, so in JSON lines it can only end a line."""
+    head = head_text(path, HEAD_BYTES).strip()
+    return "\r" in head and "\n" not in head
 
 
 def read(
@@ -82,6 +117,13 @@ def read(
         return _parquet_rows(path), None
     text = TextFile(path)
     if container == "jsonl":
+        if cr_only_line_ends(path):
+            raise DataError(
+                f"{path.name} ends its lines with a carriage return (CR) only, as classic Mac OS "
+                "did, so its JSON lines cannot be told apart.",
+                "Save it with LF line endings (in TextEdit or BBEdit: Unix line endings), then import "
+                "it again.",
+            )
         return _jsonl_rows(text), text
     if container == "json":
         return _json_rows(text, path), text
@@ -338,65 +380,98 @@ def _csv_rows(text: TextFile, path: Path, delimiter: str | None) -> Iterator[Row
 
 
 def _text_rows(text: TextFile, chunk_chars: int) -> Iterator[Row]:
-    """Paragraphs (blank-line separated) packed into chunks of up to `chunk_chars` characters."""
-    parts: list[str] = []
-    size = 0
-    start = None
-    paragraph: list[str] = []
-    par_start = None
+    """Paragraphs (blank-line separated) packed into chunks of up to `chunk_chars` characters.
 
-    def flush_chunk():
-        nonlocal parts, size, start
-        chunk = "\n\n".join(parts).strip()
-        parts, size, start_line = [], 0, start
-        start = None
-        return (start_line, chunk) if chunk else None
-
-    def add_paragraph(lines: list[str], first: int):
-        nonlocal size, start
-        out = []
-        para = "\n".join(lines)
-        for piece in _split_long(para, chunk_chars):
-            if parts and size + len(piece) + 2 > chunk_chars:
-                done = flush_chunk()
-                if done:
-                    out.append(done)
-            if start is None:
-                start = first
-            parts.append(piece)
-            size += len(piece) + 2
-        return out
-
-    for n, line in text.lines():
-        if line.strip():
-            if par_start is None:
-                par_start = n
-            paragraph.append(line)
-            continue
-        if paragraph:
-            for start_line, chunk in add_paragraph(paragraph, par_start):
-                yield Row("line", start_line, {"text": chunk})
-            paragraph, par_start = [], None
-    if paragraph:
-        for start_line, chunk in add_paragraph(paragraph, par_start):
-            yield Row("line", start_line, {"text": chunk})
-    done = flush_chunk()
-    if done:
-        yield Row("line", done[0], {"text": done[1]})
+    Streamed: the file comes in pieces of at most a few chunks' size (even a 50 MB line without a
+    break), and a paragraph is cut as it arrives, so memory and time stay linear in the file.
+    """
+    chunker = _Chunker(chunk_chars)
+    spaces = ""  # a line's leading whitespace, held until the line turns out not to be blank
+    blank = True  # the current line has had only whitespace so far
+    for n, piece, ends in text.pieces(max(chunk_chars, 4096)):
+        if blank:
+            if piece.strip():
+                blank = False
+                chunker.add_line_start(n)
+                piece = spaces[:chunk_chars] + piece
+                spaces = ""
+            else:
+                spaces += piece[: chunk_chars + 1 - len(spaces)]  # a blank run is capped
+        if not blank:
+            for line, chunk in chunker.add(piece):
+                yield Row("line", line, {"text": chunk})
+        if ends:
+            if blank:
+                for line, chunk in chunker.end_paragraph():
+                    yield Row("line", line, {"text": chunk})
+            blank, spaces = True, ""
+    for line, chunk in chunker.finish():
+        yield Row("line", line, {"text": chunk})
 
 
-def _split_long(text: str, limit: int) -> Iterator[str]:
-    """Pieces of at most `limit` characters, cut at line breaks, then spaces, then anywhere."""
-    while len(text) > limit:
-        cut = text.rfind("\n", 0, limit)
-        if cut <= 0:
-            cut = text.rfind(" ", 0, limit)
-        if cut <= 0:
-            cut = limit
-        yield text[:cut]
-        text = text[cut:].lstrip()
-    if text:
-        yield text
+class _Chunker:
+    """Cuts each paragraph into pieces of at most `limit` characters (at line breaks, then spaces,
+    then anywhere) and packs the pieces into chunks, holding at most about two chunks of text."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.parts: list[str] = []  # pieces of the chunk being filled
+        self.size = 0
+        self.start: int | None = None  # the chunk's first line
+        self.pending = ""  # the paragraph's text not yet cut into pieces
+        self.par_start: int | None = None
+        self.strip = False  # a cut happened: the next text's leading whitespace is dropped
+
+    def add_line_start(self, n: int) -> None:
+        if self.par_start is None:
+            self.par_start = n
+        elif not self.strip:
+            self.pending += "\n"
+
+    def add(self, text: str) -> Iterator[tuple[int, str]]:
+        if self.strip:
+            text = text.lstrip()
+            if not text:
+                return
+            self.strip = False
+        self.pending += text
+        while len(self.pending) > self.limit:
+            buf, limit = self.pending, self.limit
+            cut = buf.rfind("\n", 0, limit)
+            if cut <= 0:
+                cut = buf.rfind(" ", 0, limit)
+            if cut <= 0:
+                cut = limit
+            self.pending = buf[cut:].lstrip()
+            self.strip = not self.pending
+            yield from self._pack(buf[:cut])
+
+    def end_paragraph(self) -> Iterator[tuple[int, str]]:
+        if self.pending:
+            yield from self._pack(self.pending)
+        self.pending, self.par_start, self.strip = "", None, False
+
+    def finish(self) -> Iterator[tuple[int, str]]:
+        yield from self.end_paragraph()
+        done = self._flush()
+        if done:
+            yield done
+
+    def _pack(self, piece: str) -> Iterator[tuple[int, str]]:
+        if self.parts and self.size + len(piece) + 2 > self.limit:
+            done = self._flush()
+            if done:
+                yield done
+        if self.start is None:
+            self.start = self.par_start
+        self.parts.append(piece)
+        self.size += len(piece) + 2
+
+    def _flush(self) -> tuple[int, str] | None:
+        chunk = "\n\n".join(self.parts).strip()
+        start = self.start
+        self.parts, self.size, self.start = [], 0, None
+        return (start, chunk) if chunk else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import os
 import re
 import zipfile
 from collections.abc import Iterator
@@ -109,21 +110,22 @@ def discover(
     ignored; a folder with no split names is all training data (a folder of notes, say).
     """
     notes = notes if notes is not None else []
+    display_root = shown(display_root) if display_root else None
     if root.is_file():
-        return [SourceFile(root, display_root or root.name, "train")]
+        return [SourceFile(root, display_root or shown(root.name), "train")]
     outside: list[str] = []
     files = [p for p in files_in(root, outside) if not _hidden(p.relative_to(root))]
     if outside:
-        shown = ", ".join(outside[:5]) + (" ..." if len(outside) > 5 else "")
+        listed = ", ".join(shown(o) for o in outside[:5]) + (" ..." if len(outside) > 5 else "")
         notes.append(
-            f"Skipped links that point outside {display_root or root.name}: {shown}. Only files "
-            "inside the folder you chose are read."
+            f"Skipped links that point outside {display_root or shown(root.name)}: {listed}. Only "
+            "files inside the folder you chose are read."
         )
     data = [p for p in files if p.suffix.lower() in DATA_SUFFIXES]
     if not data:
-        names = ", ".join(p.name for p in files[:5]) or "nothing"
+        names = ", ".join(shown(p.name) for p in files[:5]) or "nothing"
         raise DataError(
-            f"{display_root or root.name} has no data files (found {names}).",
+            f"{display_root or shown(root.name)} has no data files (found {names}).",
             "Use .jsonl, .json, .csv, .tsv, .txt, .md or .parquet files.",
         )
     named = []
@@ -134,13 +136,14 @@ def discover(
         if split:
             named.append(SourceFile(p, _display(display_root, rel), split))
     if named:
-        ignored = [str(p.relative_to(root)) for p in data if p not in {s.path for s in named}]
+        used = {s.path for s in named}
+        ignored = [shown(p.relative_to(root).as_posix()) for p in data if p not in used]
         if ignored:
-            shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
-            notes.append(f"Ignored files not named train/valid/test: {shown}.")
+            listed = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
+            notes.append(f"Ignored files not named train/valid/test: {listed}.")
         if not any(s.split == "train" for s in named):
             raise DataError(
-                f"{display_root or root.name} has {', '.join(s.name for s in named)} "
+                f"{display_root or shown(root.name)} has {', '.join(s.name for s in named)} "
                 "but no training file.",
                 "Add a train file (train.jsonl, for example) to the folder.",
             )
@@ -167,7 +170,21 @@ def files_in(root: Path, outside: list[str] | None = None) -> list[Path]:
 
 
 def _display(root_name: str | None, rel: Path) -> str:
-    return f"{root_name}/{rel.as_posix()}" if root_name else rel.as_posix()
+    return shown(f"{root_name}/{rel.as_posix()}" if root_name else rel.as_posix())
+
+
+def shown(name: str) -> str:
+    """A file name as messages show it: bytes that are not UTF-8 (a name from another system) as
+    \\x escapes, so the name can be printed and saved (it cannot be encoded as it is)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace") if _undecodable(name) else name
+
+
+def _undecodable(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _hidden(rel: Path) -> bool:
@@ -209,13 +226,14 @@ def unpacked(path: Path) -> Iterator[Path]:
 
 
 def sha256_of(path: Path) -> str:
-    """SHA-256 of a file, or of a folder's relative names and contents in a stable order."""
+    """SHA-256 of a file, or of a folder's data files (the ones `discover` reads: names and
+    contents, in a stable order). Files the import ignores are never read."""
     h = hashlib.sha256()
     if path.is_file():
         _hash_file(h, path)
         return h.hexdigest()
-    for p in files_in(path):
-        h.update(p.relative_to(path).as_posix().encode() + b"\0")
+    for p in sorted(s.path for s in discover(path)):
+        h.update(os.fsencode(p.relative_to(path).as_posix()) + b"\0")
         _hash_file(h, p)
     return h.hexdigest()
 
@@ -270,6 +288,43 @@ class TextFile:
             for n, raw in enumerate(fh, 1):
                 yield n, self._decode(n, raw.rstrip(b"\r\n"))
 
+    def pieces(self, size: int) -> Iterator[tuple[int, str, bool]]:
+        """(line number, text, whether the line ends here): the lines of `lines()`, but a line
+        longer than about `size` characters comes in several pieces, so no line is held whole.
+
+        A line that turns out not to be valid UTF-8 is read as Latin-1 from the bad piece on (the
+        whole line when it is one piece, as in `lines()`)."""
+        if self.encoding == "utf-16":
+            # Text mode reads CR, LF and CRLF as line ends here, as `lines()` does.
+            with open(self.path, encoding="utf-16", errors="replace", newline="") as fh:
+                n = 1
+                while piece := fh.readline(size):
+                    ends = piece.endswith(("\n", "\r"))
+                    yield n, piece.rstrip("\r\n") if ends else piece, ends
+                    n += ends
+            return
+        with open(self.path, "rb") as fh:
+            if self.encoding == "utf-8-sig":
+                fh.read(3)
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            latin1 = False
+            for n, raw, ends in _split_pieces(iter(lambda: fh.readline(size), b"")):
+                if latin1:
+                    text = raw.decode("latin-1")
+                else:
+                    pending = decoder.getstate()[0]
+                    try:
+                        text = decoder.decode(raw, final=ends)
+                    except UnicodeDecodeError:
+                        latin1 = True
+                        self.latin1_lines += 1
+                        self.first_latin1_line = self.first_latin1_line or n
+                        text = (pending + raw).decode("latin-1")
+                yield n, text, ends
+                if ends:
+                    decoder.reset()
+                    latin1 = False
+
     def _decode(self, n: int, raw: bytes) -> str:
         try:
             return raw.decode("utf-8")
@@ -322,6 +377,30 @@ class TextFile:
                 "letters, or save the file as UTF-8."
             )
         return None
+
+
+def _split_pieces(reads: Iterator[bytes]) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, piece, ends the line) from `readline(size)` results, without the line ends
+    (LF, CRLF, and any CRs before them, as `lines()` strips them)."""
+    n, crs, open_line = 1, 0, False
+    for piece in reads:
+        ends = piece.endswith(b"\n")
+        body = piece[:-1] if ends else piece
+        kept = body.rstrip(b"\r")
+        if kept:
+            while crs:  # CRs held back from the last read sit inside the line after all
+                k = min(crs, 1 << 16)
+                yield n, b"\r" * k, False
+                crs -= k
+            yield n, kept, ends
+        # CRs at the end of a read may end the line (CRLF split between reads): hold them back.
+        crs = 0 if ends else crs + len(body) - len(kept)
+        if ends and not kept:
+            yield n, b"", True
+        open_line = not ends
+        n += ends
+    if open_line:  # the last line has no line end
+        yield n, b"", True
 
 
 def head_text(path: Path, size: int = 65536) -> str:

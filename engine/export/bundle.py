@@ -19,6 +19,7 @@ from pathlib import Path
 
 from engine.config import RunConfig
 from engine.errors import LatheError
+from engine.export.job import private_output
 from engine.workspace import ensure_dir, write_text_atomic
 
 MODEL_FILES = re.compile(
@@ -61,6 +62,7 @@ def hub_repo_of(model_path: str) -> str | None:
     return f"{match.group(1)}/{match.group(2)}" if match else None
 
 
+@private_output
 def make_bundle(
     ref: str | Path, out: str | Path, *, copy_model: bool | None = None
 ) -> BundleResult:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.export import destination
-from engine.export.job import ExportError, ProgressFn, Reporter
+from engine.export.job import ExportError, ProgressFn, Reporter, private_output
 from engine.export.source import AdapterSource, resolve_adapter, resolve_base_model
 
 # Tokenizer and generation files a model folder carries besides its weights and config.
@@ -193,6 +193,7 @@ def copy_tokenizer(base_path: Path, out: Path, run_template: str | None) -> str:
     return "base" if own else "none"
 
 
+@private_output
 def fuse(
     spec: str | Path | AdapterSource,
     out: str | Path | None = None,

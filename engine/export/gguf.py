@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.export import destination
-from engine.export.job import ExportError, ProgressFn, Reporter
+from engine.export.job import ExportError, ProgressFn, Reporter, private_output
 from engine.export.source import AdapterSource, resolve_adapter, resolve_base_model
 from engine.models.info import is_model_folder
 
@@ -107,6 +107,7 @@ def default_out_path(source: AdapterSource | Path, dtype: str) -> Path:
     return Path(source).parent / f"{Path(source).name}-{dtype}.gguf"
 
 
+@private_output
 def export_gguf(
     spec: str | Path | AdapterSource,
     out: str | Path | None = None,

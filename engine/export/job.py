@@ -28,6 +28,25 @@ class ExportCancelled(Cancelled, ExportError):
         super().__init__(message, hint)
 
 
+def private_output(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Make what an export wrote readable by the user only (README: files 0600, folders 0700),
+    wherever `--out` put it: the result's `path` (and an Ollama folder's GGUF and Modelfile)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from engine.workspace import make_private
+
+        result = fn(*args, **kwargs)
+        for name in ("path", "gguf", "modelfile"):
+            where = getattr(result, name, None)
+            if where is not None:
+                make_private(where)
+        return result
+
+    return wrapper
+
+
 @dataclass
 class Progress:
     """One progress report: `stage` (short id), `message` (for people), `fraction` 0..1 or None."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.export import destination
-from engine.export.job import ExportError, ProgressFn, Reporter
+from engine.export.job import ExportError, ProgressFn, Reporter, private_output
 from engine.export.source import AdapterSource, resolve_adapter
 from engine.models.info import is_model_folder
 from engine.templates import DEFAULT_CHAT_TEMPLATE
@@ -199,6 +199,7 @@ class OllamaResult:
         }
 
 
+@private_output
 def export_ollama(
     spec: str | Path | AdapterSource,
     out: str | Path | None = None,

@@ -289,6 +289,15 @@ def get(name: str) -> LibraryEntry:
     raise ModelError(f"There is no model called '{name}' in the library.", "See `models list`.")
 
 
+def file_not_folder(path: Path) -> ModelError:
+    """The error for a model path that names a file (a .safetensors, a .gguf, config.json)."""
+    return ModelError(
+        f"{path} is a file, not a model folder.",
+        f"Give the folder that holds config.json and the .safetensors weights (perhaps "
+        f"{path.parent}).",
+    )
+
+
 def resolve(ref: str | Path) -> Path:
     """A model folder from a path, a library name or a cached Hugging Face repo id."""
     path = Path(str(ref)).expanduser()
@@ -299,6 +308,8 @@ def resolve(ref: str | Path) -> Path:
             f"{path.name} is a GGUF file; Lathe trains MLX folders.",
             f"Import it first: `lathe-engine models import {path}` (or drop it on the window).",
         )
+    if path.is_file():
+        raise file_not_folder(path)
     for entry in list_models():
         if entry.name == str(ref) or entry.repo_id == str(ref):
             if not entry.available:

@@ -19,6 +19,10 @@ def resolve_model(path: str) -> Path:
     from engine.models import resolve, validate_model_dir
 
     local = Path(path).expanduser()
+    if local.is_file():
+        from engine.models.library import file_not_folder
+
+        raise file_not_folder(local)
     looks_local = local.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1
     if looks_local and not local.exists():
         raise ModelError(

@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from engine.config import RunConfig
+from engine.config import RunConfig, read_yaml
 from engine.models.info import ModelInfo
 from engine.workspace import resources_dir
 
@@ -83,7 +81,7 @@ def info_from_arch(repo_id: str, arch: dict, bits: int = 4, group_size: int = 64
 
 def recommended_models(path: Path = RESOURCE) -> list[Recommended]:
     """The curated models, smallest first."""
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    data = read_yaml(Path(path).read_text(encoding="utf-8"), path) or {}
     out = []
     for item in data.get("models", []):
         out.append(

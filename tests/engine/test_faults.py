@@ -106,6 +106,9 @@ def test_disk_full_while_writing_a_checkpoint_stops_cleanly(tiny_chat_model, tmp
     monkeypatch.setattr(mx, "save_safetensors", full_disk_save)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=4096))
     cfg = config_for(tiny_chat_model, tmp_path)
+    # Started anyway (`--force`): the disk-space check before step 1 would refuse this run, and
+    # this test is about a disk that fills while the run is going.
+    cfg.training.ignore_fit_check = True
     status, run_dir, rec = run_logged(cfg)
 
     assert status == "failed"
