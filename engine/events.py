@@ -218,6 +218,8 @@ class ConsolePrinter:
                 f"Run {e['run_id']}: {cfg.get('method', '')} on {cfg.get('model', '')}, "
                 f"{e['total_steps']} steps"
             )
+            if cfg.get("batch_note"):
+                self._print(f"  {cfg['batch_note']}")
             self._print(f"  folder: {e.get('run_dir', '')}")
         elif kind == "progress":
             frac = e["step"] / max(1, e["total"])

@@ -92,7 +92,7 @@ def find_run(ref: str | Path) -> Path:
     if (candidate / "config.yaml").exists():
         return candidate
     raise RunError(
-        f"No run called '{ref}' was found.", "List runs with `python -m engine train --list`."
+        f"No run called '{ref}' was found.", "List runs with `python -m engine runs list`."
     )
 
 

@@ -106,8 +106,16 @@ def test_the_fit_banner_follows_the_settings(window, qtbot, tiny_chat_model, dat
     small.data.max_seq_length = 64
     big = tiny_config(tiny_chat_model, dataset, batch_size=64)
     big.data.max_seq_length = 1024
-    p_small = estimate(tiny_chat_model, small, budget_bytes=1 << 40).training_peak_bytes
-    p_big = estimate(tiny_chat_model, big, budget_bytes=1 << 40).training_peak_bytes
+    from app.services import data_lengths
+
+    # The banner estimates the largest batch the chosen data forms (issue 22 item 1), so do we.
+    def peak(cfg):
+        lengths = data_lengths(tiny_chat_model, cfg)
+        assert lengths  # the dataset's real lengths, not the longest possible batch
+        return estimate(tiny_chat_model, cfg, budget_bytes=1 << 40, lengths=lengths)
+
+    p_small = peak(small).training_peak_bytes
+    p_big = peak(big).training_peak_bytes
     budget = int(p_big / 1.2)
     assert p_small < 0.5 * budget
     page.fit_budget_bytes = budget
