@@ -345,3 +345,81 @@ def test_smollm2_mixed_quantization_and_real_parameter_count(smollm2_path):
     assert "8-bit (group size 32) for model.embed_tokens" in label
     model, _ = load_model(smollm2_path, lazy=True)
     assert parameter_count(model) == 134_515_008
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 22 item 3: --write-mlx-lm-config writes the same job
+
+
+def _text_dataset(folder: Path, n_train: int = 24, n_valid: int = 4) -> Path:
+    animals = "girl boy cat dog bird fish frog bear duck fox owl bee cow pig hen ant".split()
+    folder.mkdir(parents=True)
+    rows = [
+        {"text": f"Once upon a time a little {animals[i % 16]} found {i} shiny stones in the park."}
+        for i in range(n_train + n_valid)
+    ]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:n_train]))
+    (folder / "valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[n_train:]))
+    return folder
+
+
+def test_written_mlx_lm_config_describes_the_same_job(stories_path, tmp_path, capsys):
+    """issue 22 item 3: epochs become the iterations the real batch plan gives, and an imported
+    dataset's id becomes its folder (mlx_lm.lora cannot resolve ids)."""
+    import yaml
+
+    from engine.data import import_dataset
+
+    data = _text_dataset(tmp_path / "stories-data")
+    report = import_dataset(data, name="stories-text")
+    out = tmp_path / "job.yaml"
+    code, _ = _cli(
+        capsys,
+        *("train", "--model", str(stories_path), "--data", report.dataset_id),
+        *("--epochs", "2", "--batch-size", "4", "--write-mlx-lm-config", str(out)),
+    )
+    assert code == 0
+    job = yaml.safe_load(out.read_text())
+    assert job["iters"] == 12  # 24 examples / 4 per step x 2 epochs (not mlx_lm's default 1000)
+    assert job["data"] == report.dataset_path and (Path(job["data"]) / "train.jsonl").is_file()
+    assert job["num_layers"] == -1  # stories260K has 5 layers; mlx_lm.lora refuses 16
+    assert job["mask_prompt"] is False  # plain text: nothing to mask, and mlx_lm.lora refuses it
+
+
+@pytest.mark.slow
+def test_lathe_and_mlx_lm_train_the_same_number_of_steps(stories_path, tmp_path, capsys):
+    """issue 22 item 3: the written file, run by `python -m mlx_lm lora -c FILE`, trains as many
+    steps as Lathe does with the same settings."""
+    import re
+
+    from engine.train import run
+
+    data = _text_dataset(tmp_path / "data", n_train=20)
+    cfg = RunConfig()
+    cfg.model.path, cfg.data.path = str(stories_path), str(data)
+    cfg.training.epochs, cfg.training.batch_size = 2, 4
+    cfg.training.report_utilisation = False
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(cfg.to_yaml())
+    job = tmp_path / "job.yaml"
+    code, _ = _cli(capsys, "train", "-c", str(config_file), "--write-mlx-lm-config", str(job))
+    assert code == 0
+
+    got: list[dict] = []
+    assert run(cfg, tmp_path / "run", got.append) == "completed"
+    lathe_steps = next(e for e in got if e["event"] == "finished")["summary"]["steps"]
+    assert lathe_steps == 10
+
+    done = subprocess.run(
+        [sys.executable, "-m", "mlx_lm", "lora", "-c", str(job)]
+        + ["--adapter-path", str(tmp_path / "mlx-adapters")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)
+    progress = re.findall(r"(\d+)/(\d+)", text)
+    assert progress and progress[-1] == (str(lathe_steps), str(lathe_steps)), text[-1500:]
+    assert (tmp_path / "mlx-adapters" / "adapters.safetensors").is_file()
