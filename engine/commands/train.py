@@ -204,7 +204,9 @@ def mlx_lm_job(config: RunConfig) -> tuple[dict, list[str]]:
     model_config = read_config(model_dir)
     layers = int(model_config.get("num_hidden_layers") or model_config.get("n_layer") or 0)
     if layers and job["num_layers"] > layers:
-        job["num_layers"] = -1  # Lathe trains every layer then; mlx_lm.lora refuses more than there are
+        job[
+            "num_layers"
+        ] = -1  # Lathe trains every layer then; mlx_lm.lora refuses more than there are
     job["model"] = str(model_dir)
     job["data"] = str(folder) if folder is not None else d.path
     job["iters"] = steps * accum
