@@ -89,7 +89,13 @@ class ExportDialog(QDialog):
         self.progress.setValue(100)
         d = result.to_dict() if hasattr(result, "to_dict") else {}
         where = d.get("path") or d.get("out") or d.get("out_dir") or d.get("gguf_path") or ""
-        self.status.setText(f"Done. {where}".strip())
+        text = f"Done. {where}".strip()
+        if d.get("choice"):  # which fuse of a quantized base was written, and why
+            text += "\n" + d["choice"]
+        rt = d.get("round_trip") or {}
+        if rt and not rt.get("all_agree"):
+            text += "\nThe fused model does not answer exactly like base + adapter."
+        self.status.setText(text)
         self._finish()
 
     def _on_task_failed(self, message: str, hint: str) -> None:
