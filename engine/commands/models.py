@@ -282,16 +282,22 @@ def _dataset_path(ref: str) -> str:
 
 def _measure(cfg, report, path) -> dict:
     """Real steps of what the run will do: its data's largest batch when the data is known, else
-    the longest possible batch, which is only measured when the estimate says it fits."""
+    the longest possible batch. Only when the estimate says it fits: measuring a run that does not
+    fit would push the machine into swap."""
+    if report.verdict == "will not fit":
+        which = "the data's largest batch" if cfg.data.path else "the longest possible batch"
+        return {
+            "skipped": f"{which} would not fit in memory ({report.summary()})"
+            + (
+                ""
+                if cfg.data.path
+                else "; give --data to measure the largest batch your data forms"
+            )
+        }
     if cfg.data.path:
         from engine.models.measure import measure_run
 
         return measure_run(cfg).to_dict()
-    if report.verdict == "will not fit":
-        return {
-            "skipped": "the longest possible batch would not fit in memory; give --data to "
-            "measure the largest batch your data forms"
-        }
     from engine.models.measure import measure_training
 
     cfg = _with_automatic(cfg, report)

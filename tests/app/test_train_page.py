@@ -172,3 +172,19 @@ def test_a_bad_setting_is_shown_not_raised(window, tiny_chat_model):
     assert not page.start()
     assert "Cannot start" in page.result_text.text() and "Learning rate" in page.result_text.text()
     assert not window.controller.active
+
+
+def test_the_batch_size_says_what_it_means_in_the_run(window):
+    """issue 22 item 4: the run's `started` event says what the batch size means (examples per
+    step, steps) and the Train page shows it under the setting."""
+    page = window.train
+    note = page.settings.batch_note
+    assert note.isHidden()
+    text = (
+        "Batch size 4 with budget batching: up to 512 tokens per step, about 5.6 examples per "
+        "step, so 102 steps instead of 144 (set data.packing to off for exactly 4 examples per step)."
+    )
+    page._on_controller_started(
+        {"event": "started", "run_id": "r", "total_steps": 102, "config": {"batch_note": text}}
+    )
+    assert not note.isHidden() and note.text() == f"This run: {text}"
