@@ -308,10 +308,12 @@ def preflight(
     automatic = getattr(report, "automatic", None)
     if automatic and log:
         notes = [n for n in report.notes if "turned on automatically" in n]
+        why = notes[0].split(": ", 1)[-1].rstrip(".") if notes else ""
         log(
             "info",
-            (notes[0] if notes else "Gradient checkpointing is turned on automatically.")
-            + f" Same results, slower steps. Memory: {report.needs_text()}. Turn off "
+            "Memory: gradient checkpointing is on for this run (same results, slower steps)"
+            + (f": {why}" if why else "")
+            + f"; {report.batch_text() or report.needs_text()}. Turn off "
             "training.auto_grad_checkpoint to decide yourself.",
         )
     if report.verdict != "will not fit":
