@@ -166,13 +166,23 @@ def mlx_lm_job(config: RunConfig) -> tuple[dict, list[str]]:
     from engine.data import dataset_dir, load_splits
     from engine.data.pipeline import record_kind
     from engine.data.tokens import train_lengths
+    from engine.errors import LatheError
     from engine.models.info import read_config
     from engine.train import eval_interval, resolve_model, total_steps
 
     config.validate()
     t, d = config.training, config.data
     notes: list[str] = []
-    model_dir = resolve_model(config.model.path)
+    try:
+        model_dir = resolve_model(config.model.path)
+    except LatheError:
+        if not t.iters:
+            raise  # the steps follow from the data encoded with this model's tokenizer
+        model_dir = None
+        notes.append(
+            f"{config.model.path} is not on this Mac; it is written as given (mlx_lm.lora "
+            "downloads a Hub id)."
+        )
     given = Path(d.path).expanduser()
     folder = given.resolve() if (given / "train.jsonl").is_file() else dataset_dir(d.path)
     if folder is None:
@@ -185,35 +195,44 @@ def mlx_lm_job(config: RunConfig) -> tuple[dict, list[str]]:
             f"{folder} has no valid.jsonl: Lathe holds out {d.valid_fraction:.0%} of train for "
             "validation, mlx_lm.lora needs the file."
         )
-    lengths = train_lengths(config, model_dir)
-    model_type = read_config(model_dir).get("model_type")
-    mode, size, _ = choose_batching(lengths, t.batch_size, d.packing, model_type, d.pack_length)
-    if mode == "budget":
-        batches = len(plan_epoch_budget(lengths, size, t.seed, 0, t.pad_multiple))
-        notes.append(
-            "This run uses budget batching (several short examples per step), which mlx_lm.lora "
-            "does not have: it runs the same number of steps with batch_size examples each."
-        )
-    else:
-        batches = math.ceil(len(lengths) / t.batch_size)
-        if mode == "pack":
-            notes.append("mlx_lm.lora does not pack rows; it runs batch_size examples per step.")
-    steps = total_steps(config, len(lengths), batches)
-    accum = t.grad_accumulation_steps
     job = config.to_mlx_lm_dict()
-    model_config = read_config(model_dir)
-    layers = int(model_config.get("num_hidden_layers") or model_config.get("n_layer") or 0)
-    if layers and job["num_layers"] > layers:
-        job[
-            "num_layers"
-        ] = -1  # Lathe trains every layer then; mlx_lm.lora refuses more than there are
-    job["model"] = str(model_dir)
+    accum = t.grad_accumulation_steps
+    if t.iters:
+        steps = t.iters  # given: no need to read the data
+    else:
+        lengths = train_lengths(config, model_dir)
+        model_type = read_config(model_dir).get("model_type")
+        mode, size, _ = choose_batching(lengths, t.batch_size, d.packing, model_type, d.pack_length)
+        if mode == "budget":
+            batches = len(plan_epoch_budget(lengths, size, t.seed, 0, t.pad_multiple))
+            notes.append(
+                "This run uses budget batching (several short examples per step), which "
+                "mlx_lm.lora does not have: it runs the same number of steps with batch_size "
+                "examples each."
+            )
+        else:
+            batches = math.ceil(len(lengths) / t.batch_size)
+            if mode == "pack":
+                notes.append(
+                    "mlx_lm.lora does not pack rows; it runs batch_size examples per step."
+                )
+        steps = total_steps(config, len(lengths), batches)
+    if model_dir is not None:
+        model_config = read_config(model_dir)
+        layers = int(model_config.get("num_hidden_layers") or model_config.get("n_layer") or 0)
+        if layers and job["num_layers"] > layers:
+            # Lathe trains every layer then; mlx_lm.lora refuses more layers than there are.
+            job["num_layers"] = -1
+        job["model"] = str(model_dir)
     job["data"] = str(folder) if folder is not None else d.path
     job["iters"] = steps * accum
     job["steps_per_eval"] = eval_interval(config, steps) * accum
     job["steps_per_report"] = t.steps_per_report * accum
     job["save_every"] = t.save_every * accum
-    sample = load_splits(d.path, valid_fraction=d.valid_fraction, seed=t.seed).train[:50]
+    try:
+        sample = load_splits(d.path, valid_fraction=d.valid_fraction, seed=t.seed).train[:50]
+    except LatheError:
+        sample = []
     if d.mask_prompt and sample and all(record_kind(r) == "text" for r in sample):
         job["mask_prompt"] = False  # plain text has no prompt to mask (mlx_lm.lora refuses it)
     return job, notes
