@@ -28,8 +28,12 @@ checked against `mx.get_peak_memory()` of real steps on 28 tiny Llama configurat
 backend (hidden 128-512, 1-4 trained layers, batch 1-4, sequence 32-512, rank 4-64, vocabulary
 512-4096, with and without checkpointing): every estimate fell within -6%/+12% of the measured peak;
 on a real model, SmolLM2-135M-Instruct computed in float32 on the bank-support sample (largest batch
-4 x 128), the estimate was 12% below the measured peak of real training steps. The stated error
-(`ESTIMATE_ERROR`) is +-25%.
+4 x 128), the estimate (1.10 GB) was 2% above the peak of real training steps of that batch
+(`measure_run`: 1.05 GB) and 12% below random-token steps of the same shape that train every
+position (`measure_training`: 1.22 GB). The stated error (`ESTIMATE_ERROR`) is +-25%. The estimate
+describes the model as it will train: a run checks it with the loaded model's weight sizes and
+activation dtype (`memory.describe_loaded`), so a loader that computes in float32 on a CPU is
+estimated in float32; `models fit` and the Train page read the folder as stored.
 On a Mac the fused attention kernel avoids part of the attention term, so the estimate leans high
 there, which is the safe side. Mixture-of-experts models are estimated as if dense.
 
