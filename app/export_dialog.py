@@ -190,7 +190,13 @@ class ExportDialog(QDialog):
         d = result.to_dict() if hasattr(result, "to_dict") else {}
         where = d.get("path") or d.get("out") or d.get("out_dir") or d.get("gguf_path") or ""
         self.result_path = Path(str(where)) if where else None
-        self._set_status(f"Done. {where}".strip())
+        text = f"Done. {where}".strip()
+        if d.get("choice"):  # which fuse of a quantized base was written, and why
+            text += "\n" + d["choice"]
+        rt = d.get("round_trip") or {}
+        if rt and not rt.get("all_agree"):
+            text += "\nThe fused model does not answer exactly like base + adapter."
+        self._set_status(text)
         self.reveal_button.setVisible(self.result_path is not None)
         self.copy_button.setVisible(self.result_path is not None)
         self._finish()

@@ -40,7 +40,9 @@ def demo_model_path() -> Path | None:
 
 
 def fit_estimate(model_ref: str, cfg: RunConfig, budget_bytes: int | None = None):
-    """engine.models.estimate for a local folder, a library model or a recommended repo id."""
+    """engine.models.estimate for a local folder, a library model or a recommended repo id; for
+    the largest batch the chosen dataset forms when both are on this Mac (else the longest
+    possible batch, which the report says)."""
     from engine.errors import ModelError
     from engine.models import estimate, recommended_models
 
@@ -48,14 +50,54 @@ def fit_estimate(model_ref: str, cfg: RunConfig, budget_bytes: int | None = None
     if not ref:
         raise ModelError("no model chosen yet.")
     path = Path(ref).expanduser()
-    if path.is_dir():
-        return estimate(path, cfg, budget_bytes=budget_bytes)
-    for rec in recommended_models():
-        if rec.repo_id == ref:
-            return estimate(rec.info, cfg, budget_bytes=budget_bytes)
-    from engine.models import resolve
+    if not path.is_dir():
+        for rec in recommended_models():
+            if rec.repo_id == ref:
+                return estimate(rec.info, cfg, budget_bytes=budget_bytes)
+        from engine.models import resolve
 
-    return estimate(resolve(ref), cfg, budget_bytes=budget_bytes)
+        path = resolve(ref)
+    return estimate(path, cfg, budget_bytes=budget_bytes, lengths=data_lengths(path, cfg))
+
+
+_LENGTHS: dict = {}
+
+
+def data_lengths(model_dir: Path, cfg: RunConfig) -> list[int] | None:
+    """The training examples' token lengths for the estimate (None when the data can't be read);
+    remembered per dataset, model and encoding settings, so settings changes stay cheap."""
+    from engine.data.tokens import train_lengths
+    from engine.errors import LatheError
+
+    d = cfg.data
+    if not d.path:
+        return None
+    source = Path(d.path).expanduser()
+    try:
+        stamp = (
+            tuple((f.name, f.stat().st_mtime_ns) for f in sorted(source.rglob("*"))[:50])
+            if source.is_dir()
+            else source.stat().st_mtime_ns
+        )
+    except OSError:
+        stamp = None
+    key = (
+        str(source),
+        stamp,
+        str(model_dir),
+        cfg.model.chat_template,
+        d.mask_prompt,
+        d.max_seq_length,
+        d.valid_fraction,
+        cfg.training.seed,
+    )
+    if key not in _LENGTHS:
+        try:
+            _LENGTHS.clear()  # one dataset at a time is enough
+            _LENGTHS[key] = train_lengths(cfg, model_dir)
+        except (LatheError, OSError, ValueError):
+            return None
+    return _LENGTHS[key]
 
 
 def model_choices() -> list[tuple[str, str]]:

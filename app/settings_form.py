@@ -154,11 +154,17 @@ ADVANCED_FIELDS = [
     ("data", "mask_prompt", "Train on answers only", "bool", None),
     ("data", "valid_fraction", "Validation share", "float", None),
     ("training", "steps_per_report", "Steps per report", "int", (1, 100000)),
-    ("training", "steps_per_eval", "Steps per evaluation", "int", (1, 1000000)),
+    ("training", "steps_per_eval", "Steps per evaluation", "optint", (0, 1000000)),
     ("training", "save_every", "Checkpoint every", "int", (1, 1000000)),
     ("training", "seed", "Seed", "int", (0, 2**31 - 1)),
     ("training", "nan_retry", "Retry once after NaN", "bool", None),
 ]
+
+# Spin boxes whose 0 means "empty" (None in the config), and what they show then.
+OPTIONAL_INT_TEXT = {
+    "training.iters": "from epochs",
+    "training.steps_per_eval": "from run length",
+}
 
 
 class TrainSettingsWidget(QWidget):
@@ -210,6 +216,14 @@ class TrainSettingsWidget(QWidget):
         form.addRow("", self.preset_note)
         for spec in MAIN_FIELDS:
             self._row(form, spec[2], self._make(*spec))
+            if spec[1] == "batch_size":
+                # What the batch size meant in the last run (examples per step, steps): the run
+                # says so in its `started` event (see `show_batch_note`).
+                self.batch_note = QLabel()
+                self.batch_note.setObjectName("muted")
+                self.batch_note.setWordWrap(True)
+                self.batch_note.setVisible(False)
+                form.addRow("", self.batch_note)
 
         self.advanced_toggle = QToolButton()
         self.advanced_toggle.setText("Advanced")
@@ -260,7 +274,7 @@ class TrainSettingsWidget(QWidget):
             w.setRange(*options)
             w.setMaximumWidth(140)
             if kind == "optint":
-                w.setSpecialValueText("from epochs")
+                w.setSpecialValueText(OPTIONAL_INT_TEXT.get(f"{section}.{name}", "automatic"))
             elif options[0] == -1:
                 w.setSpecialValueText("All")  # -1 means every layer (lora.num_layers)
             w.valueChanged.connect(self._on_field_changed)
@@ -334,7 +348,7 @@ class TrainSettingsWidget(QWidget):
             section, name = key.split(".")
             if isinstance(w, QSpinBox):
                 value = w.value()
-                if key == "training.iters":
+                if key in OPTIONAL_INT_TEXT:
                     value = value or None
             elif isinstance(w, QDoubleSpinBox):
                 value = float(w.value())
@@ -378,6 +392,11 @@ class TrainSettingsWidget(QWidget):
                 w.setToolTip(field_help(section, name) + (note if auto else ""))
                 if w in self.labels:
                     self.labels[w].setToolTip(w.toolTip())
+
+    def show_batch_note(self, text: str) -> None:
+        """Say under the batch size what it means in this run (from the `started` event)."""
+        self.batch_note.setText(f"This run: {text}" if text else "")
+        self.batch_note.setVisible(bool(text))
 
     def _on_field_changed(self, *_args) -> None:
         if self._filling:
@@ -608,6 +627,9 @@ class FitBannerWidget(QFrame):
             f"{icon} {report.verdict.capitalize()}: training needs about "
             f"{report.training_peak_bytes / gb:.1f} GB of {report.budget_bytes / gb:.1f} GB"
         )
+        batch = report.batch_text() if hasattr(report, "batch_text") else ""
+        if batch:
+            text += f" ({batch})"
         if report.notes:
             text += "\n" + " ".join(report.notes)
         self.label.setText(text)

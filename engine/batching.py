@@ -277,6 +277,35 @@ def choose_batching(
     )
 
 
+def largest_batch(
+    lengths: Sequence[int],
+    batch_size: int,
+    packing: str = "auto",
+    model_type: str | None = None,
+    pack_length: int = 0,
+    pad_multiple: int = 8,
+    max_seq_length: int | None = None,
+) -> tuple[int, int, str]:
+    """(rows, width, mode): the largest batch a run forms from examples of these token lengths.
+
+    Memory peaks there. With fixed batches it is the batch holding the longest example: batch_size
+    rows (a short batch is padded with empty rows) as wide as `collate` pads the longest example.
+    Budget batches hold at most batch_size x that width tokens and are never wider, so the same
+    shape bounds them. Packed rows are as wide as the pack length (or the longest example).
+    """
+    lengths = np.asarray(lengths)
+    longest = int(lengths.max()) if len(lengths) else 0
+    if max_seq_length:
+        longest = min(longest, int(max_seq_length))
+    mode, size, _ = choose_batching(lengths, batch_size, packing, model_type, pack_length)
+    if mode == "pack":
+        return batch_size, bucket_width(max(size, longest), pad_multiple), mode
+    width = bucket_width(longest, pad_multiple)
+    if max_seq_length:
+        width = max(longest, min(width, int(max_seq_length)))
+    return batch_size, width, mode
+
+
 def fixed_eval_batches(
     examples: Sequence[Encoded],
     batch_size: int,

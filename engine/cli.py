@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "engine.commands.chat",
     "engine.commands.export",
     "engine.commands.eval",
+    "engine.commands.runs",
 )
 
 

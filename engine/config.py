@@ -125,12 +125,14 @@ class DataConfig:
         500, "Test batches for the final test evaluation; -1 uses the whole set.", at_least=-1
     )
     packing: str = _f(
-        "auto",
-        "How examples share a step. auto: short examples of similar length share steps up to the "
-        "tokens of the largest ordinary batch (budget) when the data is large enough; budget: always "
-        "so; pack: several examples per row with attention kept inside each example; off: always "
-        "batch_size examples per step.",
-        choices=("auto", "budget", "pack", "on", "off"),
+        "off",
+        "How examples share a step. off: batch_size examples per step, grouped by length (the "
+        "default: the batch size means what it says). budget: short examples of similar length "
+        "share steps up to the tokens of the largest ordinary batch, so a step may hold more than "
+        "batch_size examples and an epoch has fewer steps (the run says how many). auto: budget "
+        "when the data is large and varied enough, else off. pack: several examples per row with "
+        "attention kept inside each example.",
+        choices=("off", "auto", "budget", "pack", "on"),
     )
     pack_length: int = _f(
         0,
@@ -214,7 +216,12 @@ class TrainingConfig:
         1, "Batches whose gradients are summed per optimizer update.", at_least=1, at_most=1024
     )
     steps_per_report: int = _f(10, "Steps between progress reports.", at_least=1)
-    steps_per_eval: int = _f(200, "Steps between validation evaluations.", at_least=1)
+    steps_per_eval: int | None = _f(
+        None,
+        "Steps between validation evaluations; empty: chosen from the run's length (about 15 "
+        "evaluations, at checkpoint steps where that works out).",
+        at_least=1,
+    )
     save_every: int = _f(100, "Steps between checkpoints.", at_least=1)
     seed: int = _f(
         0,
@@ -355,11 +362,13 @@ class RunConfig:
             "num_layers": lo.num_layers,
             "lora_parameters": {"rank": lo.rank, "scale": lo.scale, "dropout": lo.dropout},
             "batch_size": t.batch_size,
+            # Without iters the run's length follows from the data (`train --write-mlx-lm-config`
+            # computes it); 1000 is mlx_lm.lora's own default.
             "iters": t.iters if t.iters else 1000,
             "val_batches": d.val_batches,
             "learning_rate": t.learning_rate,
             "steps_per_report": t.steps_per_report,
-            "steps_per_eval": t.steps_per_eval,
+            "steps_per_eval": t.steps_per_eval or 200,
             "save_every": t.save_every,
             "test": t.test,
             "test_batches": d.test_batches,
@@ -518,12 +527,16 @@ def field_help(section: str, name: str) -> str:
 
 def _section_from_dict(cls: type, data: dict, section: str, warnings: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in data.items():
-        if key not in known:
+        if key not in fields:
             warnings.append(f"Unknown key '{section}.{key}' was ignored.")
             continue
+        choices = fields[key].metadata.get("choices") or ()
+        if isinstance(value, bool) and "off" in choices:
+            # YAML 1.1 reads an unquoted `off`/`on` (also no/yes) as a boolean.
+            value = "on" if value else "off"
         values[key] = _coerce(hints[key], value, f"{section}.{key}")
     return cls(**values)
 

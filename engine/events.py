@@ -219,6 +219,8 @@ class ConsolePrinter:
                 f"Run {e['run_id']}: {cfg.get('method', '')} on {cfg.get('model', '')}, "
                 f"{e['total_steps']} steps"
             )
+            if cfg.get("batch_note"):
+                self._print(f"  {cfg['batch_note']}")
             self._print(f"  folder: {e.get('run_dir', '')}")
             if cfg.get("compute_dtype") and cfg.get("compute_dtype") != cfg.get("stored_dtype"):
                 self._print(

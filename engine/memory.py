@@ -251,44 +251,89 @@ def is_allocation_error(exc: BaseException) -> bool:
     return False
 
 
+def describe_loaded(info, model):
+    """`info` (a ModelInfo) as the loaded `model` will train: its weights' bytes and activation
+    dtype as loaded, so the estimate follows whatever the loader did (a dtype chosen for the
+    backend, a dequantized copy). Reads shapes and dtypes only: lazy weights stay unevaluated."""
+    import dataclasses
+
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    params = tree_flatten(model.parameters())
+    weights = sum(int(v.nbytes) for _, v in params)
+    floats = [
+        v.dtype.size for k, v in params if "norm" in k and mx.issubdtype(v.dtype, mx.floating)
+    ]
+    quantized = any(
+        isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules()
+    )
+    return dataclasses.replace(
+        info,
+        weights_bytes=weights or info.weights_bytes,
+        activation_bytes=floats[0] if floats else info.activation_bytes,
+        quantization=info.quantization if quantized else None,
+    )
+
+
 def preflight(
     config,
     model_path: str | Path,
     log: Callable[[str, str], None] | None = None,
     estimate: Callable | None = None,
+    lengths=None,
+    model=None,
 ):
-    """Refuse a run predicted not to fit (OutOfMemory with the numbers and a suggestion).
+    """The memory decision for a run: the FitReport, or OutOfMemory when it will not fit.
 
-    Returns the FitReport (None when no estimate can be made: the loader then reports what is
-    wrong with the model). `config.training.ignore_fit_check` turns the refusal into a warning.
+    `lengths` (the training examples' token lengths) make the estimate one for the largest batch
+    the run really forms; `model` (the loaded model) makes it describe the model as it will train.
+    The config is not changed: the report's `automatic` holds what the run should turn on by
+    itself (gradient checkpointing when memory would be tight), for the caller to apply. Returns
+    None when no estimate can be made (the loader then reports what is wrong with the model).
+    `config.training.ignore_fit_check` turns the refusal into a warning.
     """
     if estimate is None:
         from engine.models import estimate
     try:
-        report = estimate(str(model_path), config)
+        target = str(model_path)
+        if model is not None:
+            from engine.models.info import inspect_model
+
+            target = describe_loaded(inspect_model(model_path), model)
+        report = estimate(target, config, lengths=lengths)
     except LatheError:
         return None
     automatic = getattr(report, "automatic", None)
-    if automatic:
-        config.apply(automatic)
     if automatic and log:
+        notes = [n for n in report.notes if "turned on automatically" in n]
+        why = notes[0].split(": ", 1)[-1].rstrip(".") if notes else ""
         log(
             "info",
-            "Memory would be tight, so gradient checkpointing is on for this run (same results, "
-            f"slower steps): {report.summary()}. Turn off training.auto_grad_checkpoint to decide yourself.",
+            "Memory: gradient checkpointing is on for this run (same results, slower steps)"
+            + (f": {why}" if why else "")
+            + f"; {report.batch_text() or report.needs_text()}. Turn off "
+            "training.auto_grad_checkpoint to decide yourself.",
         )
     if report.verdict != "will not fit":
-        if report.verdict == "tight" and log:
+        if log and report.verdict == "tight":
             log(
                 "warning",
-                f"Memory will be tight: {report.summary()}. Other apps may slow training down.",
+                f"Memory will be tight: {report.needs_text()}. Other apps may slow training down.",
             )
+        elif log and not automatic:
+            log("info", f"Memory: {report.summary()}.")
         return report
     needed, offered = report.training_peak_bytes / GB, report.budget_bytes / GB
     message = (
         f"This run needs about {needed:.1f} GB of memory but this machine offers "
         f"{offered:.1f} GB ({report.budget_source}), so it was not started."
     )
+    if report.batch_text():
+        message = message.replace(
+            "so it was not started", f"so it was not started ({report.batch_text()})"
+        )
     if getattr(config.training, "ignore_fit_check", False):
         if log:
             log(

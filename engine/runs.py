@@ -238,8 +238,8 @@ def find_run(ref: str | Path) -> Path:
         return candidate
     raise RunError(
         f"No run called '{ref}' was found.",
-        f"Runs are the folders in {runs_dir()} (the app's Runs page lists them); pass a folder "
-        "name or path.",
+        "List runs with `lathe-engine runs list` (the app's Runs page lists them too); pass a "
+        "run id or a run folder's path.",
     )
 
 

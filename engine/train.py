@@ -41,6 +41,36 @@ class Prepared:
     compute: object = None  # engine.models.precision.ComputePlan: how the base computes here
 
 
+def parameter_count(model) -> int:
+    """The model's real number of parameters: a quantized weight counts the values it packs (eight
+    4-bit values per uint32), and quantization scales and biases are not parameters."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    bits = {
+        name: int(m.bits)
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+    }
+    total = 0
+    for key, value in tree_flatten(model.parameters()):
+        module, _, leaf = key.rpartition(".")
+        if module in bits:
+            if leaf in ("scales", "biases"):
+                continue
+            if leaf == "weight":
+                total += value.size * 32 // bits[module]
+                continue
+        total += value.size
+    return int(total)
+
+
+def is_quantized(model) -> bool:
+    import mlx.nn as nn
+
+    return any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
+
+
 def apply_method(model, config: RunConfig) -> int:
     """Freeze the base and add trainable LoRA/DoRA layers (or unfreeze for full); returns layers trained."""
     from mlx_lm.tuner.utils import linear_to_lora_layers
@@ -150,15 +180,22 @@ def build_optimizer(config: RunConfig):
 
 
 def prepare(config: RunConfig, sink: events.Sink) -> Prepared:
-    """Load the model and data and encode every example; reports what it finds as log events."""
+    """Load the model and data and encode every example; reports what it finds as log events.
+
+    The memory check (`memory.preflight`) runs once the examples are encoded and before the
+    weights are read: it estimates the largest batch this data forms, for the model as loaded.
+    What it decides (gradient checkpointing when memory would be tight) is applied to `config`
+    here, which is the run's own copy.
+    """
+    import mlx.core as mx
+
     from engine.data import load_splits
     from engine.encode import Encoder
 
     config.validate()
     log = _logger(sink)
     model_dir = resolve_model(config.model.path)
-    fit = memory.preflight(config, model_dir, log)
-    model, tokenizer, compute = load_model(str(model_dir), config.lora.fine_tune_type)
+    model, tokenizer, compute = load_model(str(model_dir), config.lora.fine_tune_type, lazy=True)
     if compute.note:
         log("warning" if compute.action == "none" else "info", compute.note)
     d = config.data
@@ -210,6 +247,12 @@ def prepare(config: RunConfig, sink: events.Sink) -> Prepared:
             "Check that examples have answers (assistant turns or completions).",
         )
     check_template_drops(encoder, splits.train, config.data.allow_template_drops, log)
+    fit = memory.preflight(
+        config, model_dir, log, lengths=[len(e) for e in encoded["train"]], model=model
+    )
+    if fit is not None and fit.automatic:
+        config.apply(fit.automatic)
+    mx.eval(model.parameters())
     if encoder.template_source == "default" and any(
         encoder.kind(r) != "text" for r in splits.train[:50]
     ):
@@ -293,6 +336,81 @@ def decide_batching(config: RunConfig, model, train_set: list, log) -> tuple[str
     else:
         batches = math.ceil(len(lengths) / t.batch_size)
     return mode, size, batches
+
+
+def loop_args(
+    config: RunConfig, steps: int, batching: str, batch_tokens: int, head: str, ranks=None
+):
+    """The training loop's settings for this run (`engine.trainer.LoopArgs`)."""
+    from engine.trainer import LoopArgs
+
+    t, d = config.training, config.data
+    return LoopArgs(
+        total_steps=steps,
+        batch_size=t.batch_size,
+        grad_accumulation_steps=t.grad_accumulation_steps,
+        steps_per_report=t.steps_per_report,
+        steps_per_eval=eval_interval(config, steps),
+        save_every=t.save_every,
+        seed=t.seed,
+        pad_multiple=t.pad_multiple,
+        max_seq_length=d.max_seq_length,
+        clear_cache_threshold=memory.clear_cache_threshold(t.clear_cache_threshold),
+        early_stopping_patience=t.early_stopping_patience,
+        batching=batching,
+        batch_tokens=batch_tokens,
+        world_size=ranks.size if ranks else 1,
+        rank=ranks.rank if ranks else 0,
+        select_outputs=head != "full",
+        fused_head=head == "fused",
+        compile_min_tokens=compile_min_tokens(),
+    )
+
+
+EVAL_POINTS = 15  # validation evaluations a run gets when steps_per_eval is left to Lathe
+
+
+def eval_interval(config: RunConfig, steps: int) -> int:
+    """Steps between validation evaluations: the config's, or chosen from the run's length.
+
+    Chosen: about `EVAL_POINTS` evaluations (10 to 20) over `steps`, on checkpoint steps where that
+    works out (a divisor or multiple of save_every), so the best checkpoint can be picked by its
+    validation loss.
+    """
+    t = config.training
+    if t.steps_per_eval:
+        return int(t.steps_per_eval)
+    target = max(1.0, steps / EVAL_POINTS)
+    save = max(1, int(t.save_every))
+    if target >= save:
+        candidate = save * max(1, round(target / save))
+    else:
+        candidate = max(d for d in range(1, save + 1) if save % d == 0 and d <= target)
+    if not 10 <= steps / candidate <= 20:
+        candidate = max(1, round(target))
+    return int(candidate)
+
+
+def batch_note(
+    config: RunConfig, mode: str, size: int, n_train: int, batches: int, steps: int
+) -> str:
+    """What the batch size means in this run, with its step count (the CLI's summary, the
+    `started` event and the Train page show it beside the setting)."""
+    t = config.training
+    per_step = n_train / max(1, batches)
+    if mode == "budget":
+        fixed = total_steps(config, n_train, math.ceil(n_train / t.batch_size))
+        return (
+            f"Batch size {t.batch_size} with budget batching: up to {size} tokens per step, about "
+            f"{per_step:.1f} examples per step, so {steps} steps instead of {fixed} (set "
+            f"data.packing to off for exactly {t.batch_size} examples per step)."
+        )
+    if mode == "pack":
+        return (
+            f"Batch size {t.batch_size} packed rows of {size} tokens: about {per_step:.1f} "
+            f"examples per step, {steps} steps."
+        )
+    return f"Batch size {t.batch_size}: {t.batch_size} examples per step, {steps} steps."
 
 
 def total_steps(config: RunConfig, n_train: int, batches_per_epoch: int | None = None) -> int:
@@ -432,7 +550,7 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
 
     from engine import checkpoint as ckpt
     from engine.batching import fixed_eval_batches, padding_fraction
-    from engine.trainer import LoopArgs, evaluate, train, training_head
+    from engine.trainer import evaluate, train, training_head
 
     t, d = config.training, config.data
     mx.random.seed(t.seed)
@@ -482,11 +600,25 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
     ranks = world()
     batching, batch_tokens, batches_per_epoch = decide_batching(config, model, prep.train, log)
     steps = total_steps(config, len(prep.train), batches_per_epoch)
+    note = batch_note(config, batching, batch_tokens, len(prep.train), batches_per_epoch, steps)
+    if batching == "budget":
+        log("info", note)
+    # The output layer apart from the model (see engine.trainer.masked_loss): on trained positions
+    # only, and in chunks with its gradient computed on the way forward.
+    head = training_head(model, prep.train[0].tokens)
+    args = loop_args(config, steps, batching, batch_tokens, head, ranks)
+    if not t.steps_per_eval:
+        log(
+            "info",
+            f"Validation every {args.steps_per_eval} steps ({steps // args.steps_per_eval} "
+            f"evaluations over {steps} steps), chosen from the run's length; set "
+            "training.steps_per_eval to choose yourself.",
+        )
     val_batches = fixed_eval_batches(
         prep.valid, t.batch_size, d.val_batches, t.seed, t.pad_multiple, d.max_seq_length
     )
     n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-    n_total = sum(v.size for _, v in tree_flatten(model.parameters()))
+    n_total = parameter_count(model)
     adapter_bytes = sum(v.nbytes for _, v in tree_flatten(model.trainable_parameters()))
     check_disk_space(config, run_dir, adapter_bytes, steps, state.step if state else 0, log)
     method = config.lora.fine_tune_type
@@ -516,6 +648,10 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
                 "learning_rate": t.learning_rate,
                 "max_seq_length": d.max_seq_length,
                 "batching": batching,
+                "examples_per_step": round(len(prep.train) / max(1, batches_per_epoch), 2),
+                "batch_note": note,
+                "steps_per_eval": args.steps_per_eval,
+                "steps_per_eval_chosen": not t.steps_per_eval,
                 "grad_checkpoint": t.grad_checkpoint,
                 "packing": batching == "pack",
                 "backend": _backend(),
@@ -557,29 +693,6 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
         sink(events.make("checkpoint", step=s.step, path=str(path)))
         golden(s.step)
 
-    # The output layer apart from the model (see engine.trainer.masked_loss): on trained positions
-    # only, and in chunks with its gradient computed on the way forward.
-    head = training_head(model, prep.train[0].tokens)
-    args = LoopArgs(
-        total_steps=steps,
-        batch_size=t.batch_size,
-        grad_accumulation_steps=t.grad_accumulation_steps,
-        steps_per_report=t.steps_per_report,
-        steps_per_eval=t.steps_per_eval,
-        save_every=t.save_every,
-        seed=t.seed,
-        pad_multiple=t.pad_multiple,
-        max_seq_length=d.max_seq_length,
-        clear_cache_threshold=memory.clear_cache_threshold(t.clear_cache_threshold),
-        early_stopping_patience=t.early_stopping_patience,
-        batching=batching,
-        batch_tokens=batch_tokens,
-        world_size=ranks.size,
-        rank=ranks.rank,
-        select_outputs=head != "full",
-        fused_head=head == "fused",
-        compile_min_tokens=compile_min_tokens(),
-    )
     guard = memory.MemoryGuard(plan or memory.machine_plan())
     nan = _NanWatch(sink)
     status_now = read_json(run_dir / "status.json", {}) or {}

@@ -628,6 +628,18 @@ class ChatPage(QWidget):
         self._update_buttons()
 
     def _on_compare_toggled(self, on: bool) -> None:
+        # Compare mode answers greedily by default (engine.commands.chat.COMPARE_TEMPERATURE), so
+        # base and tuned answers are reproducible; a temperature the user chose is kept.
+        from engine.commands.chat import CHAT_TEMPERATURE, COMPARE_TEMPERATURE
+
+        value = self.temperature.value()
+        if on and abs(value - CHAT_TEMPERATURE) < 1e-9:
+            self.temperature.setValue(COMPARE_TEMPERATURE)
+            self._compare_set_temperature = True
+        elif not on and getattr(self, "_compare_set_temperature", False):
+            if abs(value - COMPARE_TEMPERATURE) < 1e-9:
+                self.temperature.setValue(CHAT_TEMPERATURE)
+            self._compare_set_temperature = False
         self.views.setCurrentIndex(1 if on else 0)
         self._cancel_edit()
         self._resync()

@@ -552,7 +552,7 @@ class DataPage(QWidget):
             text = f"Measured with {Path(t.model).name} ({src} chat template)."
             if train:
                 text = (
-                    f"Median {train.median:g}, 95% under {train.p95:g}, longest {train.max} tokens; "
+                    f"Median {train.median:.0f}, 95% under {train.p95:.0f}, longest {train.max} tokens; "
                     f"{train.trained_tokens:,} trained tokens. "
                 ) + text
                 over = sum(s.over_max for s in t.splits.values())

@@ -344,6 +344,9 @@ class TrainPage(QWidget):
             f"Run {e.get('run_id')} started: {total} steps, "
             f"{cfg.get('train_examples', '?')} training examples."
         )
+        self.settings.show_batch_note(str(cfg.get("batch_note") or ""))
+        if cfg.get("batch_note"):
+            self._append_log(str(cfg["batch_note"]))
 
     def _on_controller_progress(self, e: dict) -> None:
         # Cheap on purpose: append to the chart's buffer; labels refresh on the stats timer.

@@ -16,6 +16,12 @@ HELP = """Commands: /reset (forget the conversation), /base (adapter off), /tune
 /system TEXT (set the system prompt), /help. End with Ctrl-D."""
 
 
+CHAT_TEMPERATURE = 0.7
+# Compare mode answers greedily unless told otherwise: sampled answers change between runs, so two
+# runs' comparisons (or a base/tuned pair) would differ by chance rather than by the adapter.
+COMPARE_TEMPERATURE = 0.0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "chat",
@@ -44,7 +50,13 @@ def register(subparsers) -> None:
         action="store_true",
         help="Answer each message twice: base model, then with the adapter.",
     )
-    p.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (deterministic).")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help=f"0 is greedy (deterministic). Default {CHAT_TEMPERATURE}; with --compare 0, so the "
+        "base and tuned answers are the same each time you ask.",
+    )
     p.add_argument("--top-p", type=float, default=1.0, help="Nucleus sampling (1 is off).")
     p.add_argument(
         "--min-p", type=float, default=0.0, help="Minimum probability relative to the top token."
@@ -68,24 +80,15 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from engine.chat import (
-        ChatError,
-        ChatModel,
-        ChatSession,
-        ChatSettings,
-        CompareSession,
-        load_tools,
-    )
+def chat_settings(args: argparse.Namespace):
+    """The sampling settings the flags ask for (greedy by default in compare mode)."""
+    from engine.chat import ChatSettings
 
-    if not args.model and not args.adapter:
-        raise ChatError("No model given.", "Pass --model, or --adapter with a run.")
-    if args.compare and not args.adapter:
-        raise ChatError(
-            "--compare needs --adapter.", "Pass the run to compare with its base model."
-        )
+    temperature = args.temperature
+    if temperature is None:
+        temperature = COMPARE_TEMPERATURE if args.compare else CHAT_TEMPERATURE
     settings = ChatSettings(
-        temperature=args.temperature,
+        temperature=temperature,
         top_p=args.top_p,
         min_p=args.min_p,
         top_k=args.top_k,
@@ -95,6 +98,19 @@ def run(args: argparse.Namespace) -> int:
         stop=args.stop,
     )
     settings.validate()
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.chat import ChatError, ChatModel, ChatSession, CompareSession, load_tools
+
+    if not args.model and not args.adapter:
+        raise ChatError("No model given.", "Pass --model, or --adapter with a run.")
+    if args.compare and not args.adapter:
+        raise ChatError(
+            "--compare needs --adapter.", "Pass the run to compare with its base model."
+        )
+    settings = chat_settings(args)
     tools = load_tools(args.tools) if args.tools else None
     model = ChatModel.load(args.model, args.adapter)
     try:

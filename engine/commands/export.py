@@ -34,10 +34,22 @@ def register(subparsers) -> None:
     )
     p.add_argument("source", metavar="RUN[:STEP]", help=SOURCE_HELP)
     p.add_argument("--out", help="Output folder (default: RUN/exports/<name>-fused).")
-    p.add_argument(
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
         "--dequantize",
-        action="store_true",
-        help="Write unquantized weights (exact; larger). Default keeps the base's quantization.",
+        action="store_const",
+        const=True,
+        default=None,
+        help="Write unquantized weights (exact; larger). Default for a quantized base: keep its "
+        "quantization when the re-quantized fuse answers a few probe prompts like base + adapter, "
+        "else dequantize.",
+    )
+    which.add_argument(
+        "--keep-quantized",
+        dest="dequantize",
+        action="store_const",
+        const=False,
+        help="Keep the base's quantization even when the fuse then answers differently.",
     )
     p.add_argument(
         "--no-check", action="store_true", help="Skip the round-trip check after fusing."
@@ -201,6 +213,8 @@ def _fuse(args) -> int:
                 else "unquantized"
             )
         )
+        if result.choice:
+            print(result.choice)
         if rt:
             print(rt.summary())
     if rt and not rt.passed:

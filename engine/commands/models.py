@@ -78,14 +78,23 @@ def register(subparsers) -> None:
         "fit", help="Estimate whether training a model with a config fits in memory."
     )
     s.add_argument("path", metavar="PATH", help="Model folder or library name.")
-    s.add_argument("--config", required=True, metavar="FILE", help="Run config YAML.")
+    s.add_argument(
+        "--config", metavar="FILE", help="Run config YAML (default: Lathe's default settings)."
+    )
+    s.add_argument(
+        "--data",
+        metavar="DATASET",
+        help="Dataset (file, folder, or imported dataset's id or name; default: the config's): "
+        "the estimate is then for the largest batch this data forms, not the longest possible one.",
+    )
     s.add_argument(
         "--budget-gb", type=float, default=None, help="Memory to plan for (default: this machine)."
     )
     s.add_argument(
         "--measure",
         action="store_true",
-        help="Also run two real training steps and report the measured peak.",
+        help="Also run two real training steps of the largest batch (the data's, when given) and "
+        "report the measured peak.",
     )
     add_json_flag(s)
     s.set_defaults(handler=_fit)
@@ -250,25 +259,21 @@ def _fit(args: argparse.Namespace) -> int:
     from engine.models.library import resolve
 
     warnings: list[str] = []
-    cfg = RunConfig.load(args.config, warnings)
+    cfg = RunConfig.load(args.config, warnings) if args.config else RunConfig()
     path = resolve(args.path)
+    cfg.model.path = str(path)
+    if args.data:
+        cfg.data.path = _dataset_path(args.data)
+    lengths = None
+    if cfg.data.path:
+        from engine.data.tokens import train_lengths
+
+        lengths = train_lengths(cfg, path)
     budget = int(args.budget_gb * GB) if args.budget_gb else None
-    report = estimate(path, cfg, budget_bytes=budget)
+    report = estimate(path, cfg, budget_bytes=budget, lengths=lengths)
     out = report.to_dict()
     if args.measure:
-        from engine.models.measure import measure_training
-
-        m = measure_training(
-            path,
-            batch_size=cfg.training.batch_size,
-            seq_length=cfg.data.max_seq_length,
-            rank=cfg.lora.rank,
-            num_layers=cfg.lora.num_layers,
-            fine_tune_type=cfg.lora.fine_tune_type,
-            grad_checkpoint=cfg.training.grad_checkpoint,
-            keys=cfg.lora.keys,
-        )
-        out["measured"] = m.to_dict()
+        out["measured"] = _measure(cfg, report, path)
     out["config_warnings"] = warnings
     if args.json:
         print_json(out)
@@ -282,13 +287,69 @@ def _fit(args: argparse.Namespace) -> int:
         print(f"to make it fit: {s.description} (about {_gb(s.training_peak_bytes)})")
     elif report.verdict != "fits":
         print("no single change makes it fit; choose a smaller model.")
-    if "measured" in out:
+    measured = out.get("measured")
+    if measured and measured.get("peak_bytes"):
         print(
-            f"measured peak of two real steps: {_gb(out['measured']['peak_bytes'])} on {out['measured']['device']}"
+            f"measured peak: {_gb(measured['peak_bytes'])} ({measured['described']}, "
+            f"{measured['seconds']:.0f} s); the estimate is "
+            f"{report.training_peak_bytes / measured['peak_bytes'] - 1:+.0%} of it"
         )
+    elif measured:
+        print(f"not measured: {measured['skipped']}")
     for note in report.notes + warnings:
         print(f"note: {note}")
     return 0
+
+
+def _dataset_path(ref: str) -> str:
+    """A dataset argument as training reads it: a path, or an imported dataset's id or name."""
+    from pathlib import Path
+
+    from engine.data.importer import dataset_dir
+
+    if Path(ref).expanduser().exists():
+        return ref
+    folder = dataset_dir(ref)
+    return str(folder) if folder is not None else ref
+
+
+def _measure(cfg, report, path) -> dict:
+    """Real steps of what the run will do: its data's largest batch when the data is known, else
+    the longest possible batch. Only when the estimate says it fits: measuring a run that does not
+    fit would push the machine into swap."""
+    if report.verdict == "will not fit":
+        which = "the data's largest batch" if cfg.data.path else "the longest possible batch"
+        return {
+            "skipped": f"{which} would not fit in memory ({report.summary()})"
+            + (
+                ""
+                if cfg.data.path
+                else "; give --data to measure the largest batch your data forms"
+            )
+        }
+    if cfg.data.path:
+        from engine.models.measure import measure_run
+
+        return measure_run(cfg).to_dict()
+    from engine.models.measure import measure_training
+
+    cfg = _with_automatic(cfg, report)
+    return measure_training(
+        path,
+        batch_size=report.batch["rows"],
+        seq_length=report.batch["width"],
+        rank=cfg.lora.rank,
+        num_layers=cfg.lora.num_layers,
+        fine_tune_type=cfg.lora.fine_tune_type,
+        grad_checkpoint=cfg.training.grad_checkpoint,
+        keys=cfg.lora.keys,
+    ).to_dict()
+
+
+def _with_automatic(cfg, report):
+    import copy
+
+    return copy.deepcopy(cfg).apply(report.automatic)
 
 
 def _delete(args: argparse.Namespace) -> int:

@@ -155,6 +155,93 @@ def build_config(args: argparse.Namespace, warnings: list[str]) -> RunConfig:
     return cfg
 
 
+def mlx_lm_job(config: RunConfig) -> tuple[dict, list[str]]:
+    """The run as a flat `mlx_lm.lora -c` config describing the same job, and notes on anything
+    mlx_lm.lora would do differently.
+
+    `iters` comes from the epochs and the batch plan of the real data (its training examples,
+    encoded with the model's tokenizer), times gradient accumulation (mlx_lm counts batches, Lathe
+    optimizer steps); `data` is the dataset's folder (mlx_lm.lora reads train.jsonl and
+    valid.jsonl there; it cannot resolve a Lathe dataset id or name); `model` the model's folder.
+    """
+    import math
+
+    from engine.batching import choose_batching, plan_epoch_budget
+    from engine.data import dataset_dir, load_splits
+    from engine.data.pipeline import record_kind
+    from engine.data.tokens import train_lengths
+    from engine.errors import LatheError
+    from engine.models.info import read_config
+    from engine.train import eval_interval, resolve_model, total_steps
+
+    config.validate()
+    t, d = config.training, config.data
+    notes: list[str] = []
+    try:
+        model_dir = resolve_model(config.model.path)
+    except LatheError:
+        if not t.iters:
+            raise  # the steps follow from the data encoded with this model's tokenizer
+        model_dir = None
+        notes.append(
+            f"{config.model.path} is not on this Mac; it is written as given (mlx_lm.lora "
+            "downloads a Hub id)."
+        )
+    given = Path(d.path).expanduser()
+    folder = given.resolve() if (given / "train.jsonl").is_file() else dataset_dir(d.path)
+    if folder is None:
+        notes.append(
+            f"mlx_lm.lora reads a folder with train.jsonl and valid.jsonl, and {d.path} is not "
+            "one: import it (`data import`) and use the dataset's folder."
+        )
+    elif not (folder / "valid.jsonl").is_file() or not (folder / "valid.jsonl").stat().st_size:
+        notes.append(
+            f"{folder} has no valid.jsonl: Lathe holds out {d.valid_fraction:.0%} of train for "
+            "validation, mlx_lm.lora needs the file."
+        )
+    job = config.to_mlx_lm_dict()
+    accum = t.grad_accumulation_steps
+    if t.iters:
+        steps = t.iters  # given: no need to read the data
+    else:
+        lengths = train_lengths(config, model_dir)
+        model_type = read_config(model_dir).get("model_type")
+        mode, size, _ = choose_batching(lengths, t.batch_size, d.packing, model_type, d.pack_length)
+        if mode == "budget":
+            batches = len(plan_epoch_budget(lengths, size, t.seed, 0, t.pad_multiple))
+            notes.append(
+                "This run uses budget batching (several short examples per step), which "
+                "mlx_lm.lora does not have: it runs the same number of steps with batch_size "
+                "examples each."
+            )
+        else:
+            batches = math.ceil(len(lengths) / t.batch_size)
+            if mode == "pack":
+                notes.append(
+                    "mlx_lm.lora does not pack rows; it runs batch_size examples per step."
+                )
+        steps = total_steps(config, len(lengths), batches)
+    if model_dir is not None:
+        model_config = read_config(model_dir)
+        layers = int(model_config.get("num_hidden_layers") or model_config.get("n_layer") or 0)
+        if layers and job["num_layers"] > layers:
+            # Lathe trains every layer then; mlx_lm.lora refuses more layers than there are.
+            job["num_layers"] = -1
+        job["model"] = str(model_dir)
+    job["data"] = str(folder) if folder is not None else d.path
+    job["iters"] = steps * accum
+    job["steps_per_eval"] = eval_interval(config, steps) * accum
+    job["steps_per_report"] = t.steps_per_report * accum
+    job["save_every"] = t.save_every * accum
+    try:
+        sample = load_splits(d.path, valid_fraction=d.valid_fraction, seed=t.seed).train[:50]
+    except LatheError:
+        sample = []
+    if d.mask_prompt and sample and all(record_kind(r) == "text" for r in sample):
+        job["mask_prompt"] = False  # plain text has no prompt to mask (mlx_lm.lora refuses it)
+    return job, notes
+
+
 class StopSignal:
     """Set by `stop` on stdin, stdin closing (when it is a pipe), SIGINT or SIGTERM."""
 
@@ -237,8 +324,14 @@ def handle(args: argparse.Namespace) -> int:
     else:
         config = build_config(args, warnings)
         if args.write_mlx_lm_config:
-            write_yaml_atomic(Path(args.write_mlx_lm_config), config.to_mlx_lm_dict())
-            print(f"Wrote {args.write_mlx_lm_config} (for `mlx_lm.lora -c`).")
+            job, notes = mlx_lm_job(config)
+            write_yaml_atomic(Path(args.write_mlx_lm_config), job)
+            print(
+                f"Wrote {args.write_mlx_lm_config} (for `mlx_lm.lora -c`): {job['iters']} "
+                f"iterations of {job['batch_size']} examples on {job['data']}."
+            )
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
             return 0
         if args.print_config:
             print(config.to_yaml(), end="")

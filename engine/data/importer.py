@@ -352,7 +352,8 @@ def list_datasets() -> list[DatasetInfo]:
 
 
 def dataset_dir(id_or_path: str | Path) -> Path | None:
-    """The folder of an imported dataset given its id (or a unique prefix of it), or its folder."""
+    """The folder of an imported dataset given its id (or a unique prefix of it), its name (the
+    newest dataset of that name), or its folder."""
     p = Path(id_or_path).expanduser()
     if p.is_dir() and (p / META).exists():
         return p
@@ -363,10 +364,16 @@ def dataset_dir(id_or_path: str | Path) -> Path | None:
     exact = root / text
     if (exact / META).exists():
         return exact
+    if not root.is_dir():
+        return None
     matches = [
         d for d in root.iterdir() if d.is_dir() and d.name.startswith(text) and (d / META).exists()
     ]
-    return matches[0] if len(matches) == 1 else None
+    if len(matches) == 1:
+        return matches[0]
+    # The name it was imported under (`data import --name`, or the file's name): the newest.
+    named = [d.path for d in list_datasets() if d.name == text]
+    return named[0] if named else None
 
 
 def load_report(id_or_path: str | Path) -> Report:

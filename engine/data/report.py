@@ -19,8 +19,8 @@ class TokenStats:
 
     examples: int
     min: int
-    median: float
-    p95: float
+    median: int  # token counts are whole: the length of a real example (nearest rank, rounding up)
+    p95: int
     max: int
     mean: float
     total_tokens: int  # after truncation to max_seq_length
@@ -34,8 +34,8 @@ class TokenStats:
         return cls(
             examples=int(len(lengths)),
             min=int(lengths.min()),
-            median=float(np.median(lengths)),
-            p95=float(np.percentile(lengths, 95)),
+            median=int(np.percentile(lengths, 50, method="higher")),
+            p95=int(np.percentile(lengths, 95, method="higher")),
             max=int(lengths.max()),
             mean=round(float(lengths.mean()), 1),
             total_tokens=int(np.minimum(lengths, limit).sum()),
@@ -140,7 +140,7 @@ class Report:
             for split, s in t.splits.items():
                 out.append(
                     f"  {split:<5} {s.examples} examples, length min {s.min} / median "
-                    f"{s.median:g} / p95 {s.p95:g} / max {s.max}, trained tokens "
+                    f"{s.median:.0f} / p95 {s.p95:.0f} / max {s.max}, trained tokens "
                     f"{s.trained_tokens:,}, over max {s.over_max}"
                 )
             if t.histogram.get("counts"):

@@ -29,11 +29,18 @@ INLINE_EXAMPLES = (
 
 
 def resolve_model_dir(model: str | Path) -> Path:
-    """A local model folder: a path, a folder in the workspace's models/, or a Hugging Face repo
-    already in the local cache. Never downloads."""
+    """A local model folder: a path, a library model's name, a folder in the workspace's models/,
+    or a Hugging Face repo already in the local cache. Never downloads."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path
+    from engine.errors import LatheError
+    from engine.models.library import resolve
+
+    try:
+        return resolve(str(model))  # a library name (as `models fit/inspect` take)
+    except LatheError:
+        pass
     from engine import workspace
 
     local = workspace.models_dir() / workspace.safe_name(str(model))
@@ -310,3 +317,33 @@ def _init_worker(model_dir: str, chat_template: str | None, mask_prompt: bool, l
 def _measure_batch(records: list[dict]) -> list[tuple]:
     enc, limit = _WORKER["encoder"], _WORKER["limit"]
     return [_measure(enc, limit, r) for r in records]
+
+
+def train_lengths(config, model_dir: str | Path, tokenizer=None) -> list[int]:
+    """Token lengths of a run's training examples, encoded as training encodes them (split, chat
+    template, prompt masking, truncation to max_seq_length); examples that train no token are left
+    out, as training leaves them out. For the memory estimate's largest batch."""
+    from engine.data import load_splits
+    from engine.encode import Encoder
+
+    d = config.data
+    encoder = Encoder(
+        tokenizer if tokenizer is not None else load_tokenizer(model_dir),
+        chat_template=config.model.chat_template,
+        mask_prompt=d.mask_prompt,
+        max_seq_length=d.max_seq_length,
+        prompt_feature=d.prompt_feature,
+        completion_feature=d.completion_feature,
+        chat_feature=d.chat_feature,
+        text_feature=d.text_feature,
+    )
+    splits = load_splits(d.path, valid_fraction=d.valid_fraction, seed=config.training.seed)
+    lengths = []
+    for record in splits.train:
+        try:
+            enc = encoder.encode(record)
+        except (ValueError, TypeError, KeyError):
+            continue  # training reports it; the estimate only needs the lengths it will see
+        if enc.trained_tokens:
+            lengths.append(len(enc))
+    return lengths

@@ -7,6 +7,13 @@ files are copied as the base ships them, the run's chat template is written into
 `tokenizer_config.json` when the base has none (or a different one), a model card is written, the
 job reports progress and can be cancelled, and a round-trip check compares the fused model with
 base + adapter, greedily, token for token.
+
+A quantized base (QLoRA) can be fused two ways: re-quantized to the base's bits (small, but the
+adapter's change is rounded into 4-bit groups) or dequantized (exact, larger). By default
+(`dequantize=None`) Lathe fuses re-quantized in memory first and asks both models a few probe
+prompts greedily: when the answers agree it writes the quantized fuse, otherwise the dequantized
+one, so the folder answers like the base + adapter the user tested; `FuseResult.choice` says
+which and why. `dequantize=True/False` decides without probing.
 """
 
 from __future__ import annotations
@@ -100,6 +107,10 @@ class FuseResult:
     chat_template: str  # "base" (the base's own), "run" (written from the run) or "none"
     size_bytes: int
     round_trip: RoundTrip | None = None
+    # Why this variant was written (automatic choice for a quantized base), and the probe of the
+    # re-quantized fuse against base + adapter it was based on.
+    choice: str = ""
+    probe: RoundTrip | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -111,6 +122,8 @@ class FuseResult:
             "chat_template": self.chat_template,
             "size_bytes": self.size_bytes,
             "round_trip": self.round_trip.to_dict() if self.round_trip else None,
+            "choice": self.choice,
+            "probe": self.probe.to_dict() if self.probe else None,
         }
 
 
@@ -121,10 +134,21 @@ def default_out_dir(source: AdapterSource, dequantize: bool) -> Path:
     return source.adapter_path.parent / name
 
 
-def fuse_in_memory(source: AdapterSource, *, dequantize: bool, rep: Reporter):
-    """Load base + adapter and fuse; returns (model, config, base_path). Nothing is written."""
+def fuse_in_memory(
+    source: AdapterSource,
+    *,
+    dequantize: bool | None,
+    rep: Reporter,
+    probe_prompts: list[str] | None = None,
+    max_tokens: int = 16,
+):
+    """Load base + adapter and fuse; returns (model, config, base_path, probe). Nothing is written.
+
+    `dequantize=None` (a quantized base): probe the re-quantized fuse against base + adapter on
+    `probe_prompts` and fall back to the dequantized fuse when they disagree (module docstring);
+    `probe` is that comparison (None when no probe ran). The result's config says which it is.
+    """
     import mlx.core as mx
-    from mlx.utils import tree_unflatten
     from mlx_lm.tuner.utils import load_adapters
     from mlx_lm.utils import dequantize_model, load_model
 
@@ -143,21 +167,48 @@ def fuse_in_memory(source: AdapterSource, *, dequantize: bool, rep: Reporter):
             f"The adapter in {source.adapter_path} does not fit the base model {source.base_model} ({first}).",
             hint="Fuse it with the base model it was trained on.",
         ) from None
+    quantized = bool(config.get("quantization"))
+    probe = None
     layers = [(n, m) for n, m in model.named_modules() if hasattr(m, "fuse")]
-    fused = []
-    for i, (name, module) in enumerate(layers):
-        rep("fuse", f"Fusing {name}", 0.3 + 0.6 * i / max(len(layers), 1))
-        fused.append((name, module.fuse(dequantize=dequantize)))
-        mx.eval(fused[-1][1].parameters())
-    if fused:
-        model.update_modules(tree_unflatten(fused))
+    if dequantize is None and quantized:
+        from mlx_lm.utils import load_tokenizer
+
+        rep("probe", "Asking base + adapter the probe prompts", 0.3)
+        tok = load_tokenizer(base_path)
+        prompts = list(probe_prompts or DEFAULT_PROMPTS)
+        ids = [_encode(tok, p, source.chat_template) for p in prompts]
+        mx.eval(model.parameters())
+        ref = [_greedy(model, i, max_tokens) for i in ids]
+        _fuse_layers(model, layers, False, rep, 0.4, 0.5)
+        rep("probe", "Asking the re-quantized fuse the same prompts", 0.5)
+        got = [_greedy(model, i, max_tokens) for i in ids]
+        probe = compare(prompts, ref, got, True, max_tokens, required=False)
+        dequantize = not probe.all_agree
+        if dequantize:
+            _fuse_layers(model, layers, True, rep, 0.6, 0.9)
+    else:
+        _fuse_layers(model, layers, bool(dequantize), rep, 0.3, 0.9)
     if dequantize:
         model = dequantize_model(model)
         config.pop("quantization", None)
         config.pop("quantization_config", None)
     mx.eval(model.parameters())
-    rep("fuse", f"Fused {len(fused)} adapter layers", 1.0)
-    return model, config, base_path
+    rep("fuse", f"Fused {len(layers)} adapter layers", 1.0)
+    return model, config, base_path, probe
+
+
+def _fuse_layers(model, layers, dequantize: bool, rep: Reporter, start: float, end: float) -> None:
+    """Replace each adapter layer (kept in `layers`, so this can run again) by its fuse."""
+    import mlx.core as mx
+    from mlx.utils import tree_unflatten
+
+    fused = []
+    for i, (name, module) in enumerate(layers):
+        rep("fuse", f"Fusing {name}", start + (end - start) * i / max(len(layers), 1))
+        fused.append((name, module.fuse(dequantize=dequantize)))
+        mx.eval(fused[-1][1].parameters())
+    if fused:
+        model.update_modules(tree_unflatten(fused))
 
 
 def base_chat_template(model_dir: Path) -> str | None:
@@ -198,7 +249,7 @@ def fuse(
     spec: str | Path | AdapterSource,
     out: str | Path | None = None,
     *,
-    dequantize: bool = False,
+    dequantize: bool | None = None,
     check: bool = True,
     prompts: list[str] | None = None,
     max_tokens: int = 16,
@@ -209,22 +260,37 @@ def fuse(
 ) -> FuseResult:
     """Fuse a run's adapter (`RUN[:STEP]` or an adapter folder) into its base; save an MLX folder.
 
-    `dequantize` writes float weights (exact); otherwise a quantized base stays quantized with its
-    own bits and group size. `check` runs the round trip afterwards (`result.round_trip`).
+    `dequantize=True` writes float weights (exact); `False` keeps a quantized base quantized with
+    its own bits and group size; `None` (default) keeps it quantized only when that fuse answers
+    the probe prompts like base + adapter (module docstring; `result.choice` says which).
+    `check` runs the round trip afterwards (`result.round_trip`).
     """
     import mlx.core as mx
     from mlx_lm.utils import save_config, save_model
 
     rep = Reporter(progress, cancel)
     source = spec if isinstance(spec, AdapterSource) else resolve_adapter(spec, base_model)
-    out = Path(out).expanduser() if out else default_out_dir(source, dequantize)
+    chosen_out = Path(out).expanduser() if out else None
     keep = tuple(
         p for p in (source.adapter_path, source.run_dir, Path(source.base_model).expanduser()) if p
     )
-    _check_destination(out, overwrite, keep)
+    if chosen_out is not None:
+        _check_destination(chosen_out, overwrite, keep)
 
-    model, config, base_path = fuse_in_memory(source, dequantize=dequantize, rep=rep.sub(0.0, 0.5))
+    model, config, base_path, probe = fuse_in_memory(
+        source,
+        dequantize=dequantize,
+        rep=rep.sub(0.0, 0.5),
+        probe_prompts=prompts,
+        max_tokens=max_tokens,
+    )
     quantization = config.get("quantization")
+    if probe is not None:
+        dequantize = not probe.all_agree
+    out = chosen_out or default_out_dir(source, bool(dequantize))
+    if chosen_out is None:
+        _check_destination(out, overwrite, keep)
+    choice = _choice_text(probe)
     tmp = destination.temp_folder(out)
     try:
         rep("save", f"Writing {out.name}", 0.5)
@@ -236,7 +302,7 @@ def fuse(
         template_from = copy_tokenizer(base_path, tmp, source.chat_template)
         from engine.export.card import write_card
 
-        write_card(tmp, source, kind="mlx", dequantized=dequantize, quantization=quantization)
+        write_card(tmp, source, kind="mlx", dequantized=bool(dequantize), quantization=quantization)
         destination.write_manifest(tmp, "mlx")
         rep.check()
         destination.replace_folder(tmp, out, overwrite)
@@ -247,11 +313,15 @@ def fuse(
         path=out,
         base_model=source.base_model,
         adapter_path=source.adapter_path,
-        dequantized=dequantize or not quantization,
+        dequantized=bool(dequantize) or not quantization,
         quantization=quantization,
         chat_template=template_from,
         size_bytes=_folder_size(out),
+        choice=choice,
+        probe=probe,
     )
+    if choice:
+        rep("save", choice, 0.64)
     rep("save", f"Saved the fused model to {out}", 0.65)
     if check:
         # A cancelled check leaves the complete fused folder in place; only the check is lost.
@@ -313,6 +383,15 @@ def round_trip(
     del model
     mx.clear_cache()
 
+    result = compare(prompts, ref, got, ref_prompts == got_prompts, max_tokens, required)
+    rep("check", result.summary(), 1.0)
+    return result
+
+
+def compare(prompts, ref, got, prompt_tokens_agree: bool, max_tokens: int, required: bool):
+    """A RoundTrip from two sides' `_greedy` results, prompt by prompt."""
+    import mlx.core as mx
+
     agree, mismatches, diff = [], [], 0.0
     for prompt, (ref_tokens, ref_logits), (got_tokens, got_logits) in zip(
         prompts, ref, got, strict=True
@@ -327,17 +406,32 @@ def round_trip(
             mismatches.append(
                 {"prompt": prompt, "position": at, "expected": ref_tokens, "got": got_tokens}
             )
-    result = RoundTrip(
+    return RoundTrip(
         required=required,
         prompts=prompts,
         agree=agree,
-        prompt_tokens_agree=ref_prompts == got_prompts,
+        prompt_tokens_agree=prompt_tokens_agree,
         tokens_per_prompt=max_tokens,
         max_logit_diff=diff,
         mismatches=mismatches,
     )
-    rep("check", result.summary(), 1.0)
-    return result
+
+
+def _choice_text(probe: RoundTrip | None) -> str:
+    if probe is None:
+        return ""
+    n, total = sum(probe.agree), len(probe.agree)
+    if probe.all_agree:
+        return (
+            f"Kept the base's quantization: the re-quantized fuse answered all {total} probe "
+            "prompts token for token like base + adapter."
+        )
+    return (
+        f"Wrote the dequantized fuse (exact, larger): the re-quantized one agreed with base + "
+        f"adapter on {n} of {total} probe prompts (largest first-token logit difference "
+        f"{probe.max_logit_diff:.2g}), so it would not answer like the model you tested. To "
+        "write the quantized one anyway: export fuse --keep-quantized."
+    )
 
 
 def _encode(tok, prompt: str, template: str | None) -> list[int]:

@@ -212,7 +212,8 @@ def export_gguf(
 def fuse_in_memory_for(source: AdapterSource, rep: Reporter):
     from engine.export.fuse import fuse_in_memory
 
-    return fuse_in_memory(source, dequantize=True, rep=rep.sub(0.0, 0.55))
+    model, config, base_path, _ = fuse_in_memory(source, dequantize=True, rep=rep.sub(0.0, 0.55))
+    return model, config, base_path
 
 
 def to_gguf_tensors(weights: dict, config: dict, dtype: str) -> dict:

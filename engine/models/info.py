@@ -71,7 +71,19 @@ class ModelInfo:
     def quantization_label(self) -> str:
         if not self.quantization:
             return {2: "16-bit", 4: "32-bit"}.get(self.activation_bytes, "unquantized")
-        return f"{self.quantization['bits']}-bit (group size {self.quantization['group_size']})"
+        q = self.quantization
+        label = f"{q['bits']}-bit (group size {q['group_size']})"
+        mixed = q.get("mixed") or {}
+        if not mixed:
+            return label
+        by_bits: dict[str, list[str]] = {}
+        for name, m in mixed.items():
+            by_bits.setdefault(f"{m['bits']}-bit (group size {m['group_size']})", []).append(name)
+        parts = []
+        for setting, names in sorted(by_bits.items()):
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            parts.append(f"{setting} for {shown}")
+        return f"mixed: {label}, except {'; '.join(parts)}"
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -321,6 +333,18 @@ def inspect_model(path: str | Path) -> ModelInfo:
         quantization = {"bits": int(quant["bits"]), "group_size": int(quant.get("group_size", 64))}
         if quant.get("mode") and quant["mode"] != "affine":
             quantization["mode"] = quant["mode"]
+        # Per-module settings that differ from the default (mlx-lm writes them under the module's
+        # path): a mixed quantization, such as an 8-bit embedding with 4-bit layers.
+        mixed = {
+            name: {"bits": int(v["bits"]), "group_size": int(v.get("group_size", 64))}
+            for name, v in quant.items()
+            if isinstance(v, dict)
+            and "bits" in v
+            and (int(v["bits"]), int(v.get("group_size", 64)))
+            != (quantization["bits"], quantization["group_size"])
+        }
+        if mixed:
+            quantization["mixed"] = mixed
 
     weights_bytes = 0
     parameters = 0

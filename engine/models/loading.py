@@ -41,18 +41,19 @@ def resolve_model(path: str) -> Path:
     return local
 
 
-def load_model(path: str, fine_tune_type: str | None = None):
+def load_model(path: str, fine_tune_type: str | None = None, lazy: bool = False):
     """(model, tokenizer) through mlx-lm; a clear error for a missing or unusable model.
 
     With `fine_tune_type` the model is also made ready for this backend (the run's one place for
     it: engine.models.precision, e.g. a 4-bit model computes in float32 on a CPU) and the result is
-    (model, tokenizer, plan).
+    (model, tokenizer, plan). `lazy` leaves the weights unread until they are first used (or
+    `mx.eval`ed).
     """
     from mlx_lm.utils import load
 
     local = resolve_model(path)
     try:
-        model, tokenizer = load(str(local), trust_remote_code=False)
+        model, tokenizer = load(str(local), lazy=lazy, trust_remote_code=False)
     except FileNotFoundError as exc:
         raise ModelError(
             f"Model {path} is missing a file: {exc}.", "Re-download or re-import the model."

@@ -1,9 +1,14 @@
 """Measure the real peak memory of LoRA training steps (`models fit --measure`).
 
-Runs a few real optimizer steps at the longest sequence with the same pieces Lathe's trainer uses
-(mlx-lm's LoRA layers, Lathe's loss with its chunked output layer, `nn.value_and_grad`, Adam) and
-reads MLX's peak-memory counter. This loads the model, so it takes as long as loading plus the
-steps; the estimate in `fit.py` is the fast path.
+`measure_run` measures what a run will really do: it loads the model and encodes the data as
+training does (`engine.train.prepare`, memory decision included), forms the run's largest batch
+from the real examples (`engine.batching.largest_batch`: the batch-size longest examples, padded as
+the trainer pads) and runs a few real steps of Lathe's training loop on it, then reads MLX's
+peak-memory counter. Its time and memory are those of loading plus a few steps of one batch.
+
+`measure_training` runs steps on random tokens of a given shape with the same pieces (mlx-lm's
+LoRA layers, Lathe's loss with its chunked output layer, `nn.value_and_grad`, Adam): the
+estimate's tests use it on many shapes, and `models fit --measure` without data.
 """
 
 from __future__ import annotations
@@ -24,6 +29,16 @@ class Measurement:
     batch_size: int
     seq_length: int
     device: str
+    source: str = "random tokens"  # or "the data's largest batch"
+    seconds: float = 0.0
+    grad_checkpoint: bool = False
+
+    def describe(self) -> str:
+        """What was measured, e.g. `2 training steps of the data's largest batch (4 x 128 tokens)`."""
+        return (
+            f"{self.steps} training steps of {self.source} ({self.batch_size} x {self.seq_length} "
+            f"tokens{', gradient checkpointing' if self.grad_checkpoint else ''}) on {self.device}"
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -34,7 +49,77 @@ class Measurement:
             "batch_size": self.batch_size,
             "seq_length": self.seq_length,
             "device": self.device,
+            "source": self.source,
+            "seconds": round(self.seconds, 2),
+            "grad_checkpoint": self.grad_checkpoint,
+            "described": self.describe(),
         }
+
+
+def measure_run(config, steps: int = 2, sink=None) -> Measurement:
+    """Peak memory of `steps` real training steps of the run's largest batch (module docstring).
+
+    `config` is the run's config (model and data set); it is not changed. The memory check does
+    not refuse here (measuring is how to find out), but its decision (gradient checkpointing)
+    is applied as the run would apply it.
+    """
+    import copy
+    import time
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from engine import train as training
+    from engine.batching import collate, largest_batch
+    from engine.trainer import checkpoint_layers, train, training_head
+
+    started = time.perf_counter()
+    cfg = copy.deepcopy(config)
+    cfg.training.ignore_fit_check = True
+    quiet = sink or (lambda event: None)
+    prep = training.prepare(cfg, quiet)
+    model = prep.model
+    training.apply_method(model, cfg)
+    if cfg.training.grad_checkpoint:
+        checkpoint_layers(model)
+    optimizer = training.build_optimizer(cfg)
+    t, d = cfg.training, cfg.data
+    lengths = [len(e) for e in prep.train]
+    model_type = getattr(getattr(model, "args", None), "model_type", None)
+    rows, _, _ = largest_batch(
+        lengths,
+        t.batch_size,
+        d.packing,
+        model_type,
+        d.pack_length,
+        t.pad_multiple,
+        d.max_seq_length,
+    )
+    # The batch-size longest examples: the shape of the run's largest batch (fixed batches hold
+    # the longest example with batch-size rows; budget batches are never larger).
+    longest = sorted(prep.train, key=len, reverse=True)[:rows]
+    width = collate(longest, t.pad_multiple, d.max_seq_length, rows).tokens.shape[1]
+    head = training_head(model, prep.train[0].tokens)
+    cfg.training.grad_accumulation_steps = 1
+    cfg.training.steps_per_eval = cfg.training.save_every = 1 << 30
+    args = training.loop_args(cfg, steps, "fixed", 0, head)
+    args.batch_size = rows
+    weights_bytes = sum(int(v.nbytes) for _, v in tree_flatten(model.parameters()))
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    result = train(model, optimizer, longest, [], args, quiet, lambda state: None)
+    peak = int(mx.get_peak_memory())
+    return Measurement(
+        peak_bytes=peak,
+        weights_bytes=weights_bytes,
+        steps=result.state.step,
+        batch_size=rows,
+        seq_length=int(width),
+        device=str(mx.default_device()),
+        source="the data's largest batch",
+        seconds=time.perf_counter() - started,
+        grad_checkpoint=cfg.training.grad_checkpoint,
+    )
 
 
 def measure_training(
@@ -124,4 +209,5 @@ def measure_training(
         batch_size=batch_size,
         seq_length=seq_length,
         device=str(mx.default_device()),
+        grad_checkpoint=grad_checkpoint,
     )

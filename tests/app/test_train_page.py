@@ -118,8 +118,16 @@ def test_the_fit_banner_follows_the_settings(window, qtbot, tiny_chat_model, dat
     small.data.max_seq_length = 64
     big = tiny_config(tiny_chat_model, dataset, batch_size=64)
     big.data.max_seq_length = 1024
-    p_small = estimate(tiny_chat_model, small, budget_bytes=1 << 40).training_peak_bytes
-    p_big = estimate(tiny_chat_model, big, budget_bytes=1 << 40).training_peak_bytes
+    from app.services import data_lengths
+
+    # The banner estimates the largest batch the chosen data forms (issue 22 item 1), so do we.
+    def peak(cfg):
+        lengths = data_lengths(tiny_chat_model, cfg)
+        assert lengths  # the dataset's real lengths, not the longest possible batch
+        return estimate(tiny_chat_model, cfg, budget_bytes=1 << 40, lengths=lengths)
+
+    p_small = peak(small).training_peak_bytes
+    p_big = peak(big).training_peak_bytes
     budget = int(p_big / 1.2)
     assert p_small < 0.5 * budget
     page.fit_budget_bytes = budget
@@ -176,3 +184,19 @@ def test_a_bad_setting_is_shown_not_raised(window, tiny_chat_model):
     assert not page.start()
     assert "Cannot start" in page.result_text.text() and "Learning rate" in page.result_text.text()
     assert not window.controller.active
+
+
+def test_the_batch_size_says_what_it_means_in_the_run(window):
+    """issue 22 item 4: the run's `started` event says what the batch size means (examples per
+    step, steps) and the Train page shows it under the setting."""
+    page = window.train
+    note = page.settings.batch_note
+    assert note.isHidden()
+    text = (
+        "Batch size 4 with budget batching: up to 512 tokens per step, about 5.6 examples per "
+        "step, so 102 steps instead of 144 (set data.packing to off for exactly 4 examples per step)."
+    )
+    page._on_controller_started(
+        {"event": "started", "run_id": "r", "total_steps": 102, "config": {"batch_note": text}}
+    )
+    assert not note.isHidden() and note.text() == f"This run: {text}"

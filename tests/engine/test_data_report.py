@@ -64,7 +64,7 @@ def test_token_report_matches_the_encoder(tmp_path, stories_path, stories_tok):
         30,
         lengths.min(),
         lengths.max(),
-        float(np.median(lengths)),
+        int(np.percentile(lengths, 50, method="higher")),  # whole tokens (issue 22 item 6)
     )
     assert s.over_max == int((lengths > 80).sum()) > 0
     assert s.trained_tokens == sum(sum(e.weights[1:80]) for e in encoded)

@@ -76,7 +76,7 @@ def test_quantized_base_keeps_its_quantization_and_reports_the_round_trip(
 ):
     from mlx_lm import load
 
-    kept = fuse(str(quantized_chat_run), tmp_path / "kept")
+    kept = fuse(str(quantized_chat_run), tmp_path / "kept", dequantize=False)  # --keep-quantized
     config = json.loads((kept.path / "config.json").read_text())
     assert config["quantization"]["bits"] == 4 and config["quantization"]["group_size"] == 32
     assert not kept.dequantized and kept.round_trip is not None
@@ -138,3 +138,34 @@ def test_cli_fuse_json_and_errors(stories_run, tmp_path, capsys):
         err.startswith("lathe-engine: 'no-such-run' is neither a run")
         and len(err.splitlines()) == 1
     )
+
+
+@pytest.fixture(scope="module")
+def stories_4bit(tmp_path_factory, stories_path):
+    from tests.engine.test_export_support import quantized_copy
+
+    return quantized_copy(stories_path, tmp_path_factory.mktemp("s4") / "stories-4bit")
+
+
+def test_qlora_fuse_defaults_to_the_variant_that_answers_like_base_plus_adapter(
+    stories_4bit, tmp_path
+):
+    """issue 22 item 7: fusing a QLoRA adapter whose re-quantized fuse answers differently from
+    base + adapter writes the dequantized fuse by default, says why, and the written model agrees
+    token for token; an adapter whose re-quantized fuse agrees keeps the base's 4-bit."""
+    from tests.engine.test_export_support import make_run
+
+    strong = make_run(stories_4bit, tmp_path / "runs", "strong", num_layers=5, std=0.5, scale=20.0)
+    result = fuse(str(strong), tmp_path / "strong-fused")
+    assert result.probe is not None and not result.probe.all_agree, result.probe.summary()
+    assert result.dequantized and "quantization" not in json.loads(
+        (result.path / "config.json").read_text()
+    )
+    assert "Wrote the dequantized fuse" in result.choice and "--keep-quantized" in result.choice
+    assert result.round_trip.required and result.round_trip.all_agree
+
+    quiet = make_run(stories_4bit, tmp_path / "runs", "quiet", num_layers=5, std=0.0)
+    kept = fuse(str(quiet), tmp_path / "quiet-fused", check=False)
+    assert kept.probe.all_agree and not kept.dequantized
+    assert json.loads((kept.path / "config.json").read_text())["quantization"]["bits"] == 4
+    assert kept.choice.startswith("Kept the base's quantization")

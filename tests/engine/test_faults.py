@@ -280,11 +280,16 @@ def test_a_tight_run_turns_on_gradient_checkpointing_and_says_so(
     tiny_chat_model, tmp_path, monkeypatch
 ):
     import engine.models.fit as fit
+    from engine.data.tokens import train_lengths
     from engine.models.info import inspect_model
 
     cfg = config_for(tiny_chat_model, tmp_path, iters=2)
+    # The run estimates the largest batch its data forms (issue 22 item 1), so this test does too.
     peak = fit.estimate(
-        inspect_model(tiny_chat_model), cfg, budget_bytes=1 << 40
+        inspect_model(tiny_chat_model),
+        cfg,
+        budget_bytes=1 << 40,
+        lengths=train_lengths(cfg, tiny_chat_model),
     ).training_peak_bytes
     monkeypatch.setattr(fit, "memory_budget", lambda: (int(peak / 0.9), "a small test machine"))
     status, run_dir, rec = run_logged(cfg)
