@@ -356,3 +356,34 @@ def preflight(
     error = OutOfMemory(message, hint)
     error.details = {"fit": report.to_dict()}
     raise error
+
+
+def train_lengths(config, model_dir: str | Path, tokenizer=None) -> list[int]:
+    """Token lengths of a run's training examples, encoded as training encodes them (split, chat
+    template, prompt masking, truncation to max_seq_length); examples that train no token are left
+    out, as training leaves them out. For the memory estimate's largest batch."""
+    from engine.data import load_splits
+    from engine.data.tokens import load_tokenizer
+    from engine.encode import Encoder
+
+    d = config.data
+    encoder = Encoder(
+        tokenizer if tokenizer is not None else load_tokenizer(model_dir),
+        chat_template=config.model.chat_template,
+        mask_prompt=d.mask_prompt,
+        max_seq_length=d.max_seq_length,
+        prompt_feature=d.prompt_feature,
+        completion_feature=d.completion_feature,
+        chat_feature=d.chat_feature,
+        text_feature=d.text_feature,
+    )
+    splits = load_splits(d.path, valid_fraction=d.valid_fraction, seed=config.training.seed)
+    lengths = []
+    for record in splits.train:
+        try:
+            enc = encoder.encode(record)
+        except (ValueError, TypeError, KeyError):
+            continue  # training reports it; the estimate only needs the lengths it will see
+        if enc.trained_tokens:
+            lengths.append(len(enc))
+    return lengths

@@ -169,8 +169,8 @@ def mlx_lm_job(config: RunConfig) -> tuple[dict, list[str]]:
     from engine.batching import choose_batching, plan_epoch_budget
     from engine.data import dataset_dir, load_splits
     from engine.data.pipeline import record_kind
-    from engine.data.tokens import train_lengths
     from engine.errors import LatheError
+    from engine.memory import train_lengths
     from engine.models.info import read_config
     from engine.train import eval_interval, resolve_model, total_steps
 

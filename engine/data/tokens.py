@@ -317,33 +317,3 @@ def _init_worker(model_dir: str, chat_template: str | None, mask_prompt: bool, l
 def _measure_batch(records: list[dict]) -> list[tuple]:
     enc, limit = _WORKER["encoder"], _WORKER["limit"]
     return [_measure(enc, limit, r) for r in records]
-
-
-def train_lengths(config, model_dir: str | Path, tokenizer=None) -> list[int]:
-    """Token lengths of a run's training examples, encoded as training encodes them (split, chat
-    template, prompt masking, truncation to max_seq_length); examples that train no token are left
-    out, as training leaves them out. For the memory estimate's largest batch."""
-    from engine.data import load_splits
-    from engine.encode import Encoder
-
-    d = config.data
-    encoder = Encoder(
-        tokenizer if tokenizer is not None else load_tokenizer(model_dir),
-        chat_template=config.model.chat_template,
-        mask_prompt=d.mask_prompt,
-        max_seq_length=d.max_seq_length,
-        prompt_feature=d.prompt_feature,
-        completion_feature=d.completion_feature,
-        chat_feature=d.chat_feature,
-        text_feature=d.text_feature,
-    )
-    splits = load_splits(d.path, valid_fraction=d.valid_fraction, seed=config.training.seed)
-    lengths = []
-    for record in splits.train:
-        try:
-            enc = encoder.encode(record)
-        except (ValueError, TypeError, KeyError):
-            continue  # training reports it; the estimate only needs the lengths it will see
-        if enc.trained_tokens:
-            lengths.append(len(enc))
-    return lengths

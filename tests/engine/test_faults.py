@@ -280,7 +280,7 @@ def test_a_tight_run_turns_on_gradient_checkpointing_and_says_so(
     tiny_chat_model, tmp_path, monkeypatch
 ):
     import engine.models.fit as fit
-    from engine.data.tokens import train_lengths
+    from engine.memory import train_lengths
     from engine.models.info import inspect_model
 
     cfg = config_for(tiny_chat_model, tmp_path, iters=2)

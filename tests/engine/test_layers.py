@@ -54,8 +54,11 @@ ENGINE_LAYERS = [
             "engine.head",
         ],
     ),
+    # Records to tokens and batch plans: pure functions of token lengths, below the model library
+    # (the memory estimate plans the largest batch with them).
+    ("encoding", ["engine.encode", "engine.batching"]),
     ("models", ["engine.models"]),
-    ("data", ["engine.data", "engine.encode", "engine.batching", "engine.tinymodel"]),
+    ("data", ["engine.data", "engine.tinymodel"]),
     (
         "training core",
         ["engine.memory", "engine.trainer", "engine.distributed", "engine.checkpoint"],
