@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.export.job import ExportError
 from engine.export.source import resolve_adapter
 
 KINDS = ("fuse", "gguf", "ollama")
@@ -66,3 +67,17 @@ def written_by_lathe(path: Path, kind: str) -> bool:
     except OSError:
         return False
     return "config.json" in names and "- lathe" in head
+
+
+def check_replace(kind: str, path: str | Path) -> None:
+    """Raise ExportError unless an export of `kind` may be written at `path` in place of what is
+    there: nothing, or an earlier export that Lathe wrote (never the user's own files)."""
+    if not str(path):
+        raise ExportError("Replacing needs --out: the export to replace.", hint="Pass --out PATH.")
+    path = Path(path).expanduser()
+    exists = path.is_file() or (path.is_dir() and any(path.iterdir()))
+    if exists and not written_by_lathe(path, kind):
+        raise ExportError(
+            f"{path} already exists and was not written by Lathe, so it is left alone.",
+            hint="Choose another folder.",
+        )
