@@ -250,12 +250,6 @@ def import_model(path: str):
     return import_any(path)
 
 
-def quantize_model(name_or_path: str, bits: int, progress=None):
-    from engine.models import quantize
-
-    return quantize(name_or_path, bits=bits, progress=progress)
-
-
 def delete_model(name: str) -> dict:
     from engine.models import delete
 

@@ -63,10 +63,16 @@ def add_json_flag(parser: argparse.ArgumentParser, progress: bool = False) -> No
         )
 
 
+_last_progress = {"stage": None, "time": 0.0}
+PROGRESS_INTERVAL_S = 0.1  # at most ten lines a second within one stage
+
+
 def print_progress(p) -> None:
     """One progress line for `--progress` (the app's job controller reads them): a dict, or an
-    object with to_dict() or dataclass fields, as {"progress": {...}} on one line of stdout."""
+    object with to_dict() or dataclass fields, as {"progress": {...}} on one line of stdout.
+    Within a stage, reports closer than PROGRESS_INTERVAL_S are dropped (never the last one)."""
     import dataclasses
+    import time
 
     if isinstance(p, dict):
         data = p
@@ -78,6 +84,12 @@ def print_progress(p) -> None:
         data = {"message": str(p)}
     if "fraction" not in data and hasattr(p, "fraction"):
         data = {**data, "fraction": p.fraction}
+    now, stage = time.monotonic(), data.get("stage")
+    last = data.get("fraction") == 1 or data.get("done") == data.get("total", object())
+    if stage == _last_progress["stage"] and not last:
+        if now - _last_progress["time"] < PROGRESS_INTERVAL_S:
+            return
+    _last_progress.update(stage=stage, time=now)
     print(json.dumps({"progress": data}, ensure_ascii=False, default=str), flush=True)
 
 

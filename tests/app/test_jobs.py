@@ -91,3 +91,22 @@ def test_cancel_ends_a_worker_that_ignores_it_within_the_bounded_wait(qtbot):
         job.cancel()
     assert time.monotonic() - t0 < 10  # 0.5 s asking + 0.5 s terminating, then killed
     assert seen["cancelled"] == 1 and not seen["failed"] and not job.running
+
+
+@pytest.mark.slow
+def test_quantize_on_the_models_page_runs_in_a_worker_process(window, qtbot, stories_path):
+    """Issue 19: the Models page quantized with MLX on a thread of the window's process."""
+    import os
+
+    page = window.models
+    seen = []
+    page.quantize_job.sig_progress.connect(seen.append)
+    with qtbot.waitSignal(page.sig_library_changed, timeout=90_000):
+        page.quantize(str(stories_path), 4)
+        assert page.quantize_job.running and page.status.text().startswith("Quantizing")
+    assert page.quantize_job.pid and page.quantize_job.pid != os.getpid()
+    assert {"loading", "writing"} <= {p["stage"] for p in seen}
+    assert page.status.text().startswith("Wrote stories260K-4bit"), page.status.text()
+    qtbot.waitUntil(lambda: any(r.name == "stories260K-4bit" for r in page.library), timeout=30_000)
+    row = next(r for r in page.library if r.name == "stories260K-4bit")
+    assert "4" in row.quantization and not page.busy.isVisibleTo(page)
