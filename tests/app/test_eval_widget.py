@@ -74,11 +74,14 @@ def test_evaluate_runs_off_the_gui_thread_and_shows_both_sides(qtbot, small_run,
     w.set_evaluation_options(
         prompts=str(heldout), metrics=["exact", "contains"], max_tokens=16, stop=["\n"]
     )
+    stages = []
+    w.job.sig_progress.connect(lambda p: stages.append(p["stage"]))
     with qtbot.waitSignal(w.sig_evaluation_finished, timeout=120_000) as done:
         w.evaluate()
         assert w.busy and not w._evaluate_button.isEnabled()
     results = done.args[0]
     assert w.job.pid and w.job.pid != os.getpid()
+    assert {"load", "generate"} <= set(stages)  # the worker's progress lines reached the widget
     assert not w.busy and w._evaluate_button.isEnabled()
 
     metrics = w._metrics_table
