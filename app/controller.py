@@ -36,6 +36,36 @@ def keep_awake_command(pid: int, platform: str | None = None) -> list[str] | Non
     return [exe, "-i", "-w", str(int(pid))]
 
 
+def engine_command(*args: str, python: str | None = None) -> tuple[str, list[str]]:
+    """(program, arguments) that run `lathe-engine ARGS...` in a process of its own."""
+    python = python or sys.executable
+    # In the built Lathe.app the executable is Lathe itself, which runs the engine with --engine
+    # (build_macos.py's launcher); from source it is Python with `-m engine`.
+    engine = ["--engine"] if getattr(sys, "frozen", False) else ["-m", "engine"]
+    return python, [*engine, *args]
+
+
+def prepare_worker(proc: QProcess) -> None:
+    """Environment and working folder of an engine worker process (training and every job):
+    unbuffered UTF-8 output, and OpenBLAS preloaded for MLX's CPU backend on Linux."""
+    from engine.platform import should_reexec_with_openblas
+
+    env = QProcessEnvironment.systemEnvironment()
+    env.insert("PYTHONUNBUFFERED", "1")
+    env.insert("PYTHONIOENCODING", "utf-8")
+    current = {k: env.value(k) for k in env.keys()}
+    blas = should_reexec_with_openblas(current)
+    if blas is not None:
+        preload = current.get("LD_PRELOAD", "")
+        env.insert("LD_PRELOAD", f"{blas} {preload}".strip())
+        env.insert("LATHE_OPENBLAS_TRIED", "1")
+    proc.setProcessEnvironment(env)
+    root = Path(__file__).resolve().parents[1]
+    if (root / "engine").is_dir():
+        proc.setWorkingDirectory(str(root))
+    proc.setProcessChannelMode(QProcess.ProcessChannelMode.SeparateChannels)
+
+
 HOSTS_FILE = "hosts.yaml"  # in a run folder: the Macs a multi-Mac run trains across
 
 
@@ -51,14 +81,12 @@ def worker_command(
     `hosts`: a hosts.yaml; the engine then starts the run on every listed Mac with mlx.launch and
     relays rank 0's events on stdout like a local run. `force`: start even when the memory check
     predicts that the run will not fit."""
-    python = python or sys.executable
-    # In the built Lathe.app the executable is Lathe itself, which runs the engine with --engine
-    # (build_macos.py's launcher); from source it is Python with `-m engine`.
-    engine = ["--engine"] if getattr(sys, "frozen", False) else ["-m", "engine"]
     if resume is not None:
-        args = [*engine, "train", "--resume", str(resume), "--events"]
+        python, args = engine_command("train", "--resume", str(resume), "--events", python=python)
     else:
-        args = [*engine, "train", "--config", str(config_path), "--events"]
+        python, args = engine_command(
+            "train", "--config", str(config_path), "--events", python=python
+        )
     if force:
         args.append("--force")
     if hosts is not None:
@@ -183,14 +211,7 @@ class TrainingController(QObject):
         self.events_seen = 0
         self._buffer = b""
         proc = QProcess(self)
-        env = QProcessEnvironment.systemEnvironment()
-        env.insert("PYTHONUNBUFFERED", "1")
-        env.insert("PYTHONIOENCODING", "utf-8")
-        proc.setProcessEnvironment(env)
-        root = Path(__file__).resolve().parents[1]
-        if (root / "engine").is_dir():
-            proc.setWorkingDirectory(str(root))
-        proc.setProcessChannelMode(QProcess.ProcessChannelMode.SeparateChannels)
+        prepare_worker(proc)
         proc.readyReadStandardOutput.connect(self._on_process_stdout)
         proc.readyReadStandardError.connect(self._on_process_stderr)
         proc.finished.connect(self._on_process_finished)

@@ -2,22 +2,21 @@
 
     view = EvalResultsWidget(parent)
     view.set_run(run_id_or_folder)          # shows the latest evaluation and the golden timeline
-    view.evaluate()                          # runs `engine.evaluate.evaluate_run` on a worker thread
+    view.evaluate()                          # runs `lathe-engine eval run` in a worker process
     view.sig_use_checkpoint.connect(lambda run_id, step: ...)   # open RUN:STEP in chat or export
 
-The widget never blocks the GUI thread: evaluation (model load, loss, generation) runs on a
-QThreadPool worker and reports back through signals. It knows the engine only through
-`engine.evaluate` (results dicts, `run_history`) and `engine.chat.checkpoint_steps`.
+The widget never blocks the GUI thread, and MLX never runs in the window's process: evaluation
+(model load, loss, generation) runs in a worker process (app.jobs) and reports back through
+signals. It knows the engine only through `engine.evaluate` (results dicts, `run_history`),
+`engine.chat.checkpoint_steps` and the `eval run` command line.
 """
 
 from __future__ import annotations
 
 import html
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QRunnable, QSize, Qt, QThreadPool, Signal
+from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QAbstractTextDocumentLayout, QColor, QPalette, QTextDocument
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -37,51 +36,39 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.jobs import JobController
+
 INS_STYLE = "background-color:#ccffd8;color:#055d20;"
 DEL_STYLE = "background-color:#ffd7d5;color:#82071e;"
 HTML_ROLE = Qt.UserRole + 1
 
 
-# -- worker ------------------------------------------------------------------------------------
+# -- the worker's command line -----------------------------------------------------------------
 
 
-class _WorkerSignals(QObject):
-    sig_progress = Signal(object)
-    sig_done = Signal(object)
-    sig_failed = Signal(str, str)
-
-
-class _EvalJob(QRunnable):
-    """Calls `fn(**kwargs, progress=..., cancel=...)` on a pool thread; reports through signals."""
-
-    def __init__(self, fn: Callable[..., dict], kwargs: dict):
-        super().__init__()
-        self.setAutoDelete(False)
-        self.fn = fn
-        self.kwargs = kwargs
-        self.cancel = threading.Event()
-        self.signals = _WorkerSignals()
-
-    def run(self) -> None:  # worker thread
-        try:
-            result = self.fn(
-                **self.kwargs, progress=self.signals.sig_progress.emit, cancel=self.cancel
-            )
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a sentence, never a traceback
-            hint = getattr(exc, "hint", "") or ""
-            message = str(exc.args[0]) if hint and exc.args else (str(exc) or type(exc).__name__)
-            if not type(exc).__module__.startswith("engine"):
-                message = f"{type(exc).__name__}: {message}"
-            self._emit(self.signals.sig_failed, message, hint)
+def eval_arguments(spec: str, **options) -> list[str]:
+    """`lathe-engine eval run` arguments for `spec` and the keyword arguments of
+    `engine.evaluate.evaluate_run` (prompts, metrics, max_tokens, stop, limit, loss)."""
+    args = ["eval", "run", spec, "--progress"]
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key == "prompts":
+            args.append(f"--prompts={value}")
+        elif key == "metrics":
+            args += [f"--metric={m}" for m in value]
+        elif key == "max_tokens":
+            args.append(f"--max-tokens={int(value)}")
+        elif key == "stop":
+            args += [f"--stop={s}" for s in value]
+        elif key == "limit":
+            args.append(f"--limit={int(value)}")
+        elif key == "loss":
+            if not value:
+                args.append("--no-loss")
         else:
-            self._emit(self.signals.sig_done, result)
-
-    @staticmethod
-    def _emit(signal, *args) -> None:
-        try:
-            signal.emit(*args)
-        except RuntimeError:
-            pass  # the widget is gone
+            raise TypeError(f"unknown evaluation option {key!r}")
+    return args
 
 
 def load_run_view(run: str | Path) -> tuple[Path, object, dict | None]:
@@ -95,12 +82,6 @@ def load_run_view(run: str | Path) -> tuple[Path, object, dict | None]:
     except Exception:  # noqa: BLE001 - an unreadable old result must not hide the run
         results = None
     return run_dir, run_history(run_dir), results
-
-
-def _default_evaluate(**kwargs) -> dict:
-    from engine.evaluate import evaluate_run
-
-    return evaluate_run(**kwargs)
 
 
 # -- rich text cells ---------------------------------------------------------------------------
@@ -174,27 +155,20 @@ def diff_cells(a: str, b: str) -> tuple[str, str]:
 class EvalResultsWidget(QWidget):
     """Metrics base vs tuned, answers side by side, the golden timeline, and "use this checkpoint".
 
-    `evaluate_fn` (for tests or a different backend) takes the keyword arguments of
-    `engine.evaluate.evaluate_run` and returns its results dict; `thread_pool` defaults to the
-    global pool.
-    """
+    Evaluating runs `lathe-engine eval run` in a worker process (`self.job`, app.jobs)."""
 
     sig_use_checkpoint = Signal(str, int)  # run id, checkpoint step
     sig_evaluation_started = Signal()
     sig_evaluation_finished = Signal(object)  # the results dict
     sig_evaluation_failed = Signal(str, str)  # message, hint
 
-    def __init__(
-        self,
-        parent: QWidget | None = None,
-        *,
-        evaluate_fn: Callable[..., dict] | None = None,
-        thread_pool: QThreadPool | None = None,
-    ):
+    def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self._evaluate_fn = evaluate_fn or _default_evaluate
-        self._pool = thread_pool or QThreadPool.globalInstance()
-        self._job: _EvalJob | None = None
+        self.job = JobController("evaluation", self)
+        self.job.sig_progress.connect(self._on_job_progress)
+        self.job.sig_finished.connect(self._on_job_done)
+        self.job.sig_failed.connect(self._on_job_failed)
+        self.job.sig_cancelled.connect(self._on_job_cancelled)
         self.run_dir: Path | None = None
         self.results: dict | None = None
         self.history = None
@@ -210,7 +184,7 @@ class EvalResultsWidget(QWidget):
 
     @property
     def busy(self) -> bool:
-        return self._job is not None
+        return self.job.running
 
     def set_run(self, run: str | Path) -> None:
         """Show `run` (an id or folder): its checkpoints, golden timeline and latest evaluation.
@@ -239,29 +213,23 @@ class EvalResultsWidget(QWidget):
         self.eval_options = dict(options)
 
     def evaluate(self, step: int | None = None, **options) -> None:
-        """Evaluate the chosen checkpoint (or `step`) against the base model, on a worker thread."""
+        """Evaluate the chosen checkpoint (or `step`) against the base model, in a worker process."""
         if self.run_dir is None or self.busy:
             return
         if step is None:
             step = self._checkpoint_combo.currentData()
         spec = f"{self.run_dir}:{step}" if step is not None else str(self.run_dir)
-        kwargs = {**self.eval_options, **options, "spec": spec}
-        job = _EvalJob(self._evaluate_fn, kwargs)
-        job.signals.sig_progress.connect(self._on_job_progress)
-        job.signals.sig_done.connect(self._on_job_done)
-        job.signals.sig_failed.connect(self._on_job_failed)
-        self._job = job
+        self.job.start(*eval_arguments(spec, **{**self.eval_options, **options}))
         self._status.setText("Loading the model…")
         self._progress.setRange(0, 0)
         self._progress.show()
         self._update_buttons()
         self.sig_evaluation_started.emit()
-        self._pool.start(job)
 
     def cancel(self) -> None:
-        if self._job is not None:
-            self._job.cancel.set()
-            self._status.setText("Stopping after the current answer…")
+        if self.busy:
+            self.job.cancel()
+            self._status.setText("Stopping…")
 
     def set_results(self, results: dict) -> None:
         """Show an evaluation's results (a dict from `evaluate_run` or a results.json)."""
@@ -525,7 +493,6 @@ class EvalResultsWidget(QWidget):
             self._status.setText(p.get("message", stage) + "…")
 
     def _end_job(self) -> None:
-        self._job = None
         self._progress.hide()
         self._update_buttons()
 
@@ -541,6 +508,10 @@ class EvalResultsWidget(QWidget):
             f"<span style='color:#c62828'>{html.escape(message)}</span> {html.escape(hint)}"
         )
         self.sig_evaluation_failed.emit(message, hint)
+
+    def _on_job_cancelled(self) -> None:
+        self._end_job()
+        self._status.setText("Evaluation cancelled.")
 
 
 def _badges(side: dict, specs) -> str:

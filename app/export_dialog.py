@@ -1,5 +1,5 @@
 """Export a run's adapter (engine.export): fused MLX folder, GGUF or an Ollama folder, into a
-folder the user chooses, on a worker thread with progress and Cancel. An earlier export of the
+folder the user chooses, in a worker process (app.jobs) with progress and Cancel. An earlier export of the
 same kind in that folder can be replaced (only one Lathe wrote); after success the result can be
 revealed in the file manager or its path copied."""
 
@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
+from app.jobs import JobController
 from app.tasks import Task
 
 KINDS = [
@@ -43,6 +44,11 @@ class ExportDialog(QDialog):
         self.result_path: Path | None = None
         self.folder: str | None = None  # None: the run's exports folder
         self.target = None  # engine.export.destination.ExportTarget of the last check
+        self.job = JobController("export", self)  # the export itself, in a worker process
+        self.job.sig_progress.connect(self._on_task_progress)
+        self.job.sig_finished.connect(self._on_task_done)
+        self.job.sig_failed.connect(self._on_task_failed)
+        self.job.sig_cancelled.connect(self._on_task_cancelled)
         self.setWindowTitle(f"Export {self.run_dir.name}")
         self.setMinimumWidth(560)
         self.kind = QComboBox()
@@ -94,6 +100,11 @@ class ExportDialog(QDialog):
         layout.addWidget(self.buttons)
         self._show_folder()
 
+    @property
+    def busy(self) -> bool:
+        """The destination check or the export is running."""
+        return self.task is not None or self.job.running
+
     # -- destination --------------------------------------------------------------------------
     def choose_folder(self) -> None:
         start = self.folder or str(self.result_path.parent if self.result_path else Path.home())
@@ -113,14 +124,14 @@ class ExportDialog(QDialog):
 
     def _on_choice_changed(self, *_args) -> None:
         self.replace_button.setVisible(False)
-        self.export_button.setEnabled(self.task is None)
+        self.export_button.setEnabled(not self.busy)
 
     # -- running ------------------------------------------------------------------------------
     def start(self) -> None:
         """Check the destination (off the GUI thread), then export, or offer Replace."""
         from app.services import export_target
 
-        if self.task is not None:
+        if self.busy:
             return
         self._set_running(True)
         self.status.setText("Checking the destination…")
@@ -149,45 +160,36 @@ class ExportDialog(QDialog):
             )
 
     def replace(self) -> None:
-        if self.task is None and self.target is not None and self.target.replaceable:
+        if not self.busy and self.target is not None and self.target.replaceable:
             self._run_export(replace=True)
 
     def _run_export(self, replace: bool) -> None:
-        from app.services import export_run
-
+        """`lathe-engine export KIND RUN --out PATH` in a worker process (app.jobs); with
+        `replace`, the engine overwrites only an export that Lathe wrote there."""
         self._set_running(True)
         self.replace_button.setVisible(False)
         self.reveal_button.setVisible(False)
         self.copy_button.setVisible(False)
         self.status.setText("Starting…")
-        self.task = Task(
-            export_run,
-            self.kind.currentData(),
-            str(self.run_dir),
-            folder=self.folder,
-            replace=replace,
-        )
-        self.task.sig_progress.connect(self._on_task_progress)
-        self.task.sig_done.connect(self._on_task_done)
-        self.task.sig_failed.connect(self._on_task_failed)
-        self.task.sig_cancelled.connect(self._on_task_cancelled)
-        self.task.start(self)
+        self.progress.setRange(0, 0)
+        args = ["export", self.kind.currentData(), str(self.run_dir)]
+        args += ["--out", str(self.target.path), "--progress"]
+        self.job.start(*args, *(["--replace"] if replace else []))
 
-    def _on_task_progress(self, p) -> None:
-        self._set_status(getattr(p, "message", str(p)))
-        fraction = getattr(p, "fraction", None)
+    def _on_task_progress(self, p: dict) -> None:
+        self._set_status(str(p.get("message", "")))
+        fraction = p.get("fraction")
         if fraction is None:
             self.progress.setRange(0, 0)
         else:
             self.progress.setRange(0, 100)
             self.progress.setValue(int(fraction * 100))
 
-    def _on_task_done(self, result) -> None:
-        self.task = None
+    def _on_task_done(self, result: dict) -> None:
         self.result = result
         self.progress.setRange(0, 100)
         self.progress.setValue(100)
-        d = result.to_dict() if hasattr(result, "to_dict") else {}
+        d = result if isinstance(result, dict) else {}
         where = d.get("path") or d.get("out") or d.get("out_dir") or d.get("gguf_path") or ""
         self.result_path = Path(str(where)) if where else None
         text = f"Done. {where}".strip()
@@ -209,7 +211,6 @@ class ExportDialog(QDialog):
         self._finish()
 
     def _on_task_cancelled(self) -> None:
-        self.task = None
         self._set_status("Cancelled; nothing was left half-written.")
         self._finish()
 
@@ -251,13 +252,14 @@ class ExportDialog(QDialog):
             QGuiApplication.clipboard().setText(str(self.result_path))
 
     def _on_cancel_clicked(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+        if self.job.running:
+            self.job.cancel()
             self._set_status("Cancelling…")
-        else:
+        elif self.task is None:  # the destination check is short: it is not cancelled
             self.reject()
 
     def reject(self) -> None:
         if self.task is not None:
             self.task.cancel()
+        self.job.cancel()
         super().reject()

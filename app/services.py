@@ -212,35 +212,6 @@ def delete_run(path: Path) -> None:
     _delete(path)
 
 
-def export_run(
-    kind: str,
-    run: str,
-    progress=None,
-    cancel: threading.Event | None = None,
-    folder: str | None = None,
-    replace: bool = False,
-):
-    """Run one export (fuse / gguf / ollama) of a run's adapter into `folder` (default: the run's
-    exports folder); returns the engine's result. `replace` overwrites an earlier export of the
-    same kind there, and only one that Lathe wrote (engine.export.destination)."""
-    from engine import export
-    from engine.export.destination import export_target
-
-    target = export_target(kind, run, folder)
-    if target.exists and not (replace and target.replaceable):
-        if target.replaceable:
-            raise export.ExportError(
-                f"{target.path.name} is already in {target.path.parent}.",
-                hint="Replace it, or choose another folder.",
-            )
-        raise export.ExportError(
-            f"{target.path} already exists and was not written by Lathe, so it is left alone.",
-            hint="Choose another folder.",
-        )
-    fn = {"fuse": export.fuse, "gguf": export.export_gguf, "ollama": export.export_ollama}[kind]
-    return fn(str(run), out=target.path, overwrite=replace, progress=progress, cancel=cancel)
-
-
 def export_target(kind: str, run: str, folder: str | None = None):
     """Where an export would go and whether an earlier one is there (the Export dialog asks)."""
     from engine.export.destination import default_folder, export_target
@@ -319,12 +290,6 @@ def import_model(path: str):
     from engine.models import import_any
 
     return import_any(path)
-
-
-def quantize_model(name_or_path: str, bits: int, progress=None):
-    from engine.models import quantize
-
-    return quantize(name_or_path, bits=bits, progress=progress)
 
 
 def delete_model(name: str) -> dict:

@@ -54,8 +54,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_json_flag(parser: argparse.ArgumentParser) -> None:
+def add_json_flag(parser: argparse.ArgumentParser, progress: bool = False) -> None:
     parser.add_argument("--json", action="store_true", help="Print machine-readable JSON.")
+    if progress:
+        parser.add_argument(
+            "--progress",
+            action="store_true",
+            help='Also print progress on stdout, one JSON line each: {"progress": {...}}.',
+        )
+
+
+_last_progress = {"stage": None, "time": 0.0}
+PROGRESS_INTERVAL_S = 0.1  # at most ten lines a second within one stage
+
+
+def print_progress(p) -> None:
+    """One progress line for `--progress` (the app's job controller reads them): a dict, or an
+    object with to_dict() or dataclass fields, as {"progress": {...}} on one line of stdout.
+    Within a stage, reports closer than PROGRESS_INTERVAL_S are dropped (never the last one)."""
+    import dataclasses
+    import time
+
+    if isinstance(p, dict):
+        data = p
+    elif hasattr(p, "to_dict"):
+        data = p.to_dict()
+    elif dataclasses.is_dataclass(p):
+        data = dataclasses.asdict(p)
+    else:
+        data = {"message": str(p)}
+    if "fraction" not in data and hasattr(p, "fraction"):
+        data = {**data, "fraction": p.fraction}
+    now, stage = time.monotonic(), data.get("stage")
+    last = data.get("fraction") == 1 or data.get("done") == data.get("total", object())
+    if stage == _last_progress["stage"] and not last:
+        if now - _last_progress["time"] < PROGRESS_INTERVAL_S:
+            return
+    _last_progress.update(stage=stage, time=now)
+    print(json.dumps({"progress": data}, ensure_ascii=False, default=str), flush=True)
 
 
 def print_json(obj) -> None:

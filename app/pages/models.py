@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.jobs import JobController
 from app.tasks import Task
 
 GB = 1024**3
@@ -87,6 +88,11 @@ class ModelsPage(QWidget):
         self.downloads: dict[str, Task] = {}
         self.cells: dict[str, DownloadCellWidget] = {}
         self._tasks: list[Task] = []
+        self._quantizing = ""
+        self.quantize_job = JobController("quantization", self)  # MLX in a worker process
+        self.quantize_job.sig_progress.connect(self._on_quantize_progress)
+        self.quantize_job.sig_finished.connect(self._on_quantized)
+        self.quantize_job.sig_failed.connect(self._on_quantize_failed)
         title = QLabel("Models")
         title.setObjectName("pageTitle")
         self.status = QLabel("")
@@ -333,8 +339,6 @@ class ModelsPage(QWidget):
         )
 
     def _on_quantize_clicked(self) -> None:
-        from app.services import quantize_model
-
         row = self.selected()
         if row is None:
             return
@@ -348,11 +352,32 @@ class ModelsPage(QWidget):
         )
         if not ok:
             return
-        n = 4 if bits.startswith("4") else 8
-        self.status.setText(f"Quantizing {row.name} to {n} bits…")
-        self._run_library_task(
-            Task(quantize_model, row.path, n), lambda e: f"Wrote {e.name} ({_size(e.size_bytes)})."
-        )
+        self.quantize(row.path, 4 if bits.startswith("4") else 8, row.name)
+
+    def quantize(self, path: str, bits: int, name: str | None = None) -> None:
+        """Write a quantized copy of a model (`lathe-engine models quantize`) in a worker process."""
+        if self.quantize_job.running:
+            self.status.setText("A quantization is running already; wait for it to finish.")
+            return
+        self._quantizing = f"Quantizing {name or Path(path).name} to {bits} bits"
+        self.status.setText(f"{self._quantizing}…")
+        self.busy.setVisible(True)
+        self.quantize_job.start("models", "quantize", path, f"--bits={bits}", "--progress")
+
+    def _on_quantize_progress(self, p: dict) -> None:
+        fraction = p.get("fraction")
+        done = f" ({int(fraction * 100)}% written)" if p.get("stage") == "writing" else ""
+        self.status.setText(f"{self._quantizing}: {p.get('stage', '')}{done}…")
+
+    def _on_quantized(self, entry: dict) -> None:
+        self.busy.setVisible(False)
+        self.status.setText(f"Wrote {entry['name']} ({_size(int(entry['size_bytes']))}).")
+        self.refresh()
+        self.sig_library_changed.emit()
+
+    def _on_quantize_failed(self, message: str, hint: str) -> None:
+        self.busy.setVisible(False)
+        self.status.setText(f"{message} {hint}".strip())
 
     def _on_delete_clicked(self) -> None:
         row = self.selected()

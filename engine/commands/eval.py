@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli import add_json_flag, print_json
+from engine.cli import add_json_flag, print_json, print_progress
 
 METRIC_HELP = (
     "Task metric (repeatable): exact, contains, regex:PATTERN, json, schema:FILE.json, length. "
@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     r.add_argument(
         "--no-loss", action="store_true", help="Skip the loss comparison on the test split."
     )
-    add_json_flag(r)
+    add_json_flag(r, progress=True)
     r.set_defaults(handler=_run)
 
     b = sub.add_parser(
@@ -103,8 +103,11 @@ def _prompt_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _progress(as_json: bool):
+def _progress(as_json: bool, as_lines: bool = False):
     def show(p: dict) -> None:
+        if as_lines:
+            print_progress(p)
+            return
         if as_json:
             return
         if p["stage"] in ("load", "loss"):
@@ -143,7 +146,7 @@ def _run(args) -> int:
         stop=_stops(args),
         limit=args.limit,
         loss=not args.no_loss,
-        progress=_progress(args.json),
+        progress=_progress(args.json, args.progress),
     )
     if args.json:
         print_json(results)

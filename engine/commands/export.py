@@ -13,7 +13,7 @@ import argparse
 import signal
 import sys
 
-from engine.cli import add_json_flag, print_json
+from engine.cli import add_json_flag, print_json, print_progress
 
 SOURCE_HELP = (
     "A run id or run folder, RUN:STEP for a checkpoint, or an adapter folder "
@@ -153,7 +153,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--model", dest="base_model", help="Base model, when the adapter does not name it."
     )
     p.add_argument("--force", action="store_true", help="Replace the output if it exists.")
-    add_json_flag(p)
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="Replace the output only if it is an earlier export that Lathe wrote; "
+        "refuse anything else there.",
+    )
+    add_json_flag(p, progress=True)
 
 
 def _run(args, fn, *fn_args, **kwargs):
@@ -164,6 +170,9 @@ def _run(args, fn, *fn_args, **kwargs):
     last = {"stage": None}
 
     def show(p):
+        if getattr(args, "progress", False):
+            print_progress(p)
+            return
         if args.json:
             return
         pct = f"{p.fraction * 100:5.1f}% " if p.fraction is not None else ""
@@ -185,6 +194,16 @@ def _run(args, fn, *fn_args, **kwargs):
         signal.signal(signal.SIGINT, previous)
 
 
+def _overwrite(args, kind: str) -> bool:
+    """--force replaces anything at --out; --replace only an export Lathe wrote there."""
+    if args.force or not args.replace:
+        return args.force
+    from engine.export.destination import check_replace
+
+    check_replace(kind, args.out or "")
+    return True
+
+
 def _fuse(args) -> int:
     from engine.export import fuse
 
@@ -197,7 +216,7 @@ def _fuse(args) -> int:
         check=not args.no_check,
         max_tokens=args.max_tokens,
         base_model=args.base_model,
-        overwrite=args.force,
+        overwrite=_overwrite(args, "fuse"),
     )
     rt = result.round_trip
     if args.json:
@@ -236,7 +255,7 @@ def _gguf(args) -> int:
         args.out,
         dtype=args.dtype,
         base_model=args.base_model,
-        overwrite=args.force,
+        overwrite=_overwrite(args, "gguf"),
     )
     if args.json:
         print_json(result.to_dict())
@@ -261,7 +280,7 @@ def _ollama(args) -> int:
         dtype=args.dtype,
         system=args.system,
         base_model=args.base_model,
-        overwrite=args.force,
+        overwrite=_overwrite(args, "ollama"),
     )
     if args.json:
         print_json(result.to_dict())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli import add_json_flag, print_json
+from engine.cli import add_json_flag, print_json, print_progress
 
 GB = 1024**3
 
@@ -60,7 +60,7 @@ def register(subparsers) -> None:
     s.add_argument("--bits", type=int, choices=(4, 8), default=4)
     s.add_argument("--group-size", type=int, choices=(32, 64, 128), default=64)
     s.add_argument("--name", default=None)
-    add_json_flag(s)
+    add_json_flag(s, progress=True)
     s.set_defaults(handler=_quantize)
 
     s = sub.add_parser("dequantize", help="Write an unquantized copy of a quantized model.")
@@ -198,6 +198,9 @@ def _import(args: argparse.Namespace) -> int:
 
 def _convert_progress(args):
     def progress(p) -> None:
+        if getattr(args, "progress", False):
+            print_progress(p)
+            return
         if not args.json and p.stage == "writing" and p.total_bytes and sys.stderr.isatty():
             print(f"\r{int(p.fraction * 100):3d}% written", end="", file=sys.stderr)
 

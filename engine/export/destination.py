@@ -205,3 +205,17 @@ def written_by_lathe(path: Path, kind: str) -> bool:
         return False
     ours = written_files(path)
     return ours is not None and not (set(_entries(path)) - ours - {MANIFEST})
+
+
+def check_replace(kind: str, path: str | Path) -> None:
+    """Raise ExportError unless an export of `kind` may be written at `path` in place of what is
+    there: nothing, or an earlier export that Lathe wrote (never the user's own files)."""
+    if not str(path):
+        raise ExportError("Replacing needs --out: the export to replace.", hint="Pass --out PATH.")
+    path = Path(path).expanduser()
+    exists = path.is_file() or (path.is_dir() and any(path.iterdir()))
+    if exists and not written_by_lathe(path, kind):
+        raise ExportError(
+            f"{path} already exists and was not written by Lathe, so it is left alone.",
+            hint="Choose another folder.",
+        )

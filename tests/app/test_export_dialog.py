@@ -16,9 +16,7 @@ def run_dir(stories_path, tmp_path):
 
 def _export(qtbot, dialog):
     dialog.export_button.click()
-    qtbot.waitUntil(
-        lambda: dialog.task is None and dialog.export_button.isEnabled(), timeout=90_000
-    )
+    qtbot.waitUntil(lambda: not dialog.busy and dialog.export_button.isEnabled(), timeout=90_000)
 
 
 @pytest.mark.slow
@@ -49,9 +47,7 @@ def test_export_into_a_chosen_folder_then_replace(qtbot, run_dir, tmp_path):
     assert "already in" in dialog.status.text() and dialog.replace_button.isVisible()
     stamp = (first / "config.json").stat().st_mtime_ns
     dialog.replace_button.click()
-    qtbot.waitUntil(
-        lambda: dialog.task is None and dialog.export_button.isEnabled(), timeout=90_000
-    )
+    qtbot.waitUntil(lambda: not dialog.busy and dialog.export_button.isEnabled(), timeout=90_000)
     assert dialog.status.text().startswith("Done."), dialog.status.text()
     assert (first / "config.json").stat().st_mtime_ns != stamp
     dialog.reject()
@@ -73,11 +69,11 @@ def test_replace_is_not_offered_for_what_lathe_did_not_write(qtbot, run_dir, tmp
     assert "not written by Lathe" in dialog.status.text()
     assert not dialog.replace_button.isVisibleTo(dialog)
     assert (theirs / "notes.txt").read_text() == "my notes"
-    from app.services import export_run
     from engine.export import ExportError
+    from engine.export.destination import check_replace
 
-    with pytest.raises(ExportError):
-        export_run("ollama", str(run_dir), folder=str(out), replace=True)
+    with pytest.raises(ExportError):  # what `export ollama --replace` checks in the worker
+        check_replace("ollama", theirs)
     assert (theirs / "notes.txt").read_text() == "my notes"
 
 
@@ -101,3 +97,24 @@ def test_open_folder_without_a_file_manager_says_so(qtbot, monkeypatch, tmp_path
     box = QApplication.activeModalWidget()
     assert str(tmp_path) in box.informativeText()
     box.close()
+
+
+@pytest.mark.slow
+def test_an_export_worker_that_dies_leaves_the_dialog_usable(qtbot, run_dir, tmp_path):
+    """Issue 19: the export ran MLX on a thread of the window's process, so an abort while fusing
+    took the window down. Now the worker dies alone and the dialog says what happened."""
+    from app.export_dialog import ExportDialog
+
+    dialog = ExportDialog(run_dir)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.set_folder(str(tmp_path))
+    dialog.kind.setCurrentIndex(dialog.kind.findData("fuse"))
+    with qtbot.waitSignal(dialog.job.sig_progress, timeout=60_000):
+        dialog.export_button.click()
+    with qtbot.waitSignal(dialog.job.sig_ended, timeout=30_000):
+        dialog.job.process.kill()  # what a Metal abort or the OOM killer does to the worker
+    text = dialog.status.text()
+    assert "The export failed: The export worker stopped unexpectedly" in text, text
+    assert "signal 9" in text
+    assert dialog.export_button.isEnabled() and dialog.kind.isEnabled() and not dialog.busy

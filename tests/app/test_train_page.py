@@ -51,9 +51,9 @@ def test_training_draws_the_chart_and_completes(window, qtbot, tiny_chat_model, 
     assert dialog is not None and dialog.run_dir == run_dir
     dialog.kind.setCurrentIndex(0)
     dialog.start()
-    qtbot.waitUntil(lambda: dialog.task is None, timeout=120_000)
+    qtbot.waitUntil(lambda: not dialog.busy, timeout=120_000)
     assert dialog.status.text().startswith("Done."), dialog.status.text()
-    assert (Path(dialog.result.path) / "config.json").exists()
+    assert (Path(dialog.result["path"]) / "config.json").exists()
     dialog.reject()
 
 
