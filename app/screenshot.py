@@ -211,13 +211,14 @@ def render(page: str, file: str) -> int:
         window.runs.table.topLevelItem(0).setSelected(True)
         _wait(app, lambda: window.runs.chart.point_count > 0, 20)
     elif page == "chat":
-        # A real short exchange with the demo model when it is on this machine.
-        from app.services import demo_model_path
+        # A real short exchange with stories260K when it is on this machine (the demo model may
+        # be SmolLM2 now, which takes minutes to load and answer on a loaded CPU).
+        from engine.workspace import shared_stories_model
 
         chat = window.chat
         chat.set_run(None)
         _wait(app, lambda: pool.activeThreadCount() == 0, 10)
-        demo = demo_model_path()
+        demo = shared_stories_model()
         if demo is not None:
             chat.model.setEditText(str(demo))
             chat.load()

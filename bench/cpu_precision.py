@@ -10,8 +10,9 @@ bank-support conversations) after one untimed warm-up step, each variant in its 
   c: dequantized to float32
   d: dequantized to bfloat16
   e: dequantized to float16
-A variant that does not finish within --timeout seconds is reported as such. This is the
-measurement behind engine.precision's choice on the CPU backend (see README, "CPU precision").
+A variant that does not finish within --timeout seconds is reported as such. `--matmul` instead
+times one of the model's layers (576 -> 1536, 64 tokens) forward, dense and 4-bit, per dtype. These
+are the measurements behind engine.models.precision's choice on the CPU backend.
 """
 
 from __future__ import annotations
@@ -106,6 +107,32 @@ def _one(model_path: str, variant: str, batch: int, steps: int) -> dict:
     }
 
 
+def matmul_table() -> None:
+    """One linear layer's forward, dense and 4-bit quantized (scales in the same dtype), per dtype."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    x = mx.random.normal((64, 576))
+    print("| dtype | dense ms | 4-bit ms |")
+    print("|---|---|---|")
+    for name in ("float32", "float16", "bfloat16"):
+        dt = getattr(mx, name)
+        dense = nn.Linear(576, 1536)
+        dense.weight = dense.weight.astype(dt)
+        quant = nn.QuantizedLinear.from_linear(dense, 32, 4)
+        quant.scales, quant.biases = quant.scales.astype(dt), quant.biases.astype(dt)
+        xx = x.astype(dt)
+        row = []
+        for layer in (dense, quant):
+            mx.eval(layer(xx))
+            t, n = time.perf_counter(), 0
+            while time.perf_counter() - t < 2 and n < 50:
+                mx.eval(layer(xx))
+                n += 1
+            row.append(f"{(time.perf_counter() - t) / n * 1000:.1f}")
+        print(f"| {name} | {row[0]} | {row[1]} |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL))
@@ -113,8 +140,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up step")
     p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--matmul", action="store_true", help="time one layer's matmul per dtype")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.matmul:
+        matmul_table()
+        return
     if args.one:
         print(json.dumps(_one(args.model, args.one, args.batch, args.steps)))
         return

@@ -32,7 +32,7 @@ def test_the_demo_prefers_smollm2_from_the_shared_folder_and_says_so(no_shared, 
     demo.demo_defaults(cfg, notes)
     assert cfg.model.path == str(folder) and notes == [choice.note]
     assert cfg.data.path.endswith("bank-support")
-    assert (cfg.lora.num_layers, cfg.lora.rank, cfg.training.learning_rate) == (8, 16, 1e-3)
+    assert (cfg.lora.num_layers, cfg.lora.rank, cfg.training.learning_rate) == (8, 16, 2e-4)
     assert cfg.training.golden_prompts == demo.GOLDEN_PROMPTS
 
 

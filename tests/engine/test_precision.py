@@ -13,7 +13,7 @@ import pytest
 from engine.models.precision import ModelPrecision, choose_compute
 
 GB = 1_000_000_000
-Q4_FP16 = ModelPrecision("float16", True, (8, 4), "float16", 135_000_000)  # SmolLM2-135M 4-bit
+Q4_FP16 = ModelPrecision("float16", True, (4, 8), "float16", 135_000_000)  # SmolLM2-135M 4-bit
 FP16 = ModelPrecision("float16", False, parameters=135_000_000)
 BF16 = ModelPrecision("bfloat16", False, parameters=135_000_000)
 FP32 = ModelPrecision("float32", False, parameters=135_000_000)
@@ -34,7 +34,7 @@ def test_cpu_dequantizes_a_quantized_model_to_float32_and_says_why(method):
     assert (plan.action, plan.compute_dtype, plan.stored) == (
         "dequantize",
         "float32",
-        "8/4-bit (float16 scales)",
+        "4-bit (float16 scales)",
     )
     assert plan.quantized
     assert "CPU" in plan.note and "float32" in plan.note and "adapter" in plan.note
@@ -55,7 +55,7 @@ def test_cpu_leaves_a_float32_model_alone_without_a_note():
 def test_full_fine_tuning_of_a_quantized_model_keeps_its_layers_with_float32_scales():
     plan = choose_compute(Q4_FP16, "cpu", "full", 24 * GB)
     assert plan.action == "upcast_scales"
-    assert plan.compute_dtype == "8/4-bit (float32 scales)"
+    assert plan.compute_dtype == "4-bit (float32 scales)"
     assert "slow" in plan.note
 
 
