@@ -86,18 +86,23 @@ def _f(default: Any, help: str, **extra: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    path: str = _f("", "Model to fine-tune: a local folder or a Hugging Face repo id.")
+    path: str = _f(
+        "", "Model to fine-tune: a local folder or a Hugging Face repo id.", cli="--model"
+    )
     chat_template: str | None = _f(
         None,
         "Jinja chat template to use instead of the model's own. Base models without a template "
         "get Lathe's default template, and the run records which was used.",
+        cli="--chat-template",
     )
 
 
 @dataclass
 class DataConfig:
     path: str = _f(
-        "", "Dataset: a JSONL file, or a folder with train.jsonl, valid.jsonl, test.jsonl."
+        "",
+        "Dataset: a JSONL file, or a folder with train.jsonl, valid.jsonl, test.jsonl.",
+        cli="--data",
     )
     mask_prompt: bool = _f(
         True,
@@ -108,6 +113,7 @@ class DataConfig:
         "Longest example in tokens; longer examples are truncated (the report says how many).",
         at_least=2,
         at_most=MAX_TOKENS,
+        cli="--max-seq-length",
     )
     valid_fraction: float = _f(
         0.1,
@@ -115,11 +121,13 @@ class DataConfig:
         at_least=0,
         below=1,
         example="0.1",
+        cli="--valid-fraction",
     )
     val_batches: int = _f(
         25,
         "Validation batches per evaluation, always the same examples; -1 uses the whole set.",
         at_least=-1,
+        cli="--val-batches",
     )
     test_batches: int = _f(
         500, "Test batches for the final test evaluation; -1 uses the whole set.", at_least=-1
@@ -169,18 +177,31 @@ class LoraConfig:
         "lora (small adapter), dora (weight-decomposed adapter) or full (all weights of the "
         "trained layers). A quantized base model makes lora/dora QLoRA.",
         choices=("lora", "dora", "full"),
+        cli="--fine-tune-type",
     )
     num_layers: int = _f(
-        16, "How many of the last transformer layers to train; -1 trains all.", at_least=-1
+        16,
+        "How many of the last transformer layers to train; -1 trains all.",
+        at_least=-1,
+        cli="--num-layers",
     )
     rank: int = _f(
         8,
         "LoRA rank: adapter size. Higher learns more and uses more memory.",
         at_least=1,
         at_most=MAX_TOKENS,
+        cli="--lora-rank",
     )
-    scale: float = _f(20.0, "LoRA scale: how strongly the adapter changes the layer's output.")
-    dropout: float = _f(0.0, "Dropout on the adapter input during training.", at_least=0, below=1)
+    scale: float = _f(
+        20.0, "LoRA scale: how strongly the adapter changes the layer's output.", cli="--lora-scale"
+    )
+    dropout: float = _f(
+        0.0,
+        "Dropout on the adapter input during training.",
+        at_least=0,
+        below=1,
+        cli="--lora-dropout",
+    )
     keys: list[str] | None = _f(
         None, "Module names to adapt (e.g. self_attn.q_proj); empty adapts every linear layer."
     )
@@ -193,13 +214,25 @@ class TrainingConfig:
         "Optimizer steps to train for; when empty, `epochs` decides.",
         at_least=1,
         at_most=1_000_000_000,
+        cli="--iters",
     )
     epochs: float = _f(
-        2.0, "Passes over the training data (used when `iters` is empty).", above=0, at_most=100_000
+        2.0,
+        "Passes over the training data (used when `iters` is empty).",
+        above=0,
+        at_most=100_000,
+        cli="--epochs",
     )
-    batch_size: int = _f(4, "Examples per step.", at_least=1, at_most=65_536)
-    learning_rate: float = _f(1e-4, "Peak learning rate.", above=0, example="1e-4")
-    optimizer: str = _f("adam", "Optimizer.", choices=("adam", "adamw", "sgd", "adafactor", "muon"))
+    batch_size: int = _f(4, "Examples per step.", at_least=1, at_most=65_536, cli="--batch-size")
+    learning_rate: float = _f(
+        1e-4, "Peak learning rate.", above=0, example="1e-4", cli="--learning-rate"
+    )
+    optimizer: str = _f(
+        "adam",
+        "Optimizer.",
+        choices=("adam", "adamw", "sgd", "adafactor", "muon"),
+        cli="--optimizer",
+    )
     optimizer_config: dict = _f({}, "Extra optimizer arguments, e.g. {weight_decay: 0.01}.")
     lr_schedule: dict | None = _f(
         None,
@@ -213,21 +246,29 @@ class TrainingConfig:
         "or would not fit without it (same results, steps about a third slower).",
     )
     grad_accumulation_steps: int = _f(
-        1, "Batches whose gradients are summed per optimizer update.", at_least=1, at_most=1024
+        1,
+        "Batches whose gradients are summed per optimizer update.",
+        at_least=1,
+        at_most=1024,
+        cli="--grad-accumulation-steps",
     )
-    steps_per_report: int = _f(10, "Steps between progress reports.", at_least=1)
+    steps_per_report: int = _f(
+        10, "Steps between progress reports.", at_least=1, cli="--steps-per-report"
+    )
     steps_per_eval: int | None = _f(
         None,
         "Steps between validation evaluations; empty: chosen from the run's length (about 15 "
         "evaluations, at checkpoint steps where that works out).",
         at_least=1,
+        cli="--steps-per-eval",
     )
-    save_every: int = _f(100, "Steps between checkpoints.", at_least=1)
+    save_every: int = _f(100, "Steps between checkpoints.", at_least=1, cli="--save-every")
     seed: int = _f(
         0,
         "Random seed for data order, the validation subset and dropout.",
         at_least=0,
         at_most=MAX_SEED,
+        cli="--seed",
     )
     clear_cache_threshold: int = _f(
         0,
@@ -237,7 +278,9 @@ class TrainingConfig:
     )
     test: bool = _f(False, "Evaluate on the test split after training.")
     resume_adapter_file: str | None = _f(
-        None, "Adapter weights (.safetensors) to start from instead of a fresh adapter."
+        None,
+        "Adapter weights (.safetensors) to start from instead of a fresh adapter.",
+        cli="--resume-adapter-file",
     )
     golden_prompts: list[str] = _f(
         [],
@@ -515,6 +558,45 @@ def _check_schedule(schedule: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Parsing helpers
+
+
+@dataclass(frozen=True)
+class CliOption:
+    """A command-line flag that sets one config field; everything but the flag's name comes from
+    the field (type, choices, help), so the CLI, validation and the GUI read one definition."""
+
+    flag: str
+    section: str
+    name: str
+    type: type
+    choices: tuple | None
+    help: str
+
+
+def cli_options() -> list[CliOption]:
+    """The `train` flags: every field whose metadata names a `cli` flag, in definition order."""
+    options = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            flag = f.metadata.get("cli")
+            if not flag:
+                continue
+            tp = hints[f.name]
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            scalar = args[0] if args else tp
+            choices = f.metadata.get("choices")
+            options.append(
+                CliOption(
+                    flag,
+                    section,
+                    f.name,
+                    scalar,
+                    tuple(choices) if choices else None,
+                    f.metadata.get("help", ""),
+                )
+            )
+    return options
 
 
 def field_help(section: str, name: str) -> str:

@@ -10,33 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from engine.config import RunConfig, field_help
-
-# flag -> (section, field, type)
-FLAGS = {
-    "--model": ("model", "path", str),
-    "--chat-template": ("model", "chat_template", str),
-    "--data": ("data", "path", str),
-    "--max-seq-length": ("data", "max_seq_length", int),
-    "--val-batches": ("data", "val_batches", int),
-    "--valid-fraction": ("data", "valid_fraction", float),
-    "--fine-tune-type": ("lora", "fine_tune_type", str),
-    "--num-layers": ("lora", "num_layers", int),
-    "--lora-rank": ("lora", "rank", int),
-    "--lora-scale": ("lora", "scale", float),
-    "--lora-dropout": ("lora", "dropout", float),
-    "--iters": ("training", "iters", int),
-    "--epochs": ("training", "epochs", float),
-    "--batch-size": ("training", "batch_size", int),
-    "--learning-rate": ("training", "learning_rate", float),
-    "--optimizer": ("training", "optimizer", str),
-    "--grad-accumulation-steps": ("training", "grad_accumulation_steps", int),
-    "--steps-per-report": ("training", "steps_per_report", int),
-    "--steps-per-eval": ("training", "steps_per_eval", int),
-    "--save-every": ("training", "save_every", int),
-    "--seed": ("training", "seed", int),
-    "--resume-adapter-file": ("training", "resume_adapter_file", str),
-}
+from engine.config import RunConfig, cli_options, field_help
 
 
 def register(sub) -> None:
@@ -49,8 +23,10 @@ def register(sub) -> None:
     p.add_argument(
         "--config", "-c", metavar="FILE", help="YAML config (Lathe or mlx_lm.lora format)."
     )
-    for flag, (section, name, tp) in FLAGS.items():
-        p.add_argument(flag, type=tp, default=None, help=field_help(section, name))
+    for opt in cli_options():
+        p.add_argument(
+            opt.flag, type=opt.type, default=None, choices=opt.choices, help=opt.help or None
+        )
     p.add_argument(
         "--mask-prompt",
         dest="mask_prompt",
@@ -131,10 +107,10 @@ def build_config(args: argparse.Namespace, warnings: list[str]) -> RunConfig:
         from engine.demo import demo_defaults
 
         demo_defaults(cfg, warnings)
-    for flag, (section, name, _) in FLAGS.items():
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+    for opt in cli_options():
+        value = getattr(args, opt.flag.lstrip("-").replace("-", "_"))
         if value is not None:
-            setattr(getattr(cfg, section), name, value)
+            setattr(getattr(cfg, opt.section), opt.name, value)
     if args.iters is not None:
         cfg.training.iters = args.iters
     if args.epochs is not None and args.iters is None:
