@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from html import escape as _esc  # for text shown as Qt rich text
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -587,10 +588,6 @@ class HostsWidget(QWidget):
     def _on_toggle_toggled(self, on: bool) -> None:
         self.body.setVisible(on)
         self.toggle.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
-
-
-def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class FitBannerWidget(QFrame):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from html import escape as _esc  # for text shown as Qt rich text
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
@@ -620,7 +621,3 @@ def _has_checkpoint(run_dir) -> bool:
         return False
     root = Path(run_dir) / "checkpoints"
     return root.is_dir() and any(p.name.isdigit() for p in root.iterdir())
-
-
-def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
