@@ -143,7 +143,11 @@ def measure_training(
     from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx_lm.utils import load_model
 
+    from engine.models.precision import prepare_for_backend
+
     model, config = load_model(Path(model_path), lazy=False)
+    # As a run computes on this backend (e.g. a 4-bit base in float32 on MLX's CPU backend).
+    model, _ = prepare_for_backend(model, fine_tune_type)
     n_layers = len(model.layers)
     trained = n_layers if num_layers < 0 else min(num_layers, n_layers)
     model.freeze()
