@@ -160,7 +160,7 @@ def fit_cache_to(plan: MemoryPlan, training_peak_bytes: int, gpu: bool | None = 
     return cap
 
 
-def clear_cache_threshold(configured: int) -> int:
+def clear_cache_threshold(configured: int, gpu: bool | None = None) -> int:
     """Bytes of MLX buffer cache past which the training loop frees it after a step (0: never).
 
     A configured threshold wins. Otherwise, on MLX's CPU backend the cache is freed after every
@@ -169,11 +169,13 @@ def clear_cache_threshold(configured: int) -> int:
     resident), without speeding up short data. On a GPU the cache stays, capped at one step's
     working set (`fit_cache_to`): reusing buffers there saves allocations.
     """
-    import mlx.core as mx
-
     if configured:
         return int(configured)
-    return 1 if mx.default_device().type == mx.DeviceType.cpu else 0
+    if gpu is None:
+        import mlx.core as mx
+
+        gpu = mx.default_device().type != mx.DeviceType.cpu
+    return 0 if gpu else 1
 
 
 def active_memory() -> int:
