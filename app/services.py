@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.names import dataset_name, id_name, model_name, run_name
 from engine.config import RunConfig
 
 
@@ -72,23 +73,33 @@ def fit_estimate(model_ref: str, cfg: RunConfig, budget_bytes: int | None = None
     return estimate(resolve(ref), cfg, budget_bytes=budget_bytes)
 
 
+def _same_folder_key(path: str) -> str:
+    """One key per folder on disk, however it is spelled (symlinks, `..`, trailing slashes)."""
+    try:
+        return str(Path(path).expanduser().resolve())
+    except (OSError, RuntimeError):
+        return path
+
+
 def model_choices() -> list[tuple[str, str]]:
-    """(label, value) for the model drop-down: library, demo model, recommended downloads."""
+    """(label, value) for the model drop-down: library, demo model, recommended downloads.
+    A folder is listed once, however many ways it is known (imported and demo model alike)."""
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     try:
         from engine.models import list_models
 
         for e in list_models():
-            if e.available:
-                out.append((f"{e.name}  ({e.kind})", e.path))
-                seen.add(e.path)
+            key = _same_folder_key(e.path)
+            if e.available and key not in seen and (not e.repo_id or e.repo_id not in seen):
+                out.append((f"{model_name(e.name)}  ({e.kind})", e.path))
+                seen.add(key)
                 if e.repo_id:
                     seen.add(e.repo_id)
     except Exception:  # noqa: BLE001 - a broken library must not empty the list
         pass
     demo = demo_model_path()
-    if demo is not None and str(demo) not in seen:
+    if demo is not None and _same_folder_key(str(demo)) not in seen:
         out.append((f"{demo.name}  (demo model)", str(demo)))
     try:
         from engine.models import recommended_models
@@ -101,17 +112,29 @@ def model_choices() -> list[tuple[str, str]]:
     return out
 
 
+def imported_datasets() -> list:
+    """The workspace's datasets, newest first, one per content (a re-import of the same file is
+    the same dataset)."""
+    from engine.data import list_datasets
+
+    out, seen = [], set()
+    for d in list_datasets():
+        key = d.sha256 or str(d.path)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
 def dataset_choices() -> list[tuple[str, str]]:
     out = []
     try:
-        from engine.data import list_datasets
-
-        for d in list_datasets():
+        for d in imported_datasets():
             n = d.splits.get("train", 0)
-            out.append((f"{d.name}  ({n} train examples)", str(d.path)))
+            out.append((f"{d.name or id_name(d.id)}  ({n} train examples)", str(d.path)))
     except Exception:  # noqa: BLE001
         pass
-    out.append(("bank-support sample  (288 examples)", str(sample_dataset())))
+    out.append(("bank-support  (bundled sample, 288 train examples)", str(sample_dataset())))
     return out
 
 
@@ -159,11 +182,11 @@ def run_rows() -> list[RunRow]:
             RunRow(
                 id=info.id,
                 path=info.path,
-                name=info.config.name or info.id,
+                name=run_name(info.config.name, info.id, info.config.data.path),
                 state=info.state,
                 reason=str(s.get("reason") or ""),
-                model=Path(info.config.model.path).name or info.config.model.path,
-                dataset=Path(info.config.data.path).name,
+                model=model_name(info.config.model.path),
+                dataset=dataset_name(info.config.data.path),
                 step=int(s.get("step") or 0),
                 total_steps=int(s.get("total_steps") or 0),
                 best_val_loss=info.best_val_loss,
