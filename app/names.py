@@ -58,3 +58,30 @@ def run_title(name: str, run_id: str, dataset: str = "", model: str = "") -> str
     title = run_name(name, run_id, dataset)
     m = model_name(model) if model else ""
     return f"{title} · {m}" if m and m != title else title
+
+
+_ID_IN_TEXT = re.compile(r"\b\d{8}-\d{6}-([A-Za-z0-9._-]+?)-[0-9a-f]{4}\b")
+
+
+def humanize_ids(text: str) -> str:
+    """Every workspace id inside `text` replaced by its name ("run 2026…-bank-support-a027 ·
+    final adapter" -> "run bank-support · final adapter")."""
+    return _ID_IN_TEXT.sub(lambda m: m.group(1), text or "")
+
+
+def id_time(run_id: str) -> str:
+    """When a workspace id was made, as `30 Nov 15:51` ("" for other names)."""
+    m = re.match(r"^(\d{4})(\d{2})(\d{2})-(\d{2})(\d{2})\d{2}-", run_id or "")
+    if not m:
+        return ""
+    months = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
+    year, month, day, hour, minute = m.groups()
+    return f"{int(day)} {months[int(month) - 1]} {hour}:{minute}"
+
+
+def run_label(name: str, run_id: str, dataset: str = "") -> str:
+    """A run in a list: its name and when it started (`bank-support · 30 Nov 15:51`), so two runs
+    of one name stay apart."""
+    when = id_time(run_id)
+    title = run_name(name, run_id, dataset)
+    return f"{title} · {when}" if when else title

@@ -17,19 +17,35 @@ def sample_dataset() -> Path:
 
 
 def demo_model_note() -> str:
-    """What the demo model will be, in words, without building anything."""
-    from engine.workspace import shared_stories_model
-
-    if shared_stories_model() is not None:
+    """What the demo will do, in words, without building anything. No durations or sizes that
+    would go stale when the demo's model changes: the model is named from the same place the
+    demo takes it (demo_model_path, engine.commands.train.demo_defaults)."""
+    demo = demo_model_path()
+    if demo is not None and not demo.name.startswith("lathe-demo"):
         return (
-            "The demo trains stories260K, a real but tiny (260K-parameter) model pretrained on "
-            "children's stories: it shows the whole flow in about a minute, and its answers "
-            "will not be useful."
+            f"The demo fine-tunes {model_name(demo)}, a small model already on this Mac, on the "
+            "sample dataset: you watch the loss fall for a few minutes, then chat with the "
+            "result. A model this small will not give useful answers; it shows the whole flow."
         )
     return (
-        "No model is downloaded, so the demo builds a tiny random-weight model on this Mac: "
-        "it learns the sample's answers by heart but knows nothing else. Download a real "
-        "model on the Models page for real work."
+        "No model is downloaded yet, so the demo builds a tiny random-weight model on this Mac: "
+        "it learns the sample's answers by heart but knows nothing else. Download a real model "
+        "on the Models page for real work."
+    )
+
+
+def recommended_note() -> str:
+    """The first recommended model in words, with its numbers from resources/models.yaml."""
+    try:
+        from engine.models import recommended_models
+
+        rec = recommended_models()[0]
+    except Exception:  # noqa: BLE001 - the Welcome view shows a plain sentence instead
+        return "The Models page lists small instruct models that train well on a Mac."
+    return (
+        f"{rec.name} (4-bit): a {rec.download_gb:g} GB download that trains in about "
+        f"{rec.train_gb:g} GB of memory with the reference settings; the quickest real model to "
+        "start with."
     )
 
 
@@ -158,6 +174,8 @@ class RunRow:
     created: float
     checkpoints: list[int]
     has_adapter: bool
+    model_path: str = ""
+    dataset_path: str = ""
 
 
 def run_rows() -> list[RunRow]:
@@ -194,6 +212,8 @@ def run_rows() -> list[RunRow]:
                 created=float(s.get("created") or s.get("updated") or 0),
                 checkpoints=list(info.checkpoints),
                 has_adapter=info.adapter_path is not None,
+                model_path=info.config.model.path,
+                dataset_path=info.config.data.path,
             )
         )
     return rows

@@ -1,31 +1,73 @@
 """Look and feel: the native style on macOS, Fusion elsewhere, colours from the system palette
-(so light and dark mode follow the system), plus resources/style.qss."""
+(so light and dark mode follow the system), plus resources/style.qss; and the widgets that make
+long names fit (middle elision with the whole text in the tooltip)."""
 
 from __future__ import annotations
 
 import sys
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QFontMetrics, QPainter, QPalette
+from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPalette
 from PySide6.QtWidgets import QApplication, QComboBox, QLabel, QLineEdit, QSizePolicy, QWidget
 
+FUSION_MARKER = "/* @fusion */"
 
-def apply_theme(app: QApplication) -> None:
-    if sys.platform != "darwin":
-        app.setStyle("Fusion")
+
+def _rgba(color: QColor, alpha: float) -> str:
+    return f"rgba({color.red()}, {color.green()}, {color.blue()}, {alpha:.2f})"
+
+
+def palette_tokens(palette: QPalette) -> dict[str, str]:
+    """The @name@ colours of style.qss, derived from `palette` (light or dark)."""
+    role = QPalette.ColorRole
+    window, text = palette.color(role.Window), palette.color(role.WindowText)
+    button, accent = palette.color(role.Button), palette.color(role.Highlight)
+    dark = window.lightness() < 128
+    return {
+        "accent": accent.name(),
+        "accent_hover": accent.lighter(112).name(),
+        "accent_pressed": accent.darker(118).name(),
+        "separator": _rgba(text, 0.20 if dark else 0.16),
+        "bezel": _rgba(text, 0.28 if dark else 0.22),
+        "bezel_dark": _rgba(text, 0.40 if dark else 0.34),
+        "button_top": button.lighter(125 if dark else 106).name(),
+        "button_hover_top": button.lighter(140 if dark else 110).name(),
+        "button_hover": button.lighter(115 if dark else 103).name(),
+        "button_pressed": button.darker(115 if dark else 112).name(),
+        "disabled_fill": _rgba(text, 0.06 if dark else 0.04),
+        "hover_fill": _rgba(text, 0.12),
+        "link": palette.color(role.Link).name() if not dark else accent.lighter(130).name(),
+        "danger": "#ff6961" if dark else "#c9302c",
+    }
+
+
+def style_sheet(palette: QPalette, platform: str | None = None) -> str:
+    """resources/style.qss for this platform and palette: macOS gets the shared rules only, so
+    its native controls show through; elsewhere the Fusion rules (buttons, tables) follow."""
     try:
         from engine.workspace import resources_dir
 
         qss = (resources_dir() / "style.qss").read_text(encoding="utf-8")
     except OSError:
-        qss = ""
-    app.setStyleSheet(qss)
-    # Follow the system's light/dark setting where Qt reports it (Qt 6.5+); the palette roles in
-    # the style sheet and the charts pick the new colours up.
+        return ""
+    if (platform or sys.platform) == "darwin":
+        qss = qss.split(FUSION_MARKER, 1)[0]
+    for name, value in palette_tokens(palette).items():
+        qss = qss.replace(f"@{name}@", value)
+    return qss
+
+
+def apply_theme(app: QApplication) -> None:
+    """The native style on macOS, Fusion elsewhere, and the style sheet for the current palette.
+    Called again when the system switches between light and dark."""
+    if sys.platform != "darwin" and app.style().name().lower() != "fusion":
+        app.setStyle("Fusion")
+    app.setStyleSheet(style_sheet(app.palette()))
+    # Follow the system's light/dark setting where Qt reports it (Qt 6.5+).
     hints = app.styleHints()
     if hasattr(hints, "colorSchemeChanged") and not getattr(app, "_lathe_scheme_hooked", False):
         app._lathe_scheme_hooked = True
-        hints.colorSchemeChanged.connect(lambda _scheme: app.setStyleSheet(app.styleSheet()))
+        hints.colorSchemeChanged.connect(lambda _scheme: apply_theme(app))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,9 @@ from PySide6.QtWidgets import (
 
 from app.chat_controller import ChatController
 from app.chat_view import AddToDatasetDialog, ChatInputWidget, ConversationWidget
+from app.names import humanize_ids, model_name, run_label
 from app.tasks import Task
+from app.theme import fit_popup, show_names
 
 FINAL = "final"
 
@@ -101,16 +103,27 @@ class ChatPage(QWidget):
         title.setObjectName("pageTitle")
         self.model = QComboBox()
         self.model.setEditable(True)
-        self.model.setMinimumContentsLength(22)
+        self.model.setMinimumContentsLength(12)
         self.model.lineEdit().setPlaceholderText("model folder or repo id (default: the run's)")
+        show_names(self.model, model_name)
+        self.model.activated.connect(
+            lambda i: self.model.setEditText(str(self.model.itemData(i) or self.model.itemText(i)))
+        )
         self.run = QComboBox()
-        self.run.setMinimumContentsLength(22)
+        self.run.setMinimumContentsLength(12)
+        self.run.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
         self.checkpoint = QComboBox()
-        self.checkpoint.setMinimumContentsLength(10)
+        self.checkpoint.setMinimumContentsLength(8)
+        self.checkpoint.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
         self.load_button = QPushButton("Load")
-        self.compare_box = QCheckBox("Compare with base")
+        self.compare_box = QCheckBox("Compare")
         self.compare_box.setToolTip(
-            "One prompt, two columns: the base model on the left, the tuned model on the right."
+            "Compare with the base model: one prompt, two columns, the base model on the left, "
+            "the tuned model on the right."
         )
         picker = QHBoxLayout()
         picker.addWidget(title)
@@ -149,10 +162,14 @@ class ChatPage(QWidget):
         self.send_button.setObjectName("primary")
         self.stop_button = QPushButton("Stop")
         self.regenerate_button = QPushButton("Regenerate")
-        self.edit_button = QPushButton("Edit and Resend")
+        self.edit_button = QPushButton("Edit")
+        self.edit_button.setToolTip("Edit your last message and send it again.")
         self.copy_button = QPushButton("Copy")
         self.clear_button = QPushButton("Clear")
         self.add_button = QPushButton("Add to Dataset…")
+        self.add_button.setToolTip(
+            "Keep the last exchange (corrected if you like) as a training example."
+        )
         buttons = QHBoxLayout()
         for b in (
             self.stop_button,
@@ -298,10 +315,11 @@ class ChatPage(QWidget):
         self.model.blockSignals(True)
         self.model.clear()
         for label, value in models:
-            self.model.addItem(value, value)
-            self.model.setItemData(self.model.count() - 1, label, Qt.ItemDataRole.ToolTipRole)
+            self.model.addItem(label, value)
+            self.model.setItemData(self.model.count() - 1, value, Qt.ItemDataRole.ToolTipRole)
         self.model.setEditText(text)
         self.model.blockSignals(False)
+        fit_popup(self.model)
 
     def _fill_runs(self, runs: list[ChatRun]) -> None:
         current = self.run_dir
@@ -310,8 +328,10 @@ class ChatPage(QWidget):
         self.run.clear()
         self.run.addItem("none (base model only)", None)
         for r in runs:
-            self.run.addItem(r.name if r.name == r.id else f"{r.name}  ({r.id})", r.path)
+            self.run.addItem(run_label(r.name if r.name != r.id else "", r.id), r.path)
+            self.run.setItemData(self.run.count() - 1, r.path, Qt.ItemDataRole.ToolTipRole)
         self.run.blockSignals(False)
+        fit_popup(self.run)
         self._select_run(current)
 
     def _select_run(self, run_dir: str | None) -> None:
@@ -388,7 +408,7 @@ class ChatPage(QWidget):
     def _on_controller_loaded(self, state: dict) -> None:
         tuned = state.get("tuned_label")
         self.status.setText(
-            f"Chatting with {tuned or state['base_label']}  ·  context "
+            f"Chatting with {humanize_ids(tuned or state['base_label'])}  ·  context "
             f"{state['context_length']} tokens"
         )
         source = {
@@ -402,8 +422,8 @@ class ChatPage(QWidget):
         context = int(state["context_length"])
         if self.max_tokens.value() >= context:  # leave the conversation room in a small context
             self.max_tokens.setValue(max(1, context // 2))
-        self.base_view.header = state["base_label"]
-        self.tuned_view.header = tuned or ""
+        self.base_view.header = humanize_ids(state["base_label"])
+        self.tuned_view.header = humanize_ids(tuned or "")
         if not tuned and self.compare_box.isChecked():
             self.compare_box.setChecked(False)
         self._resync()
@@ -538,7 +558,7 @@ class ChatPage(QWidget):
         self.tuned_view.sync(self.controller.session("tuned"))
 
     def _on_controller_reply_started(self, side: str, label: str) -> None:
-        self._view(side).begin_reply(label)
+        self._view(side).begin_reply(humanize_ids(label))
 
     def _on_controller_text(self, side: str, text: str) -> None:
         self._view(side).append_text(text)

@@ -34,7 +34,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.names import id_name, id_time
 from app.tasks import Task
+from app.theme import fit_popup
 
 FORMAT_CHOICES = [
     (None, "Detect automatically"),
@@ -220,9 +222,20 @@ class DataPage(QWidget):
         self.map_button.setToolTip("Choose which CSV columns hold the prompt and the answer.")
         self.map_button.clicked.connect(self._on_map_clicked)
         self.map_button.setVisible(False)
+        # Datasets imported before (the workspace's), to pick one again.
+        self.imported = QComboBox()
+        self.imported.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.imported.setMinimumContentsLength(18)
+        self.imported.setToolTip("Show the report of a dataset you imported before.")
+        self.imported.activated.connect(self._on_imported_activated)
+        self.imported.setVisible(False)
         top = QHBoxLayout()
         top.addWidget(title)
         top.addStretch(1)
+        top.addWidget(self.imported)
+        top.addSpacing(12)
         top.addWidget(QLabel("Format"))
         top.addWidget(self.format)
         top.addWidget(self.map_button)
@@ -416,6 +429,36 @@ class DataPage(QWidget):
         report, model_dir = result
         self.model_dir = model_dir
         self.show_report(report)
+        self.refresh_datasets()
+
+    # -- datasets imported before ---------------------------------------------------------------
+    def refresh_datasets(self) -> None:
+        """List the workspace's datasets (worker thread) in the "Imported" picker."""
+        from app.services import imported_datasets
+
+        task = Task(imported_datasets)
+        task.sig_done.connect(self._on_datasets_listed)
+        self._list_task = task.start(self)
+
+    def _on_datasets_listed(self, datasets) -> None:
+        self.imported.clear()
+        self.imported.addItem(f"Imported datasets ({len(datasets)})", None)
+        for d in datasets:
+            when = id_time(d.id)
+            label = f"{d.name or id_name(d.id)}  ·  {d.splits.get('train', 0)} train examples"
+            self.imported.addItem(label + (f"  ·  {when}" if when else ""), str(d.path))
+            self.imported.setItemData(
+                self.imported.count() - 1, str(d.path), Qt.ItemDataRole.ToolTipRole
+            )
+        self.imported.setCurrentIndex(0)
+        self.imported.setVisible(bool(datasets))
+        fit_popup(self.imported)
+
+    def _on_imported_activated(self, index: int) -> None:
+        path = self.imported.itemData(index)
+        self.imported.setCurrentIndex(0)
+        if path:
+            self.open_path(path)
 
     def _on_import_failed(self, task: Task, message: str, hint: str) -> None:
         if task is not self.task:
@@ -472,7 +515,14 @@ class DataPage(QWidget):
         if report.dataset_id:
             verb = "Already imported as" if report.reused else "Imported as"
             lines.append(
-                f"<span style='color: gray'>{verb} {html.escape(report.dataset_id)}</span>"
+                f"<span style='color: gray' title='{html.escape(str(report.dataset_path))}'>"
+                f"{verb} {html.escape(id_name(report.dataset_id))}"
+                + (
+                    f", {html.escape(id_time(report.dataset_id))}"
+                    if id_time(report.dataset_id)
+                    else ""
+                )
+                + "</span>"
             )
         self.summary.setText("<br>".join(lines))
         self.use_button.setEnabled(bool(report.dataset_path))

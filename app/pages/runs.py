@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 
 from app.chart import LossChartWidget
 from app.eval_widget import EvalResultsWidget, load_run_view
+from app.names import run_label
 from app.tasks import Task
 
 COLUMNS = ["Run", "Status", "Model", "Dataset", "Steps", "Best val loss", "Duration", "Created"]
@@ -195,6 +196,8 @@ class RunsPage(QWidget):
                 ]
             )
             item.setToolTip(0, str(row.path))
+            item.setToolTip(2, row.model_path or row.model)
+            item.setToolTip(3, row.dataset_path or row.dataset)
             if row.reason:
                 item.setToolTip(1, row.reason)
             item.setData(0, Qt.ItemDataRole.UserRole, str(row.path))
@@ -234,7 +237,7 @@ class RunsPage(QWidget):
             self.chart.clear()
             self.config_view.clear()
             return
-        title = f"{row.id} · {STATE_LABELS.get(row.state, row.state)}"
+        title = f"{run_label(row.name, row.id)} · {STATE_LABELS.get(row.state, row.state)}"
         if row.reason and row.state in ("failed", "interrupted", "stopped"):
             title += f" · {row.reason}"
         self.detail_title.setText(title)
@@ -324,7 +327,7 @@ class RunsPage(QWidget):
         answer = QMessageBox.question(
             self,
             "Delete run?",
-            f"Delete the run {row.id}?\n\nIts adapter, checkpoints and curves are removed from "
+            f"Delete the run {run_label(row.name, row.id)}?\n\nIts adapter, checkpoints and curves are removed from "
             "disk. This cannot be undone.",
             QMessageBox.StandardButton.Cancel | QMessageBox.StandardButton.Yes,
             QMessageBox.StandardButton.Cancel,
