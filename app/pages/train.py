@@ -239,7 +239,7 @@ class TrainPage(QWidget):
                 )
         except Exception as exc:  # noqa: BLE001 - ConfigError, RunError, OSError: shown to the user
             message, hint = describe_error(exc)
-            fix = window_words(message).fix
+            fix = window_words(str(exc.args[0]) if exc.args else "").fix
             self._show_result(
                 "problem",
                 f"<b>Cannot start yet.</b> {_esc(message)}" + (f"<br>{_esc(hint)}" if hint else ""),
