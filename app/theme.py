@@ -36,7 +36,7 @@ def palette_tokens(palette: QPalette) -> dict[str, str]:
         "button_pressed": button.darker(115 if dark else 112).name(),
         "disabled_fill": _rgba(text, 0.06 if dark else 0.04),
         "hover_fill": _rgba(text, 0.12),
-        "link": palette.color(role.Link).name() if not dark else accent.lighter(130).name(),
+        "link": accent.darker(108).name() if not dark else accent.lighter(130).name(),
         "danger": "#ff6961" if dark else "#c9302c",
     }
 
@@ -115,12 +115,19 @@ class NameLineEdit(QLineEdit):
         super().__init__(parent)
         self.namer = namer
 
-    def display_text(self) -> str:
+    def display_text(self, width: int | None = None) -> str:
+        """`name  —  path`; only the name when both do not fit in `width` pixels."""
         path = self.text().strip()
         if not path:
             return ""
         name = self.namer(path)
-        return f"{name}  —  {path}" if name and name != path else path
+        if not name or name == path:
+            return path
+        both = f"{name}  —  {path}"
+        metrics = self.fontMetrics()
+        if width is not None and metrics.horizontalAdvance(f"{name}  —  /…/{name}") > width:
+            return name
+        return both
 
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
         if self.hasFocus() or not self.text().strip():
@@ -131,7 +138,7 @@ class NameLineEdit(QLineEdit):
         role = QPalette.ColorRole.Text
         group = QPalette.ColorGroup.Active if self.isEnabled() else QPalette.ColorGroup.Disabled
         p.setPen(self.palette().color(group, role))
-        text = elide_middle(self.display_text(), self.fontMetrics(), rect.width())
+        text = elide_middle(self.display_text(rect.width()), self.fontMetrics(), rect.width())
         p.drawText(rect, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft, text)
         p.end()
 

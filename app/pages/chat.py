@@ -223,7 +223,7 @@ class ChatPage(QWidget):
         self.seed.setSpecialValueText("random")
         self.seed.setToolTip("A fixed seed makes sampled replies repeatable.")
         side = QWidget()
-        side.setMinimumWidth(230)
+        side.setMinimumWidth(210)
         side.setMaximumWidth(320)
         sl = QVBoxLayout(side)
         sl.setContentsMargins(10, 0, 0, 0)

@@ -97,12 +97,17 @@ class TrainPage(QWidget):
         left.addWidget(self.start_reason)
         left_box = QWidget()
         left_box.setLayout(left)
-        left_box.setFixedWidth(360)
+        left_box.setMinimumWidth(320)  # the chart gets the rest, down to a 1024-px window
+        left_box.setMaximumWidth(380)
 
         # -- right: live view --
-        self.header = ElidedLabel("No run yet")
+        self.header = ElidedLabel("Train")
         self.header.setObjectName("pageTitle")
         self.chart_panel = LossChartPanelWidget()
+        self.chart_panel.chart.placeholder = (
+            "Choose a model and a dataset on the left, then press Start training:\n"
+            "the loss curve appears here as the model learns."
+        )
         self.chart_panel.setMinimumHeight(240)  # the x-axis stays visible at 1024x640
         self.chart = self.chart_panel.chart
         self.progress = QProgressBar()

@@ -24,6 +24,7 @@ def _card(title: str, body: QLabel, *buttons: QPushButton) -> QFrame:
     t.setObjectName("sectionTitle")
     layout.addWidget(t)
     body.setWordWrap(True)
+    body.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
     layout.addWidget(body, 1)
     if buttons:
         row = QHBoxLayout()
