@@ -595,9 +595,10 @@ class FitBannerWidget(QFrame):
         self.suggestion = None
         self.fix.setVisible(False)
         words = window_words(message)
-        self.note_fix = words.fix
-        self.note_button.setText(words.fix.label if words.fix else "")
-        self.note_button.setVisible(words.fix is not None)
+        # "Choose a model" has its link under Start training; one way out is enough.
+        self.note_fix = words.fix if words.fix is not None and not words.fix.focus else None
+        self.note_button.setText(self.note_fix.label if self.note_fix else "")
+        self.note_button.setVisible(self.note_fix is not None)
         # "Choose a model…" says it all; other problems say the estimate is missing.
         prefix = "" if words.fix and words.fix.focus else "Memory estimate unavailable: "
         self.label.setText(prefix + words.text)

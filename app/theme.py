@@ -60,8 +60,15 @@ def style_sheet(palette: QPalette, platform: str | None = None) -> str:
 def apply_theme(app: QApplication) -> None:
     """The native style on macOS, Fusion elsewhere, and the style sheet for the current palette.
     Called again when the system switches between light and dark."""
-    if sys.platform != "darwin" and app.style().name().lower() != "fusion":
-        app.setStyle("Fusion")
+    if sys.platform != "darwin":
+        if app.style().name().lower() != "fusion":
+            app.setStyle("Fusion")
+        # Links in labels ("Choose a model…") in the accent colour, not Fusion's pure blue.
+        palette = app.palette()
+        link = palette_tokens(palette)["link"]
+        if palette.color(QPalette.ColorRole.Link).name() != link:
+            palette.setColor(QPalette.ColorRole.Link, QColor(link))
+            app.setPalette(palette)
     app.setStyleSheet(style_sheet(app.palette()))
     # Follow the system's light/dark setting where Qt reports it (Qt 6.5+).
     hints = app.styleHints()

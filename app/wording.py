@@ -38,23 +38,24 @@ def field_labels() -> dict[str, str]:
 
 _RULES: list[tuple[re.Pattern, callable]] = [
     (
-        re.compile(r"^No model given\b.*", re.S),
+        re.compile(r"^(?:No model given\b.*|Choose a model to train\.)$", re.S),
         lambda m: Wording("Choose a model to train.", Fix("Choose a model", focus="model")),
     ),
     (
-        re.compile(r"^no model chosen yet", re.I),
+        re.compile(r"^(?:no model chosen yet|Choose a model to see whether)", re.I),
         lambda m: Wording(
             "Choose a model to see whether training fits in memory.",
             Fix("Choose a model", focus="model"),
         ),
     ),
     (
-        re.compile(r"^No dataset given\b.*", re.S),
+        re.compile(r"^(?:No dataset given\b.*|Choose a dataset to train on\.)$", re.S),
         lambda m: Wording("Choose a dataset to train on.", Fix("Choose a dataset", focus="data")),
     ),
     (
         re.compile(
-            r"max_seq_length (\d+) is longer than the model's context \((\d+)\)(?:; estimated at \d+)?\.?"
+            r"(?:max_seq_length|Max sequence length) (\d+) is longer than (?:the|this) model's "
+            r"context \((\d+)(?: tokens)?\)(?:; estimated at \d+)?\.?"
         ),
         lambda m: Wording(
             f"Max sequence length {m.group(1)} is longer than this model's context "
@@ -69,7 +70,8 @@ _KEY = re.compile(r"\b(model|data|lora|training)\.([a-z_]+)\b")
 
 
 def window_words(message: str) -> Wording:
-    """`message` rewritten for the window, with its fix when there is one."""
+    """`message` rewritten for the window, with its fix when there is one. Idempotent: a message
+    already in the window's words keeps its words and its fix."""
     text = (message or "").strip()
     for pattern, make in _RULES:
         m = pattern.search(text)

@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
 
 from app.chat_controller import ChatController
 from app.chat_view import AddToDatasetDialog, ChatInputWidget, ConversationWidget
-from app.names import humanize_ids, model_name, run_label
+from app.names import humanize_ids, model_name, run_label, run_name
 from app.tasks import Task
 from app.theme import fit_popup, show_names
 
@@ -327,8 +327,11 @@ class ChatPage(QWidget):
         self.run.blockSignals(True)
         self.run.clear()
         self.run.addItem("none (base model only)", None)
-        for r in runs:
-            self.run.addItem(run_label(r.name if r.name != r.id else "", r.id), r.path)
+        names = [run_name(r.name if r.name != r.id else "", r.id) for r in runs]
+        for r, name in zip(runs, names, strict=True):
+            # The start time only where two runs share a name.
+            label = run_label(name, r.id) if names.count(name) > 1 else name
+            self.run.addItem(label, r.path)
             self.run.setItemData(self.run.count() - 1, r.path, Qt.ItemDataRole.ToolTipRole)
         self.run.blockSignals(False)
         fit_popup(self.run)

@@ -565,6 +565,7 @@ class DataPage(QWidget):
         elif total > len(report.problems):
             self.problems.addItem(f"… and {total - len(report.problems)} more of the same kinds.")
         self.tabs.setTabText(0, f"Problems ({total})" if total else "Problems")
+        self.record.setVisible(bool(report.problems))  # no empty record pane under "No problems"
         self.record.clear()
         self.example_index.setRange(
             0, max(0, splits.get("train", 0) + splits.get("valid", 0) + splits.get("test", 0) - 1)

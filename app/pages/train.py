@@ -115,6 +115,7 @@ class TrainPage(QWidget):
         self.progress.setValue(0)
         self.progress.setTextVisible(True)
         self.progress.setFormat("")
+        self.progress.setVisible(False)  # shown once a run starts (an empty bar reads as a field)
         self.eta = QLabel("")
         self.eta.setMinimumWidth(self.eta.fontMetrics().horizontalAdvance("ETA 00 h 00 min") + 12)
         self.eta.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
@@ -384,6 +385,7 @@ class TrainPage(QWidget):
         self.chart.placeholder = "Loading the model…"
         self.chart.update()
         self.result.setVisible(False)
+        self.progress.setVisible(True)
         self.progress.setRange(0, 0)  # busy until the first progress event
         self.progress.setFormat("")
         self.eta.setText("starting…")

@@ -147,6 +147,11 @@ def test_engine_messages_lose_command_line_words():
     message, hint = in_window_words("No dataset given: set data.path (or pass --data).")
     assert message == "Choose a dataset to train on." and "--" not in message + hint
     assert window_words("No dataset given: set data.path (or pass --data).").fix.focus == "data"
+    # Idempotent: words already translated (by describe_error) keep their fix.
+    note = "max_seq_length 2048 is longer than the model's context (512); estimated at 512."
+    once = window_words(note)
+    twice = window_words(once.text)
+    assert twice.text == once.text and twice.fix == once.fix
 
 
 def test_each_model_folder_is_listed_once(tmp_path, stories_path, monkeypatch):
