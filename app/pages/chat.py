@@ -255,7 +255,7 @@ class ChatPage(QWidget):
         split.setChildrenCollapsible(False)
 
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 18, 24, 18)
+        layout.setContentsMargins(20, 16, 20, 16)
         layout.addLayout(picker)
         layout.addWidget(self.status)
         layout.addWidget(self.error)

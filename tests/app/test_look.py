@@ -168,3 +168,43 @@ def test_each_model_folder_is_listed_once(tmp_path, stories_path, monkeypatch):
     values = [v for _label, v in model_choices()]
     folders = [str(Path(v).resolve()) for v in values if Path(v).is_dir()]
     assert folders.count(str(stories_path.resolve())) == 1, values
+
+
+@pytest.mark.slow  # imports the bundled sample for real (~3-8 s on the loaded 2-core machine)
+def test_welcome_uses_the_sample_and_data_lists_it_to_pick_again(window, qtbot):
+    """Issue 17, Work: Welcome offers "Use the sample dataset" (imports it and shows the Data
+    page), and the Data page lists imported datasets so one can be picked again."""
+    window.show_page("welcome")
+    window.welcome.sample_button.click()
+    assert window.current_page() == "data"
+    qtbot.waitUntil(lambda: window.data.report is not None, timeout=60_000)
+    assert window.data.report.dataset_path
+    qtbot.waitUntil(lambda: window.data.imported.count() == 2, timeout=10_000)
+    assert window.data.imported.isVisible()
+    assert window.data.imported.itemText(1).startswith("bank-support")
+    assert Path(window.data.imported.itemData(1)) == Path(window.data.report.dataset_path)
+
+
+def test_the_window_highlights_while_a_file_is_dragged_over_it(window, tmp_path):
+    """Issue 17, Work: a drag over the window shows what a drop will do; leaving hides it."""
+    from PySide6.QtCore import QMimeData, QPoint, Qt, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDragLeaveEvent
+    from PySide6.QtWidgets import QApplication
+
+    data = tmp_path / "support.jsonl"
+    data.write_text('{"text": "hello"}\n', encoding="utf-8")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(data))])
+    enter = QDragEnterEvent(
+        QPoint(200, 200),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    QApplication.sendEvent(window, enter)
+    overlay = window.drop_overlay
+    assert overlay.isVisible() and overlay.text == "Drop to import support"
+    assert overlay.geometry() == overlay.parentWidget().rect()
+    QApplication.sendEvent(window, QDragLeaveEvent())
+    assert not overlay.isVisible()
