@@ -12,8 +12,11 @@ first run's adapter and gets a real reply.
     python -m app.screenshots_real --sizes 1024x640 --pages train,chat
     python -m app.screenshots_real --workspace /tmp/ws   # reuse a prepared workspace (faster)
 
-Needs Linux with Xvfb, openbox and ImageMagick, and the stories260K model (--model, else the shared
-test model). A development tool: it never touches the user's workspace.
+Needs Linux with Xvfb, openbox, ImageMagick and the libraries of Qt's xcb plugin (Debian: apt-get
+install xvfb openbox imagemagick libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1), and the stories260K
+model (--model, else the shared test model). A development tool: it never touches the user's
+workspace. Training on a loaded 2-core machine is slow: preparing takes minutes, and so does each
+size's Train picture; --workspace keeps the prepared workspace for the next time.
 """
 
 from __future__ import annotations
@@ -304,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     for tool in ("Xvfb", "openbox", "import"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed (apt-get install xvfb openbox imagemagick)")
+    missing = _xcb_libraries_missing()
+    if missing:
+        sys.exit(
+            f"Qt's xcb plugin needs {', '.join(missing)} (apt-get install {' '.join(missing)})"
+        )
     out.mkdir(parents=True, exist_ok=True)
     model = find_model(args.model)
     workspace = (
@@ -318,6 +326,24 @@ def main(argv: list[str] | None = None) -> int:
     if not args.workspace:
         shutil.rmtree(workspace, ignore_errors=True)
     return code
+
+
+def _xcb_libraries_missing() -> list[str]:
+    """Debian packages of the libraries Qt's xcb platform plugin loads that are not installed."""
+    import ctypes
+
+    needed = {
+        "libxcb-cursor.so.0": "libxcb-cursor0",
+        "libxcb-icccm.so.4": "libxcb-icccm4",
+        "libxcb-keysyms.so.1": "libxcb-keysyms1",
+    }
+    missing = []
+    for lib, package in needed.items():
+        try:
+            ctypes.CDLL(lib)
+        except OSError:
+            missing.append(package)
+    return missing
 
 
 def _forget_window_runs(workspace: Path) -> None:
