@@ -57,6 +57,20 @@ def style_sheet(palette: QPalette, platform: str | None = None) -> str:
     return qss
 
 
+def native_primary_buttons(root: QWidget, platform: str | None = None) -> int:
+    """macOS: draw each view's primary button (objectName "primary") as the native default button
+    (the accent-coloured one), since the style sheet leaves buttons to the native style there.
+    Returns how many buttons were marked."""
+    if (platform or sys.platform) != "darwin":
+        return 0
+    from PySide6.QtWidgets import QPushButton
+
+    buttons = root.findChildren(QPushButton, "primary")
+    for button in buttons:
+        button.setDefault(True)
+    return len(buttons)
+
+
 def apply_theme(app: QApplication) -> None:
     """The native style on macOS, Fusion elsewhere, and the style sheet for the current palette.
     Called again when the system switches between light and dark."""

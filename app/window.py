@@ -34,6 +34,7 @@ from app.pages.runs import RunsPage
 from app.pages.train import TrainPage
 from app.pages.welcome import WelcomePage
 from app.tasks import Task
+from app.theme import native_primary_buttons
 
 PAGES = ["welcome", "models", "data", "train", "chat", "runs"]
 SIDEBAR = [
@@ -129,6 +130,7 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
         self._build_menus()
         self._wire()
+        native_primary_buttons(self)
         self.drop_overlay = DropOverlayWidget(central)
         self.resize(1240, 800)
         # Small enough to fit a 1024x640 screen with the title bar and menu bar.

@@ -208,3 +208,31 @@ def test_the_window_highlights_while_a_file_is_dragged_over_it(window, tmp_path)
     assert overlay.geometry() == overlay.parentWidget().rect()
     QApplication.sendEvent(window, QDragLeaveEvent())
     assert not overlay.isVisible()
+
+
+def test_style_sheet_keeps_native_controls_on_macos_and_follows_the_palette(qtbot):
+    """Item 9: Fusion gets bezelled buttons with hover, pressed and disabled states; macOS gets
+    only the shared rules (its native buttons show, the primary one as the default button); every
+    colour token is filled from the palette, and a dark palette gives dark bezels."""
+    import re
+
+    from PySide6.QtGui import QColor, QPalette
+    from PySide6.QtWidgets import QPushButton, QWidget
+
+    from app.theme import native_primary_buttons, style_sheet
+
+    light = QPalette(QColor("#efefef"))
+    dark = QPalette(QColor("#333333"))
+    fusion, mac = style_sheet(light, "linux"), style_sheet(light, "darwin")
+    for state in ("QPushButton:hover", "QPushButton:pressed", "QPushButton:disabled"):
+        assert state in fusion and state not in mac
+    assert "QPushButton#primary" in fusion and "QFrame#card" in mac
+    assert not re.search(r"@\w+@", fusion + mac)  # every token replaced
+    assert style_sheet(dark, "linux") != fusion
+    root = QWidget()
+    qtbot.addWidget(root)
+    primary = QPushButton("Start", root)
+    primary.setObjectName("primary")
+    QPushButton("Stop", root)
+    assert native_primary_buttons(root, "darwin") == 1 and primary.isDefault()
+    assert native_primary_buttons(root, "linux") == 0
