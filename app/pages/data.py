@@ -348,8 +348,26 @@ class DataPage(QWidget):
         rl.addWidget(upper, 2)
         rl.addWidget(self.tabs, 3)
 
+        # Empty state: the drop zone, and the two ways in that need no file at hand.
+        self.sample_button = QPushButton("Use the Sample Dataset")
+        self.sample_button.setToolTip("Import the bundled bank-support sample (288 chat examples).")
+        self.sample_button.clicked.connect(self._on_sample_clicked)
+        empty_open = QPushButton("Open…")
+        empty_open.clicked.connect(self.open_dialog)
+        empty_row = QHBoxLayout()
+        empty_row.addStretch(1)
+        empty_row.addWidget(self.sample_button)
+        empty_row.addWidget(empty_open)
+        empty_row.addStretch(1)
+        empty = QWidget()
+        el = QVBoxLayout(empty)
+        el.setContentsMargins(0, 0, 0, 0)
+        el.setSpacing(12)
+        el.addWidget(self.drop_zone, 1)
+        el.addLayout(empty_row)
+
         self.body = QStackedWidget()
-        self.body.addWidget(self.drop_zone)
+        self.body.addWidget(empty)
         self.body.addWidget(report_box)
 
         layout = QVBoxLayout(self)
@@ -631,6 +649,11 @@ class DataPage(QWidget):
         if dialog.exec() == QDialog.DialogCode.Accepted:
             self.mapping = dialog.mapping()
             self.open_path(self.path, fmt=self.format.currentData(), mapping=self.mapping)
+
+    def _on_sample_clicked(self) -> None:
+        from app.services import sample_dataset
+
+        self.open_path(sample_dataset())
 
     def _on_use_clicked(self) -> None:
         if self.report is not None and self.report.dataset_path:

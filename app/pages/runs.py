@@ -103,6 +103,8 @@ class RunsPage(QWidget):
             "Welcome view (Help ▸ Welcome)."
         )
         self.empty.setObjectName("muted")
+        self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty.setWordWrap(True)
 
         self.detail_title = QLabel("")
         self.detail_title.setObjectName("sectionTitle")
@@ -151,6 +153,7 @@ class RunsPage(QWidget):
         ul.addWidget(self.empty)
         split.addWidget(upper)
         split.addWidget(detail)
+        self.detail = detail
         split.setSizes([260, 420])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(20, 16, 20, 16)
@@ -206,6 +209,7 @@ class RunsPage(QWidget):
                 item.setSelected(True)
         self.table.blockSignals(False)
         self.empty.setVisible(not rows)
+        self.detail.setVisible(bool(rows))  # no empty tabs and dead buttons without a run
         self.table.setVisible(bool(rows))
         if self.table.selectedItems():
             self._on_table_selection_changed()
