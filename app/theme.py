@@ -96,16 +96,32 @@ def apply_theme(app: QApplication) -> None:
 
 
 def elide_middle(text: str, metrics: QFontMetrics, width: int) -> str:
-    """`text` cut in the middle to fit `width` pixels (`/Users/me/…/stories260K`)."""
-    return metrics.elidedText(text, Qt.TextElideMode.ElideMiddle, max(0, int(width)))
+    """`text` cut in the middle to fit `width` pixels. A path keeps its last part whole when
+    there is room for it (`/work/en…/stories260K`), so the name is never the part that goes."""
+    width = max(0, int(width))
+    if metrics.horizontalAdvance(text) <= width:
+        return text
+    cut = text.rstrip("/").rfind("/")
+    if cut > 0:
+        tail = text[cut:]
+        room = width - metrics.horizontalAdvance(tail)
+        if room >= metrics.horizontalAdvance("/w…"):
+            return metrics.elidedText(text[:cut], Qt.TextElideMode.ElideRight, room) + tail
+    return metrics.elidedText(text, Qt.TextElideMode.ElideMiddle, width)
 
 
 class ElidedLabel(QLabel):
-    """A one-line label that middle-elides its text to fit and keeps the whole text in its
-    tooltip (paths: `/Users/me/…/bank-support`)."""
+    """A one-line label that elides its text to fit and keeps the whole text in its tooltip:
+    in the middle for paths (`/Users/me/…/bank-support`), at the end for titles (`mode`)."""
 
-    def __init__(self, text: str = "", parent: QWidget | None = None):
+    def __init__(
+        self,
+        text: str = "",
+        parent: QWidget | None = None,
+        mode: Qt.TextElideMode = Qt.TextElideMode.ElideMiddle,
+    ):
         super().__init__(parent)
+        self.mode = mode
         self._full = ""
         self.setMinimumWidth(40)
         self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
@@ -124,7 +140,11 @@ class ElidedLabel(QLabel):
         self._elide()
 
     def _elide(self) -> None:
-        super().setText(elide_middle(self._full, self.fontMetrics(), self.contentsRect().width()))
+        width = max(0, self.contentsRect().width())
+        if self.mode == Qt.TextElideMode.ElideMiddle:
+            super().setText(elide_middle(self._full, self.fontMetrics(), width))
+        else:
+            super().setText(self.fontMetrics().elidedText(self._full, self.mode, width))
 
 
 class NameLineEdit(QLineEdit):
@@ -137,18 +157,22 @@ class NameLineEdit(QLineEdit):
         self.namer = namer
 
     def display_text(self, width: int | None = None) -> str:
-        """`name  —  path`; only the name when both do not fit in `width` pixels."""
+        """`name  —  path` with the path middle-elided to fit `width` pixels (the name stays
+        whole); only the name when there is no room for a useful part of the path."""
         path = self.text().strip()
         if not path:
             return ""
         name = self.namer(path)
         if not name or name == path:
-            return path
-        both = f"{name}  —  {path}"
+            return path if width is None else elide_middle(path, self.fontMetrics(), width)
+        head = f"{name}  —  "
+        if width is None:
+            return head + path
         metrics = self.fontMetrics()
-        if width is not None and metrics.horizontalAdvance(f"{name}  —  /…/{name}") > width:
-            return name
-        return both
+        room = width - metrics.horizontalAdvance(head)
+        if room < metrics.horizontalAdvance(f"/…/{name}"):
+            return elide_middle(name, metrics, width)
+        return head + elide_middle(path, metrics, room)
 
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
         if self.hasFocus() or not self.text().strip():
@@ -159,7 +183,7 @@ class NameLineEdit(QLineEdit):
         role = QPalette.ColorRole.Text
         group = QPalette.ColorGroup.Active if self.isEnabled() else QPalette.ColorGroup.Disabled
         p.setPen(self.palette().color(group, role))
-        text = elide_middle(self.display_text(rect.width()), self.fontMetrics(), rect.width())
+        text = self.display_text(rect.width())
         p.drawText(rect, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft, text)
         p.end()
 

@@ -97,11 +97,10 @@ class TrainPage(QWidget):
         left.addWidget(self.start_reason)
         left_box = QWidget()
         left_box.setLayout(left)
-        left_box.setMinimumWidth(320)  # the chart gets the rest, down to a 1024-px window
-        left_box.setMaximumWidth(380)
+        self.left_box = left_box  # its width follows the page's (resizeEvent)
 
         # -- right: live view --
-        self.header = ElidedLabel("Train")
+        self.header = ElidedLabel("Train", mode=Qt.TextElideMode.ElideRight)
         self.header.setObjectName("pageTitle")
         self.chart_panel = LossChartPanelWidget()
         self.chart_panel.chart.placeholder = (
@@ -216,6 +215,12 @@ class TrainPage(QWidget):
         self._stats_timer.setInterval(STATS_MS)
         self._stats_timer.timeout.connect(self._on_stats_timer_timeout)
         self._stats_timer.start()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        # Settings take about a third of the page, 300 to 380 px: the chart keeps the rest, so
+        # at 1024 px its steps and the run's name still fit.
+        self.left_box.setFixedWidth(max(300, min(380, int(self.width() * 0.36))))
+        super().resizeEvent(event)
 
     # -- actions ------------------------------------------------------------------------------
     def start(self) -> bool:

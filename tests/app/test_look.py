@@ -84,6 +84,11 @@ def test_model_field_shows_the_name_and_keeps_the_path(page):
     page.settings.model.setEditText(path)
     edit = page.settings.model.lineEdit()
     assert edit.display_text() == f"stories260K  —  {path}"
+    metrics = edit.fontMetrics()
+    narrow = edit.display_text(metrics.horizontalAdvance("stories260K  —  /work/…/stories260K"))
+    assert narrow.startswith("stories260K  —  /") and narrow.endswith("/stories260K")
+    assert "…" in narrow  # the path gives way in its middle; the name stays whole
+    assert edit.display_text(metrics.horizontalAdvance("stories260K  —  ")) == "stories260K"
     assert page.settings.config().model.path == path
     assert edit.toolTip() == path
 
