@@ -140,7 +140,7 @@ class TrainSettingsWidget(QWidget):
         self.model.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
-        self.model.setMinimumContentsLength(16)
+        self.model.setMinimumContentsLength(10)
         self.model.setToolTip(field_help("model", "path"))
         self.model.lineEdit().setPlaceholderText("model folder or Hugging Face repo id")
         self.data = QComboBox()
@@ -148,7 +148,7 @@ class TrainSettingsWidget(QWidget):
         self.data.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
-        self.data.setMinimumContentsLength(16)
+        self.data.setMinimumContentsLength(10)
         self.data.setToolTip(field_help("data", "path"))
         self.data.lineEdit().setPlaceholderText("dataset file, folder or imported dataset")
         # The fields show names ("stories260K — /work/…/stories260K"), the form reads the path.

@@ -217,9 +217,9 @@ class TrainPage(QWidget):
         self._stats_timer.start()
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
-        # Settings take about a third of the page, 300 to 380 px: the chart keeps the rest, so
+        # Settings take about a third of the page, 320 to 380 px: the chart keeps the rest, so
         # at 1024 px its steps and the run's name still fit.
-        self.left_box.setFixedWidth(max(300, min(380, int(self.width() * 0.36))))
+        self.left_box.setFixedWidth(max(320, min(380, int(self.width() * 0.36))))
         super().resizeEvent(event)
 
     # -- actions ------------------------------------------------------------------------------
