@@ -28,6 +28,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.names import humanize_ids
+
 RENDER_INTERVAL_MS = 50  # at most ~20 renders a second
 _BODY = re.compile(r"<body[^>]*>(.*)</body>", re.S)
 
@@ -179,7 +181,7 @@ class ConversationWidget(QTextBrowser):
                 out.append("<p style='font-weight:600;margin-top:14px;'>You</p>")
                 out.append(markdown_html(turn.text) if turn.text.strip() else "")
                 continue
-            who = html.escape(turn.label or "Model")
+            who = html.escape(humanize_ids(turn.label) or "Model")
             out.append(f"<p style='font-weight:600;color:#2f7de1;margin-top:14px;'>{who}</p>")
             for notice in turn.notices:
                 out.append(f"<p style='{muted}font-style:italic;'>{html.escape(notice)}</p>")

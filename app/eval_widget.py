@@ -37,6 +37,8 @@ from PySide6.QtWidgets import (
 )
 
 from app.jobs import JobController
+from app.names import run_label
+from app.theme import ElidedLabel
 
 INS_STYLE = "background-color:#ccffd8;color:#055d20;"
 DEL_STYLE = "background-color:#ffd7d5;color:#82071e;"
@@ -205,7 +207,9 @@ class EvalResultsWidget(QWidget):
             self.set_results(results)
         else:
             self._show_empty()
-        self._title.setText(f"<b>Evaluate</b> · {html.escape(self.run_dir.name)}")
+        self._title.set_full_text(
+            f"Evaluate · {run_label('', self.run_dir.name)}", tooltip=str(self.run_dir)
+        )
         self._update_buttons()
 
     def set_evaluation_options(self, **options) -> None:
@@ -253,12 +257,16 @@ class EvalResultsWidget(QWidget):
 
     # -- building --------------------------------------------------------------------------
     def _build(self) -> None:
-        self._title = QLabel("<b>Evaluate</b>")
+        self._title = ElidedLabel("Evaluate")
+        self._title.setObjectName("sectionTitle")
         self._checkpoint_combo = QComboBox()
         self._checkpoint_combo.setToolTip(
             "Which adapter to evaluate and to use: the final one or a checkpoint."
         )
-        self._checkpoint_combo.setMinimumContentsLength(22)
+        self._checkpoint_combo.setMinimumContentsLength(12)
+        self._checkpoint_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
         self._evaluate_button = QPushButton("Evaluate")
         self._evaluate_button.setToolTip(
             "Answer the held-out prompts with the base and the tuned model, "
@@ -278,8 +286,7 @@ class EvalResultsWidget(QWidget):
         self._progress.hide()
 
         top = QHBoxLayout()
-        top.addWidget(self._title)
-        top.addStretch(1)
+        top.addWidget(self._title, 1)
         top.addWidget(QLabel("Adapter:"))
         top.addWidget(self._checkpoint_combo)
         top.addWidget(self._evaluate_button)

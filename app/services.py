@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.names import dataset_name, id_name, model_name, run_name
 from engine.config import RunConfig
 
 
@@ -20,6 +21,21 @@ def demo_model_note() -> str:
     from engine.demo import choose_demo_model
 
     return choose_demo_model().note
+
+
+def recommended_note() -> str:
+    """The first recommended model in words, with its numbers from resources/models.yaml."""
+    try:
+        from engine.models import recommended_models
+
+        rec = recommended_models()[0]
+    except Exception:  # noqa: BLE001 - the Welcome view shows a plain sentence instead
+        return "The Models page lists small instruct models that train well on a Mac."
+    return (
+        f"{rec.name} (4-bit): a {rec.download_gb:g} GB download that trains in about "
+        f"{rec.train_gb:g} GB of memory with the reference settings; the quickest real model to "
+        "start with."
+    )
 
 
 def demo_config() -> tuple[RunConfig, list[str]]:
@@ -100,23 +116,38 @@ def data_lengths(model_dir: Path, cfg: RunConfig) -> list[int] | None:
     return _LENGTHS[key]
 
 
+def _same_folder_key(path: str) -> str:
+    """One key per folder on disk, however it is spelled (symlinks, `..`, trailing slashes)."""
+    try:
+        return str(Path(path).expanduser().resolve())
+    except (OSError, RuntimeError):
+        return path
+
+
 def model_choices() -> list[tuple[str, str]]:
-    """(label, value) for the model drop-down: library, demo model, recommended downloads."""
+    """(label, value) for the model drop-down: library, demo model, recommended downloads.
+    A folder is listed once, however many ways it is known (imported and demo model alike)."""
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     try:
         from engine.models import list_models
 
         for e in list_models():
-            if e.available and e.format != "gguf":  # a GGUF trains once imported
-                out.append((f"{e.name}  ({e.kind})", e.path))
-                seen.add(e.path)
+            key = _same_folder_key(e.path)
+            if (
+                e.available
+                and e.format != "gguf"  # a GGUF trains once imported
+                and key not in seen
+                and (not e.repo_id or e.repo_id not in seen)
+            ):
+                out.append((f"{model_name(e.name)}  ({e.kind})", e.path))
+                seen.add(key)
                 if e.repo_id:
                     seen.add(e.repo_id)
     except Exception:  # noqa: BLE001 - a broken library must not empty the list
         pass
     demo = demo_model_path()
-    if demo is not None and str(demo) not in seen:
+    if demo is not None and _same_folder_key(str(demo)) not in seen:
         out.append((f"{demo.name}  (demo model)", str(demo)))
     try:
         from engine.models import recommended_models
@@ -129,17 +160,29 @@ def model_choices() -> list[tuple[str, str]]:
     return out
 
 
+def imported_datasets() -> list:
+    """The workspace's datasets, newest first, one per content (a re-import of the same file is
+    the same dataset)."""
+    from engine.data import list_datasets
+
+    out, seen = [], set()
+    for d in list_datasets():
+        key = d.sha256 or str(d.path)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
 def dataset_choices() -> list[tuple[str, str]]:
     out = []
     try:
-        from engine.data import list_datasets
-
-        for d in list_datasets():
+        for d in imported_datasets():
             n = d.splits.get("train", 0)
-            out.append((f"{d.name}  ({n} train examples)", str(d.path)))
+            out.append((f"{d.name or id_name(d.id)}  ({n} train examples)", str(d.path)))
     except Exception:  # noqa: BLE001
         pass
-    out.append(("bank-support sample  (288 examples)", str(sample_dataset())))
+    out.append(("bank-support  (bundled sample, 288 train examples)", str(sample_dataset())))
     return out
 
 
@@ -163,6 +206,8 @@ class RunRow:
     created: float
     checkpoints: list[int]
     has_adapter: bool
+    model_path: str = ""
+    dataset_path: str = ""
 
 
 def run_rows() -> list[RunRow]:
@@ -177,11 +222,11 @@ def run_rows() -> list[RunRow]:
             RunRow(
                 id=info.id,
                 path=info.path,
-                name=info.config.name or info.id,
+                name=run_name(info.config.name, info.id, info.config.data.path),
                 state=info.state,
                 reason=str(s.get("reason") or ""),
-                model=Path(info.config.model.path).name or info.config.model.path,
-                dataset=Path(info.config.data.path).name,
+                model=model_name(info.config.model.path),
+                dataset=dataset_name(info.config.data.path),
                 step=numbers.step,
                 total_steps=numbers.total_steps,
                 best_val_loss=numbers.best_val_loss,
@@ -189,6 +234,8 @@ def run_rows() -> list[RunRow]:
                 created=float(s.get("created") or s.get("updated") or 0),
                 checkpoints=list(info.checkpoints),
                 has_adapter=info.adapter_path is not None,
+                model_path=info.config.model.path,
+                dataset_path=info.config.data.path,
             )
         )
     return rows

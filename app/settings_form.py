@@ -29,6 +29,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.names import dataset_name, model_name
+from app.theme import fit_popup, show_names
 from engine.config import ConfigError, RunConfig, field_help, read_yaml
 
 
@@ -184,7 +186,7 @@ class TrainSettingsWidget(QWidget):
         self.model.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
-        self.model.setMinimumContentsLength(16)
+        self.model.setMinimumContentsLength(10)
         self.model.setToolTip(field_help("model", "path"))
         self.model.lineEdit().setPlaceholderText("model folder or Hugging Face repo id")
         self.data = ComboBox()
@@ -192,9 +194,12 @@ class TrainSettingsWidget(QWidget):
         self.data.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
-        self.data.setMinimumContentsLength(16)
+        self.data.setMinimumContentsLength(10)
         self.data.setToolTip(field_help("data", "path"))
         self.data.lineEdit().setPlaceholderText("dataset file, folder or imported dataset")
+        # The fields show names ("stories260K — /work/…/stories260K"), the form reads the path.
+        show_names(self.model, model_name)
+        show_names(self.data, dataset_name)
         self.name = QLineEdit()
         self.name.setPlaceholderText("optional")
         self.name.setToolTip("A name for the run (used in its folder name).")
@@ -435,6 +440,7 @@ class TrainSettingsWidget(QWidget):
                 combo.setItemData(combo.count() - 1, value, Qt.ItemDataRole.ToolTipRole)
             combo.setEditText(text)
             combo.blockSignals(False)
+            fit_popup(combo)
         # Choosing an item puts its value (a path) in the field, not its label.
         if not getattr(self, "_choices_wired", False):
             self._choices_wired = True
@@ -594,22 +600,28 @@ class FitBannerWidget(QFrame):
     """fits / tight / will not fit, with the suggested fix as a button."""
 
     sig_apply = Signal(dict)
+    sig_focus = Signal(str)  # a field to choose ("model")
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("fitBanner")
         self.verdict = ""
         self.suggestion: dict | None = None
+        self.note_fix = None  # app.wording.Fix of a note ("Use 512 tokens")
         self.label = QLabel("Choose a model to see whether training fits in memory.")
         self.label.setWordWrap(True)
         self.fix = QPushButton()
         self.fix.setVisible(False)
         self.fix.clicked.connect(self._on_fix_clicked)
+        self.note_button = QPushButton()
+        self.note_button.setVisible(False)
+        self.note_button.clicked.connect(self._on_note_button_clicked)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(10, 8, 10, 8)
         layout.addWidget(self.label)
         row = QHBoxLayout()
         row.addStretch(1)
+        row.addWidget(self.note_button)
         row.addWidget(self.fix)
         layout.addLayout(row)
 
@@ -627,8 +639,14 @@ class FitBannerWidget(QFrame):
         batch = report.batch_text() if hasattr(report, "batch_text") else ""
         if batch:
             text += f" ({batch})"
-        if report.notes:
-            text += "\n" + " ".join(report.notes)
+        from app.wording import window_words
+
+        notes = [window_words(n) for n in report.notes]
+        if notes:
+            text += "\n" + " ".join(n.text for n in notes)
+        self.note_fix = next((n.fix for n in notes if n.fix is not None), None)
+        self.note_button.setText(self.note_fix.label if self.note_fix else "")
+        self.note_button.setVisible(self.note_fix is not None)
         self.label.setText(text)
         self.setProperty("verdict", {"fits": "fits", "tight": "tight"}.get(report.verdict, "nofit"))
         sug = report.suggestion
@@ -642,10 +660,19 @@ class FitBannerWidget(QFrame):
         self._restyle()
 
     def show_problem(self, message: str) -> None:
+        from app.wording import window_words
+
         self.verdict = "unknown"
         self.suggestion = None
         self.fix.setVisible(False)
-        self.label.setText(f"Memory estimate unavailable: {message}")
+        words = window_words(message)
+        # "Choose a model" has its link under Start training; one way out is enough.
+        self.note_fix = words.fix if words.fix is not None and not words.fix.focus else None
+        self.note_button.setText(self.note_fix.label if self.note_fix else "")
+        self.note_button.setVisible(self.note_fix is not None)
+        # "Choose a model…" says it all; other problems say the estimate is missing.
+        prefix = "" if words.fix and words.fix.focus else "Memory estimate unavailable: "
+        self.label.setText(prefix + words.text)
         self.setProperty("verdict", "unknown")
         self._restyle()
 
@@ -656,6 +683,15 @@ class FitBannerWidget(QFrame):
     def _on_fix_clicked(self) -> None:
         if self.suggestion:
             self.sig_apply.emit(dict(self.suggestion))
+
+    def _on_note_button_clicked(self) -> None:
+        fix = self.note_fix
+        if fix is None:
+            return
+        if fix.values:
+            self.sig_apply.emit(dict(fix.values))
+        if fix.focus:
+            self.sig_focus.emit(fix.focus)
 
 
 def _short_fix(description: str) -> str:

@@ -107,7 +107,8 @@ _live: set[Task] = set()
 
 
 def describe_error(exc: BaseException) -> tuple[str, str]:
-    """(message, hint) for an exception: engine errors carry both; others get a plain sentence."""
+    """(message, hint) for an exception: engine errors carry both, in the window's words
+    (app.wording); others get a plain sentence."""
     hint = getattr(exc, "hint", "") or ""
     if hint and exc.args:
         message = str(exc.args[0])  # engine errors: the sentence without the hint appended
@@ -119,7 +120,10 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
         where = f" (in {last[0].name})" if last else ""
         message = f"Unexpected {type(exc).__name__}{where}: {message}"
         hint = hint or "This is a bug in Lathe; please report it with the steps that led here."
-    return str(message), str(hint)
+        return str(message), str(hint)
+    from app.wording import in_window_words
+
+    return in_window_words(str(message), str(hint))
 
 
 def wait_all(timeout_ms: int = 5000) -> bool:

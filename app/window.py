@@ -34,6 +34,7 @@ from app.pages.runs import RunsPage
 from app.pages.train import TrainPage
 from app.pages.welcome import WelcomePage
 from app.tasks import Task
+from app.theme import native_primary_buttons
 
 PAGES = ["welcome", "models", "data", "train", "chat", "runs"]
 SIDEBAR = [
@@ -137,8 +138,11 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
         self._build_menus()
         self._wire()
+        native_primary_buttons(self)
+        self.drop_overlay = DropOverlayWidget(central)
         self.resize(1240, 800)
-        self.setMinimumSize(980, 640)
+        # Small enough to fit a 1024x640 screen with the title bar and menu bar.
+        self.setMinimumSize(900, 560)
         if remember:
             self._restore()
         else:
@@ -215,6 +219,7 @@ class MainWindow(QMainWindow):
         self.runs.sig_export_requested.connect(self.open_export)
         self.welcome.sig_demo_requested.connect(self.start_demo)
         self.welcome.sig_open_dataset.connect(self.open_dataset_dialog)
+        self.welcome.sig_use_sample.connect(self.use_sample_dataset)
         self.welcome.sig_show_models.connect(lambda: self.show_page("models"))
         self.welcome.sig_dismissed.connect(lambda: self.show_page("data"))
         self.data.sig_use_for_training.connect(self._on_data_use_for_training)
@@ -273,6 +278,7 @@ class MainWindow(QMainWindow):
         """The slower listings (runs, library, datasets), after the window is on screen."""
         self.runs.refresh()
         self.models.refresh()
+        self.data.refresh_datasets()
         self.refresh_choices()
         self.train.refresh_fit()
 
@@ -297,6 +303,12 @@ class MainWindow(QMainWindow):
     def _on_open_folder_action(self) -> None:
         self.show_page("data")
         self.data.open_folder_dialog()
+
+    def use_sample_dataset(self) -> None:
+        """Welcome's "Use the sample dataset": import the bundled sample, show its report."""
+        from app.services import sample_dataset
+
+        self.open_path(sample_dataset())
 
     def open_path(self, path: str | Path) -> None:
         """A dropped or opened file: a model folder or a GGUF file goes to Models, anything else to
@@ -404,19 +416,31 @@ class MainWindow(QMainWindow):
         if event.type() == QEvent.Type.ApplicationPaletteChange:
             app = QApplication.instance()
             if app is not None and app.styleSheet():
-                app.setStyleSheet(app.styleSheet())
+                from app.theme import style_sheet
+
+                qss = style_sheet(app.palette())
+                if qss != app.styleSheet():
+                    app.setStyleSheet(qss)
         super().changeEvent(event)
 
     # -- drops and file-open events -----------------------------------------------------------
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt API
         if _accept_as_copy(event):
             event.accept()
+            self.drop_overlay.show_for(
+                [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
+            )
+
+    def dragLeaveEvent(self, event) -> None:  # noqa: N802 - Qt API
+        self.drop_overlay.hide()
+        super().dragLeaveEvent(event)
 
     def dragMoveEvent(self, event) -> None:  # noqa: N802 - Qt API
         if _accept_as_copy(event):
             event.accept()
 
     def dropEvent(self, event) -> None:  # noqa: N802 - Qt API
+        self.drop_overlay.hide()
         paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
         if paths and _accept_as_copy(event):
             event.accept()
@@ -493,6 +517,66 @@ def _accept_as_copy(event) -> bool:
         return False
     event.setDropAction(Qt.DropAction.CopyAction)
     return True
+
+
+class DropOverlayWidget(QWidget):
+    """The window's highlight while a file is dragged over it: an accent border and what a drop
+    will do ("Drop to import bank-support"). Mouse events pass through it."""
+
+    def __init__(self, parent: QWidget):
+        super().__init__(parent)
+        self.setObjectName("dropOverlay")
+        self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self.text = ""
+        self.hide()
+        parent.installEventFilter(self)
+
+    def show_for(self, paths: list[Path]) -> None:
+        from app.names import dataset_name, model_name
+
+        first = paths[0] if paths else None
+        if first is None:
+            self.text = "Drop to open"
+        elif looks_like_model_folder(first):
+            self.text = f"Drop to add the model {model_name(first)}"
+        else:
+            self.text = f"Drop to import {dataset_name(first)}"
+        self.setGeometry(self.parentWidget().rect())
+        self.raise_()
+        self.show()
+        self.update()
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
+        if event.type() == QEvent.Type.Resize and self.isVisible():
+            self.setGeometry(self.parentWidget().rect())
+        return False
+
+    def paintEvent(self, _event) -> None:  # noqa: N802 - Qt API
+        from PySide6.QtGui import QColor, QPainter, QPen
+
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        accent = self.palette().color(self.palette().ColorRole.Highlight)
+        fill = QColor(accent)
+        fill.setAlpha(28)
+        p.setBrush(fill)
+        p.setPen(QPen(accent, 3))
+        p.drawRoundedRect(self.rect().adjusted(4, 4, -5, -5), 12, 12)
+        font = p.font()
+        font.setPixelSize(16)
+        font.setBold(True)
+        p.setFont(font)
+        metrics = p.fontMetrics()
+        width = metrics.horizontalAdvance(self.text) + 40
+        pill = self.rect().adjusted(0, 0, 0, 0)
+        pill.setSize(pill.size().__class__(width, metrics.height() + 20))
+        pill.moveCenter(self.rect().center())
+        p.setPen(Qt.PenStyle.NoPen)
+        p.setBrush(accent)
+        p.drawRoundedRect(pill, pill.height() / 2, pill.height() / 2)
+        p.setPen(self.palette().color(self.palette().ColorRole.HighlightedText))
+        p.drawText(pill, Qt.AlignmentFlag.AlignCenter, self.text)
+        p.end()
 
 
 class FileOpenFilter(QObject):

@@ -32,7 +32,9 @@ from PySide6.QtWidgets import (
 
 from app.chat_controller import ChatController
 from app.chat_view import AddToDatasetDialog, ChatInputWidget, ConversationWidget
+from app.names import humanize_ids, model_name, run_label, run_name
 from app.tasks import Task
+from app.theme import fit_popup, show_names
 
 FINAL = "final"
 EDITING_HINT = "Editing your last message: Enter resends it, Escape cancels."
@@ -106,16 +108,27 @@ class ChatPage(QWidget):
         title.setObjectName("pageTitle")
         self.model = QComboBox()
         self.model.setEditable(True)
-        self.model.setMinimumContentsLength(22)
+        self.model.setMinimumContentsLength(12)
         self.model.lineEdit().setPlaceholderText("model folder or repo id (default: the run's)")
+        show_names(self.model, model_name)
+        self.model.activated.connect(
+            lambda i: self.model.setEditText(str(self.model.itemData(i) or self.model.itemText(i)))
+        )
         self.run = QComboBox()
-        self.run.setMinimumContentsLength(22)
+        self.run.setMinimumContentsLength(12)
+        self.run.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
         self.checkpoint = QComboBox()
-        self.checkpoint.setMinimumContentsLength(10)
+        self.checkpoint.setMinimumContentsLength(8)
+        self.checkpoint.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
         self.load_button = QPushButton("Load")
-        self.compare_box = QCheckBox("Compare with base")
+        self.compare_box = QCheckBox("Compare")
         self.compare_box.setToolTip(
-            "One prompt, two columns: the base model on the left, the tuned model on the right."
+            "Compare with the base model: one prompt, two columns, the base model on the left, "
+            "the tuned model on the right."
         )
         picker = QHBoxLayout()
         picker.addWidget(title)
@@ -154,10 +167,14 @@ class ChatPage(QWidget):
         self.send_button.setObjectName("primary")
         self.stop_button = QPushButton("Stop")
         self.regenerate_button = QPushButton("Regenerate")
-        self.edit_button = QPushButton("Edit and Resend")
+        self.edit_button = QPushButton("Edit")
+        self.edit_button.setToolTip("Edit your last message and send it again.")
         self.copy_button = QPushButton("Copy")
         self.clear_button = QPushButton("Clear")
         self.add_button = QPushButton("Add to Dataset…")
+        self.add_button.setToolTip(
+            "Keep the last exchange (corrected if you like) as a training example."
+        )
         buttons = QHBoxLayout()
         for b in (
             self.stop_button,
@@ -221,7 +238,7 @@ class ChatPage(QWidget):
         self.seed.setSpecialValueText("random")
         self.seed.setToolTip("A fixed seed makes sampled replies repeatable.")
         side = QWidget()
-        side.setMinimumWidth(230)
+        side.setMinimumWidth(210)
         side.setMaximumWidth(320)
         sl = QVBoxLayout(side)
         sl.setContentsMargins(10, 0, 0, 0)
@@ -265,7 +282,7 @@ class ChatPage(QWidget):
         split.setChildrenCollapsible(False)
 
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 18, 24, 18)
+        layout.setContentsMargins(20, 16, 20, 16)
         layout.addLayout(picker)
         layout.addWidget(self.status)
         layout.addWidget(self.error)
@@ -346,10 +363,11 @@ class ChatPage(QWidget):
         self.model.blockSignals(True)
         self.model.clear()
         for label, value in models:
-            self.model.addItem(value, value)
-            self.model.setItemData(self.model.count() - 1, label, Qt.ItemDataRole.ToolTipRole)
+            self.model.addItem(label, value)
+            self.model.setItemData(self.model.count() - 1, value, Qt.ItemDataRole.ToolTipRole)
         self.model.setEditText(text)
         self.model.blockSignals(False)
+        fit_popup(self.model)
 
     def _fill_runs(self, runs: list[ChatRun]) -> None:
         current = self.run_dir
@@ -357,9 +375,14 @@ class ChatPage(QWidget):
         self.run.blockSignals(True)
         self.run.clear()
         self.run.addItem("none (base model only)", None)
-        for r in runs:
-            self.run.addItem(r.name if r.name == r.id else f"{r.name}  ({r.id})", r.path)
+        names = [run_name(r.name if r.name != r.id else "", r.id) for r in runs]
+        for r, name in zip(runs, names, strict=True):
+            # The start time only where two runs share a name.
+            label = run_label(name, r.id) if names.count(name) > 1 else name
+            self.run.addItem(label, r.path)
+            self.run.setItemData(self.run.count() - 1, r.path, Qt.ItemDataRole.ToolTipRole)
         self.run.blockSignals(False)
+        fit_popup(self.run)
         self._select_run(current)
 
     def _select_run(self, run_dir: str | None) -> None:
@@ -436,7 +459,7 @@ class ChatPage(QWidget):
     def _on_controller_loaded(self, state: dict) -> None:
         tuned = state.get("tuned_label")
         self.status.setText(
-            f"Chatting with {tuned or state['base_label']}  ·  context "
+            f"Chatting with {humanize_ids(tuned or state['base_label'])}  ·  context "
             f"{state['context_length']} tokens"
         )
         source = {
@@ -450,8 +473,8 @@ class ChatPage(QWidget):
         context = int(state["context_length"])
         if self.max_tokens.value() >= context:  # leave the conversation room in a small context
             self.max_tokens.setValue(max(1, context // 2))
-        self.base_view.header = state["base_label"]
-        self.tuned_view.header = tuned or ""
+        self.base_view.header = humanize_ids(state["base_label"])
+        self.tuned_view.header = humanize_ids(tuned or "")
         if not tuned and self.compare_box.isChecked():
             self.compare_box.setChecked(False)
         self._resync()
@@ -653,7 +676,7 @@ class ChatPage(QWidget):
         self.tuned_view.sync(self.controller.session("tuned"))
 
     def _on_controller_reply_started(self, side: str, label: str) -> None:
-        self._view(side).begin_reply(label)
+        self._view(side).begin_reply(humanize_ids(label))
 
     def _on_controller_text(self, side: str, text: str) -> None:
         self._view(side).append_text(text)

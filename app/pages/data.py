@@ -35,7 +35,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.names import id_name, id_time
 from app.tasks import Task
+from app.theme import fit_popup
 
 FORMAT_CHOICES = [
     (None, "Detect automatically"),
@@ -262,9 +264,20 @@ class DataPage(QWidget):
         self.fill_button.setToolTip("Give values for {{word}} placeholders found in the examples.")
         self.fill_button.clicked.connect(self._on_fill_clicked)
         self.fill_button.setVisible(False)
+        # Datasets imported before (the workspace's), to pick one again.
+        self.imported = QComboBox()
+        self.imported.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.imported.setMinimumContentsLength(18)
+        self.imported.setToolTip("Show the report of a dataset you imported before.")
+        self.imported.activated.connect(self._on_imported_activated)
+        self.imported.setVisible(False)
         top = QHBoxLayout()
         top.addWidget(title)
         top.addStretch(1)
+        top.addWidget(self.imported)
+        top.addSpacing(12)
         top.addWidget(QLabel("Format"))
         top.addWidget(self.format)
         top.addWidget(self.map_button)
@@ -379,8 +392,26 @@ class DataPage(QWidget):
         rl.addWidget(upper, 2)
         rl.addWidget(self.tabs, 3)
 
+        # Empty state: the drop zone, and the two ways in that need no file at hand.
+        self.sample_button = QPushButton("Use the Sample Dataset")
+        self.sample_button.setToolTip("Import the bundled bank-support sample (288 chat examples).")
+        self.sample_button.clicked.connect(self._on_sample_clicked)
+        empty_open = QPushButton("Open…")
+        empty_open.clicked.connect(self.open_dialog)
+        empty_row = QHBoxLayout()
+        empty_row.addStretch(1)
+        empty_row.addWidget(self.sample_button)
+        empty_row.addWidget(empty_open)
+        empty_row.addStretch(1)
+        empty = QWidget()
+        el = QVBoxLayout(empty)
+        el.setContentsMargins(0, 0, 0, 0)
+        el.setSpacing(12)
+        el.addWidget(self.drop_zone, 1)
+        el.addLayout(empty_row)
+
         self.body = QStackedWidget()
-        self.body.addWidget(self.drop_zone)
+        self.body.addWidget(empty)
         self.body.addWidget(report_box)
 
         layout = QVBoxLayout(self)
@@ -476,6 +507,36 @@ class DataPage(QWidget):
         report, model_dir = result
         self.model_dir = model_dir
         self.show_report(report)
+        self.refresh_datasets()
+
+    # -- datasets imported before ---------------------------------------------------------------
+    def refresh_datasets(self) -> None:
+        """List the workspace's datasets (worker thread) in the "Imported" picker."""
+        from app.services import imported_datasets
+
+        task = Task(imported_datasets)
+        task.sig_done.connect(self._on_datasets_listed)
+        self._list_task = task.start(self)
+
+    def _on_datasets_listed(self, datasets) -> None:
+        self.imported.clear()
+        self.imported.addItem(f"Imported datasets ({len(datasets)})", None)
+        for d in datasets:
+            when = id_time(d.id)
+            label = f"{d.name or id_name(d.id)}  ·  {d.splits.get('train', 0)} train examples"
+            self.imported.addItem(label + (f"  ·  {when}" if when else ""), str(d.path))
+            self.imported.setItemData(
+                self.imported.count() - 1, str(d.path), Qt.ItemDataRole.ToolTipRole
+            )
+        self.imported.setCurrentIndex(0)
+        self.imported.setVisible(bool(datasets))
+        fit_popup(self.imported)
+
+    def _on_imported_activated(self, index: int) -> None:
+        path = self.imported.itemData(index)
+        self.imported.setCurrentIndex(0)
+        if path:
+            self.open_path(path)
 
     def _on_import_failed(self, task: Task, message: str, hint: str) -> None:
         if task is not self.task:
@@ -534,7 +595,14 @@ class DataPage(QWidget):
         if report.dataset_id:
             verb = "Already imported as" if report.reused else "Imported as"
             lines.append(
-                f"<span style='color: gray'>{verb} {html.escape(report.dataset_id)}</span>"
+                f"<span style='color: gray' title='{html.escape(str(report.dataset_path))}'>"
+                f"{verb} {html.escape(id_name(report.dataset_id))}"
+                + (
+                    f", {html.escape(id_time(report.dataset_id))}"
+                    if id_time(report.dataset_id)
+                    else ""
+                )
+                + "</span>"
             )
         self.summary.setText("<br>".join(lines))
         self.use_button.setEnabled(bool(report.dataset_path))
@@ -578,6 +646,7 @@ class DataPage(QWidget):
         elif total > len(report.problems):
             self.problems.addItem(f"… and {total - len(report.problems)} more of the same kinds.")
         self.tabs.setTabText(0, f"Problems ({total})" if total else "Problems")
+        self.record.setVisible(bool(report.problems))  # no empty record pane under "No problems"
         self.record.clear()
         self.example_index.setRange(
             0, max(0, splits.get("train", 0) + splits.get("valid", 0) + splits.get("test", 0) - 1)
@@ -652,6 +721,11 @@ class DataPage(QWidget):
         if dialog.exec() == QDialog.DialogCode.Accepted:
             self.fill = dialog.fill()
             self.open_path(self.path, fmt=self.format.currentData())
+
+    def _on_sample_clicked(self) -> None:
+        from app.services import sample_dataset
+
+        self.open_path(sample_dataset())
 
     def _on_use_clicked(self) -> None:
         if self.report is not None and self.report.dataset_path:

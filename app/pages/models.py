@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -52,8 +53,11 @@ class DownloadCellWidget(QWidget):
         self.bar.setFixedHeight(10)
         self.cancel = QPushButton("Cancel")
         self.cancel.clicked.connect(lambda: self.sig_cancel.emit(self.repo_id))
+        self.button.setMinimumWidth(120)
+        self.button.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Fixed)
         layout = QHBoxLayout(self)
-        layout.setContentsMargins(4, 2, 4, 2)
+        layout.setContentsMargins(4, 2, 8, 2)
+        layout.addStretch(1)
         layout.addWidget(self.button)
         layout.addWidget(self.bar, 1)
         layout.addWidget(self.cancel)
@@ -114,7 +118,7 @@ class ModelsPage(QWidget):
             h.setSectionResizeMode(i, QHeaderView.ResizeMode.ResizeToContents)
         h.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
         h.setSectionResizeMode(5, QHeaderView.ResizeMode.Fixed)
-        h.resizeSection(5, 230)
+        h.resizeSection(5, 180)
         h.setStretchLastSection(False)
 
         lib_title = QLabel("On this Mac")
@@ -129,6 +133,7 @@ class ModelsPage(QWidget):
         for i in range(5):
             lh.setSectionResizeMode(i, QHeaderView.ResizeMode.ResizeToContents)
         lh.setSectionResizeMode(5, QHeaderView.ResizeMode.Stretch)
+        self.lib_table.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # paths keep both ends
         self.lib_table.itemSelectionChanged.connect(self._update_buttons)
         self.lib_empty = QLabel(
             "No models yet: download a recommended one, or import a folder "
@@ -241,8 +246,11 @@ class ModelsPage(QWidget):
                 item.setToolTip(0, r.problem)
                 item.setText(3, "⚠ " + r.problem[:40])
             item.setData(0, Qt.ItemDataRole.UserRole, r.name)
+            item.setToolTip(5, r.path)
             self.lib_table.addTopLevelItem(item)
         self.lib_empty.setVisible(not rows)
+        if rows and not self.lib_table.selectedItems():
+            self.lib_table.topLevelItem(0).setSelected(True)  # Use for Training is one click away
         self._mark_downloaded()
         self._update_buttons()
 

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from app.chart import LossChartWidget
 from app.eval_widget import EvalResultsWidget, load_run_view
+from app.names import run_label
 from app.reveal import reveal
 from app.tasks import Task
 
@@ -91,6 +92,8 @@ class RunsPage(QWidget):
             "Welcome view (Help ▸ Welcome)."
         )
         self.empty.setObjectName("muted")
+        self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty.setWordWrap(True)
 
         self.detail_title = QLabel("")
         self.detail_title.setObjectName("sectionTitle")
@@ -139,6 +142,7 @@ class RunsPage(QWidget):
         ul.addWidget(self.empty)
         split.addWidget(upper)
         split.addWidget(detail)
+        self.detail = detail
         split.setSizes([260, 420])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(20, 16, 20, 16)
@@ -184,6 +188,8 @@ class RunsPage(QWidget):
                 ]
             )
             item.setToolTip(0, str(row.path))
+            item.setToolTip(2, row.model_path or row.model)
+            item.setToolTip(3, row.dataset_path or row.dataset)
             if row.reason:
                 item.setToolTip(1, row.reason)
             item.setData(0, Qt.ItemDataRole.UserRole, str(row.path))
@@ -192,6 +198,7 @@ class RunsPage(QWidget):
                 item.setSelected(True)
         self.table.blockSignals(False)
         self.empty.setVisible(not rows)
+        self.detail.setVisible(bool(rows))  # no empty tabs and dead buttons without a run
         self.table.setVisible(bool(rows))
         if self.table.selectedItems():
             self._on_table_selection_changed()
@@ -223,7 +230,7 @@ class RunsPage(QWidget):
             self.chart.clear()
             self.config_view.clear()
             return
-        title = f"{row.id} · {STATE_LABELS.get(row.state, row.state)}"
+        title = f"{run_label(row.name, row.id)} · {STATE_LABELS.get(row.state, row.state)}"
         if row.reason and row.state in ("failed", "interrupted", "stopped"):
             title += f" · {row.reason}"
         self.detail_title.setText(title)
@@ -309,7 +316,7 @@ class RunsPage(QWidget):
         answer = QMessageBox.question(
             self,
             "Delete run?",
-            f"Delete the run {row.id}?\n\nIts adapter, checkpoints and curves are removed from "
+            f"Delete the run {run_label(row.name, row.id)}?\n\nIts adapter, checkpoints and curves are removed from "
             "disk. This cannot be undone.",
             QMessageBox.StandardButton.Cancel | QMessageBox.StandardButton.Yes,
             QMessageBox.StandardButton.Cancel,

@@ -22,8 +22,11 @@ from PySide6.QtWidgets import (
 
 from app.chart import LossChartPanelWidget
 from app.controller import IDLE, INTERRUPTED, STOPPING, TrainingController, describe_crash
+from app.names import id_name, run_title
 from app.settings_form import FitBannerWidget, TrainSettingsWidget
 from app.tasks import Task, describe_error
+from app.theme import ElidedLabel
+from app.wording import window_words
 
 STATS_MS = 100  # the numbers under the chart refresh at 10 Hz, whatever the event rate
 FIT_DEBOUNCE_MS = 250
@@ -60,6 +63,7 @@ class TrainPage(QWidget):
         self.final_state: str | None = None
         self.final_details: dict = {}
         self.final_numbers = None  # engine.runs.RunNumbers of the run that ended
+        self.start_problem = False  # the result box shows why Start failed (cleared on edits)
 
         # -- left: settings --
         self.settings = TrainSettingsWidget()
@@ -73,6 +77,13 @@ class TrainPage(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button, 1)
         buttons.addWidget(self.stop_button)
+        # Why Start is unavailable, with the way out as a link ("Choose a model").
+        self.start_reason = QLabel("")
+        self.start_reason.setObjectName("muted")
+        self.start_reason.setWordWrap(True)
+        self.start_reason.setTextFormat(Qt.TextFormat.RichText)
+        self.start_reason.linkActivated.connect(self._on_start_reason_link_activated)
+        self.start_reason.setVisible(False)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -85,23 +96,29 @@ class TrainPage(QWidget):
         left.addWidget(scroll, 1)
         left.addWidget(self.fit_banner)
         left.addLayout(buttons)
+        left.addWidget(self.start_reason)
         left_box = QWidget()
         left_box.setLayout(left)
-        left_box.setFixedWidth(380)
+        self.left_box = left_box  # its width follows the page's (resizeEvent)
 
         # -- right: live view --
-        self.header = QLabel("No run yet")
+        self.header = ElidedLabel("Train", mode=Qt.TextElideMode.ElideRight)
         self.header.setObjectName("pageTitle")
-        self.header.setWordWrap(True)
         self.chart_panel = LossChartPanelWidget()
+        self.chart_panel.chart.placeholder = (
+            "Choose a model and a dataset on the left, then press Start training:\n"
+            "the loss curve appears here as the model learns."
+        )
+        self.chart_panel.setMinimumHeight(240)  # the x-axis stays visible at 1024x640
         self.chart = self.chart_panel.chart
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setTextVisible(True)
         self.progress.setFormat("")
+        self.progress.setVisible(False)  # shown once a run starts (an empty bar reads as a field)
         self.eta = QLabel("")
-        self.eta.setMinimumWidth(150)
+        self.eta.setMinimumWidth(self.eta.fontMetrics().horizontalAdvance("ETA 00 h 00 min") + 12)
         self.eta.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         progress_row = QHBoxLayout()
         progress_row.addWidget(self.progress, 1)
@@ -124,8 +141,12 @@ class TrainPage(QWidget):
             "it saves a checkpoint and stops if memory runs short."
         )
         self.runs_button = QPushButton("Show in Runs")
+        self.fix_button = QPushButton()  # the one-click fix of a start problem
+        self.fix_button.clicked.connect(self._on_fix_clicked)
+        self.problem_fix = None
         result_buttons = QHBoxLayout()
         for b in (
+            self.fix_button,
             self.chat_button,
             self.export_button,
             self.resume_button,
@@ -178,6 +199,7 @@ class TrainPage(QWidget):
         self.runs_button.clicked.connect(self.sig_show_runs)
         self.settings.sig_changed.connect(self._on_settings_changed)
         self.fit_banner.sig_apply.connect(self._on_fit_apply)
+        self.fit_banner.sig_focus.connect(self.focus_field)
         c = controller
         c.sig_state_changed.connect(self._on_controller_state_changed)
         c.sig_started.connect(self._on_controller_started)
@@ -195,6 +217,12 @@ class TrainPage(QWidget):
         self._stats_timer.setInterval(STATS_MS)
         self._stats_timer.timeout.connect(self._on_stats_timer_timeout)
         self._stats_timer.start()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        # Settings take about a third of the page, 320 to 380 px: the chart keeps the rest, so
+        # at 1024 px its steps and the run's name still fit.
+        self.left_box.setFixedWidth(max(320, min(380, int(self.width() * 0.36))))
+        super().resizeEvent(event)
 
     # -- actions ------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -216,7 +244,7 @@ class TrainPage(QWidget):
                 if not self.confirm_start_anyway():
                     return False
                 cfg.training.ignore_fit_check = True
-            self._reset_view(cfg.name or Path(cfg.data.path).name)
+            self._reset_view(run_title(cfg.name, "", cfg.data.path, cfg.model.path))
             self.controller.start_config(cfg, hosts=hosts)
             if hosts:
                 self._append_log(
@@ -224,13 +252,62 @@ class TrainPage(QWidget):
                 )
         except Exception as exc:  # noqa: BLE001 - ConfigError, RunError, OSError: shown to the user
             message, hint = describe_error(exc)
+            fix = window_words(str(exc.args[0]) if exc.args else "").fix
             self._show_result(
                 "problem",
-                f"<b>Cannot start:</b> {_esc(message)}" + (f"<br>{_esc(hint)}" if hint else ""),
-                buttons=(),
+                f"<b>Cannot start yet.</b> {_esc(message)}" + (f"<br>{_esc(hint)}" if hint else ""),
+                buttons=("fix",) if fix else (),
+                fix=fix,
             )
+            self.start_problem = True
             return False
         return True
+
+    # -- why Start is unavailable, and the fixes ------------------------------------------------
+    def start_blocker(self) -> tuple[str, str] | None:
+        """(reason, field to choose) when the form cannot start a run yet, else None."""
+        if not self.settings.model.currentText().strip():
+            return "Choose a model to start training.", "model"
+        if not self.settings.data.currentText().strip():
+            return "Choose a dataset to start training.", "data"
+        return None
+
+    def _update_start_button(self) -> None:
+        blocker = self.start_blocker()
+        running = self.controller.active
+        self.start_button.setEnabled(not running and blocker is None)
+        if blocker is not None and not running:
+            reason, field = blocker
+            what = "a model" if field == "model" else "a dataset"
+            self.start_reason.setText(f"{_esc(reason)} <a href='{field}'>Choose {what}…</a>")
+            self.start_button.setToolTip(reason)
+        else:
+            self.start_button.setToolTip("Start training (⌘R)")
+        self.start_reason.setVisible(blocker is not None and not running)
+
+    def _on_start_reason_link_activated(self, field: str) -> None:
+        self.focus_field(field)
+
+    def focus_field(self, field: str) -> None:
+        """Put the keyboard focus on a picker and open its list ("Choose a model")."""
+        combo = {"model": self.settings.model, "data": self.settings.data}.get(field)
+        if combo is None:
+            widget = self.settings.fields.get(field)
+            if widget is not None:
+                widget.setFocus(Qt.FocusReason.OtherFocusReason)
+            return
+        combo.setFocus(Qt.FocusReason.OtherFocusReason)
+        if combo.count():
+            combo.showPopup()
+
+    def _on_fix_clicked(self) -> None:
+        fix = self.problem_fix
+        if fix is None:
+            return
+        if fix.values:
+            self.settings.set_values(dict(fix.values))
+        if fix.focus:
+            self.focus_field(fix.focus)
 
     def confirm_start_anyway(self) -> bool:
         """Ask before starting a run the memory estimate says will not fit."""
@@ -296,7 +373,7 @@ class TrainPage(QWidget):
     def resume_run(self, run_dir: Path, force: bool = False) -> None:
         if self.controller.active:
             return
-        self._reset_view(f"Resuming {run_dir.name}")
+        self._reset_view(f"Resuming {id_name(run_dir.name)}")
         # Keep the curve so far: the resumed run continues it.
         from app.services import run_details
 
@@ -308,24 +385,26 @@ class TrainPage(QWidget):
             self._show_result("problem", _esc(str(exc)), buttons=())
 
     def _reset_view(self, title: str) -> None:
+        self.start_problem = False
         self.final_state = None
         self.final_details = {}
         self.chart.clear()
         self.chart.placeholder = "Loading the model…"
         self.chart.update()
         self.result.setVisible(False)
+        self.progress.setVisible(True)
         self.progress.setRange(0, 0)  # busy until the first progress event
         self.progress.setFormat("")
         self.eta.setText("starting…")
         self.stats.setText("")
-        self.header.setText(title)
+        self.header.set_full_text(title)
         self.log.clear()
         self._pending_log.clear()
 
     # -- controller signals -------------------------------------------------------------------
     def _on_controller_state_changed(self, state: str) -> None:
         running = state != IDLE
-        self.start_button.setEnabled(not running)
+        self._update_start_button()
         self.stop_button.setEnabled(running and state != STOPPING)
         self.settings.setEnabled(not running)
         if state == STOPPING:
@@ -337,9 +416,12 @@ class TrainPage(QWidget):
         self.chart.total_steps = total
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(int(e.get("resumed_from") or 0))
-        model = Path(str(cfg.get("model", ""))).name or cfg.get("model", "")
-        data = Path(str(cfg.get("data", ""))).name
-        self.header.setText(f"Training {data} · {model}")
+        run_id = str(e.get("run_id") or "")
+        # The run id is `<stamp>-<the run's name>-<hex>`: its name part is the name to show.
+        title = run_title(
+            id_name(run_id), run_id, str(cfg.get("data", "")), str(cfg.get("model", ""))
+        )
+        self.header.set_full_text(f"Training {title}", tooltip=str(e.get("run_dir") or run_id))
         self.chart.placeholder = "Waiting for the first step…"
         self._append_log(
             f"Run {e.get('run_id')} started: {total} steps, "
@@ -408,7 +490,7 @@ class TrainPage(QWidget):
         self.progress.setFormat(f"step {step} of {total}")
         best = numbers.best_val_loss if numbers is not None else None
         seconds = numbers.active_seconds if numbers is not None else summary.get("wall_seconds")
-        run_name = details.get("run_id") or "the run"
+        run_name = id_name(str(details.get("run_id") or "")) or "the run"
         if state == "completed":
             self.progress.setValue(self.progress.maximum())
             text = f"<b>Training completed.</b> {step} steps in {format_eta(seconds)}"
@@ -482,7 +564,12 @@ class TrainPage(QWidget):
             note = f"{run_name} {'interrupted' if state == INTERRUPTED else 'failed'}"
         self.sig_run_ended.emit(state, note)
 
-    def _show_result(self, kind: str, html: str, buttons: tuple[str, ...]) -> None:
+    def _show_result(self, kind: str, html: str, buttons: tuple[str, ...], fix=None) -> None:
+        self.start_problem = False
+        self.problem_fix = fix
+        if fix is not None:
+            self.fix_button.setText(fix.label)
+        self.fix_button.setVisible("fix" in buttons and fix is not None)
         self.result.setProperty("kind", kind)
         self.result.style().unpolish(self.result)
         self.result.style().polish(self.result)
@@ -541,6 +628,11 @@ class TrainPage(QWidget):
 
     # -- memory fit ---------------------------------------------------------------------------
     def _on_settings_changed(self) -> None:
+        self._update_start_button()
+        if self.start_problem and not self.controller.active:
+            # The problem was about these settings: it goes once they change (Start re-checks).
+            self.start_problem = False
+            self.result.setVisible(False)
         self.fit_banner.show_pending()
         self._fit_timer.start()
 

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (
 )
 
 
-def _card(title: str, body: QLabel, button: QPushButton | None = None) -> QFrame:
+def _card(title: str, body: QLabel, *buttons: QPushButton) -> QFrame:
     frame = QFrame()
     frame.setObjectName("card")
     layout = QVBoxLayout(frame)
@@ -24,10 +24,13 @@ def _card(title: str, body: QLabel, button: QPushButton | None = None) -> QFrame
     t.setObjectName("sectionTitle")
     layout.addWidget(t)
     body.setWordWrap(True)
+    body.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
     layout.addWidget(body, 1)
-    if button is not None:
+    if buttons:
         row = QHBoxLayout()
-        row.addWidget(button)
+        row.setSpacing(8)
+        for button in buttons:
+            row.addWidget(button)
         row.addStretch(1)
         layout.addLayout(row)
     return frame
@@ -35,13 +38,14 @@ def _card(title: str, body: QLabel, button: QPushButton | None = None) -> QFrame
 
 class WelcomePage(QWidget):
     sig_demo_requested = Signal()
+    sig_use_sample = Signal()
     sig_open_dataset = Signal()
     sig_show_models = Signal()
     sig_dismissed = Signal()
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        from app.services import demo_model_note
+        from app.services import demo_model_note, recommended_note
 
         title = QLabel("Welcome to Lathe")
         title.setObjectName("heroTitle")
@@ -57,12 +61,17 @@ class WelcomePage(QWidget):
             "bank-support: 288 chat examples of a bank's support assistant "
             "answering customers (fees, cards, transfers), plus 24 for validation."
         )
-        open_button = QPushButton("Open your own dataset…")
-        open_button.clicked.connect(self.sig_open_dataset)
-        self.model = QLabel(
-            "Qwen2.5 0.5B Instruct (4-bit): a 0.3 GB download that trains in "
-            "about 4 GB of memory — the quickest real model to start with."
+        self.sample_button = QPushButton("Use the Sample Dataset")
+        self.sample_button.setToolTip(
+            "Import the bundled sample and show its report on the Data page."
         )
+        self.sample_button.clicked.connect(self.sig_use_sample)
+        open_button = QPushButton("Open Your Own…")
+        open_button.setToolTip(
+            "Open a dataset file or folder (or drop one anywhere on the window)."
+        )
+        open_button.clicked.connect(self.sig_open_dataset)
+        self.model = QLabel(recommended_note())
         models_button = QPushButton("Models…")
         models_button.clicked.connect(self.sig_show_models)
         self.demo_note = QLabel(demo_model_note())
@@ -75,7 +84,9 @@ class WelcomePage(QWidget):
 
         grid = QGridLayout()
         grid.setSpacing(14)
-        grid.addWidget(_card("The sample dataset", self.sample, open_button), 0, 0)
+        grid.addWidget(
+            _card("The sample dataset", self.sample, self.sample_button, open_button), 0, 0
+        )
         grid.addWidget(_card("A recommended model", self.model, models_button), 0, 1)
         demo_card = _card("Try it now: a demo run", self.demo_note, self.demo_button)
         grid.addWidget(demo_card, 1, 0, 1, 2)

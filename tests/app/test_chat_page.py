@@ -139,10 +139,12 @@ def test_compare_mode_labels_base_left_and_tuned_right(qtbot, page, stories_path
         tuned.adapter
         and tuned.label == f"stories260K + run {stories_chat_run.name} · final adapter"
     )
-    assert page.base_view.header == base.label and page.tuned_view.header == tuned.label
-    assert (
-        base.label in page.base_view.toPlainText() and tuned.label in page.tuned_view.toPlainText()
-    )
+    # The window names the run without its workspace stamp (issue 17, item 8).
+    from app.names import humanize_ids
+
+    shown = humanize_ids(tuned.label)
+    assert page.base_view.header == base.label and page.tuned_view.header == shown
+    assert base.label in page.base_view.toPlainText() and shown in page.tuned_view.toPlainText()
     assert tuned.label not in page.base_view.toPlainText()
     # Regenerate replaces both sides' last replies; the conversation keeps one exchange per side.
     done.clear()
@@ -153,7 +155,10 @@ def test_compare_mode_labels_base_left_and_tuned_right(qtbot, page, stories_path
     page.checkpoint.setCurrentIndex(page.checkpoint.findData(10))
     with qtbot.waitSignal(page.controller.sig_loaded, timeout=30_000):
         page.load_button.click()
-    assert page.tuned_view.header == f"stories260K + run {stories_chat_run.name} · step 10"
+    assert page.tuned_view.header == humanize_ids(
+        f"stories260K + run {stories_chat_run.name} · step 10"
+    )
+    assert page.tuned_view.header.endswith(" · step 10")
 
 
 def test_add_to_dataset_writes_a_valid_example(qtbot, page, tiny_chat_model, monkeypatch):
