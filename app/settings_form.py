@@ -636,11 +636,11 @@ class FitBannerWidget(QFrame):
             f"{icon} {report.verdict.capitalize()}: training needs about "
             f"{report.training_peak_bytes / gb:.1f} GB of {report.budget_bytes / gb:.1f} GB"
         )
-        batch = report.batch_text() if hasattr(report, "batch_text") else ""
-        if batch:
-            text += f" ({batch})"
         from app.wording import window_words
 
+        batch = report.batch_text() if hasattr(report, "batch_text") else ""
+        if batch:
+            text += f" ({window_words(batch).text})"
         notes = [window_words(n) for n in report.notes]
         if notes:
             text += "\n" + " ".join(n.text for n in notes)

@@ -155,7 +155,7 @@ class FitReport:
             )
         return (
             f"longest possible batch: {b['rows']} x {b['width']} tokens (batch size x "
-            "max_seq_length; the data's lengths were not given)"
+            "data.max_seq_length; the data's lengths were not given)"
         )
 
     def to_dict(self) -> dict:
