@@ -265,8 +265,18 @@ def summary_line(f: dict) -> str:
     )
 
 
-def warning(result: dict, *, run_ref: str, config=None, best_step: int | None = None) -> str:
-    """The sentence shown when forgetting crosses the threshold, with the cheapest fixes."""
+def warning(
+    result: dict,
+    *,
+    run_ref: str,
+    config=None,
+    best_step: int | None = None,
+    checkpoints_forget: bool = False,
+) -> str:
+    """The sentence shown when forgetting crosses the threshold, with the cheapest fixes.
+
+    `best_step`: an earlier checkpoint that keeps the general prompts, named as RUN:STEP;
+    `checkpoints_forget`: every saved checkpoint forgets too (the check ran during training)."""
     lost = result["lost"]
     base_passed = result["base"]["passed"]
     shown = "; ".join(f'"{p}"' for p in lost[:3]) + ("; ..." if len(lost) > 3 else "")
@@ -283,7 +293,12 @@ def warning(result: dict, *, run_ref: str, config=None, best_step: int | None = 
     else:
         fixes.append("lower the learning rate")
     if best_step is not None:
-        fixes.append(f"use an earlier checkpoint ({run_ref}:{best_step} keeps more)")
+        fixes.append(f"use an earlier checkpoint ({run_ref}:{best_step} keeps them)")
+    elif checkpoints_forget:
+        fixes.append(
+            "an earlier checkpoint (every saved one forgets too here: save more often, "
+            "--save-every, to keep one from before it did)"
+        )
     else:
         fixes.append("use an earlier checkpoint (eval best names one)")
     fixes.append("mix general instruction examples into the training data (about 10-20%)")

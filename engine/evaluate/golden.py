@@ -15,6 +15,7 @@ from pathlib import Path
 from engine import events
 from engine.chat import ChatModel, ChatSettings
 from engine.evaluate.general import (
+    FORGETTING_WARN,
     answer_general,
     check_applies,
     general_score,
@@ -88,6 +89,8 @@ def golden_hook(
         model, tokenizer, template, Path(config.model.path).name or "model"
     )
     t = config.training
+    # What the base model (step 0) answered right, to warn once when a checkpoint loses too much.
+    watch = {"base": _base_passed(run_dir) if not at_start else None, "good": None, "warned": False}
 
     def hook(step: int) -> None:
         if not prompts and not general:
@@ -117,6 +120,8 @@ def golden_hook(
         if general_rows is not None:
             fields["general"] = {**general_score(general_rows), "answers": general_rows}
         sink(events.make("golden", step=step, answers=answers, **fields))
+        if general_rows is not None:
+            _watch_forgetting(watch, step, general_rows, sink)
         if general_rows is not None and step == 0 and not any(r["passed"] for r in general_rows):
             general.clear()  # the base model passes none: nothing to forget, nothing to pay for
             sink(
@@ -133,14 +138,57 @@ def golden_hook(
     return hook
 
 
-def _base_passed_some(run_dir: Path | None) -> bool:
-    """Whether the run's step-0 forgetting check (its base model) answered any general prompt right."""
+def _watch_forgetting(watch: dict, step: int, rows: list[dict], sink: events.Sink) -> None:
+    """Send one warning the first time a checkpoint loses FORGETTING_WARN of what the base passed."""
+    passed = {r["prompt"] for r in rows if r["passed"]}
+    if step == 0:
+        watch["base"] = passed
+        return
+    base = watch["base"]
+    if not base:
+        return
+    lost = [p for p in base if p not in passed]
+    share = len(lost) / len(base)
+    if share < FORGETTING_WARN:
+        watch["good"] = step
+        return
+    if watch["warned"]:
+        return
+    watch["warned"] = True
+    kept = (
+        f" Checkpoint {watch['good']} still kept them."
+        if watch["good"]
+        else " No checkpoint kept them yet."
+    )
+    sink(
+        events.make(
+            "log",
+            level="warning",
+            message=f"Forgetting at step {step}: {len(lost)} of the {len(base)} general prompts "
+            f'the base model answered right are now wrong ({share:.0%}; e.g. "{lost[0]}").'
+            + kept
+            + " Cheapest fixes: fewer epochs, a lower learning rate, an earlier checkpoint, or "
+            "general examples mixed into the data.",
+        )
+    )
+
+
+def _base_passed(run_dir: Path | None) -> set[str] | None:
+    """The general prompts the run's step-0 check (its base model) answered right; None if unknown."""
     if run_dir is None:
-        return False
+        return None
     from engine.evaluate.history import run_history
 
-    base = run_history(run_dir).general.get(0)
-    return bool(base and base["passed"])
+    base = next((g for g in run_history(run_dir).golden if g["step"] == 0), None)
+    general = (base or {}).get("general")
+    if not general:
+        return None
+    return {a["prompt"] for a in general["answers"] if a.get("passed")}
+
+
+def _base_passed_some(run_dir: Path | None) -> bool:
+    """Whether the run's step-0 forgetting check (its base model) answered any general prompt right."""
+    return bool(_base_passed(run_dir))
 
 
 def _general_items(config, tokenizer, run_dir: Path | None, sink: events.Sink) -> list:

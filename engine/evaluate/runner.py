@@ -399,7 +399,11 @@ def forgetting_result(
         if best and best["step"] != info.step and keeps_general(best.get("forgetting")):
             earlier = best["step"]
         result["warning"] = warning(
-            result, run_ref=_run_ref(info.run_dir), config=config, best_step=earlier
+            result,
+            run_ref=_run_ref(info.run_dir),
+            config=config,
+            best_step=earlier,
+            checkpoints_forget=bool(best) and not keeps_general(best.get("forgetting")),
         )
     return result
 

@@ -301,6 +301,11 @@ def test_forgetting_check_answers_general_prompts_at_every_checkpoint(tuned_run)
     scores = run_history(run_dir).general
     assert sorted(scores) == [0, 100, 200]
     assert scores[0]["forgetting"] == 0.0 and scores[200]["forgetting"] >= 0.5
+    # The run warned once, at the first checkpoint that crossed the threshold.
+    first = next(s for s in (100, 200) if scores[s]["forgetting"] >= 0.1)
+    warned = [e["message"] for e in rec.of("log") if "Forgetting at step" in e["message"]]
+    assert len(warned) == 1 and warned[0].startswith(f"Forgetting at step {first}:")
+    assert "Cheapest fixes" in warned[0]
 
 
 def test_eval_run_json_has_a_forgetting_figure_that_flags_the_run(tuned_run, capsys, monkeypatch):
@@ -328,14 +333,14 @@ def test_eval_run_json_has_a_forgetting_figure_that_flags_the_run(tuned_run, cap
     for words in (
         "fewer steps (--iters 100)",
         "learning rate",
-        "earlier checkpoint",
+        "earlier checkpoint (every saved one forgets too",
         "mix general",
     ):
         assert words in warning, warning
     # The human summary says it too.
-    argv += ["--limit", "1"]
-    assert main(argv) == 0
-    text = capsys.readouterr().out
+    from engine.commands.eval import format_summary
+
+    text = format_summary(out)
     assert "general prompts" in text and "WARNING" in text and "Cheapest fixes" in text
 
     # The check is not a constant: scored against its own answers, the run forgets nothing.
@@ -349,7 +354,7 @@ def test_eval_run_json_has_a_forgetting_figure_that_flags_the_run(tuned_run, cap
             for e in f["examples"]
         )
     )
-    assert main([*argv, "--general", str(same), "--json"]) == 0
+    assert main([*argv, "--general", str(same), "--limit", "1", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)["forgetting"]
     assert again["tuned"]["passed"] == 2 and not again["flagged"] and again["warning"] is None
 
