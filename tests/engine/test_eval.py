@@ -214,6 +214,7 @@ def test_report_is_one_self_contained_file_with_both_sides(evaluated, tuned_run,
     base_words = first["base"]["output"].split()[:3]
     assert all(html.escape(w) in text for w in base_words)
     assert "Golden prompts over training" in text and "fine_tune_type" in text  # timeline, config
+    assert "General prompts" in text and "forgets " in text  # the forgetting check's row
     assert (
         "<script" not in text
         and "src=" not in text
