@@ -567,7 +567,7 @@ class EvalResultsWidget(QWidget):
             self._progress.setRange(0, p["total"])
             self._progress.setValue(p["done"])
             self._status.setText(f"Answering: {p['done']} of {p['total']} ({p['side']})")
-        elif stage in ("load", "loss"):
+        elif stage in ("load", "loss", "general"):
             self._status.setText(p.get("message", stage) + "…")
 
     def _end_job(self) -> None:
