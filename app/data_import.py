@@ -118,6 +118,7 @@ def run_import(
     """Import `path` into the workspace with a token report; returns (Report, model path).
     `fill` gives values for `{{word}}` placeholders (as `data import --set word=value`)."""
     from engine.data import Options, TokenSettings, import_dataset
+    from engine.data.pipeline import IMPORT_TEST_FRACTION, IMPORT_TEST_MIN_EXAMPLES
     from engine.data.tokens import TokenCounter
 
     cancel = cancel or threading.Event()
@@ -129,7 +130,13 @@ def run_import(
     model_dir = reference_model(model)
     if cancel.is_set():
         raise TaskCancelled()
-    options = Options(format=fmt or None, mapping=mapping or {}, fill=fill or {})
+    options = Options(
+        format=fmt or None,
+        mapping=mapping or {},
+        fill=fill or {},
+        test_fraction=IMPORT_TEST_FRACTION,  # held out, so evaluation scores unseen examples
+        test_min_examples=IMPORT_TEST_MIN_EXAMPLES,
+    )
     tokens = TokenSettings(
         str(model_dir),
         max_seq_length=max_seq_length,

@@ -284,6 +284,11 @@ class EvalResultsWidget(QWidget):
         self._progress.setMaximumWidth(160)
         self._progress.setTextVisible(False)
         self._progress.hide()
+        # The forgetting check (engine.evaluate.general): one line, red when the run is flagged.
+        self._forgetting = QLabel()
+        self._forgetting.setWordWrap(True)
+        self._forgetting.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self._forgetting.hide()
 
         top = QHBoxLayout()
         top.addWidget(self._title, 1)
@@ -309,6 +314,7 @@ class EvalResultsWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addLayout(status)
+        layout.addWidget(self._forgetting)
         layout.addWidget(self._tabs, 1)
 
     def _table(self, headers: list[str]) -> QTableWidget:
@@ -350,6 +356,7 @@ class EvalResultsWidget(QWidget):
     def _show_empty(self) -> None:
         for table in (self._metrics_table, self._answers_table):
             table.setRowCount(0)
+        self._forgetting.hide()
         self._status.setText(
             "No evaluation yet. Press Evaluate to compare the tuned model with its base."
             if self.run_dir
@@ -383,6 +390,19 @@ class EvalResultsWidget(QWidget):
                 change = f"{(t - b) * 100:+.1f} pts" if rate else f"{t - b:+.1f}"
                 better = (t > b) if rate and abs(t - b) > 1e-12 else None
             rows.append((f"{m['label']}  [{m['spec']}]", fmt(b), fmt(t), change, better))
+        f = results.get("forgetting") or {}
+        if f.get("checked"):
+            value = f.get("forgetting")
+            rows.append(
+                (
+                    "General prompts (forgetting check)",
+                    f"{f['base']['passed']}/{f['base']['total']}",
+                    f"{f['tuned']['passed']}/{f['tuned']['total']}",
+                    "–" if value is None else f"forgets {value:.0%}",
+                    None if value is None else not f.get("flagged"),
+                )
+            )
+        self._show_forgetting(f)
         table = self._metrics_table
         table.setRowCount(len(rows))
         for r, (label, b, t, change, better) in enumerate(rows):
@@ -400,6 +420,20 @@ class EvalResultsWidget(QWidget):
         table.resizeRowsToContents()
         notes = results.get("notes") or []
         table.setToolTip("\n".join(notes))
+
+    def _show_forgetting(self, f: dict) -> None:
+        from engine.evaluate.general import summary_line
+
+        label = self._forgetting
+        if not f.get("checked"):
+            label.setText(html.escape(f.get("note") or ""))
+            label.setStyleSheet("")
+            label.setVisible(bool(f.get("note")))
+            return
+        text = html.escape(f.get("warning") or summary_line(f))
+        label.setText(text)
+        label.setStyleSheet("color:#c62828;" if f.get("flagged") else "")
+        label.show()
 
     def _fill_answers(self, results: dict) -> None:
         table = self._answers_table
@@ -432,13 +466,17 @@ class EvalResultsWidget(QWidget):
         table.resizeRowsToContents()
 
     def _fill_golden(self) -> None:
+        from engine.evaluate.general import FORGETTING_WARN
+
         table = self._golden_table
         h = self.history
         prompts = h.golden_prompts if h else []
-        table.clear()
-        table.setColumnCount(2 + len(prompts))
-        table.setHorizontalHeaderLabels(["Step", "Val loss"] + prompts)
         entries = h.golden if h else []
+        general = h.general if h else {}
+        fixed = ["Step", "Val loss"] + (["General"] if general else [])
+        table.clear()
+        table.setColumnCount(len(fixed) + len(prompts))
+        table.setHorizontalHeaderLabels(fixed + prompts)
         table.setRowCount(len(entries))
         previous: dict[str, str] = {}
         saved = set(self._checkpoints())
@@ -454,8 +492,16 @@ class EvalResultsWidget(QWidget):
                 )
             table.setItem(r, 0, step_item)
             table.setItem(r, 1, QTableWidgetItem("–" if val is None else f"{val:.4f}"))
+            if general:
+                g = general.get(step)
+                item = QTableWidgetItem("–" if g is None else f"{g['passed']}/{g['total']}")
+                if g is not None and g.get("forgetting") is not None:
+                    item.setToolTip(f"Forgets {g['forgetting']:.0%} of what the base got right.")
+                    if g["forgetting"] >= FORGETTING_WARN:
+                        item.setForeground(QColor("#c62828"))
+                table.setItem(r, 2, item)
             answers = {a.get("prompt"): a.get("answer", "") for a in entry["answers"]}
-            for c, prompt in enumerate(prompts, 2):
+            for c, prompt in enumerate(prompts, len(fixed)):
                 answer = answers.get(prompt)
                 item = QTableWidgetItem(answer or "")
                 if answer is not None:
@@ -468,9 +514,9 @@ class EvalResultsWidget(QWidget):
                     previous[prompt] = answer
                 table.setItem(r, c, item)
         header = table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(1, QHeaderView.ResizeToContents)
-        for c in range(2, 2 + len(prompts)):
+        for c in range(len(fixed)):
+            header.setSectionResizeMode(c, QHeaderView.ResizeToContents)
+        for c in range(len(fixed), len(fixed) + len(prompts)):
             header.setSectionResizeMode(c, QHeaderView.Stretch)
         table.resizeRowsToContents()
         self._tabs.setTabText(
@@ -496,7 +542,7 @@ class EvalResultsWidget(QWidget):
             self._progress.setRange(0, p["total"])
             self._progress.setValue(p["done"])
             self._status.setText(f"Answering: {p['done']} of {p['total']} ({p['side']})")
-        elif stage in ("load", "loss"):
+        elif stage in ("load", "loss", "general"):
             self._status.setText(p.get("message", stage) + "…")
 
     def _end_job(self) -> None:

@@ -292,6 +292,23 @@ class TrainingConfig:
         "A file of golden prompts, one per line (.txt) or one JSON object with a prompt per line (.jsonl).",
     )
     golden_max_tokens: int = _f(64, "Longest golden answer in tokens.", at_least=1, at_most=65_536)
+    general_check: bool | None = _f(
+        None,
+        "Forgetting check: at the start and at every checkpoint, answer a few general prompts "
+        "(facts, instructions, formats) greedily and score them, so the run shows when it starts "
+        "to lose what the base model could do. Empty (auto): on when the model ships its own chat "
+        "template (an instruction-tuned model, which answers them in a few tokens each), off for "
+        "base models, which cannot follow them. It also stops when the base model answers none "
+        "right.",
+    )
+    general_prompts_file: str | None = _f(
+        None,
+        "General prompts for the forgetting check (JSONL: prompt, reference, metric); empty uses "
+        "Lathe's built-in set.",
+    )
+    general_max_tokens: int = _f(
+        32, "Longest answer to a general prompt in tokens.", at_least=1, at_most=65_536
+    )
     early_stopping_patience: int = _f(
         0,
         "Stop when the validation loss has not improved for this many evaluations; 0 never stops early.",

@@ -38,7 +38,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "log": ("level", "message"),
     "error": ("kind", "message", "hint"),
     "finished": ("status", "adapter_path", "summary"),
-    # Greedy answers to the run's golden prompts at a checkpoint step: [{prompt, answer, ...}].
+    # Greedy answers to the run's golden prompts at a checkpoint step: [{prompt, answer, ...}];
+    # optional `general`: the forgetting check's {score, passed, total, answers: [{prompt, answer,
+    # passed, metric}]}.
     "golden": ("step", "answers"),
 }
 
@@ -244,6 +246,11 @@ class ConsolePrinter:
             for a in e["answers"]:
                 self._print(
                     f"  golden @ {e['step']}: {a.get('prompt', '')!r} -> {a.get('answer', '')!r}"
+                )
+            g = e.get("general")
+            if isinstance(g, dict) and g.get("total"):
+                self._print(
+                    f"  general prompts @ {e['step']}: {g.get('passed')}/{g['total']} answered right"
                 )
         elif kind == "log":
             self._print(f"  {e['level']}: {e['message']}")

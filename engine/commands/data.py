@@ -104,8 +104,9 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--test-fraction",
         type=float,
-        default=0.0,
-        help="Share held out for testing when the data has no test split (default 0).",
+        default=None,
+        help="Share held out for testing when the data has no test split (default 0.05, from 20 "
+        "examples up), so evaluation scores examples training never saw; 0 holds none out.",
     )
     p.add_argument("--seed", type=int, default=0, help="Seed for the held-out splits (default 0).")
     p.add_argument(
@@ -168,13 +169,16 @@ def _template(args) -> str | None:
 
 def _options(args):
     from engine.data import Options
+    from engine.data.pipeline import IMPORT_TEST_FRACTION, IMPORT_TEST_MIN_EXAMPLES
 
+    default_test = args.test_fraction is None
     return Options(
         format=args.format,
         mapping=args.mapping,
         strict=args.strict,
         valid_fraction=args.valid_fraction,
-        test_fraction=args.test_fraction,
+        test_fraction=IMPORT_TEST_FRACTION if default_test else args.test_fraction,
+        test_min_examples=IMPORT_TEST_MIN_EXAMPLES if default_test else 0,
         seed=args.seed,
         dedupe=not args.keep_duplicates,
         fill=args.fill or {},

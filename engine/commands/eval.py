@@ -1,10 +1,13 @@
 """`python -m engine eval`: what fine-tuning changed, base model against tuned, in numbers.
 
-    eval run RUN[:STEP] [--prompts FILE.jsonl] [--metric SPEC ...] [--max-tokens N] [--json]
-    eval best RUN [--by val_loss|METRIC] [--prompts FILE.jsonl] [--json]
+    eval run RUN[:STEP] [--prompts FILE.jsonl] [--metric SPEC ...] [--max-tokens N]
+             [--general FILE.jsonl|builtin | --no-general] [--json]
+    eval best RUN [--by val_loss|METRIC] [--prompts FILE.jsonl] [--general ... | --no-general] [--json]
     eval report RUN [--results FILE] [--out FILE.html] [--evaluate] [--json]
 
 A metric SPEC is exact, contains, regex:PATTERN, json, schema:FILE.json or length.
+Both also answer a few general prompts with base and tuned (the forgetting check,
+engine/evaluate/general.py) and warn when the tuned model lost what its base could do.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def register(subparsers) -> None:
     r.add_argument(
         "--no-loss", action="store_true", help="Skip the loss comparison on the test split."
     )
+    _general_args(r)
     add_json_flag(r, progress=True)
     r.set_defaults(handler=_run)
 
@@ -60,6 +64,7 @@ def register(subparsers) -> None:
         help="val_loss (default) or a metric spec such as exact or schema:FILE.json.",
     )
     _prompt_args(b)
+    _general_args(b)
     add_json_flag(b)
     b.set_defaults(handler=_best)
 
@@ -103,6 +108,30 @@ def _prompt_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _general_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--general",
+        metavar="FILE.jsonl|builtin",
+        help="Forgetting check prompts (JSONL: prompt, reference, metric), or 'builtin' for "
+        "Lathe's set. Default: the run's training.general_prompts_file, else the built-in set, "
+        "checked when the model has its own chat template.",
+    )
+    g.add_argument(
+        "--no-general", action="store_true", help="Skip the forgetting check (general prompts)."
+    )
+
+
+def _general(args):
+    if args.no_general:
+        return False
+    if args.general and args.general.strip().lower() in ("builtin", "built-in"):
+        from engine.evaluate.general import builtin_path
+
+        return str(builtin_path())
+    return args.general or None
+
+
 def _progress(as_json: bool, as_lines: bool = False):
     def show(p: dict) -> None:
         if as_lines:
@@ -110,7 +139,7 @@ def _progress(as_json: bool, as_lines: bool = False):
             return
         if as_json:
             return
-        if p["stage"] in ("load", "loss"):
+        if p["stage"] in ("load", "loss", "general"):
             print(f"{p['message']}…", file=sys.stderr, flush=True)
         elif p["stage"] == "generate" and (p["done"] == p["total"] or p["done"] % 10 == 0):
             print(f"  answered {p['done']}/{p['total']}", file=sys.stderr, flush=True)
@@ -147,6 +176,7 @@ def _run(args) -> int:
         limit=args.limit,
         loss=not args.no_loss,
         progress=_progress(args.json, args.progress),
+        general=_general(args),
     )
     if args.json:
         print_json(results)
@@ -175,8 +205,21 @@ def format_summary(results: dict) -> str:
             else (lambda v: "–" if v is None else f"{v:.1f}")
         )
         rows.append((m["label"], fmt(m["base"]), fmt(m["tuned"])))
+    f = results.get("forgetting") or {}
+    if f.get("checked"):
+        rows.append(
+            (
+                f"general prompts ({f['base']['total']}, forgetting check)",
+                f"{f['base']['passed']}/{f['base']['total']}",
+                f"{f['tuned']['passed']}/{f['tuned']['total']}",
+            )
+        )
     width = max(len(r[0]) for r in rows)
     lines += [f"  {a:<{width}}  {b:>9}  {c:>9}" for a, b, c in rows]
+    if f.get("checked"):
+        from engine.evaluate.general import summary_line
+
+        lines.append("  " + summary_line(f))
     lines += [f"  note: {n}" for n in results.get("notes", [])]
     if results.get("path"):
         lines.append(f"Per-example answers: {results['path']}")
@@ -195,6 +238,7 @@ def _best(args) -> int:
             stop=_stops(args),
             limit=args.limit,
             progress=_progress(args.json),
+            general=_general(args),
         )
     best = best_checkpoint(args.run, args.by, **kwargs)
     if args.json:
@@ -207,6 +251,8 @@ def _best(args) -> int:
     )
     if best.get("base") is not None:
         print(f"  base model: {best['base'] * 100:.1f}%")
+    if best.get("rule"):
+        print(f"  chosen by both the in-domain measure and the general prompts: {best['rule']}")
     for note in best.get("notes", []):
         print(f"  note: {note}")
     return 0

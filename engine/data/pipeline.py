@@ -27,6 +27,14 @@ SNIFF_ROWS = 50
 MAX_KEY_NOTES = 8  # ignored keys named in a note each; the rest share one note
 
 
+# What `data import` (CLI and Data page) holds out as a test split when the data has none, so that
+# evaluation scores examples that training never saw (not the validation split training watched).
+# Small: 5% of the training examples, and only from IMPORT_TEST_MIN_EXAMPLES examples up, since a
+# test split of one or two examples says little and costs a small dataset much.
+IMPORT_TEST_FRACTION = 0.05
+IMPORT_TEST_MIN_EXAMPLES = 20
+
+
 @dataclass
 class Options:
     """How to read a dataset. Every field has a default that suits a typical drop."""
@@ -35,7 +43,9 @@ class Options:
     mapping: dict[str, str] = field(default_factory=dict)  # target field -> source column/key
     strict: bool = False  # stop at the first bad example instead of skipping it
     valid_fraction: float = 0.1  # held out as valid when the data has no valid split
-    test_fraction: float = 0.0  # held out as test when the data has no test split
+    test_fraction: float = 0.0  # held out as test when the data has no test split (`data import`
+    # and the Data page ask for IMPORT_TEST_FRACTION)
+    test_min_examples: int = 0  # hold out a test split only from at least this many examples
     seed: int = 0  # for the held-out splits
     dedupe: bool = True  # drop repeated examples (and valid/test examples also in train); when
     # False they are kept and reported as warnings
@@ -73,6 +83,7 @@ class Options:
             "valid_fraction": self.valid_fraction,
             "test_fraction": self.test_fraction,
             "seed": self.seed,
+            **({"test_min_examples": self.test_min_examples} if self.test_min_examples else {}),
             "dedupe": self.dedupe,
             "text_chunk_chars": self.text_chunk_chars,
             **({"fill": dict(sorted(self.fill.items()))} if self.fill else {}),
@@ -456,7 +467,13 @@ def plan_splits(
     if not has_split["valid"] and options.valid_fraction > 0:
         want.append((1, "validation", options.valid_fraction))
     if not has_split["test"] and options.test_fraction > 0:
-        want.append((2, "test", options.test_fraction))
+        if n >= options.test_min_examples:
+            want.append((2, "test", options.test_fraction))
+        else:
+            notes.append(
+                f"No test split in the data, and {n} training examples are too few to hold one "
+                f"out ({options.test_min_examples} needed): evaluation will use the validation split."
+            )
     if not want:
         return final, notes
     if n < 2:
@@ -476,5 +493,11 @@ def plan_splits(
         notes.append(
             f"No {label} split in the data: held out {k} of {n} training examples "
             f"({why}, seed {options.seed})."
+            + (
+                " Training never sees them; evaluation scores them (--test-fraction 0 keeps "
+                "them for training)."
+                if code == 2
+                else ""
+            )
         )
     return final, notes

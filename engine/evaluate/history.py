@@ -13,7 +13,8 @@ class RunHistory:
     train: list[tuple[int, float]] = field(default_factory=list)  # (step, train_loss) per report
     valid: list[tuple[int, float]] = field(default_factory=list)  # (step, val_loss) per evaluation
     checkpoints: list[int] = field(default_factory=list)
-    golden: list[dict] = field(default_factory=list)  # {"step", "answers": [{prompt, answer, ...}]}
+    # {"step", "answers": [{prompt, answer, ...}], "general": {score, passed, total, answers}?}
+    golden: list[dict] = field(default_factory=list)
     best_val_step: int | None = None
     best_val_loss: float | None = None
     test_loss: float | None = None
@@ -26,6 +27,13 @@ class RunHistory:
                 if a.get("prompt") not in prompts:
                     prompts.append(a.get("prompt"))
         return prompts
+
+    @property
+    def general(self) -> dict[int, dict]:
+        """{step: {score, passed, total, lost, forgetting}}: the forgetting check over training."""
+        from engine.evaluate.general import checkpoint_scores
+
+        return checkpoint_scores(self)
 
     def val_loss_at(self, step: int) -> float | None:
         for s, v in self.valid:
@@ -66,14 +74,17 @@ def run_history(run_dir: Path) -> RunHistory:
         elif kind == "checkpoint":
             checkpoints.add(step)
         elif kind == "golden" and isinstance(e.get("answers"), list):
-            golden[step] = e["answers"]
+            golden[step] = (e["answers"], e.get("general"))
         elif kind == "finished":
             summary = e.get("summary") or {}
             h.test_loss = summary.get("test_loss", h.test_loss)
     h.train = sorted(train.items())
     h.valid = sorted(valid.items())
     h.checkpoints = sorted(checkpoints)
-    h.golden = [{"step": s, "answers": a} for s, a in sorted(golden.items())]
+    h.golden = [
+        {"step": s, "answers": a, **({"general": g} if isinstance(g, dict) else {})}
+        for s, (a, g) in sorted(golden.items())
+    ]
     if h.valid:
         h.best_val_step, h.best_val_loss = min(h.valid, key=lambda sv: (sv[1], sv[0]))
     return h

@@ -213,6 +213,16 @@ def _metrics_table(results: dict) -> str:
             f"<td class='num'>{_fmt(m.get('base'), rate)}</td><td class='num'>{_fmt(m.get('tuned'), rate)}</td>"
             f"{_change(m.get('base'), m.get('tuned'), True if rate else None, rate)}</tr>"
         )
+    f = results.get("forgetting") or {}
+    if f.get("checked"):
+        value = f.get("forgetting")
+        cls = "" if value is None else ("worse" if f.get("flagged") else "better")
+        rows.append(
+            f"<tr><td>General prompts <span class='tag'>forgetting check, {_e(f.get('prompts'))}"
+            f"</span></td><td class='num'>{f['base']['passed']}/{f['base']['total']}</td>"
+            f"<td class='num'>{f['tuned']['passed']}/{f['tuned']['total']}</td>"
+            f"<td class='num {cls}'>{'–' if value is None else f'forgets {value:.0%}'}</td></tr>"
+        )
     rows.append("</table>")
     n = len(results.get("examples", []))
     rows.append(

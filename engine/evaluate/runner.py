@@ -18,6 +18,15 @@ from pathlib import Path
 from engine import errors
 from engine.chat import AdapterInfo, ChatModel, ChatSettings, resolve_adapter
 from engine.config import RunConfig
+from engine.evaluate.general import (
+    GeneralPrompt,
+    answer_general,
+    check_applies,
+    compare,
+    keeps_general,
+    load_general_prompts,
+    warning,
+)
 from engine.evaluate.metrics import (
     EvalError,
     Metric,
@@ -227,16 +236,23 @@ def evaluate_run(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     chat_model: ChatModel | None = None,
+    general: str | Path | bool | None = None,
+    general_max_tokens: int | None = None,
 ) -> dict:
     """Evaluate `RUN[:STEP]` against its base model; returns (and saves) the results dict.
 
-    `progress` receives dicts with a `stage` (load, loss, generate, done); `cancel` stops between
-    answers. Pass `chat_model` to reuse a model already loaded with this adapter.
+    `progress` receives dicts with a `stage` (load, loss, generate, general, done); `cancel` stops
+    between answers. Pass `chat_model` to reuse a model already loaded with this adapter.
+    `general`: the forgetting check's prompts (a JSONL file; None or True: the run's
+    training.general_prompts_file, else the built-in set; False: no check); results carry a
+    `forgetting` object (engine.evaluate.general).
     """
     started = time.time()
     info, config = run_info(spec)
     items, source = choose_prompts(config, prompts, limit)
     chosen = choose_metrics(config, metrics, items)
+    general_items, general_source = choose_general(config, info.run_dir, general)
+    general_tokens = general_max_tokens or config.training.general_max_tokens
     notes: list[str] = []
 
     def report(stage: str, **fields) -> None:
@@ -270,6 +286,33 @@ def evaluate_run(
             progress=progress,
             cancel=cancel,
         )
+        forgetting = {"checked": False, "note": "Forgetting check switched off."}
+        if general_items and general is None:
+            on, why = check_applies(config.training.general_check, chat_model.tokenizer)
+            if not on:
+                general_items = []
+                forgetting["note"] = f"Forgetting check {why}."
+                notes.append(forgetting["note"])
+        if general_items:
+            report("general", message="General prompts (forgetting check)")
+            sides = {
+                side: answer_general(
+                    chat_model,
+                    general_items,
+                    max_tokens=general_tokens,
+                    use_adapter=side == "tuned",
+                    cancel=cancel,
+                )
+                for side in SIDES
+            }
+            forgetting = forgetting_result(
+                info, config, general_items, sides["base"], sides["tuned"], general_source
+            )
+            forgetting["max_tokens"] = general_tokens
+            if forgetting.get("warning"):
+                notes.append(forgetting["warning"])
+            elif forgetting.get("note"):
+                notes.append(forgetting["note"])
     finally:
         if own:
             chat_model.close()
@@ -292,6 +335,7 @@ def evaluate_run(
         },
         "loss": loss_result,
         "metrics": summarize(chosen, examples),
+        "forgetting": forgetting,
         "examples": examples,
         "notes": notes,
     }
@@ -299,6 +343,76 @@ def evaluate_run(
         results["path"] = str(save_results(info.run_dir, results))
     report("done", results=results.get("path"))
     return results
+
+
+def choose_general(
+    config: RunConfig, run_dir: Path | None, general: str | Path | bool | None
+) -> tuple[list[GeneralPrompt], str | None]:
+    """The forgetting check's prompts and where they came from; ([], None) when it is off."""
+    if general is False:
+        return [], None
+    path = general if isinstance(general, (str, Path)) else config.training.general_prompts_file
+    if path and not isinstance(general, (str, Path)) and run_dir is not None:
+        p = Path(path).expanduser()
+        if not p.is_absolute() and not p.exists():
+            path = run_dir / p
+    return load_general_prompts(path), str(path) if path else "built-in general prompts"
+
+
+def forgetting_result(
+    info: AdapterInfo,
+    config: RunConfig,
+    items: list[GeneralPrompt],
+    base_rows: list[dict],
+    tuned_rows: list[dict],
+    source: str | None,
+) -> dict:
+    """The `forgetting` object of a results dict: scores, lost prompts, the warning and its fixes."""
+    from engine.evaluate.best import best_general_checkpoint
+    from engine.evaluate.history import run_history
+
+    result = {"checked": True} | compare(base_rows, tuned_rows)
+    result["prompts"] = source
+    result["examples"] = [
+        {
+            "prompt": item.prompt,
+            "reference": item.reference,
+            "metric": item.metric.spec,
+            "kind": item.kind,
+            "base": {"output": b["answer"], "passed": b["passed"]},
+            "tuned": {"output": t["answer"], "passed": t["passed"]},
+        }
+        for item, b, t in zip(items, base_rows, tuned_rows, strict=True)
+    ]
+    history = run_history(info.run_dir)
+    result["checkpoints"] = {str(k): v for k, v in sorted(history.general.items())}
+    best = best_general_checkpoint(info.run_dir, history)
+    result["best_checkpoint"] = best
+    result["warning"] = None
+    result["note"] = None
+    if result["forgetting"] is None:
+        result["note"] = (
+            "The base model answers none of the general prompts right, so forgetting cannot be "
+            "measured (a base model without instruction tuning often cannot)."
+        )
+    elif result["flagged"]:
+        earlier = None
+        if best and best["step"] != info.step and keeps_general(best.get("forgetting")):
+            earlier = best["step"]
+        result["warning"] = warning(
+            result,
+            run_ref=_run_ref(info.run_dir),
+            config=config,
+            best_step=earlier,
+            checkpoints_forget=bool(best) and not keeps_general(best.get("forgetting")),
+        )
+    return result
+
+
+def _run_ref(run_dir: Path) -> str:
+    from engine.workspace import runs_dir
+
+    return run_dir.name if run_dir.parent.resolve() == runs_dir().resolve() else str(run_dir)
 
 
 # -- stored results ----------------------------------------------------------------------------

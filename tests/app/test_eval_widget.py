@@ -158,3 +158,61 @@ def test_a_failed_evaluation_shows_one_sentence(qtbot, small_run):
     assert failed.args[0] == "Unknown metric 'bogus'."
     assert "exact, contains" in failed.args[1]
     assert "Unknown metric" in w._status.text() and not w.busy
+
+
+def test_the_evaluate_tab_shows_the_forgetting_check(qtbot, tmp_path):
+    """issue 22 item 2: the Runs page's Evaluate tab shows the general prompts base against tuned,
+    the forgetting figure, the warning with its fixes (red when flagged), and the check over
+    training in the golden timeline."""
+    from PySide6.QtCore import Qt
+
+    from app.eval_widget import EvalResultsWidget
+    from engine.evaluate import run_history
+    from engine.evaluate.general import compare, warning
+
+    prompts = ["What is the capital of France?", "What is 2 + 2? Reply with the number only."]
+
+    def rows(passed):
+        return [
+            {"prompt": p, "answer": "x", "passed": ok, "metric": "contains"}
+            for p, ok in zip(prompts, passed, strict=True)
+        ]
+
+    run_dir = tmp_path / "run-1"
+    run_dir.mkdir()
+    log = events.EventLog(run_dir / "events.jsonl")
+    for step, passed in ((0, (True, True)), (100, (True, True)), (200, (False, True))):
+        answers = rows(passed)
+        general = {"score": sum(passed) / 2, "passed": sum(passed), "total": 2, "answers": answers}
+        log(events.make("golden", step=step, answers=[], general=general))
+    log.close()
+
+    flagged = {"checked": True} | compare(rows((True, True)), rows((False, True)))
+    flagged["warning"] = warning(flagged, run_ref="run-1", best_step=100)
+    results = {"adapter": {"label": "run run-1 · final adapter"}, "metrics": [], "examples": []}
+    w = EvalResultsWidget()
+    qtbot.addWidget(w)
+    w.resize(1100, 600)
+    w.show_run(run_dir, run_history(run_dir), results | {"forgetting": flagged})
+
+    table = w._metrics_table
+    row = [table.item(r, c).text() for r in range(table.rowCount()) for c in range(4)]
+    assert row == ["General prompts (forgetting check)", "2/2", "1/2", "forgets 50%"]
+    assert table.item(0, 3).foreground().color().name() == "#c62828"
+    label = w._forgetting
+    assert label.isVisibleTo(w) and "c62828" in label.styleSheet()
+    assert "Cheapest fixes" in label.text() and "run-1:100" in label.text()
+
+    golden = w._golden_table
+    headers = [golden.horizontalHeaderItem(c).text() for c in range(golden.columnCount())]
+    assert headers == ["Step", "Val loss", "General"]
+    steps = [golden.item(r, 0).data(Qt.UserRole) for r in range(golden.rowCount())]
+    assert steps == [0, 100, 200]
+    assert [golden.item(r, 2).text() for r in range(3)] == ["2/2", "2/2", "1/2"]
+    assert golden.item(2, 2).foreground().color().name() == "#c62828"
+
+    # Nothing lost: the line says so, not in red.
+    kept = {"checked": True} | compare(rows((True, False)), rows((True, True)))
+    w.set_results(results | {"forgetting": kept})
+    assert "forgetting: 0%" in label.text() and "c62828" not in label.styleSheet()
+    assert table.item(0, 3).text() == "forgets 0%"

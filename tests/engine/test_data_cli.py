@@ -127,3 +127,44 @@ def test_strict_flag_and_map_flag(tmp_path, capsys):
     assert main(["data", "inspect", str(csv), "--map", "prompt=a,completion=b", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["mapping"] == {"prompt": "a", "completion": "b"} and report["kept"] == 2
+
+
+def test_import_holds_out_a_test_split_when_the_data_has_none(tmp_path, capsys):
+    """issue 22 item 2: with no test split, `data import` holds one out by default (5%, from 20
+    examples up), so evaluation scores examples training never saw; --test-fraction 0 turns it off."""
+    from engine.data import load_splits
+    from engine.evaluate.prompts import split_prompts
+
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps(chat(i)) + "\n" for i in range(40)), encoding="utf-8")
+    assert main(["data", "import", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["splits"] == {"train": 34, "valid": 4, "test": 2}
+    assert any(
+        "No test split" in n and "evaluation scores them" in n for n in report["split_notes"]
+    )
+    splits = load_splits(report["dataset_id"])
+    assert len(splits.test) == 2
+    held = {json.dumps(r, sort_keys=True) for r in splits.test}
+    assert not held & {json.dumps(r, sort_keys=True) for r in splits.train + splits.valid}
+
+    class Config:  # what split_prompts reads of a run's config
+        class data:
+            path = report["dataset_path"]
+            valid_fraction = 0.1
+            prompt_feature, completion_feature = "prompt", "completion"
+            chat_feature, text_feature = "messages", "text"
+
+        class training:
+            seed = 0
+
+    items, split = split_prompts(Config)
+    assert split == "test" and len(items) == 2  # evaluation no longer scores the validation split
+
+    assert main(["data", "import", str(path), "--test-fraction", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["splits"]["test"] == 0
+    # Too few examples to spare one: none is held out, and the note says so.
+    assert main(["data", "import", str(data_file(tmp_path)), "--json"]) == 0
+    small = json.loads(capsys.readouterr().out)
+    assert small["splits"]["test"] == 0
+    assert any("too few to hold one out" in n for n in small["split_notes"])

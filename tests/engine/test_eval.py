@@ -42,9 +42,38 @@ def tuned_run(stories_path, tmp_path_factory):
         cfg.lora.rank = 16
         cfg.training.golden_prompts = list(GOLDEN)
         cfg.training.golden_max_tokens = 16
+        # The forgetting check with prompts the base model passes: its own first words as references.
+        cfg.training.general_check = True
+        cfg.training.general_max_tokens = 12
+        cfg.training.general_prompts_file = str(
+            _base_passes_file(stories_path, tmp_path_factory.mktemp("general") / "general.jsonl")
+        )
         status, run_dir, rec = _train_with_event_log(cfg)
     assert status == "completed", rec.of("error")
     return run_dir, rec, heldout
+
+
+TAUGHT = [FACTS[0][0], FACTS[1][0]]  # trained on, so their answers change
+
+
+def _base_passes_file(model_path, path):
+    """A general prompt file the base model passes: for two prompts the run is then taught to
+    answer differently, the reference is the first words of the base model's own greedy answer
+    (metric `contains`). A tuned model that answers like its base keeps them; this run cannot."""
+    from engine.chat import ChatModel
+    from engine.evaluate.golden import answer_prompts
+
+    chat_model = ChatModel.load(str(model_path))
+    try:
+        answers = answer_prompts(chat_model, TAUGHT, max_tokens=8, use_adapter=False)
+    finally:
+        chat_model.close()
+    rows = []
+    for a in answers:
+        words = " ".join(a["answer"].split()[:4])
+        assert words and not words.startswith(("The sky", "Cats say"))
+        rows.append({"prompt": a["prompt"], "reference": words, "metric": "contains"})
+    return write_jsonl(path, rows)
 
 
 def _train_with_event_log(cfg):
@@ -187,6 +216,7 @@ def test_report_is_one_self_contained_file_with_both_sides(evaluated, tuned_run,
     base_words = first["base"]["output"].split()[:3]
     assert all(html.escape(w) in text for w in base_words)
     assert "Golden prompts over training" in text and "fine_tune_type" in text  # timeline, config
+    assert "General prompts" in text and "forgets " in text  # the forgetting check's row
     assert (
         "<script" not in text
         and "src=" not in text
@@ -253,3 +283,156 @@ def test_cli_errors_are_one_sentence(tuned_run, capsys, monkeypatch, argv, words
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# -- the forgetting check (issue 22 item 2) ---------------------------------------------------
+
+
+def test_forgetting_check_answers_general_prompts_at_every_checkpoint(tuned_run):
+    """issue 22 item 2: the general prompts are answered and scored at the start and at each
+    checkpoint (in the `golden` event); the base passes them, the taught checkpoints lose them."""
+    from engine.evaluate import run_history
+
+    run_dir, rec, _ = tuned_run
+    golden = rec.of("golden")
+    assert [e["step"] for e in golden] == [0, 100, 200]
+    for e in golden:
+        assert events.check(e) == []
+        assert [a["prompt"] for a in e["general"]["answers"]] == TAUGHT
+    assert golden[0]["general"]["passed"] == 2 and golden[0]["general"]["score"] == 1.0
+    assert golden[-1]["general"]["passed"] < 2
+    scores = run_history(run_dir).general
+    assert sorted(scores) == [0, 100, 200]
+    assert scores[0]["forgetting"] == 0.0 and scores[200]["forgetting"] >= 0.5
+    # The run warned once, at the first checkpoint that crossed the threshold.
+    first = next(s for s in (100, 200) if scores[s]["forgetting"] >= 0.1)
+    warned = [e["message"] for e in rec.of("log") if "Forgetting at step" in e["message"]]
+    assert len(warned) == 1 and warned[0].startswith(f"Forgetting at step {first}:")
+    assert "Cheapest fixes" in warned[0]
+
+
+def test_eval_run_json_has_a_forgetting_figure_that_flags_the_run(tuned_run, capsys, monkeypatch):
+    """issue 22 item 2: `eval run --json` carries a `forgetting` object beside the gain; a run that
+    answers a general prompt worse than its base is flagged, with the cheapest fixes named."""
+    from engine.cli import main
+
+    run_dir, _, heldout = tuned_run
+    monkeypatch.setenv("LATHE_HOME", str(run_dir.parent.parent))
+    argv = ["eval", "run", run_dir.name, "--prompts", str(heldout), "--metric", "exact"]
+    argv += ["--max-tokens", "24", "--stop", "\\n", "--no-loss"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    f = out["forgetting"]
+    assert f["checked"] and f["flagged"] and f["threshold"] == 0.1
+    assert f["base"]["passed"] == 2 and f["tuned"]["passed"] < 2
+    assert set(f["lost"]) <= set(TAUGHT) and f["lost"]
+    assert f["forgetting"] == len(f["lost"]) / 2 and f["change_points"] < 0
+    assert [e["prompt"] for e in f["examples"]] == TAUGHT
+    assert all(e["base"]["passed"] for e in f["examples"])
+    assert out["metrics"][0]["tuned"] > out["metrics"][0]["base"]  # the gain beside the loss
+    assert f["checkpoints"]["0"]["score"] == 1.0 and "200" in f["checkpoints"]
+    warning = f["warning"]
+    assert warning in out["notes"]
+    for words in (
+        "fewer steps (--iters 100)",
+        "learning rate",
+        "earlier checkpoint (every saved one forgets too",
+        "mix general",
+    ):
+        assert words in warning, warning
+    # The human summary says it too.
+    from engine.commands.eval import format_summary
+
+    text = format_summary(out)
+    assert "general prompts" in text and "WARNING" in text and "Cheapest fixes" in text
+
+    # The check is not a constant: scored against its own answers, the run forgets nothing.
+    same = run_dir.parent / "same.jsonl"
+    same.write_text(
+        "".join(
+            json.dumps(
+                {"prompt": e["prompt"], "reference": e["tuned"]["output"], "metric": "exact"}
+            )
+            + "\n"
+            for e in f["examples"]
+        )
+    )
+    assert main([*argv, "--general", str(same), "--limit", "1", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)["forgetting"]
+    assert again["tuned"]["passed"] == 2 and not again["flagged"] and again["warning"] is None
+
+
+def test_best_checkpoint_weighs_the_general_prompts(tuned_run):
+    """issue 22 item 2: `eval best` reports each checkpoint's forgetting and the rule it chose by."""
+    from engine.evaluate import best_checkpoint
+
+    run_dir, _, _ = tuned_run
+    best = best_checkpoint(str(run_dir), "val_loss")
+    assert {c["step"] for c in best["candidates"]} == {100, 200}
+    assert all(c["forgetting"] is not None for c in best["candidates"])
+    assert best["rule"] and best["by_in_domain_only"] in (100, 200)
+
+
+def test_best_by_both_prefers_a_checkpoint_that_keeps_the_general_prompts():
+    """issue 22 item 2: the documented rule, on crafted candidates."""
+    from engine.evaluate.general import best_by_both
+
+    c = [
+        {"step": 100, "key": -1.20, "forgetting": 0.0},
+        {"step": 200, "key": -1.00, "forgetting": 0.05},
+        {"step": 300, "key": -0.80, "forgetting": 0.5},  # best in-domain, but forgets
+    ]
+    assert best_by_both(c)[0]["step"] == 200
+    assert best_by_both(c[:1] + [c[2]])[0]["step"] == 100
+    all_forget = [dict(x, forgetting=f) for x, f in zip(c, (0.5, 0.25, 0.25), strict=True)]
+    best, why = best_by_both(all_forget)
+    assert best["step"] == 300 and "forgets least" in why
+    unknown = [dict(x, forgetting=None) for x in c]
+    assert best_by_both(unknown)[0]["step"] == 300
+
+
+def test_a_base_model_without_a_chat_template_skips_the_check_by_default(
+    stories_path, tiny_chat_model
+):
+    """issue 22 item 2: auto mode: stories260K has no chat template of its own (a base model, which
+    cannot follow the general prompts), so they are not spent on it; a chat model is checked."""
+    from engine.data import load_tokenizer
+    from engine.evaluate.general import check_applies
+
+    on, why = check_applies(None, load_tokenizer(str(stories_path)))
+    assert not on and "no chat template" in why
+    assert check_applies(None, load_tokenizer(str(tiny_chat_model)))[0]
+    assert check_applies(True, load_tokenizer(str(stories_path)))[0]
+    assert not check_applies(False, load_tokenizer(str(tiny_chat_model)))[0]
+
+
+def test_general_prompt_files_are_checked_line_by_line(tmp_path):
+    """issue 22 item 2: the built-in set passes its own references; a bad file names its line."""
+    from engine.evaluate import EvalError
+    from engine.evaluate.general import load_general_prompts
+
+    builtin = load_general_prompts()
+    assert len(builtin) >= 8 and all(g.passes(g.reference) for g in builtin)
+    assert {g.kind for g in builtin} >= {"fact", "instruction", "format"}
+    assert not builtin[0].passes("The capital of France is London.")
+    bad = tmp_path / "g.jsonl"
+    bad.write_text('{"prompt": "a", "reference": "b"}\n{"prompt": "c", "metric": "length"}\n')
+    with pytest.raises(EvalError, match="Line 2 of g.jsonl"):
+        load_general_prompts(bad)
+
+
+def test_the_check_runs_by_default_for_a_chat_model_and_stops_when_its_base_passes_nothing(
+    tiny_chat_model, tmp_path
+):
+    """issue 22 item 2: auto mode checks a model with its own chat template at the start; a base
+    model that passes no general prompt (random weights here) has nothing to lose, so the
+    checkpoints skip the check (it costs nothing more) and the log says why."""
+    data = completion_data(tmp_path / "d", copies=2)
+    cfg = make_config(tiny_chat_model, data, iters=10, save_every=5, general_check=None)
+    cfg.training.general_max_tokens = 8
+    status, _, rec = train_run(cfg)
+    assert status == "completed"
+    golden = rec.of("golden")
+    assert [e["step"] for e in golden] == [0]
+    assert golden[0]["general"]["total"] >= 8 and golden[0]["general"]["passed"] == 0
+    assert any("Forgetting check off" in e["message"] for e in rec.of("log"))
