@@ -54,7 +54,7 @@ def find_model(arg: str | None) -> Path:
 
 
 def engine(workspace: Path, *args: str) -> dict | list | None:
-    """`python -m engine ARGS --json` in the screenshot workspace; the parsed JSON output."""
+    """Runs the engine with ARGS and --json in the screenshot workspace; the parsed JSON output."""
     env = dict(os.environ, LATHE_HOME=str(workspace), PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "engine", *args]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)

@@ -22,7 +22,7 @@ from engine.evaluate.general import (
     compare,
     general_score,
 )
-from engine.evaluate.history import run_history
+from engine.evaluate.history import _ref, run_history
 from engine.evaluate.metrics import EvalError, parse_metric
 from engine.evaluate.runner import (
     Progress,
@@ -216,42 +216,8 @@ def best_by_metric(
     }
 
 
-def best_general_checkpoint(run_dir: Path, history=None) -> dict | None:
-    """The checkpoint to keep by validation loss and the training-time general checks, without
-    generating anything; None when the run has no general scores at its checkpoints."""
-    history = history or run_history(run_dir)
-    general = history.general
-    steps = [s for s in checkpoint_steps(run_dir) if s in general]
-    if not steps:
-        return None
-    candidates = []
-    for s in steps:
-        val = history.val_loss_at(s)
-        candidates.append(
-            {
-                "step": s,
-                "key": (-val if val is not None else -float("inf"), general[s]["score"] or 0.0),
-                "val_loss": val,
-                "general": general[s]["score"],
-                "forgetting": general[s]["forgetting"],
-            }
-        )
-    best, rule = best_by_both(candidates)
-    return {k: v for k, v in best.items() if k != "key"} | {
-        "spec": f"{_ref(run_dir)}:{best['step']}",
-        "rule": rule,
-    }
-
-
 def best_checkpoint(run: str | Path, by: str = "val_loss", **kwargs) -> dict:
     """`best_by_val_loss` for by="val_loss", else `best_by_metric` with `by` as the metric spec."""
     if by in ("val_loss", "loss", "validation"):
         return best_by_val_loss(run)
     return best_by_metric(run, by, **kwargs)
-
-
-def _ref(run_dir: Path) -> str:
-    """How to name the run in RUN:STEP: its id inside the workspace, else its folder."""
-    from engine.workspace import runs_dir
-
-    return run_dir.name if run_dir.parent.resolve() == runs_dir().resolve() else str(run_dir)

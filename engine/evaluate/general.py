@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.evaluate.metrics import EvalError, Metric, parse_metric
+from engine.evaluate.metrics import Cancelled, EvalError, Metric, parse_metric
 
 FORGETTING_WARN = 0.10  # flag a run that loses at least this share of what its base got right
 GENERAL_FILE = "general_prompts.jsonl"
@@ -143,8 +143,6 @@ def answer_general(
     rows = []
     for item in items:
         if cancel is not None and cancel.is_set():
-            from engine.evaluate.runner import Cancelled
-
             raise Cancelled("The evaluation was cancelled.")
         reply = chat_model.reply(item.messages, settings, use_adapter=use_adapter)
         rows.append(

@@ -88,3 +88,40 @@ def run_history(run_dir: Path) -> RunHistory:
     if h.valid:
         h.best_val_step, h.best_val_loss = min(h.valid, key=lambda sv: (sv[1], sv[0]))
     return h
+
+
+def best_general_checkpoint(run_dir: Path, history=None) -> dict | None:
+    """The checkpoint to keep by validation loss and the training-time general checks, without
+    generating anything; None when the run has no general scores at its checkpoints."""
+    history = history or run_history(run_dir)
+    general = history.general
+    from engine.evaluate.general import best_by_both
+    from engine.runs import adapter_steps
+
+    steps = [s for s in adapter_steps(run_dir) if s in general]
+    if not steps:
+        return None
+    candidates = []
+    for s in steps:
+        val = history.val_loss_at(s)
+        candidates.append(
+            {
+                "step": s,
+                "key": (-val if val is not None else -float("inf"), general[s]["score"] or 0.0),
+                "val_loss": val,
+                "general": general[s]["score"],
+                "forgetting": general[s]["forgetting"],
+            }
+        )
+    best, rule = best_by_both(candidates)
+    return {k: v for k, v in best.items() if k != "key"} | {
+        "spec": f"{_ref(run_dir)}:{best['step']}",
+        "rule": rule,
+    }
+
+
+def _ref(run_dir: Path) -> str:
+    """How to name the run in RUN:STEP: its id inside the workspace, else its folder."""
+    from engine.workspace import runs_dir
+
+    return run_dir.name if run_dir.parent.resolve() == runs_dir().resolve() else str(run_dir)

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.errors import Cancelled as _Cancelled
 from engine.errors import LatheError
 from engine.evaluate import schema as jsonschema
 
@@ -29,6 +30,10 @@ DEFAULT_METRICS = ("exact", "contains", "length")
 
 class EvalError(LatheError):
     kind = "eval"
+
+
+class Cancelled(_Cancelled, EvalError):
+    """The evaluation was cancelled by its caller."""
 
 
 @dataclass

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from engine import errors
 from engine.chat import AdapterInfo, ChatModel, ChatSettings, resolve_adapter
 from engine.config import RunConfig
 from engine.evaluate.general import (
@@ -28,6 +27,7 @@ from engine.evaluate.general import (
     warning,
 )
 from engine.evaluate.metrics import (
+    Cancelled,
     EvalError,
     Metric,
     aggregate,
@@ -40,10 +40,6 @@ from engine.workspace import ensure_dir, write_json_atomic
 RESULTS_VERSION = 1
 SIDES = ("base", "tuned")
 Progress = Callable[[dict], None]
-
-
-class Cancelled(errors.Cancelled, EvalError):
-    """The evaluation was cancelled by its caller."""
 
 
 def run_info(spec: str | Path) -> tuple[AdapterInfo, RunConfig]:
@@ -368,8 +364,7 @@ def forgetting_result(
     source: str | None,
 ) -> dict:
     """The `forgetting` object of a results dict: scores, lost prompts, the warning and its fixes."""
-    from engine.evaluate.best import best_general_checkpoint
-    from engine.evaluate.history import run_history
+    from engine.evaluate.history import best_general_checkpoint, run_history
 
     result = {"checked": True} | compare(base_rows, tuned_rows)
     result["prompts"] = source
