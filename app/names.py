@@ -9,6 +9,7 @@ these, so a name reads the same everywhere.
 from __future__ import annotations
 
 import re
+from datetime import date
 from pathlib import Path
 
 # engine.workspace.new_id: YYYYmmdd-HHMMSS-<name>-<4 hex>
@@ -69,19 +70,21 @@ def humanize_ids(text: str) -> str:
     return _ID_IN_TEXT.sub(lambda m: m.group(1), text or "")
 
 
-def id_time(run_id: str) -> str:
-    """When a workspace id was made, as `30 Nov 15:51` ("" for other names)."""
+def id_time(run_id: str, today: date | None = None) -> str:
+    """When a workspace id was made: `15:51` today, else `30 Nov 15:51` ("" for other names)."""
     m = re.match(r"^(\d{4})(\d{2})(\d{2})-(\d{2})(\d{2})\d{2}-", run_id or "")
     if not m:
         return ""
     months = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
     year, month, day, hour, minute = m.groups()
+    if (int(year), int(month), int(day)) == (today or date.today()).timetuple()[:3]:
+        return f"{hour}:{minute}"
     return f"{int(day)} {months[int(month) - 1]} {hour}:{minute}"
 
 
-def run_label(name: str, run_id: str, dataset: str = "") -> str:
-    """A run in a list: its name and when it started (`bank-support · 30 Nov 15:51`), so two runs
-    of one name stay apart."""
-    when = id_time(run_id)
+def run_label(name: str, run_id: str, dataset: str = "", today: date | None = None) -> str:
+    """A run in a list: its name and when it started (`bank-support · 30 Nov 15:51`, only the
+    time for today's runs), so two runs of one name stay apart."""
+    when = id_time(run_id, today)
     title = run_name(name, run_id, dataset)
     return f"{title} · {when}" if when else title

@@ -275,8 +275,9 @@ def _chat(window, wait) -> None:
 
     chat = window.chat
     runs = [r for r in list_runs() if r.adapter_path is not None]
-    if window.controller.active:
+    if window.controller.active:  # the Train picture's run: stopped, so no picture says "training"
         window.controller.stop()
+        wait(lambda: not window.controller.active, 120)
     window.show_page("chat")
     if not runs:
         return

@@ -135,7 +135,7 @@ class ChatPage(QWidget):
         picker.addSpacing(12)
         for label, w in (("Model", self.model), ("Run", self.run), ("Checkpoint", self.checkpoint)):
             picker.addWidget(QLabel(label))
-            picker.addWidget(w, 2 if w is not self.checkpoint else 1)
+            picker.addWidget(w, 3 if w is self.run else 2 if w is self.model else 1)
         picker.addWidget(self.load_button)
         picker.addWidget(self.compare_box)
         self.status = QLabel("Pick a model, or a run to chat with its tuned model, and press Load.")

@@ -54,6 +54,8 @@ class DownloadCellWidget(QWidget):
         self.cancel = QPushButton("Cancel")
         self.cancel.clicked.connect(lambda: self.sig_cancel.emit(self.repo_id))
         self.button.setMinimumWidth(120)
+        for b in (self.button, self.cancel):
+            b.setObjectName("cellButton")  # compact: the bezel fits a table row
         self.button.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Fixed)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(4, 2, 8, 2)
@@ -124,6 +126,7 @@ class ModelsPage(QWidget):
         lib_title = QLabel("On this Mac")
         lib_title.setObjectName("sectionTitle")
         self.lib_table = QTreeWidget()
+        self.lib_table.setObjectName("libraryTable")
         self.lib_table.setHeaderLabels(
             ["Name", "Kind", "Size", "Quantization", "Chat template", "Path"]
         )

@@ -76,6 +76,7 @@ class RunsPage(QWidget):
         top.addWidget(self.refresh_button)
 
         self.table = QTreeWidget()
+        self.table.setObjectName("runsTable")
         self.table.setHeaderLabels(COLUMNS)
         self.table.setRootIsDecorated(False)
         self.table.setAlternatingRowColors(True)

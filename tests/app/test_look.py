@@ -38,7 +38,10 @@ def test_run_names_drop_the_workspace_stamp():
     assert dataset_name(DATASET) == "bank-support"
     assert dataset_name("/Users/me/support.jsonl") == "support"
     assert dataset_name("/Users/me/faq/train.jsonl") == "faq"
-    assert run_label("", RUN_ID) == "bank-support · 30 Nov 13:34"
+    from datetime import date
+
+    assert run_label("", RUN_ID, today=date(2026, 12, 1)) == "bank-support · 30 Nov 13:34"
+    assert run_label("", RUN_ID, today=date(2026, 11, 30)) == "bank-support · 13:34"
     assert humanize_ids(f"stories260K + run {RUN_ID} · final adapter") == (
         "stories260K + run bank-support · final adapter"
     )
