@@ -311,6 +311,7 @@ class Journey:
             page=w.current_page(),
             visible=self.visible_pages(),
             train_examples=report.splits.get("train") if report else None,
+            test_examples=report.splits.get("test", 0) if report else None,
             dataset_path=str(report.dataset_path) if report and report.dataset_path else None,
             use_enabled=w.data.use_button.isEnabled(),
         )

@@ -54,7 +54,9 @@ def test_the_demo_button_shows_train_and_only_train(journey):
 def test_the_demo_form_reads_like_a_form(journey):
     """Item 6: the demo's form showed "Epochs 2.0" and Layers "-1"."""
     form = seen(journey, "demo_form")
-    assert form["epochs"] == "2" and form["layers"] == "All", form
+    # "All" for -1; the demo on a real chat model trains its last layers only (a number).
+    assert form["epochs"] == "2" and form["layers"] != "-1", form
+    assert form["layers"] == "All" or form["layers"].isdigit(), form
 
 
 def test_help_welcome_then_go_to_the_app_leaves_one_page(journey):
@@ -73,7 +75,8 @@ def test_dropping_the_sample_folder_imports_it_as_a_copy(journey):
     assert drop["enter_accepted"] and drop["drop_accepted"], drop
     assert drop["drop_action"] == "CopyAction", drop
     assert drop["sample_still_there"]
-    assert drop["page"] == "data" and drop["train_examples"] == 288, drop
+    # 288 training conversations; the import holds 5% of them out as a test split (issue 22).
+    assert drop["page"] == "data" and drop["train_examples"] + drop["test_examples"] == 288, drop
     assert drop["use_enabled"], drop
 
 

@@ -238,7 +238,7 @@ def test_run_and_step_resolution(stories_path, stories_run, tmp_path):
     with pytest.raises(ChatError, match="no checkpoint at step 30") as err:
         resolve_adapter(f"{stories_run.name}:30")
     assert "10, 20" in err.value.hint
-    with pytest.raises(ChatError, match="No run or adapter"):
+    with pytest.raises(ChatError, match="is neither a run nor an adapter folder"):
         resolve_adapter("no-such-run")
     # A run still training has no final adapter yet: its newest checkpoint is used.
     shutil.rmtree(runs / stories_run.name / "adapters")
