@@ -141,6 +141,7 @@ def patch_load(base: str) -> None:
     """With base "float32", every trainer's mlx_lm load returns the base dequantized to float32."""
     if base != "float32":
         return
+    import mlx_lm
     import mlx_lm.utils
 
     original = mlx_lm.utils.load
@@ -150,6 +151,7 @@ def patch_load(base: str) -> None:
         return (_float32_base(model), *rest)
 
     mlx_lm.utils.load = load
+    mlx_lm.load = load  # `from mlx_lm import load` (Lathe's chat) reads the package's name
     for name in ("mlx_lm.lora", "mlx_lm_lora.utils"):
         module = sys.modules.get(name)
         if module is not None and hasattr(module, "load"):
