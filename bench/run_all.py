@@ -58,7 +58,8 @@ def verdict(r: dict) -> str:
             continue
         if peer.get("stopped"):
             parts.append(
-                f"{name} stopped after {peer['elapsed_s']:.0f} s (Lathe {lt['seconds']:.0f} s)"
+                f"{name} stopped with {peer['steps_finished']} of {lt['steps']} step(s) after "
+                f"{peer['training_s']:.0f} s of training (Lathe: all in {lt['seconds']:.0f} s)"
             )
             continue
         wall = lt["seconds"] / peer["seconds"]

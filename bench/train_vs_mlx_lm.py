@@ -59,7 +59,7 @@ SHAPES = {
     "mixed": (256, 1024, "chat, long-tailed lengths (~20 to ~700 tokens)"),
     "short": (2048, 256, "short chat turns (~15 to ~70 tokens)"),
     "long": (48, 1024, "documents near the context limit (~850 to ~1024 tokens)"),
-    "qlora": (64, 1024, "bank-support sample on SmolLM2-135M-Instruct 4-bit (real model)"),
+    "qlora": (128, 1024, "bank-support sample on SmolLM2-135M-Instruct 4-bit (real model)"),
 }
 
 # trainer id -> name in the table
@@ -158,9 +158,11 @@ def patch_load(base: str) -> None:
             module.load = load
 
 
-def _progress(step: int) -> None:
-    """One line per batch handed to a trainer: the parent reads them when it stops a slow run."""
-    print(f"BATCH {step} {time.perf_counter():.3f}", flush=True)
+def _progress(steps_done: int) -> None:
+    """`STEP n t`: n steps finished at time t (step 0: training started). The parent reads these
+    lines when it stops a slow run (perf_counter is the system's monotonic clock on Linux and
+    macOS, the same in every process)."""
+    print(f"STEP {steps_done} {time.perf_counter():.3f}", flush=True)
 
 
 def _counting(original_iterate, stats: dict):
@@ -174,7 +176,8 @@ def _counting(original_iterate, stats: dict):
             # mlx-lm's mask: steps in [offset, length] of the shifted targets.
             stats["trained"] += sum(e - o + 1 for o, e in lens) - len(lens)
             stats["batches"] += 1
-            _progress(stats["batches"])
+            if stats["batches"] > 1:  # batch k is fetched when step k-1 has finished
+                _progress(stats["batches"] - 1)
             yield batch, lengths
 
     return counting_iterate
@@ -251,6 +254,7 @@ def run_mlx_lm(
     def timed_train(*args, **kwargs):
         kwargs["iterate_batches"] = counting_iterate
         mx.reset_peak_memory()
+        _progress(0)
         tic = time.perf_counter()
         original_train(*args, **kwargs)
         _finish_peer(stats, kwargs.get("model", args[0] if args else None), tic, iters, batch_size)
@@ -278,6 +282,7 @@ def run_mlx_lm_lora(
     def timed_train(*args, **kwargs):
         kwargs["iterate_batches"] = counting_iterate
         mx.reset_peak_memory()
+        _progress(0)
         tic = time.perf_counter()
         original_train(*args, **kwargs)
         _finish_peer(stats, kwargs["model"], tic, iters, batch_size)
@@ -326,6 +331,7 @@ def run_lathe(
 
     def timed_train(*args, **kwargs):
         mx.reset_peak_memory()
+        _progress(0)
         tic = time.perf_counter()
         result = original_train(*args, **kwargs)
         stats["seconds"] = time.perf_counter() - tic
@@ -523,16 +529,21 @@ def _run_child(cmd: list[str], env: dict, timeout: float | None) -> tuple[dict |
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
+        stop = time.perf_counter()
         text = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        times = [float(ln.split()[2]) for ln in text.splitlines() if ln.startswith("BATCH ")]
-        # Batch k is fetched when step k-1 has finished (and, for Lathe, step k is reported).
-        return {
-            "stopped": True,
-            "timeout_s": timeout,
-            "elapsed_s": time.perf_counter() - start,
-            "batches_seen": len(times),
-            "seconds_between_batches": [round(b - a, 2) for a, b in zip(times, times[1:])],
-        }, ""
+        marks = [ln.split()[1:] for ln in text.splitlines() if ln.startswith("STEP ")]
+        marks = [(int(n), float(t)) for n, t in marks]
+        return (
+            {
+                "stopped": True,
+                "timeout_s": timeout,
+                "elapsed_s": stop - start,  # the whole process: loading included
+                "training_s": stop - marks[0][1] if marks else 0.0,
+                "steps_finished": marks[-1][0] if marks else 0,
+                "step_seconds": [round(b[1] - a[1], 2) for a, b in zip(marks, marks[1:])],
+            },
+            "",
+        )
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
         return None, out.stderr[-3000:]
@@ -623,11 +634,11 @@ def print_table(rows: list[dict], with_examples: bool = False, file=None) -> Non
                 name += f"/{x.get('packing', '?')}"
             n = f"{r['examples']:>9}  " if with_examples else ""
             if x.get("stopped"):
-                done = max(0, x["batches_seen"] - 1)
                 print(
                     f"{r['shape']:8}{n}{name:20}{'>' + format(x['timeout_s'], '.0f'):>8}"
-                    f"  stopped after {x['elapsed_s']:.0f} s with {done} step(s) finished"
-                    + (f" (step times {x['seconds_between_batches']} s)" if done else "")
+                    f"  stopped: {x['steps_finished']} step(s) finished in {x['training_s']:.0f} s"
+                    f" of training ({x['elapsed_s']:.0f} s with loading)"
+                    + (f", step times {x['step_seconds']} s" if x["step_seconds"] else "")
                 )
                 continue
             vs = [
