@@ -12,7 +12,8 @@ trained tokens per second, padding fraction, peak memory, utilisation (training 
 machine's FLOP/s on the model's own matmul shapes: plain matmul for float layers, quantized matmul
 for quantized ones, engine.perf) and the validation loss of each trainer's final adapter. The
 validation loss is computed afterwards in one separate process, the same way for all three (mlx-lm's
-`evaluate` on held-out examples, the base in float32), so it compares what the same work learnt.
+`evaluate` on held-out examples, scoring the real tokens only, the base in float32), so it
+compares what the same work learnt.
 
 `--shape qlora` is the real 4-bit path: ../shared/models/smollm2-135m-instruct-4bit (SmolLM2-135M-
 Instruct, MLX 4-bit, float16 scales) on the bundled resources/samples/bank-support sample (the
@@ -384,6 +385,26 @@ def run_lathe(
     return stats
 
 
+def real_token_loss(model, batch, lengths):
+    """mlx-lm's default loss without the one target past each example's end.
+
+    mlx-lm's mask (`steps <= length`) also scores predicting the padding token after the last
+    one; its trainers learn that (a systematic target), Lathe does not train on padding. On short
+    answers that one token moves the mean by tenths of a nat, so the common validation loss
+    scores the real tokens only: targets at steps offset..length-1.
+    """
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    logits = model(inputs)
+    steps = mx.arange(1, targets.shape[1] + 1)
+    mask = mx.logical_and(steps >= lengths[:, 0:1], steps < lengths[:, 1:])
+    ce = nn.losses.cross_entropy(logits, targets) * mask
+    ntoks = mask.sum()
+    return ce.astype(mx.float32).sum() / ntoks, ntoks
+
+
 def evaluate_adapters(model: str, data: str, adapters: dict, max_seq: int) -> dict:
     """Validation loss of each trainer's final adapter, computed the same way for all: mlx-lm's
     `evaluate` (mean loss over the trained tokens) on `data`/valid.jsonl, the base in float32."""
@@ -420,7 +441,12 @@ def evaluate_adapters(model: str, data: str, adapters: dict, max_seq: int) -> di
             )
         base.load_weights(list(weights.items()), strict=False)
         out[name] = evaluate(
-            base, CacheDataset(valid), batch_size=4, num_batches=-1, max_seq_length=max_seq
+            base,
+            CacheDataset(valid),
+            batch_size=4,
+            num_batches=-1,
+            max_seq_length=max_seq,
+            loss=real_token_loss,
         )
     return out
 
