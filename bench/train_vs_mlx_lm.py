@@ -166,7 +166,8 @@ def _progress(steps_done: int) -> None:
     """`STEP n t`: n steps finished at time t (step 0: training started). The parent reads these
     lines when it stops a slow run (perf_counter is the system's monotonic clock on Linux and
     macOS, the same in every process)."""
-    print(f"STEP {steps_done} {time.perf_counter():.3f}", flush=True)
+    # sys.__stdout__: the peers run with sys.stdout silenced (_quiet)
+    print(f"STEP {steps_done} {time.perf_counter():.3f}", file=sys.__stdout__, flush=True)
 
 
 def _counting(original_iterate, stats: dict):
