@@ -8,6 +8,16 @@ mlx-lm runs a model loaded with `adapter_path`, as `mlx_lm.generate --adapter-pa
     python bench/chat_vs_mlx_lm.py                 # a random-weight Llama, hidden 512, 8 layers
     python bench/chat_vs_mlx_lm.py --model PATH --adapter RUN[:STEP]
     python bench/chat_vs_mlx_lm.py --json
+    python bench/chat_vs_mlx_lm.py --model ../shared/models/smollm2-135m-instruct-4bit \
+        --random-adapter --base float32 --max-tokens 64 --repeats 6
+
+`--random-adapter` gives `--model` a LoRA adapter (rank --rank on every layer, small random
+`lora_b`, so it is not a no-op) written for that model, in the mlx-lm adapter format both sides
+load. `--base float32` dequantizes the base to float32 right after loading on both sides (what
+Lathe's chat does by itself on a CPU from branch realmodel on); `--base as-is` (default) runs the
+model as stored (on MLX's CPU backend a 4-bit model with float16 scales decodes at seconds per
+token; use few --max-tokens). The machine's load average is recorded before the first and after
+each pair, beside every pair's ratio.
 
 Tokens per second is the decoding speed after the first token, (tokens - 1) / (last - first), timed
 the same way on both sides; time to first token runs from the call to the first token and includes
@@ -21,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -71,6 +82,42 @@ def build_model_and_adapter(folder: Path, hidden: int, layers: int, rank: int) -
         json.dumps({"fine_tune_type": "lora", "num_layers": layers, "lora_parameters": params})
     )
     return model_path, adapter
+
+
+def random_adapter(model_path: str, folder: Path, rank: int) -> Path:
+    """A LoRA adapter for `model_path` (every layer, rank `rank`, lora_b small and random)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm import load
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model, _ = load(str(model_path))
+    model.freeze()
+    layers = len(model.layers)
+    params = {"rank": rank, "scale": 20.0, "dropout": 0.0}
+    linear_to_lora_layers(model, layers, params)
+    mx.random.seed(0)
+    for _, module in model.named_modules():
+        if hasattr(module, "lora_b"):
+            module.lora_b = (mx.random.normal(module.lora_b.shape) * 0.01).astype(
+                module.lora_a.dtype
+            )
+    adapter = folder / "adapter"
+    adapter.mkdir()
+    mx.save_safetensors(
+        str(adapter / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
+    )
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"fine_tune_type": "lora", "num_layers": layers, "lora_parameters": params})
+    )
+    return adapter
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
 
 
 def time_mlx_lm(model, tokenizer, tokens: list[int], max_tokens: int) -> dict:
@@ -133,6 +180,17 @@ def main(argv=None) -> int:
         "--model", help="Model folder or repo id (default: build a random-weight one)."
     )
     parser.add_argument("--adapter", help="RUN[:STEP] or adapter folder (required with --model).")
+    parser.add_argument(
+        "--random-adapter",
+        action="store_true",
+        help="With --model: a random LoRA adapter made for it instead of --adapter.",
+    )
+    parser.add_argument(
+        "--base",
+        choices=["as-is", "float32"],
+        default="as-is",
+        help="float32: both sides' base dequantized/cast to float32 after loading.",
+    )
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--rank", type=int, default=8)
@@ -142,14 +200,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import mlx.core as mx
-    from mlx_lm import load
 
+    from bench.train_vs_mlx_lm import patch_load
     from engine.chat import ChatModel, ChatSettings, resolve_adapter
 
+    loads = {"start": load_average()}
     with tempfile.TemporaryDirectory() as tmp:
-        if args.model:
+        if args.model and args.random_adapter:
+            model_path, adapter_path = args.model, random_adapter(args.model, Path(tmp), args.rank)
+            what = f"{args.model} + a random LoRA adapter (rank {args.rank}, every layer)"
+        elif args.model:
             if not args.adapter:
-                parser.error("--adapter is required with --model")
+                parser.error("--adapter (or --random-adapter) is required with --model")
             model_path, adapter_path = args.model, resolve_adapter(args.adapter).path
             what = f"{args.model} + {adapter_path}"
         else:
@@ -161,6 +223,10 @@ def main(argv=None) -> int:
                 f"LoRA rank {args.rank} on every linear layer"
             )
 
+        patch_load(args.base)
+        import mlx_lm
+
+        load = mlx_lm.load
         # mlx-lm's model is loaded first: on CPU the model loaded first ran a few percent faster in
         # trials, and any such edge should go to the reference, not to Lathe.
         ref_model, ref_tokenizer = load(str(model_path), adapter_path=str(adapter_path))
@@ -174,7 +240,7 @@ def main(argv=None) -> int:
 
         time_lathe(chat, messages, settings)  # warm-up: first-call allocations on both sides
         time_mlx_lm(ref_model, ref_tokenizer, tokens, args.max_tokens)
-        lathe, mlx_lm = [], []
+        lathe, mlx_lm, pair_loads = [], [], []
         for i in range(args.repeats):
             # Alternate which side goes first, so neither always runs on a just-warmed cache.
             if i % 2 == 0:
@@ -182,6 +248,7 @@ def main(argv=None) -> int:
             mlx_lm.append(time_mlx_lm(ref_model, ref_tokenizer, tokens, args.max_tokens))
             if i % 2 == 1:
                 lathe.append(time_lathe(chat, messages, settings))
+            pair_loads.append(load_average())
 
     def summary(runs):
         return {
@@ -196,6 +263,12 @@ def main(argv=None) -> int:
         "prompt_tokens": len(tokens),
         "max_tokens": args.max_tokens,
         "repeats": args.repeats,
+        "base": args.base,
+        "load_average_start": loads["start"],
+        "pairs": [
+            {"ratio": round(a["tps"] / b["tps"], 4), "load_average": ld}
+            for a, b, ld in zip(lathe, mlx_lm, pair_loads, strict=True)
+        ],
         "device": str(mx.default_device()),
         "machine": f"{platform.system()} {platform.machine()}",
         "same_text": all(a["text"] == b["text"] for a, b in zip(lathe, mlx_lm, strict=True)),
@@ -217,7 +290,11 @@ def main(argv=None) -> int:
     else:
         print(
             f"{what}; {len(tokens)} prompt tokens, {args.max_tokens} generated, "
-            f"median of {args.repeats}, {result['device']} on {result['machine']}"
+            f"median of {args.repeats}, {result['device']} on {result['machine']}, base {args.base}"
+        )
+        print(
+            f"load average (1, 5, 15 min) at the start {loads['start']}; per pair: "
+            + ", ".join(f"{p['ratio']:.3f}x at {p['load_average'][0]}" for p in result["pairs"])
         )
         print(f"{'':10}{'tokens/s':>10}{'first token':>14}{'total':>9}")
         for name in ("lathe", "mlx_lm"):

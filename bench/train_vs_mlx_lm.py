@@ -1,14 +1,33 @@
-"""Train the same model on the same data through `mlx_lm.lora` and through Lathe, in one run.
+"""Train the same model on the same data through Lathe, `mlx_lm.lora` and `mlx_lm_lora.train`.
 
-    python bench/train_vs_mlx_lm.py [--shape mixed|short|long] [--examples N] [--batch-size 8]
+    python bench/train_vs_mlx_lm.py [--shape mixed|short|long|qlora] [--examples N] [--batch-size 8]
                                     [--size tiny|tiny-vocab|0.5b | --model PATH] [--packing auto|budget|pack|off]
+                                    [--base as-is|float32] [--trainers mlx_lm,mlx_lm_lora,lathe] [--timeout S]
 
 Each trainer runs in its own process (so peak memory is its own) on identical settings: LoRA on
-all layers, rank 8, scale 20, Adam at 1e-4, prompt masking on chat data, no validation, one epoch over the same
-examples (Lathe with its defaults unless --packing says otherwise). Only the training
-call is timed (model and data loading excluded). Prints wall time, trained tokens per second,
-padding fraction, peak memory and utilisation (training FLOP/s over this machine's FLOP/s on a plain
-matmul of the model's shapes, measured in the same process) for both.
+all layers, rank 8, scale 20, Adam at 1e-4, prompt masking on chat data, no validation while
+training, one epoch over the same examples (Lathe with its defaults unless --packing says
+otherwise). Only the training call is timed (model and data loading excluded). Prints wall time,
+trained tokens per second, padding fraction, peak memory, utilisation (training FLOP/s over this
+machine's FLOP/s on the model's own matmul shapes: plain matmul for float layers, quantized matmul
+for quantized ones, engine.perf) and the validation loss of each trainer's final adapter. The
+validation loss is computed afterwards in one separate process, the same way for all three (mlx-lm's
+`evaluate` on held-out examples, scoring the real tokens only, the base in float32), so it
+compares what the same work learnt.
+
+`--shape qlora` is the real 4-bit path: ../shared/models/smollm2-135m-instruct-4bit (SmolLM2-135M-
+Instruct, MLX 4-bit, float16 scales) on the bundled resources/samples/bank-support sample (the
+first N training conversations, its own valid.jsonl for the loss). `--base float32` dequantizes every
+trainer's base to float32 right after loading (mlx_lm.utils.dequantize_model), which is what Lathe
+does by itself on MLX's CPU backend (engine.models.precision, branch realmodel): it compares the
+trainers with the precision choice made equal. `--base as-is` (default) runs each trainer on the
+model as stored. A trainer that does not finish within --timeout seconds is stopped and reported
+with the steps it finished (on a CPU, 4-bit matmuls with float16 scales take minutes per step).
+
+The second peer is PyPI `mlx-lm-lora` (5.10.2 measured; SFT mode). It needs mlx>=0.32.3 and pulls
+`datasets`/`transformers`; install it beside Lathe without changing mlx or mlx-lm:
+    pip install 'mlx-lm-lora==5.10.2'     (or: pip install -e '.[bench]')
+and check `pip show mlx mlx-lm` afterwards. Without it, its rows are skipped with a note.
 """
 
 from __future__ import annotations
@@ -33,23 +52,30 @@ WORDS = (
     "interest statement payment cash deposit withdraw online mobile secure support"
 ).split()
 
+REAL_MODEL = ROOT.parent / "shared" / "models" / "smollm2-135m-instruct-4bit"
+SAMPLE = ROOT / "resources" / "samples" / "bank-support"
 
 SHAPES = {
     # shape: (default examples, max_seq_length, description)
     "mixed": (256, 1024, "chat, long-tailed lengths (~20 to ~700 tokens)"),
     "short": (2048, 256, "short chat turns (~15 to ~70 tokens)"),
     "long": (48, 1024, "documents near the context limit (~850 to ~1024 tokens)"),
+    "qlora": (128, 1024, "bank-support sample on SmolLM2-135M-Instruct 4-bit (real model)"),
 }
+
+# trainer id -> name in the table
+TRAINERS = {"mlx_lm": "mlx_lm.lora", "mlx_lm_lora": "mlx_lm_lora", "lathe": "Lathe"}
+# held-out examples of the synthetic shapes, for the validation loss (fewer long documents: each
+# is ~1,000 tokens, and every trainer's adapter is evaluated on all of them)
+VALID_EXAMPLES = {"long": 8}
+VALID_DEFAULT = 32
 
 
 def _words(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
-def make_data(folder: Path, n: int, seed: int = 0, shape: str = "mixed") -> Path:
-    """A train.jsonl of `n` examples of the given shape (see SHAPES)."""
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
+def _rows(rng: random.Random, n: int, shape: str) -> list[dict]:
     rows = []
     for _ in range(n):
         if shape == "long":
@@ -63,9 +89,32 @@ def make_data(folder: Path, n: int, seed: int = 0, shape: str = "mixed") -> Path
         rows.append(
             {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
         )
-    with open(folder / "train.jsonl", "w") as fh:
+    return rows
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
         for r in rows:
             fh.write(json.dumps(r) + "\n")
+
+
+def make_data(folder: Path, n: int, seed: int = 0, shape: str = "mixed") -> Path:
+    """`folder/train.jsonl` with `n` examples of the given shape (see SHAPES), and held-out
+    examples in `folder/eval/valid.jsonl` (kept out of the trainers' folder: none validates while
+    timed). The qlora shape takes the first `n` conversations of the bank-support sample."""
+    if shape == "qlora":
+        train = [json.loads(ln) for ln in open(SAMPLE / "train.jsonl") if ln.strip()]
+        valid = [json.loads(ln) for ln in open(SAMPLE / "valid.jsonl") if ln.strip()]
+        if n > len(train):
+            raise SystemExit(f"--examples {n}: the bank-support sample has {len(train)} examples")
+        train = train[:n]
+    else:
+        rng = random.Random(seed)
+        train = _rows(rng, n, shape)
+        valid = _rows(random.Random(seed + 1), VALID_EXAMPLES.get(shape, VALID_DEFAULT), shape)
+    _write(folder / "train.jsonl", train)
+    _write(folder / "eval" / "valid.jsonl", valid)
     return folder
 
 
@@ -75,15 +124,54 @@ def _is_chat(data: str) -> bool:
         return "messages" in json.loads(fh.readline())
 
 
-def run_mlx_lm(model: str, data: str, iters: int, batch_size: int, max_seq: int) -> dict:
-    import types
-
+def _float32_base(model):
+    """The frozen base in float32: quantized layers dequantized, half-precision weights cast up."""
     import mlx.core as mx
-    import mlx_lm.lora as lora
-    import mlx_lm.tuner.trainer as trainer
+    from mlx.utils import tree_map
+    from mlx_lm.utils import dequantize_model
 
-    stats = {"real": 0, "padded": 0, "trained": 0}
-    original_iterate = trainer.iterate_batches
+    model = dequantize_model(model)
+    model.update(
+        tree_map(
+            lambda p: p.astype(mx.float32) if mx.issubdtype(p.dtype, mx.floating) else p,
+            model.parameters(),
+        )
+    )
+    mx.eval(model.parameters())
+    return model
+
+
+def patch_load(base: str) -> None:
+    """With base "float32", every trainer's mlx_lm load returns the base dequantized to float32."""
+    if base != "float32":
+        return
+    import mlx_lm
+    import mlx_lm.utils
+
+    original = mlx_lm.utils.load
+
+    def load(*args, **kwargs):
+        model, *rest = original(*args, **kwargs)
+        return (_float32_base(model), *rest)
+
+    mlx_lm.utils.load = load
+    mlx_lm.load = load  # `from mlx_lm import load` (Lathe's chat) reads the package's name
+    for name in ("mlx_lm.lora", "mlx_lm_lora.utils"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "load"):
+            module.load = load
+
+
+def _progress(steps_done: int) -> None:
+    """`STEP n t`: n steps finished at time t (step 0: training started). The parent reads these
+    lines when it stops a slow run (perf_counter is the system's monotonic clock on Linux and
+    macOS, the same in every process)."""
+    # sys.__stdout__: the peers run with sys.stdout silenced (_quiet)
+    print(f"STEP {steps_done} {time.perf_counter():.3f}", file=sys.__stdout__, flush=True)
+
+
+def _counting(original_iterate, stats: dict):
+    """Wrap an mlx-lm style iterate_batches to count real, padded and trained tokens and steps."""
 
     def counting_iterate(*args, **kwargs):
         for batch, lengths in original_iterate(*args, **kwargs):
@@ -92,35 +180,38 @@ def run_mlx_lm(model: str, data: str, iters: int, batch_size: int, max_seq: int)
             stats["padded"] += batch.size
             # mlx-lm's mask: steps in [offset, length] of the shifted targets.
             stats["trained"] += sum(e - o + 1 for o, e in lens) - len(lens)
+            stats["batches"] += 1
+            if stats["batches"] > 1:  # batch k is fetched when step k-1 has finished
+                _progress(stats["batches"] - 1)
             yield batch, lengths
 
-    original_train = trainer.train
+    return counting_iterate
 
-    def timed_train(*args, **kwargs):
-        kwargs["iterate_batches"] = counting_iterate
-        mx.reset_peak_memory()
-        tic = time.perf_counter()
-        original_train(*args, **kwargs)
-        stats["seconds"] = time.perf_counter() - tic
-        stats["peak_gb"] = mx.get_peak_memory() / 1e9
-        from engine.perf import utilisation
 
-        model = kwargs.get("model", args[0] if args else None)
-        steps = max(1, iters)
-        stats.update(
-            utilisation(
-                model,
-                len(model.layers),
-                False,
-                stats["real"],
-                stats["seconds"],
-                stats["real"] / max(1, steps * batch_size),
-                stats["real"] // steps,
-            )
+def _finish_peer(stats: dict, model, tic: float, iters: int, batch_size: int) -> None:
+    import mlx.core as mx
+
+    from engine.perf import utilisation
+
+    stats["seconds"] = time.perf_counter() - tic
+    stats["peak_gb"] = mx.get_peak_memory() / 1e9
+    stats["steps"] = iters
+    steps = max(1, iters)
+    stats.update(
+        utilisation(
+            model,
+            len(model.layers),
+            False,
+            stats["real"],
+            stats["seconds"],
+            stats["real"] / max(1, steps * batch_size),
+            stats["real"] // steps,
         )
+    )
 
-    lora.train = timed_train
-    args = dict(lora.CONFIG_DEFAULTS)
+
+def _peer_args(defaults: dict, model, data, iters, batch_size, max_seq, adapter_out) -> dict:
+    args = dict(defaults)
     args.update(
         model=model,
         data=data,
@@ -136,25 +227,105 @@ def run_mlx_lm(model: str, data: str, iters: int, batch_size: int, max_seq: int)
         save_every=10_000_000,
         seed=0,
         val_batches=0,
-        adapter_path=tempfile.mkdtemp(),
+        adapter_path=adapter_out,
         lora_parameters={"rank": 8, "dropout": 0.0, "scale": 20.0},
     )
+    return args
+
+
+def _quiet(fn, *args) -> None:
     with open(os.devnull, "w") as null:
         old = sys.stdout
         sys.stdout = null
         try:
-            lora.run(types.SimpleNamespace(**args))
+            fn(*args)
         finally:
             sys.stdout = old
+
+
+def run_mlx_lm(
+    model: str, data: str, iters: int, batch_size: int, max_seq: int, adapter_out: str
+) -> dict:
+    import types
+
+    import mlx.core as mx
+    import mlx_lm.lora as lora
+    import mlx_lm.tuner.trainer as trainer
+
+    stats = {"real": 0, "padded": 0, "trained": 0, "batches": 0}
+    counting_iterate = _counting(trainer.iterate_batches, stats)
+    original_train = trainer.train
+
+    def timed_train(*args, **kwargs):
+        kwargs["iterate_batches"] = counting_iterate
+        mx.reset_peak_memory()
+        _progress(0)
+        tic = time.perf_counter()
+        original_train(*args, **kwargs)
+        _finish_peer(stats, kwargs.get("model", args[0] if args else None), tic, iters, batch_size)
+
+    lora.train = timed_train
+    args = _peer_args(lora.CONFIG_DEFAULTS, model, data, iters, batch_size, max_seq, adapter_out)
+    _quiet(lora.run, types.SimpleNamespace(**args))
+    return stats
+
+
+def run_mlx_lm_lora(
+    model: str, data: str, iters: int, batch_size: int, max_seq: int, adapter_out: str
+) -> dict:
+    """`mlx_lm_lora.train` in SFT mode, as its command line runs it (`run(args)`), not fused."""
+    import types
+
+    import mlx.core as mx
+    import mlx_lm_lora.train as peer
+    import mlx_lm_lora.trainer.sft_trainer as sft
+
+    stats = {"real": 0, "padded": 0, "trained": 0, "batches": 0}
+    counting_iterate = _counting(sft.iterate_batches, stats)
+    original_train = peer.train_sft
+
+    def timed_train(*args, **kwargs):
+        kwargs["iterate_batches"] = counting_iterate
+        mx.reset_peak_memory()
+        _progress(0)
+        tic = time.perf_counter()
+        original_train(*args, **kwargs)
+        _finish_peer(stats, kwargs["model"], tic, iters, batch_size)
+
+    peer.train_sft = timed_train
+    # mlx_lm_lora 5.10 reads a Metal-only key (max_recommended_working_set_size) to set the wired
+    # memory limit, a KeyError on the CPU and CUDA backends; give it the machine's memory there
+    # (the wired limit only matters on Metal).
+    info = mx.device_info()
+    if "max_recommended_working_set_size" not in info:
+        info = dict(info, max_recommended_working_set_size=info.get("memory_size", 0))
+        sft.mx.device_info = lambda: info
+    args = _peer_args(peer.CONFIG_DEFAULTS, model, data, iters, batch_size, max_seq, adapter_out)
+    # steps_per_eval None: no validation inside the timed loop (it would run at step 1 and the end).
+    args.update(fuse=False, wandb=None, val_batches=1, steps_per_eval=None)
+    # Its dataset loader wants a validation split; an unused copy of one training example.
+    if not (Path(data) / "valid.jsonl").exists():
+        with open(Path(data) / "train.jsonl") as fh:
+            (Path(data) / "valid.jsonl").write_text(fh.readline())
+    _quiet(peer.run, types.SimpleNamespace(**args))
     return stats
 
 
 def run_lathe(
-    model: str, data: str, iters: int, batch_size: int, max_seq: int, packing: str = "auto"
+    model: str,
+    data: str,
+    iters: int,
+    batch_size: int,
+    max_seq: int,
+    packing: str = "auto",
+    adapter_out: str = "",
 ) -> dict:
+    import shutil
+
     import mlx.core as mx
 
     import engine.trainer as trainer
+    from engine import checkpoint as ckpt
     from engine import events
     from engine.config import RunConfig
     from engine.runs import create_run
@@ -165,6 +336,7 @@ def run_lathe(
 
     def timed_train(*args, **kwargs):
         mx.reset_peak_memory()
+        _progress(0)
         tic = time.perf_counter()
         result = original_train(*args, **kwargs)
         stats["seconds"] = time.perf_counter() - tic
@@ -184,8 +356,16 @@ def run_lathe(
     t = cfg.training
     t.iters, t.epochs, t.batch_size, t.learning_rate = None, 1.0, batch_size, 1e-4
     t.steps_per_report, t.steps_per_eval, t.save_every = 1, 10_000_000, 10_000_000
-    rec = events.Recorder()
-    run(cfg, create_run(cfg), rec)
+
+    class Progress(events.Recorder):
+        def __call__(self, event):  # one line per finished step, for a run stopped early
+            super().__call__(event)
+            if event.get("event") == "progress":
+                _progress(event.get("step", 0))
+
+    rec = Progress()
+    run_dir = create_run(cfg)
+    run(cfg, run_dir, rec)
     progress = rec.of("progress")
     errors = rec.of("error")
     if errors:
@@ -195,18 +375,103 @@ def run_lathe(
     stats["padding_fraction"] = sum(pads) / len(pads)
     summary = rec.of("finished")[0]["summary"]
     stats.update({k: summary[k] for k in ("utilisation", "achieved_gflops", "reference_gflops")})
-    stats["packing"] = rec.of("started")[0]["config"]["batching"]
+    started = rec.of("started")[0]["config"]
+    stats["packing"] = started["batching"]
+    if "compute_dtype" in started:
+        stats["compute_dtype"] = started["compute_dtype"]
     stats["steps"] = summary["steps"]
+    latest = ckpt.latest_checkpoint(Path(run_dir))
+    if latest is not None and adapter_out:
+        shutil.copytree(latest, adapter_out, dirs_exist_ok=True)
     return stats
 
 
-def child(
-    which: str, model: str, data: str, iters: int, batch_size: int, max_seq: int, packing: str
-) -> None:
-    if which == "mlx_lm":
-        stats = run_mlx_lm(model, data, iters, batch_size, max_seq)
+def real_token_loss(model, batch, lengths):
+    """mlx-lm's default loss without the one target past each example's end.
+
+    mlx-lm's mask (`steps <= length`) also scores predicting the padding token after the last
+    one; its trainers learn that (a systematic target), Lathe does not train on padding. On short
+    answers that one token moves the mean by tenths of a nat, so the common validation loss
+    scores the real tokens only: targets at steps offset..length-1.
+    """
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    logits = model(inputs)
+    steps = mx.arange(1, targets.shape[1] + 1)
+    mask = mx.logical_and(steps >= lengths[:, 0:1], steps < lengths[:, 1:])
+    ce = nn.losses.cross_entropy(logits, targets) * mask
+    ntoks = mask.sum()
+    return ce.astype(mx.float32).sum() / ntoks, ntoks
+
+
+def evaluate_adapters(model: str, data: str, adapters: dict, max_seq: int) -> dict:
+    """Validation loss of each trainer's final adapter, computed the same way for all: mlx-lm's
+    `evaluate` (mean loss over the trained tokens) on `data`/valid.jsonl, the base in float32."""
+    import types
+
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.datasets import CacheDataset, load_local_dataset
+    from mlx_lm.tuner.trainer import evaluate
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+    from mlx_lm.utils import load
+
+    base, tokenizer = load(model)
+    base = _float32_base(base)
+    base.freeze()
+    cfg = types.SimpleNamespace(mask_prompt=_is_chat(str(Path(data).parent)))
+    _, valid, _ = load_local_dataset(Path(data), tokenizer, cfg)
+    lora_set = None
+    out = {}
+    for name, folder in adapters.items():
+        conf = json.loads((Path(folder) / "adapter_config.json").read_text())
+        params = conf.get("lora_parameters", {})
+        if lora_set is None:
+            linear_to_lora_layers(base, len(base.layers), params)
+            lora_set = {k for k, _ in tree_flatten(base.trainable_parameters())}
+            scale = params.get("scale")
+        elif params.get("scale") != scale:
+            raise SystemExit(f"{name}'s adapter has LoRA scale {params.get('scale')}, not {scale}")
+        import mlx.core as mx
+
+        weights = mx.load(str(Path(folder) / "adapters.safetensors"))
+        if set(weights) != lora_set:
+            raise SystemExit(
+                f"{name}'s adapter has different LoRA layers: {sorted(set(weights) ^ lora_set)[:4]}"
+            )
+        base.load_weights(list(weights.items()), strict=False)
+        out[name] = evaluate(
+            base,
+            CacheDataset(valid),
+            batch_size=4,
+            num_batches=-1,
+            max_seq_length=max_seq,
+            loss=real_token_loss,
+        )
+    return out
+
+
+def child(a) -> None:
+    patch_load(a.base)
+    if a.child == "eval":
+        print(
+            "RESULT "
+            + json.dumps(
+                evaluate_adapters(a.model, a.data, json.loads(a.adapters), a.max_seq_length)
+            )
+        )
+        return
+    if a.child == "mlx_lm":
+        stats = run_mlx_lm(a.model, a.data, a.iters, a.batch_size, a.max_seq_length, a.adapter_out)
+    elif a.child == "mlx_lm_lora":
+        stats = run_mlx_lm_lora(
+            a.model, a.data, a.iters, a.batch_size, a.max_seq_length, a.adapter_out
+        )
     else:
-        stats = run_lathe(model, data, iters, batch_size, max_seq, packing)
+        stats = run_lathe(
+            a.model, a.data, a.iters, a.batch_size, a.max_seq_length, a.packing, a.adapter_out
+        )
     import resource
 
     # The process's peak resident memory: MLX's active peak plus its buffer cache, Python, the data.
@@ -273,6 +538,48 @@ def build_model(work: Path, size: str = "tiny") -> str:
     )
 
 
+def available_trainers(wanted: list[str]) -> tuple[list[str], list[str]]:
+    """(trainers to run, notes about the ones skipped)."""
+    import importlib.util
+
+    run, notes = [], []
+    for t in wanted:
+        if t not in TRAINERS:
+            raise SystemExit(f"unknown trainer {t!r}; choose from {', '.join(TRAINERS)}")
+        if t == "mlx_lm_lora" and importlib.util.find_spec("mlx_lm_lora") is None:
+            notes.append("mlx_lm_lora skipped: not installed (pip install 'mlx-lm-lora==5.10.2')")
+            continue
+        run.append(t)
+    return run, notes
+
+
+def _run_child(cmd: list[str], env: dict, timeout: float | None) -> tuple[dict | None, str]:
+    """(the child's RESULT, or None when stopped at the timeout; its output for errors)."""
+    start = time.perf_counter()
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        stop = time.perf_counter()
+        text = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        marks = [ln.split()[1:] for ln in text.splitlines() if ln.startswith("STEP ")]
+        marks = [(int(n), float(t)) for n, t in marks]
+        return (
+            {
+                "stopped": True,
+                "timeout_s": timeout,
+                "elapsed_s": stop - start,  # the whole process: loading included
+                "training_s": stop - marks[0][1] if marks else 0.0,
+                "steps_finished": marks[-1][0] if marks else 0,
+                "step_seconds": [round(b[1] - a[1], 2) for a, b in zip(marks, marks[1:])],
+            },
+            "",
+        )
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        return None, out.stderr[-3000:]
+    return json.loads(line[7:]), ""
+
+
 def compare(
     model: str,
     shape: str,
@@ -280,8 +587,14 @@ def compare(
     batch_size: int = 8,
     work: Path | None = None,
     packing: str = "auto",
+    trainers: list[str] | None = None,
+    base: str = "as-is",
+    timeout: float | None = None,
 ) -> dict:
-    """Run both trainers on one dataset shape; returns {"mlx_lm": stats, "lathe": stats, ...}."""
+    """Run the trainers on one dataset shape; returns {"mlx_lm": stats, "lathe": stats, ...}.
+
+    Each trainer's stats hold its final adapter's validation loss ("val_loss"), computed in one
+    process for all of them after they finished."""
     n_default, max_seq, _ = SHAPES[shape]
     n = examples or n_default
     work = work or Path(tempfile.mkdtemp(prefix="lathe-bench-"))
@@ -290,54 +603,84 @@ def compare(
     env = dict(os.environ, LATHE_HOME=str(work / "home"))
     blas = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
     if sys.platform.startswith("linux") and Path(blas).exists() and "LD_PRELOAD" not in env:
-        env["LD_PRELOAD"] = blas  # both trainers get the same BLAS
-    results = {}
-    for which in ("mlx_lm", "lathe"):
-        cmd = [
-            sys.executable,
-            __file__,
-            "--child",
-            which,
-            "--model",
-            model,
-            "--data",
-            str(data),
-            "--iters",
-            str(iters),
-            "--batch-size",
-            str(batch_size),
-            "--max-seq-length",
-            str(max_seq),
-            "--packing",
-            packing,
-        ]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            raise SystemExit(f"{which} failed:\n{out.stderr[-3000:]}")
-        results[which] = json.loads(line[7:])
-    m = results["mlx_lm"]
-    m["padding_fraction"] = 1 - m["real"] / m["padded"]
-    results.update(shape=shape, examples=n, batch_size=batch_size, max_seq_length=max_seq)
+        env["LD_PRELOAD"] = blas  # every trainer gets the same BLAS
+    common = ["--model", model, "--max-seq-length", str(max_seq), "--base", base]
+    results: dict = {"order": []}
+    adapters = {}
+    for which in trainers or list(TRAINERS):
+        run_data = work / f"data-{shape}-{which}"  # its own copy: mlx_lm_lora adds a valid.jsonl
+        run_data.mkdir(parents=True, exist_ok=True)
+        (run_data / "train.jsonl").write_bytes((data / "train.jsonl").read_bytes())
+        adapter = work / f"adapter-{shape}-{which}"
+        cmd = [sys.executable, __file__, "--child", which, *common, "--data", str(run_data)]
+        cmd += ["--iters", str(iters), "--batch-size", str(batch_size), "--packing", packing]
+        cmd += ["--adapter-out", str(adapter)]
+        stats, err = _run_child(cmd, env, timeout)
+        if stats is None:
+            raise SystemExit(f"{which} failed:\n{err}")
+        if "real" in stats:
+            stats["padding_fraction"] = 1 - stats["real"] / stats["padded"]
+        results[which] = stats
+        results["order"].append(which)
+        if not stats.get("stopped") and (adapter / "adapters.safetensors").exists():
+            adapters[which] = str(adapter)
+    if adapters:
+        cmd = [sys.executable, __file__, "--child", "eval", *common, "--data", str(data / "eval")]
+        cmd += ["--adapters", json.dumps(adapters)]
+        losses, err = _run_child(cmd, env, None)
+        if losses is None:
+            raise SystemExit(f"validation failed:\n{err}")
+        for which, loss in losses.items():
+            results[which]["val_loss"] = loss
+    results.update(
+        shape=shape, examples=n, batch_size=batch_size, max_seq_length=max_seq, base=base
+    )
     return results
+
+
+def load_average() -> str:
+    try:
+        return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "load average unknown"
 
 
 def print_table(rows: list[dict], with_examples: bool = False, file=None) -> None:
     print = partial(builtins.print, file=file or sys.stdout, flush=True)
     ex = f"{'examples':>9}  " if with_examples else ""
     print(
-        f"{'shape':8}{ex}{'trainer':15}{'wall s':>8}{'trained tok/s':>15}{'padding':>9}{'peak GB':>9}"
-        f"{'RSS GB':>8}{'utilisation':>13}{'wall vs mlx_lm':>16}"
+        f"{'shape':8}{ex}{'trainer':20}{'wall s':>8}{'steps':>6}{'trained tok/s':>14}{'padding':>9}"
+        f"{'peak GB':>9}{'RSS GB':>8}{'util':>7}{'ref GF/s':>9}{'val loss':>9}{'vs mlx_lm':>10}"
+        f"{'vs peer2':>9}"
     )
     for r in rows:
-        m = r["mlx_lm"]
-        for name, x in (("mlx_lm.lora", m), (f"Lathe/{r['lathe']['packing']}", r["lathe"])):
-            ratio = f"{x['seconds'] / m['seconds']:.2f}x" if name != "mlx_lm.lora" else ""
+        ref = {
+            k: r[k]["seconds"] for k in ("mlx_lm", "mlx_lm_lora") if k in r and "seconds" in r[k]
+        }
+        for which in r["order"]:
+            x = r[which]
+            name = TRAINERS[which]
+            if which == "lathe":
+                name += f"/{x.get('packing', '?')}"
             n = f"{r['examples']:>9}  " if with_examples else ""
+            if x.get("stopped"):
+                print(
+                    f"{r['shape']:8}{n}{name:20}{'>' + format(x['timeout_s'], '.0f'):>8}"
+                    f"  stopped: {x['steps_finished']} step(s) finished in {x['training_s']:.0f} s"
+                    f" of training ({x['elapsed_s']:.0f} s with loading)"
+                    + (f", step times {x['step_seconds']} s" if x["step_seconds"] else "")
+                )
+                continue
+            vs = [
+                f"{x['seconds'] / ref[k]:.2f}x" if k in ref and k != which else ""
+                for k in ("mlx_lm", "mlx_lm_lora")
+            ]
+            loss = f"{x['val_loss']:.4f}" if "val_loss" in x else "n/a"
             print(
-                f"{r['shape']:8}{n}{name:15}{x['seconds']:>8.1f}{x['trained'] / x['seconds']:>15.0f}"
-                f"{x['padding_fraction']:>9.1%}{x['peak_gb']:>9.3f}{x.get('rss_gb', 0):>8.2f}"
-                f"{x['utilisation']:>13.1%}{ratio:>16}"
+                f"{r['shape']:8}{n}{name:20}{x['seconds']:>8.1f}{x.get('steps', 0):>6}"
+                f"{x['trained'] / x['seconds']:>14.0f}{x['padding_fraction']:>9.1%}"
+                f"{x['peak_gb']:>9.3f}{x.get('rss_gb', 0):>8.2f}{x['utilisation']:>7.1%}"
+                f"{x['reference_gflops']:>9.1f}{loss:>9}{vs[0]:>10}{vs[1]:>9}"
             )
 
 
@@ -355,33 +698,49 @@ def main() -> None:
     p.add_argument("--shape", choices=sorted(SHAPES), default="mixed")
     p.add_argument("--examples", type=int)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--trainers", default=",".join(TRAINERS), help="Comma-separated: mlx_lm,mlx_lm_lora,lathe"
+    )
+    p.add_argument(
+        "--base",
+        choices=["as-is", "float32"],
+        default="as-is",
+        help="float32: every trainer's base dequantized/cast to float32 after loading.",
+    )
+    p.add_argument(
+        "--timeout", type=float, help="Stop a trainer after this many seconds (report its steps)."
+    )
     p.add_argument("--max-seq-length", type=int, default=1024, help=argparse.SUPPRESS)
-    p.add_argument("--child", choices=["mlx_lm", "lathe"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=[*TRAINERS, "eval"], help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--iters", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--adapter-out", default="", help=argparse.SUPPRESS)
+    p.add_argument("--adapters", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        child(a.child, a.model, a.data, a.iters, a.batch_size, a.max_seq_length, a.packing)
+        child(a)
         return
     work = Path(tempfile.mkdtemp(prefix="lathe-bench-"))
-    model = a.model or build_model(work, a.size)
-    r = compare(model, a.shape, a.examples, a.batch_size, work, a.packing)
+    model = a.model or (str(REAL_MODEL) if a.shape == "qlora" else build_model(work, a.size))
+    trainers, notes = available_trainers(a.trainers.split(","))
+    load_before = load_average()
+    r = compare(
+        model, a.shape, a.examples, a.batch_size, work, a.packing, trainers, a.base, a.timeout
+    )
     import platform
 
     print(
-        f"Machine: {platform.platform()}, {os.cpu_count()} cores; model {model}"
-        + ("" if a.model else f" ({describe_size(a.size)})")
+        f"Machine: {platform.platform()}, {os.cpu_count()} cores; {load_before} before, "
+        f"{load_average()} after; model {model}"
+        + ("" if a.model or a.shape == "qlora" else f" ({describe_size(a.size)})")
     )
     print(
         f"Data: {r['examples']} examples, {SHAPES[a.shape][2]}; batch {a.batch_size}, one epoch, "
-        "LoRA rank 8 on all layers, prompt masking on, same settings for both.\n"
+        f"LoRA rank 8 on all layers, prompt masking on chat data, same settings for all; base {a.base}.\n"
     )
     print_table([r])
-    m, lt = r["mlx_lm"], r["lathe"]
-    print(
-        f"\nLathe wall time: {lt['seconds'] / m['seconds']:.2f}x mlx_lm's (target <= 0.6x); "
-        f"peak memory {lt['peak_gb'] / m['peak_gb']:.2f}x (target <= 1.0x); Lathe batching: {lt['packing']}."
-    )
+    for note in notes:
+        print(note)
     print(
         "Trained tokens differ slightly: mlx-lm also trains each example to predict one padding token."
     )

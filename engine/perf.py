@@ -1,14 +1,17 @@
-"""How close to the hardware a run is: training FLOPs against a plain matmul of the model's shapes.
+"""How close to the hardware a run is: training FLOPs against a matmul of the model's own shapes.
 
 The reference is measured on the same machine in the same process: MLX multiplying matrices of
-exactly the model's linear-layer shapes. Utilisation = achieved training FLOP/s / reference FLOP/s.
-That number means the same thing on an M3 Max GPU and on a 2-core CPU.
+exactly the model's linear-layer shapes, the way the model multiplies them: a plain matmul in the
+compute dtype for float layers, `mx.quantized_matmul` with the layer's bits, group size and scales
+dtype for quantized ones (a 4-bit layer is held to what MLX's quantized kernel can do, not to a
+float matmul it never runs). Utilisation = achieved training FLOP/s / reference FLOP/s. That number
+means the same thing on an M3 Max GPU and on a 2-core CPU.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -20,6 +23,8 @@ class FlopModel:
     head: int  # hidden * vocab (the output projection, tied or not)
     attention_width: int  # heads * head_dim of the attention (for the QK^T and AV products)
     shapes: list[tuple[int, int]]  # distinct (in, out) linear shapes, for the reference matmul
+    # (in, out) -> (bits, group_size, mode) for shapes the model multiplies quantized
+    quantized: dict = field(default_factory=dict)
 
     def training_flops_per_token(
         self, layers_trained: int, context: float, full: bool = False
@@ -55,10 +60,29 @@ def _dims(module) -> tuple[int, int] | None:
     return None
 
 
+def _quantization(module) -> tuple[int, int, str] | None:
+    linear = getattr(module, "linear", None)
+    if linear is not None and isinstance(linear, nn.QuantizedLinear):
+        module = linear
+    if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+        return int(module.bits), int(module.group_size), getattr(module, "mode", "affine")
+    return None
+
+
+def _head_module(model):
+    """The module that computes the logits: lm_head, or the tied embedding."""
+    head = getattr(model, "lm_head", None)
+    if head is not None:
+        return head
+    inner = getattr(model, "model", None)
+    return getattr(inner, "embed_tokens", None) if inner is not None else None
+
+
 def flop_model(model) -> FlopModel:
     """Count the model's matmul work from its modules (any mlx-lm architecture with `.layers`)."""
     per_layer = []
     shapes: set[tuple[int, int]] = set()
+    quantized: dict = {}
     for layer in model.layers:
         total = 0
         for _, m in layer.named_modules():
@@ -72,6 +96,9 @@ def flop_model(model) -> FlopModel:
             if d is not None:
                 total += d[0] * d[1]
                 shapes.add(d)
+                q = _quantization(m)
+                if q is not None:
+                    quantized[d] = q
         per_layer.append(total)
     args = getattr(model, "args", None)
     hidden = getattr(args, "hidden_size", None)
@@ -81,28 +108,66 @@ def flop_model(model) -> FlopModel:
     head = (hidden or 0) * (vocab or 0)
     if hidden and vocab:
         shapes.add((hidden, vocab))
-    return FlopModel(per_layer, head, (heads or 0) * head_dim, sorted(shapes))
+        q = _quantization(_head_module(model))
+        if q is not None:
+            quantized[(hidden, vocab)] = q
+    return FlopModel(per_layer, head, (heads or 0) * head_dim, sorted(shapes), quantized)
 
 
 def reference_flops_per_second(
-    shapes: list[tuple[int, int]], tokens: int, dtype=mx.float32, seconds: float = 0.5
+    shapes: list[tuple[int, int]],
+    tokens: int,
+    dtype=mx.float32,
+    seconds: float = 0.5,
+    quantized: dict | None = None,
 ) -> float:
-    """FLOP/s of plain `x @ w.T` on the model's shapes with `tokens` rows, measured now."""
+    """FLOP/s of `x @ w.T` on the model's shapes with `tokens` rows, measured now.
+
+    A shape in `quantized` ((in, out) -> (bits, group_size, mode)) is multiplied with
+    `mx.quantized_matmul` on a weight quantized that way, its scales in `dtype`; the others with a
+    plain matmul in `dtype`. Each shape gets an equal share of `seconds` (at least one timed call
+    each, so a very slow kernel, e.g. 4-bit with float16 scales on a CPU, costs a few calls, not a
+    loop). The result is the FLOPs of one call of every shape over their summed time per call.
+    """
     tokens = max(8, int(tokens))
-    pairs = [
-        (mx.random.normal((tokens, i)).astype(dtype), mx.random.normal((o, i)).astype(dtype))
-        for i, o in shapes
-    ]
-    mx.eval(pairs)
-    for x, w in pairs:  # warm up
-        mx.eval(x @ w.T)
-    flops = 0.0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for x, w in pairs:
-            mx.eval(x @ w.T)
-            flops += 2.0 * x.shape[0] * x.shape[1] * w.shape[0]
-    return flops / (time.perf_counter() - start)
+    quantized = quantized or {}
+    flops = seconds_per_pass = 0.0
+    for i, o in shapes:
+        x = mx.random.normal((tokens, i)).astype(dtype)
+        w = mx.random.normal((o, i)).astype(dtype)
+        q = quantized.get((i, o))
+        if q is not None:
+            bits, group_size, mode = q
+            packed = mx.quantize(w, group_size=group_size, bits=bits, mode=mode)
+            wq, scales, biases = packed[0], packed[1], (packed[2] if len(packed) > 2 else None)
+
+            def call(x=x, wq=wq, scales=scales, biases=biases, g=group_size, b=bits, m=mode):
+                return mx.quantized_matmul(
+                    x, wq, scales, biases, transpose=True, group_size=g, bits=b, mode=m
+                )
+
+            mx.eval(x, wq, scales, *([biases] if biases is not None else []))
+        else:
+
+            def call(x=x, w=w):
+                return x @ w.T
+
+            mx.eval(x, w)
+        start = time.perf_counter()
+        mx.eval(call())  # warm-up; also the timing when one call already takes the whole share
+        first = time.perf_counter() - start
+        share = seconds / max(1, len(shapes))
+        n, spent = 0, 0.0
+        if first < share:
+            start = time.perf_counter()
+            while spent < share or n == 0:
+                mx.eval(call())
+                n += 1
+                spent = time.perf_counter() - start
+        per_call = spent / n if n else first
+        flops += 2.0 * tokens * i * o
+        seconds_per_pass += per_call
+    return flops / seconds_per_pass if seconds_per_pass > 0 else 0.0
 
 
 def compute_dtype(model):
@@ -128,10 +193,13 @@ def utilisation(
     fm = flop_model(model)
     per_token = fm.training_flops_per_token(layers_trained, context=mean_length / 2, full=full)
     achieved = per_token * processed_tokens / seconds if seconds > 0 else 0.0
-    reference = reference_flops_per_second(fm.shapes, batch_tokens, compute_dtype(model))
+    reference = reference_flops_per_second(
+        fm.shapes, batch_tokens, compute_dtype(model), quantized=fm.quantized
+    )
     return {
         "achieved_gflops": achieved / 1e9,
         "reference_gflops": reference / 1e9,
         "utilisation": achieved / reference if reference else 0.0,
         "flops_per_token": per_token,
+        "reference": "quantized matmul" if fm.quantized else "matmul",
     }

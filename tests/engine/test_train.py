@@ -427,3 +427,21 @@ def test_early_stopping_stops_a_run_whose_validation_loss_rises(tiny_chat_model,
     best = min(vals)
     assert vals[-1] > best and vals[-2] > best  # two evaluations without improvement
     assert finished["summary"]["best_val_step"] == rec.of("eval")[vals.index(best)]["step"]
+
+
+def test_utilisation_of_a_quantized_model_is_against_quantized_matmul(tiny_chat_model):
+    """Issue 21: a 4-bit model's utilisation is measured against MLX's quantized matmul on its own
+    layer shapes (bits, group size), not against a float matmul it never runs."""
+    import mlx.nn as nn
+    import mlx_lm
+
+    from engine.perf import flop_model, utilisation
+
+    model, _ = mlx_lm.load(str(tiny_chat_model))
+    assert flop_model(model).quantized == {}
+    nn.quantize(model, group_size=32, bits=4)
+    fm = flop_model(model)
+    assert set(fm.quantized) == set(fm.shapes)  # every layer and the tied output layer
+    assert set(fm.quantized.values()) == {(4, 32, "affine")}
+    u = utilisation(model, len(model.layers), False, 4096, 1.0, 64, 256)
+    assert u["reference"] == "quantized matmul" and u["reference_gflops"] > 0
