@@ -297,6 +297,15 @@ def _fit(args: argparse.Namespace) -> int:
             f"{measured['seconds']:.0f} s); the estimate is "
             f"{report.training_peak_bytes / measured['peak_bytes'] - 1:+.0%} of it"
         )
+        as_run = measured.get("estimate_bytes") or 0
+        if as_run and as_run != report.training_peak_bytes:
+            # The run computes differently from the folder as stored (e.g. a 4-bit base in float32
+            # on MLX's CPU backend): its own estimate is the one to compare.
+            print(
+                f"the run computes in {measured.get('compute_dtype') or 'another precision'} on "
+                f"this machine; its own estimate, {_gb(as_run)}, is "
+                f"{as_run / measured['peak_bytes'] - 1:+.0%} of the measured peak"
+            )
     elif measured:
         print(f"not measured: {measured['skipped']}")
     for note in report.notes + warnings:

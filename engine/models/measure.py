@@ -32,6 +32,10 @@ class Measurement:
     source: str = "random tokens"  # or "the data's largest batch"
     seconds: float = 0.0
     grad_checkpoint: bool = False
+    # The run's own estimate for the model as it computes here (e.g. a 4-bit base in float32 on
+    # MLX's CPU backend), and that dtype; 0 / "" where the measurement ran without a run.
+    estimate_bytes: int = 0
+    compute_dtype: str = ""
 
     def describe(self) -> str:
         """What was measured, e.g. `2 training steps of the data's largest batch (4 x 128 tokens)`."""
@@ -52,6 +56,8 @@ class Measurement:
             "source": self.source,
             "seconds": round(self.seconds, 2),
             "grad_checkpoint": self.grad_checkpoint,
+            "estimate_bytes": self.estimate_bytes,
+            "compute_dtype": self.compute_dtype,
             "described": self.describe(),
         }
 
@@ -119,6 +125,8 @@ def measure_run(config, steps: int = 2, sink=None) -> Measurement:
         source="the data's largest batch",
         seconds=time.perf_counter() - started,
         grad_checkpoint=cfg.training.grad_checkpoint,
+        estimate_bytes=int(prep.fit_peak_bytes or 0),
+        compute_dtype=str(getattr(prep.compute, "compute_dtype", "") or ""),
     )
 
 
