@@ -12,7 +12,6 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QDialog,
     QDialogButtonBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -291,12 +290,9 @@ class MainWindow(QMainWindow):
 
     # -- actions ------------------------------------------------------------------------------
     def open_dataset_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self,
-            "Open a dataset",
-            str(Path.home()),
-            "Datasets (*.jsonl *.json *.csv *.tsv *.txt *.md *.parquet *.zip);;All files (*)",
-        )
+        from app.pages.data import choose_dataset_file
+
+        path = choose_dataset_file(self)
         if path:
             self.open_path(path)
 

@@ -194,6 +194,18 @@ class ColumnMapDialog(QDialog):
         return {t: c.currentData() for t, c in self.combos.items() if c.currentData()}
 
 
+def choose_dataset_file(parent) -> str:
+    """The dataset file the user picks in the Open dialog ("" when cancelled); the window's File >
+    Open and the Data page's Open… share it."""
+    path, _ = QFileDialog.getOpenFileName(
+        parent,
+        "Open a dataset",
+        str(Path.home()),
+        "Datasets (*.jsonl *.json *.csv *.tsv *.txt *.md *.parquet *.zip);;All files (*)",
+    )
+    return path
+
+
 class FillPlaceholdersDialog(QDialog):
     """A value for each `{{word}}` placeholder the report found (empty leaves it as it is)."""
 
@@ -423,12 +435,7 @@ class DataPage(QWidget):
 
     # -- opening ------------------------------------------------------------------------------
     def open_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self,
-            "Open a dataset",
-            str(Path.home()),
-            "Datasets (*.jsonl *.json *.csv *.tsv *.txt *.md *.parquet *.zip);;All files (*)",
-        )
+        path = choose_dataset_file(self)
         if path:
             self.open_path(path)
 
