@@ -1,7 +1,10 @@
 """The Train page's settings: presets, the main fields, an Advanced section, the memory-fit banner.
 
-Every field's tooltip is the config's help text (`engine.config.field_help`). The form holds no
-training state: `config()` builds a RunConfig from the widgets, `set_config()` fills them.
+The form chooses which settings it shows and in what order (MAIN_FIELDS, ADVANCED_FIELDS); each
+widget is built from its config field's metadata in engine.config (issue 19): the field's type and
+choices pick the widget, and its label, tooltip (the help text), range, step and special text
+("All", "from epochs") come from the metadata, so no range, choice or help is typed here. The form
+holds no training state: `config()` builds a RunConfig from the widgets, `set_config()` fills them.
 """
 
 from __future__ import annotations
@@ -31,7 +34,14 @@ from PySide6.QtWidgets import (
 
 from app.names import dataset_name, model_name
 from app.theme import fit_popup, show_names
-from engine.config import ConfigError, RunConfig, field_help, read_yaml
+from engine.config import (
+    ConfigError,
+    RunConfig,
+    field_metadata,
+    field_optional,
+    field_type,
+    read_yaml,
+)
 
 
 def resources_dir() -> Path:
@@ -136,38 +146,81 @@ class ComboBox(_WheelOnlyWhenFocused, QComboBox):
         self._init_wheel()
 
 
-# (section, field, label, kind, options); kind: int, float, text, bool, choice, optint
+# The settings the form shows, in order ("section.field"); everything else comes from the field.
 MAIN_FIELDS = [
-    ("training", "epochs", "Epochs", "epochs", None),
-    ("training", "learning_rate", "Learning rate", "float", None),
-    ("lora", "rank", "LoRA rank", "int", (1, 512)),
-    ("lora", "num_layers", "Layers to train", "int", (-1, 512)),
-    ("training", "batch_size", "Batch size", "int", (1, 1024)),
-    ("data", "max_seq_length", "Max sequence length", "int", (16, 131072)),
+    "training.epochs",
+    "training.learning_rate",
+    "lora.rank",
+    "lora.num_layers",
+    "training.batch_size",
+    "data.max_seq_length",
 ]
 ADVANCED_FIELDS = [
-    ("training", "iters", "Steps (0: from epochs)", "optint", (0, 10_000_000)),
-    ("lora", "fine_tune_type", "Method", "choice", ("lora", "dora", "full")),
-    ("lora", "scale", "LoRA scale", "float", None),
-    ("lora", "dropout", "LoRA dropout", "float", None),
-    ("training", "optimizer", "Optimizer", "choice", ("adam", "adamw", "sgd", "adafactor", "muon")),
-    ("training", "grad_checkpoint", "Gradient checkpointing", "bool", None),
-    ("training", "auto_grad_checkpoint", "Checkpointing when memory is tight", "bool", None),
-    ("training", "grad_accumulation_steps", "Gradient accumulation", "int", (1, 1024)),
-    ("data", "mask_prompt", "Train on answers only", "bool", None),
-    ("data", "valid_fraction", "Validation share", "float", None),
-    ("training", "steps_per_report", "Steps per report", "int", (1, 100000)),
-    ("training", "steps_per_eval", "Steps per evaluation", "optint", (0, 1000000)),
-    ("training", "save_every", "Checkpoint every", "int", (1, 1000000)),
-    ("training", "seed", "Seed", "int", (0, 2**31 - 1)),
-    ("training", "nan_retry", "Retry once after NaN", "bool", None),
+    "training.iters",
+    "lora.fine_tune_type",
+    "lora.scale",
+    "lora.dropout",
+    "training.optimizer",
+    "training.grad_checkpoint",
+    "training.auto_grad_checkpoint",
+    "training.grad_accumulation_steps",
+    "data.mask_prompt",
+    "data.valid_fraction",
+    "training.steps_per_report",
+    "training.steps_per_eval",
+    "training.save_every",
+    "training.seed",
+    "training.nan_retry",
 ]
 
-# Spin boxes whose 0 means "empty" (None in the config), and what they show then.
-OPTIONAL_INT_TEXT = {
-    "training.iters": "from epochs",
-    "training.steps_per_eval": "from run length",
-}
+SPIN_MAX = 2**31 - 1  # the largest value a QSpinBox holds (a C int); a wider range is cut to it
+
+
+def field_label(key: str) -> str:
+    """The label of a config field on the Train page (its metadata's `label`)."""
+    label = field_metadata(key).get("label")
+    if not label:
+        raise ValueError(f"{key} has no label in engine.config's metadata; add label=... there.")
+    return label
+
+
+def spin_range(key: str) -> tuple[float, float]:
+    """The lowest and highest value a spin box for `key` offers, from the field's range.
+
+    A whole-number field runs from `at_least` (or one above `above`) to `at_most` (or one below
+    `below`), within what a QSpinBox holds; a float field with a `step` does the same in units of
+    its last shown decimal (`above=0` with step 0.5 starts at 0.1). An optional field (`int |
+    None`) gets one value below the range, which means empty (None) and shows its `shown_as` text.
+    """
+    meta = field_metadata(key)
+    unit = 1 if field_type(key) is int else 10 ** -spin_decimals(key)
+    low = meta.get("at_least", meta["above"] + unit if "above" in meta else -SPIN_MAX)
+    high = meta.get("at_most", meta["below"] - unit if "below" in meta else SPIN_MAX)
+    if field_optional(key):
+        low -= unit
+    if field_type(key) is int:
+        low, high = max(int(low), -SPIN_MAX), min(int(high), SPIN_MAX)
+    return low, high
+
+
+def spin_decimals(key: str) -> int:
+    """Decimals a float spin box shows: as many as its step has (0.5: one)."""
+    step = field_metadata(key).get("step", 1)
+    text = f"{step:g}"
+    return len(text.split(".", 1)[1]) if "." in text else 0
+
+
+def special_text(key: str) -> str:
+    """What the spin box shows at its lowest value: the field's `shown_as` text for that value."""
+    shown = dict(field_metadata(key).get("shown_as") or {})
+    if field_optional(key):
+        if None not in shown:
+            raise ValueError(f"{key} can be empty; say in shown_as what the form shows for None.")
+        return shown[None]
+    low = spin_range(key)[0]
+    if shown and set(shown) != {low}:
+        raise ValueError(f"{key}: shown_as names {set(shown)}; a spin box can name only {low}.")
+    return shown.get(low, "")
 
 
 class TrainSettingsWidget(QWidget):
@@ -187,7 +240,7 @@ class TrainSettingsWidget(QWidget):
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
         self.model.setMinimumContentsLength(10)
-        self.model.setToolTip(field_help("model", "path"))
+        self.model.setToolTip(field_metadata("model.path")["help"])
         self.model.lineEdit().setPlaceholderText("model folder or Hugging Face repo id")
         self.data = ComboBox()
         self.data.setEditable(True)
@@ -195,14 +248,14 @@ class TrainSettingsWidget(QWidget):
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
         self.data.setMinimumContentsLength(10)
-        self.data.setToolTip(field_help("data", "path"))
+        self.data.setToolTip(field_metadata("data.path")["help"])
         self.data.lineEdit().setPlaceholderText("dataset file, folder or imported dataset")
         # The fields show names ("stories260K — /work/…/stories260K"), the form reads the path.
         show_names(self.model, model_name)
         show_names(self.data, dataset_name)
         self.name = QLineEdit()
         self.name.setPlaceholderText("optional")
-        self.name.setToolTip("A name for the run (used in its folder name).")
+        self.name.setToolTip(field_metadata("name")["help"])
         self.preset = ComboBox()
         self.preset.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
@@ -216,13 +269,13 @@ class TrainSettingsWidget(QWidget):
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.labels: dict[QWidget, QLabel] = {}  # each field's label, with the field's tooltip
-        self._row(form, "Model", self.model)
-        self._row(form, "Dataset", self.data)
+        self._row(form, field_label("model.path"), self.model)
+        self._row(form, field_label("data.path"), self.data)
         self._row(form, "Preset", self.preset)
         form.addRow("", self.preset_note)
-        for spec in MAIN_FIELDS:
-            self._row(form, spec[2], self._make(*spec))
-            if spec[1] == "batch_size":
+        for key in MAIN_FIELDS:
+            self._row(form, field_label(key), self._make(key))
+            if key == "training.batch_size":
                 # What the batch size meant in the last run (examples per step, steps): the run
                 # says so in its `started` event (see `show_batch_note`).
                 self.batch_note = QLabel()
@@ -241,9 +294,9 @@ class TrainSettingsWidget(QWidget):
         self.advanced = QWidget()
         adv = QFormLayout(self.advanced)
         adv.setContentsMargins(0, 0, 0, 0)
-        self._row(adv, "Run name", self.name)
-        for spec in ADVANCED_FIELDS:
-            self._row(adv, spec[2], self._make(*spec))
+        self._row(adv, field_label("name"), self.name)
+        for key in ADVANCED_FIELDS:
+            self._row(adv, field_label(key), self._make(key))
         self.hosts = HostsWidget()
         adv.addRow(self.hosts)
         self.advanced.setVisible(False)
@@ -274,40 +327,40 @@ class TrainSettingsWidget(QWidget):
         self.labels[field] = label
         form.addRow(label, field)
 
-    def _make(self, section: str, name: str, label: str, kind: str, options) -> QWidget:
-        if kind in ("int", "optint"):
-            w = SpinBox()
-            w.setRange(*options)
-            w.setMaximumWidth(140)
-            if kind == "optint":
-                w.setSpecialValueText(OPTIONAL_INT_TEXT.get(f"{section}.{name}", "automatic"))
-            elif options[0] == -1:
-                w.setSpecialValueText("All")  # -1 means every layer (lora.num_layers)
-            w.valueChanged.connect(self._on_field_changed)
-        elif kind == "epochs":
-            w = DoubleSpinBox()
-            w.setRange(0.1, 1000)
-            w.setDecimals(1)
-            w.setSingleStep(0.5)
-            w.setMaximumWidth(140)
-            w.valueChanged.connect(self._on_field_changed)
-        elif kind == "float":
-            w = _FloatEdit()
-            w.textChanged.connect(self._on_field_changed)
-        elif kind == "bool":
-            w = QCheckBox()
-            w.toggled.connect(self._on_field_changed)
-        elif kind == "choice":
+    def _make(self, key: str) -> QWidget:
+        """The widget for config field `key`, from its metadata: choices give a drop-down, a bool a
+        checkbox, a whole number a spin box, a float with a `step` a spin box and one without a
+        text field that takes 1e-4; ranges, special text and the tooltip come from there too."""
+        meta = field_metadata(key)
+        tp = field_type(key)
+        if meta.get("choices"):
             w = ComboBox()
-            w.addItems(list(options))
+            w.addItems([str(c) for c in meta["choices"]])
             w.setMaximumWidth(140)
             w.currentTextChanged.connect(self._on_field_changed)
+        elif tp is bool:
+            w = QCheckBox()
+            w.toggled.connect(self._on_field_changed)
+        elif tp is int or (tp is float and "step" in meta):
+            if tp is int:
+                w = SpinBox()
+            else:
+                w = DoubleSpinBox()
+                w.setDecimals(spin_decimals(key))
+                w.setSingleStep(meta["step"])
+            w.setRange(*spin_range(key))
+            w.setSpecialValueText(special_text(key))
+            w.setMaximumWidth(140)
+            w.valueChanged.connect(self._on_field_changed)
+        elif tp is float:
+            w = _FloatEdit()
+            w.textChanged.connect(self._on_field_changed)
         else:
             w = QLineEdit()
             w.textChanged.connect(self._on_field_changed)
-        w.setToolTip(field_help(section, name))
-        w.setObjectName(f"{section}.{name}")
-        self.fields[f"{section}.{name}"] = w
+        w.setToolTip(meta.get("help", ""))
+        w.setObjectName(key)
+        self.fields[key] = w
         return w
 
     def _on_advanced_toggled(self, on: bool) -> None:
@@ -325,7 +378,7 @@ class TrainSettingsWidget(QWidget):
                 section, name = key.split(".")
                 value = getattr(getattr(cfg, section), name)
                 if isinstance(w, QSpinBox):
-                    w.setValue(int(value or 0))
+                    w.setValue(w.minimum() if value is None else int(value))
                 elif isinstance(w, QDoubleSpinBox):
                     w.setValue(float(value))
                 elif isinstance(w, _FloatEdit):
@@ -354,19 +407,18 @@ class TrainSettingsWidget(QWidget):
             section, name = key.split(".")
             if isinstance(w, QSpinBox):
                 value = w.value()
-                if key in OPTIONAL_INT_TEXT:
-                    value = value or None
+                if field_optional(key) and value == w.minimum():
+                    value = None  # the value below the range: empty ("from epochs")
             elif isinstance(w, QDoubleSpinBox):
                 value = float(w.value())
             elif isinstance(w, _FloatEdit):
                 value = w.value()
                 if value is None:
                     if validate:
-                        label = next(
-                            s[2] for s in MAIN_FIELDS + ADVANCED_FIELDS if f"{s[0]}.{s[1]}" == key
-                        )
+                        example = field_metadata(key).get("example")
+                        such_as = f" such as {example}" if example else ""
                         raise ConfigError(
-                            f"{label} must be a number such as 1e-4, not '{w.text()}'."
+                            f"{field_label(key)} must be a number{such_as}, not '{w.text()}'."
                         )
                     value = getattr(getattr(RunConfig(), section), name)
             elif isinstance(w, QCheckBox):
@@ -390,12 +442,11 @@ class TrainSettingsWidget(QWidget):
             if isinstance(w, QCheckBox):
                 auto = bool(changes.get(key)) and not w.isChecked()
                 w.setText("On (auto)" if auto else "")
-                section, name = key.split(".")
                 note = (
-                    "\n\nThe memory estimate says this run would be tight without it, so the run turns it "
-                    'on by itself (see "Checkpointing when memory is tight").'
+                    "\n\nThe memory estimate says this run would be tight without it, so the run "
+                    f'turns it on by itself (see "{field_label("training.auto_grad_checkpoint")}").'
                 )
-                w.setToolTip(field_help(section, name) + (note if auto else ""))
+                w.setToolTip(field_metadata(key)["help"] + (note if auto else ""))
                 if w in self.labels:
                     self.labels[w].setToolTip(w.toolTip())
 

@@ -27,12 +27,19 @@ class Wording:
     fix: Fix | None = None
 
 
-# Config keys as the Train page labels them (app.settings_form's field lists, plus the pickers).
+# Config keys as the Train page labels them (each field's metadata `label` in engine.config).
 def field_labels() -> dict[str, str]:
-    from app.settings_form import ADVANCED_FIELDS, MAIN_FIELDS
+    import dataclasses
 
-    labels = {f"{s}.{n}": label for s, n, label, *_ in MAIN_FIELDS + ADVANCED_FIELDS}
-    labels.update({"model.path": "Model", "data.path": "Dataset", "training.iters": "Steps"})
+    from engine.config import SECTIONS
+
+    labels = {
+        f"{section}.{f.name}": f.metadata["label"]
+        for section, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("label")
+    }
+    labels["training.iters"] = "Steps"  # in a sentence, without the form's "(0: from epochs)"
     return labels
 
 

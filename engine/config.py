@@ -1,9 +1,15 @@
 """Run configuration: one dataclass per section, each field with a default and help text.
 
-The help text is also the CLI help and the GUI tooltip. Configs are saved as YAML (nested
-sections) and can be read from the flat YAML files that `mlx_lm.lora -c` reads; `to_mlx_lm_dict`
-writes one back. Unknown keys are reported, never fatal. Numbers are parsed deliberately, because
-PyYAML reads `1e-5` as a string.
+Each field's metadata is the one definition of the setting (issue 19): `help` (the CLI help and
+the GUI tooltip), `choices`, the range (`at_least`, `above`, `at_most`, `below`), `example`, the
+`cli` flag of `train`, and for the Train page's form `label`, `step` (a float with a step is a
+spin box, one without is a text field that takes 1e-4) and `shown_as` (the text the form shows
+for the one value at the bottom of the range: -1 as "All", None as "from epochs"). Validation,
+the CLI flags and the form's widgets all read it; nothing else types a range, choice list or help.
+
+Configs are saved as YAML (nested sections) and can be read from the flat YAML files that
+`mlx_lm.lora -c` reads; `to_mlx_lm_dict` writes one back. Unknown keys are reported, never fatal.
+Numbers are parsed deliberately, because PyYAML reads `1e-5` as a string.
 """
 
 from __future__ import annotations
@@ -87,7 +93,10 @@ def _f(default: Any, help: str, **extra: Any) -> Any:
 @dataclass
 class ModelConfig:
     path: str = _f(
-        "", "Model to fine-tune: a local folder or a Hugging Face repo id.", cli="--model"
+        "",
+        "Model to fine-tune: a local folder or a Hugging Face repo id.",
+        cli="--model",
+        label="Model",
     )
     chat_template: str | None = _f(
         None,
@@ -103,10 +112,12 @@ class DataConfig:
         "",
         "Dataset: a JSONL file, or a folder with train.jsonl, valid.jsonl, test.jsonl.",
         cli="--data",
+        label="Dataset",
     )
     mask_prompt: bool = _f(
         True,
         "Train only on the answers (assistant turns / completions), not on the prompts.",
+        label="Train on answers only",
     )
     max_seq_length: int = _f(
         2048,
@@ -114,6 +125,7 @@ class DataConfig:
         at_least=2,
         at_most=MAX_TOKENS,
         cli="--max-seq-length",
+        label="Max sequence length",
     )
     valid_fraction: float = _f(
         0.1,
@@ -122,6 +134,7 @@ class DataConfig:
         below=1,
         example="0.1",
         cli="--valid-fraction",
+        label="Validation share",
     )
     val_batches: int = _f(
         25,
@@ -178,12 +191,15 @@ class LoraConfig:
         "trained layers). A quantized base model makes lora/dora QLoRA.",
         choices=("lora", "dora", "full"),
         cli="--fine-tune-type",
+        label="Method",
     )
     num_layers: int = _f(
         16,
         "How many of the last transformer layers to train; -1 trains all.",
         at_least=-1,
         cli="--num-layers",
+        label="Layers to train",
+        shown_as={-1: "All"},
     )
     rank: int = _f(
         8,
@@ -191,9 +207,13 @@ class LoraConfig:
         at_least=1,
         at_most=MAX_TOKENS,
         cli="--lora-rank",
+        label="LoRA rank",
     )
     scale: float = _f(
-        20.0, "LoRA scale: how strongly the adapter changes the layer's output.", cli="--lora-scale"
+        20.0,
+        "LoRA scale: how strongly the adapter changes the layer's output.",
+        cli="--lora-scale",
+        label="LoRA scale",
     )
     dropout: float = _f(
         0.0,
@@ -201,6 +221,7 @@ class LoraConfig:
         at_least=0,
         below=1,
         cli="--lora-dropout",
+        label="LoRA dropout",
     )
     keys: list[str] | None = _f(
         None, "Module names to adapt (e.g. self_attn.q_proj); empty adapts every linear layer."
@@ -215,6 +236,8 @@ class TrainingConfig:
         at_least=1,
         at_most=1_000_000_000,
         cli="--iters",
+        label="Steps (0: from epochs)",
+        shown_as={None: "from epochs"},
     )
     epochs: float = _f(
         2.0,
@@ -222,16 +245,31 @@ class TrainingConfig:
         above=0,
         at_most=100_000,
         cli="--epochs",
+        label="Epochs",
+        step=0.5,
     )
-    batch_size: int = _f(4, "Examples per step.", at_least=1, at_most=65_536, cli="--batch-size")
+    batch_size: int = _f(
+        4,
+        "Examples per step.",
+        at_least=1,
+        at_most=65_536,
+        cli="--batch-size",
+        label="Batch size",
+    )
     learning_rate: float = _f(
-        1e-4, "Peak learning rate.", above=0, example="1e-4", cli="--learning-rate"
+        1e-4,
+        "Peak learning rate.",
+        above=0,
+        example="1e-4",
+        cli="--learning-rate",
+        label="Learning rate",
     )
     optimizer: str = _f(
         "adam",
         "Optimizer.",
         choices=("adam", "adamw", "sgd", "adafactor", "muon"),
         cli="--optimizer",
+        label="Optimizer",
     )
     optimizer_config: dict = _f({}, "Extra optimizer arguments, e.g. {weight_decay: 0.01}.")
     lr_schedule: dict | None = _f(
@@ -239,11 +277,16 @@ class TrainingConfig:
         "Learning rate schedule as mlx-lm writes it: {name: cosine_decay, arguments: [1e-4, 1000], "
         "warmup: 100}.",
     )
-    grad_checkpoint: bool = _f(False, "Recompute activations in the backward pass to save memory.")
+    grad_checkpoint: bool = _f(
+        False,
+        "Recompute activations in the backward pass to save memory.",
+        label="Gradient checkpointing",
+    )
     auto_grad_checkpoint: bool = _f(
         True,
         "Turn gradient checkpointing on by itself when the memory estimate says the run would be tight "
         "or would not fit without it (same results, steps about a third slower).",
+        label="Checkpointing when memory is tight",
     )
     grad_accumulation_steps: int = _f(
         1,
@@ -251,9 +294,14 @@ class TrainingConfig:
         at_least=1,
         at_most=1024,
         cli="--grad-accumulation-steps",
+        label="Gradient accumulation",
     )
     steps_per_report: int = _f(
-        10, "Steps between progress reports.", at_least=1, cli="--steps-per-report"
+        10,
+        "Steps between progress reports.",
+        at_least=1,
+        cli="--steps-per-report",
+        label="Steps per report",
     )
     steps_per_eval: int | None = _f(
         None,
@@ -261,14 +309,23 @@ class TrainingConfig:
         "evaluations, at checkpoint steps where that works out).",
         at_least=1,
         cli="--steps-per-eval",
+        label="Steps per evaluation",
+        shown_as={None: "from run length"},
     )
-    save_every: int = _f(100, "Steps between checkpoints.", at_least=1, cli="--save-every")
+    save_every: int = _f(
+        100,
+        "Steps between checkpoints.",
+        at_least=1,
+        cli="--save-every",
+        label="Checkpoint every",
+    )
     seed: int = _f(
         0,
         "Random seed for data order, the validation subset and dropout.",
         at_least=0,
         at_most=MAX_SEED,
         cli="--seed",
+        label="Seed",
     )
     clear_cache_threshold: int = _f(
         0,
@@ -328,6 +385,7 @@ class TrainingConfig:
         False,
         "When the loss becomes NaN or infinite, go back to the last good checkpoint and retry once "
         "at half the learning rate, instead of stopping.",
+        label="Retry once after NaN",
     )
     ignore_fit_check: bool = _f(
         False,
@@ -347,7 +405,10 @@ SECTIONS: dict[str, type] = {
 @dataclass
 class RunConfig:
     schema_version: int = SCHEMA_VERSION
-    name: str = ""
+    name: str = field(
+        default="",
+        metadata={"help": "A name for the run (used in its folder name).", "label": "Run name"},
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -618,10 +679,33 @@ def cli_options() -> list[CliOption]:
 
 def field_help(section: str, name: str) -> str:
     """Help text of `section.name`, for CLI help and GUI tooltips."""
-    for f in dataclasses.fields(SECTIONS[section]):
+    return field_metadata(f"{section}.{name}").get("help", "")
+
+
+def field_metadata(key: str) -> typing.Mapping[str, Any]:
+    """The metadata of a config field named "section.field" (or "name" for RunConfig's own)."""
+    section, _, name = key.rpartition(".")
+    if section and section not in SECTIONS:
+        raise KeyError(key)
+    for f in dataclasses.fields(SECTIONS[section] if section else RunConfig):
         if f.name == name:
-            return f.metadata.get("help", "")
-    raise KeyError(f"{section}.{name}")
+            return f.metadata
+    raise KeyError(key)
+
+
+def field_type(key: str) -> Any:
+    """The value type of a config field ("section.field"), without None: `int | None` gives int."""
+    section, _, name = key.rpartition(".")
+    tp = typing.get_type_hints(SECTIONS[section] if section else RunConfig)[name]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args and typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
+
+
+def field_optional(key: str) -> bool:
+    """Whether the field takes None (an `int | None` that the form shows as empty)."""
+    section, _, name = key.rpartition(".")
+    tp = typing.get_type_hints(SECTIONS[section] if section else RunConfig)[name]
+    return type(None) in typing.get_args(tp)
 
 
 def _section_from_dict(cls: type, data: dict, section: str, warnings: list[str]) -> Any:
