@@ -96,7 +96,7 @@ def _check_spin(key: str, w, meta) -> None:
 def test_every_row_of_the_form_is_a_config_field_labelled_by_its_metadata(form):
     """The labels were a table in app/settings_form.py; the model, dataset and run name rows had
     their own words. Each row but the preset is now a config field with its metadata's label and
-    help, and the form's values go to and come back from a config unchanged."""
+    help, and a config's values go into the form and come back unchanged."""
     assert list(form.fields) == MAIN_FIELDS + ADVANCED_FIELDS
     pickers = {form.model: "model.path", form.data: "data.path", form.name: "name"}
     keys = {w: key for key, w in form.fields.items()} | pickers
@@ -108,7 +108,8 @@ def test_every_row_of_the_form_is_a_config_field_labelled_by_its_metadata(form):
         assert label.toolTip() == meta["help"]
     cfg = RunConfig()
     cfg.model.path, cfg.data.path, cfg.name = "m", "d.jsonl", "run"
-    cfg.training.iters, cfg.lora.num_layers, cfg.training.epochs = 300, -1, 1.5
+    cfg.training.iters, cfg.lora.num_layers, cfg.training.epochs = 300, -1, 3000.0
+    cfg.training.batch_size = 2048  # the form's own ranges cut these to 1,024 and 1,000 epochs
     form.set_config(cfg)
     assert form.config().to_dict() == cfg.to_dict()
     assert form.fields["training.iters"].text() == "300"
