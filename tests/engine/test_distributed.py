@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine.distributed import Host, describe_lost_peer, read_hosts, write_hostfile
-from tests.engine.test_train import variable_chat_data
+from tests.helpers import variable_chat_data
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = shutil.which("mlx.launch") or str(Path(sys.executable).with_name("mlx.launch"))
