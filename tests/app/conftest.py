@@ -9,30 +9,7 @@ from pathlib import Path
 import pytest
 
 import app  # noqa: F401 - applies the PySide6/Python 3.11 None workaround before any Qt call
-
-QUESTIONS = [
-    ("What is the fee for a transfer?", "A transfer costs 5 euros."),
-    ("How long does a transfer take?", "Transfers arrive the same day."),
-    ("Can I open an account online?", "Yes, in the app in ten minutes."),
-    ("How do I block my card?", "Tap Block card in the app, or call us."),
-    ("What are your opening hours?", "We are open from 9 to 5 on weekdays."),
-    ("Do you charge for cash withdrawals?", "Withdrawals are free in the euro area."),
-]
-
-
-def chat_records(n: int) -> list[dict]:
-    out = []
-    for i in range(n):
-        q, a = QUESTIONS[i % len(QUESTIONS)]
-        out.append(
-            {
-                "messages": [
-                    {"role": "user", "content": f"{q} (case {i})"},
-                    {"role": "assistant", "content": f"{a} Reference {i}."},
-                ]
-            }
-        )
-    return out
+from tests.helpers import chat_records
 
 
 @pytest.fixture
@@ -62,27 +39,6 @@ def window(qtbot, lathe_home):
     from app.tasks import wait_all
 
     wait_all(20_000)
-
-
-def tiny_config(model: Path, data: Path, **training):
-    from engine.config import RunConfig
-
-    cfg = RunConfig()
-    cfg.model.path = str(model)
-    cfg.data.path = str(data)
-    cfg.data.max_seq_length = 128
-    cfg.lora.num_layers = -1
-    cfg.lora.rank = 4
-    t = cfg.training
-    t.iters = 12
-    t.batch_size = 2
-    t.steps_per_report = 1
-    t.steps_per_eval = 4
-    t.save_every = 6
-    t.learning_rate = 1e-3
-    for k, v in training.items():
-        setattr(t, k, v)
-    return cfg
 
 
 # A stand-in worker that speaks the events protocol without MLX: streams progress until `stop`.

@@ -10,12 +10,12 @@ import pytest
 from PySide6.QtCore import Qt
 
 from engine import workspace
-from tests.engine.test_chat import make_run
+from tests.helpers import make_chat_run
 
 
 @pytest.fixture(scope="module")
 def stories_chat_run(stories_path, tmp_path_factory):
-    return make_run(
+    return make_chat_run(
         stories_path, tmp_path_factory.mktemp("chatruns") / "20260101-000000-chat-ab12", steps=(10,)
     )
 

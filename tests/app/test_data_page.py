@@ -9,20 +9,7 @@ import pytest
 from PySide6.QtCore import QMimeData, QPoint, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 
-from tests.app.conftest import chat_records
-
-
-def drop(window, path) -> None:
-    mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(str(path))])
-    event = QDropEvent(
-        QPoint(400, 300),
-        Qt.DropAction.CopyAction,
-        mime,
-        Qt.MouseButton.LeftButton,
-        Qt.KeyboardModifier.NoModifier,
-    )
-    window.dropEvent(event)
+from tests.helpers import chat_records, drop
 
 
 def test_dropping_a_dataset_shows_its_report(window, qtbot, chat_jsonl, tiny_chat_model):

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from PySide6.QtGui import QGuiApplication
 
-from tests.engine.test_chat import make_run
+from tests.helpers import make_chat_run
 
 
 @pytest.fixture
 def run_dir(stories_path, tmp_path):
-    return make_run(stories_path, tmp_path / "20260101-000000-export-ab12", steps=())
+    return make_chat_run(stories_path, tmp_path / "20260101-000000-export-ab12", steps=())
 
 
 def _export(qtbot, dialog):

@@ -12,7 +12,7 @@ import yaml
 from PySide6.QtCore import QTimer
 
 import app  # noqa: F401 - the PySide6/Python 3.11 None workaround before any Qt call
-from tests.app.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.app.test_data_page import drop
 from tests.engine.gguf_files import write_gguf
+from tests.helpers import drop
 
 
 def test_dropping_a_gguf_file_imports_it_on_the_models_page(

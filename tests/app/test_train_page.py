@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 @pytest.fixture

@@ -22,11 +22,10 @@ from engine.chat import (
     add_to_dataset,
     resolve_adapter,
 )
-from engine.config import RunConfig
 from engine.templates import CHATML_TEMPLATE, DEFAULT_CHAT_TEMPLATE
+from tests.helpers import STORY, make_chat_adapter, make_chat_run
 
 GREEDY = ChatSettings(temperature=0.0, max_tokens=40, stop=[])
-STORY = [{"role": "user", "content": "Tell me a story about a cat and a dog."}]
 RUN_TEMPLATE = (
     "{% for m in messages %}<<{{ m['role'] }}>> {{ m['content'] }}\n{% endfor %}<<assistant>> "
 )
@@ -34,75 +33,6 @@ RUN_TEMPLATE = (
 
 # ---------------------------------------------------------------------------------------------
 # Adapters and run folders, built with mlx-lm's own functions (as mlx_lm.lora saves them)
-
-
-def make_adapter(
-    model_path: Path,
-    out: Path,
-    *,
-    fine_tune_type: str = "lora",
-    num_layers: int = 2,
-    rank: int = 4,
-    scale: float = 10.0,
-    dropout: float = 0.0,
-    seed: int = 1,
-) -> Path:
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm import load
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    model, _ = load(str(model_path))
-    model.freeze()
-    mx.random.seed(seed)
-    params = {"rank": rank, "scale": scale, "dropout": dropout}
-    if fine_tune_type == "full":
-        for layer in model.layers[-num_layers:]:
-            layer.unfreeze()
-        weights = {
-            k: v + mx.random.normal(v.shape) * 0.05
-            for k, v in tree_flatten(model.trainable_parameters())
-        }
-    else:
-        linear_to_lora_layers(model, num_layers, params, use_dora=fine_tune_type == "dora")
-        for _, module in model.named_modules():
-            if hasattr(module, "lora_b"):
-                # A fresh adapter has lora_b = 0 (a no-op); a trained one does not.
-                module.lora_b = mx.random.normal(module.lora_b.shape) * 0.05
-        weights = dict(tree_flatten(model.trainable_parameters()))
-    out.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(out / "adapters.safetensors"), weights)
-    config = {"fine_tune_type": fine_tune_type, "num_layers": num_layers, "lora_parameters": params}
-    (out / "adapter_config.json").write_text(json.dumps(config))
-    return out
-
-
-def make_run(
-    model_path: Path,
-    run_dir: Path,
-    *,
-    steps=(10, 20),
-    final: bool = True,
-    template: str | None = None,
-    **adapter_kwargs,
-) -> Path:
-    """A run folder as docs/CONTRACTS.md describes it; each adapter has different weights."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = RunConfig()
-    config.model.path = str(model_path)
-    (run_dir / "config.yaml").write_text(config.to_yaml())
-    (run_dir / "status.json").write_text(
-        json.dumps({"state": "completed", "step": max(steps, default=0)})
-    )
-    for i, step in enumerate(steps):
-        make_adapter(
-            model_path, run_dir / "checkpoints" / f"{step:07d}", seed=100 + i, **adapter_kwargs
-        )
-    if final:
-        make_adapter(model_path, run_dir / "adapters", seed=1, **adapter_kwargs)
-    if template:
-        (run_dir / "chat_template.jinja").write_text(template)
-    return run_dir
 
 
 def mlx_lm_text(model_path, tokens, adapter_path=None, max_tokens=40, seed=None, **kwargs) -> str:
@@ -119,7 +49,7 @@ def mlx_lm_text(model_path, tokens, adapter_path=None, max_tokens=40, seed=None,
 
 @pytest.fixture(scope="module")
 def stories_run(stories_path, tmp_path_factory) -> Path:
-    return make_run(
+    return make_chat_run(
         stories_path, tmp_path_factory.mktemp("runs") / "20260101-000000-stories-ab12", dropout=0.1
     )
 
@@ -158,7 +88,7 @@ def test_adapter_off_is_exactly_the_base_model_loaded_alone(stories_path, storie
 def test_adapter_on_matches_mlx_lm_generate_with_adapter_path(
     stories_path, tmp_path, fine_tune_type
 ):
-    adapter = make_adapter(
+    adapter = make_chat_adapter(
         stories_path, tmp_path / "adapter", fine_tune_type=fine_tune_type, dropout=0.1
     )
     chat = ChatModel.load(stories_path, adapter=adapter)
@@ -174,7 +104,7 @@ def test_adapter_on_matches_mlx_lm_generate_with_adapter_path(
 
 
 def test_tiny_chat_model_base_and_tuned_are_exact(tiny_chat_model, tmp_path):
-    adapter = make_adapter(tiny_chat_model, tmp_path / "adapter", scale=20.0)
+    adapter = make_chat_adapter(tiny_chat_model, tmp_path / "adapter", scale=20.0)
     chat = ChatModel.load(tiny_chat_model, adapter=adapter)
     assert chat.template() == (CHATML_TEMPLATE, "model")
     messages = [
@@ -246,7 +176,7 @@ def test_run_and_step_resolution(stories_path, stories_run, tmp_path):
 
 
 def test_template_is_the_runs_else_the_models_else_lathes_default(stories_path, tmp_path):
-    run = make_run(stories_path, tmp_path / "run", steps=(), template=RUN_TEMPLATE)
+    run = make_chat_run(stories_path, tmp_path / "run", steps=(), template=RUN_TEMPLATE)
     chat = ChatModel.load(None, adapter=run)  # the model comes from the run's config
     assert chat.template() == (RUN_TEMPLATE, "run")
     assert chat.tokenizer.decode(chat.prompt_tokens(STORY)).rstrip().endswith("<<assistant>>")
@@ -261,7 +191,8 @@ def test_system_prompt_folds_into_the_first_turn_for_templates_without_one(stori
         "{% endif %}" + RUN_TEMPLATE
     )
     chat = ChatModel.load(
-        stories_path, adapter=make_run(stories_path, tmp_path / "run", steps=(), template=strict)
+        stories_path,
+        adapter=make_chat_run(stories_path, tmp_path / "run", steps=(), template=strict),
     )
     messages = [{"role": "system", "content": "Be kind."}] + STORY
     text = chat.tokenizer.decode(chat.prompt_tokens(messages))

@@ -14,7 +14,7 @@ import pytest
 from engine import workspace
 from engine.chat import ChatModel, ChatSettings
 from engine.cli import main
-from tests.engine.test_chat import STORY, make_run
+from tests.helpers import STORY, make_chat_run
 
 ROOT = Path(__file__).resolve().parents[2]
 GREEDY = ["--temperature", "0", "--max-tokens", "30"]
@@ -22,7 +22,7 @@ GREEDY = ["--temperature", "0", "--max-tokens", "30"]
 
 @pytest.fixture(scope="module")
 def run_template(stories_path, tmp_path_factory) -> Path:
-    return make_run(
+    return make_chat_run(
         stories_path, tmp_path_factory.mktemp("runs") / "20260102-000000-cli-cd34", steps=(5,)
     )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine.distributed import Host, describe_lost_peer, read_hosts, write_hostfile
-from tests.engine.test_train import variable_chat_data
+from tests.helpers import variable_chat_data
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = shutil.which("mlx.launch") or str(Path(sys.executable).with_name("mlx.launch"))
@@ -52,16 +52,15 @@ def _events(stdout: str) -> list[dict]:
 
 
 def _env(home: Path) -> dict:
-    """Environment of a launched run: its own workspace and its own temp folder (rank scratch)."""
-    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    """Environment of a launched run: its own workspace (rank 1's scratch is under its tmp/).
+
+    Not its own TMPDIR: MLX's CPU backend builds each fused kernel of a compiled step with the
+    system C++ compiler and caches the library under $TMPDIR/mlx/; a fresh TMPDIR made each of the
+    three processes here compile ~30 kernels again (a stall of 80-190 s at step 5, the first
+    compiled step, on a loaded 2-core machine), where a user's runs share one cache.
+    """
     # Two ranks share this machine's cores: one BLAS thread each, or they fight over them.
-    env = dict(
-        os.environ,
-        LATHE_HOME=str(home),
-        PYTHONUNBUFFERED="1",
-        TMPDIR=str(home / "tmp"),
-        OPENBLAS_NUM_THREADS="1",
-    )
+    env = dict(os.environ, LATHE_HOME=str(home), PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1")
     env.pop("MLX_RANK", None)
     return env
 
@@ -100,9 +99,8 @@ def test_two_ranks_match_one_process_and_write_one_run_folder(tiny_chat_model, t
             *args,
         ],
         cwd=ROOT,
-        # The watchdog's default patience (60 s) is for real Macs; on a loaded 2-core CI machine
-        # two ranks plus evaluation can legitimately go quiet that long.
-        env={**_env(multi_home), "LATHE_PEER_TIMEOUT": "300"},
+        # With the watchdog's default patience (60 s): no step may look like a lost peer.
+        env=_env(multi_home),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -129,6 +127,7 @@ def test_two_ranks_match_one_process_and_write_one_run_folder(tiny_chat_model, t
     assert abs(val_one[0] - val_two[0]) < 1e-5
     assert max(abs(a - b) for a, b in zip(val_one, val_two)) < 5e-3, (val_one, val_two)
     assert len(list((multi_home / "runs").iterdir())) == 1
+    assert (multi_home / "tmp").is_dir()  # where rank 1 kept its scratch folder
     assert not list(
         (multi_home / "tmp").glob("lathe-rank1-*")
     )  # rank 1's scratch folder is removed

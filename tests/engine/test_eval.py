@@ -9,7 +9,7 @@ import pytest
 
 from engine import events
 from engine.runs import create_run
-from tests.engine.test_train import FACTS, completion_data, make_config, train_run, write_jsonl
+from tests.helpers import FACTS, completion_data, make_config, train_run, write_jsonl
 
 GOLDEN = [FACTS[0][0], "Once upon a time"]
 

@@ -8,12 +8,12 @@ import pytest
 
 from engine.export import ExportCancelled, ExportError, ExportJob, fuse
 from engine.templates import CHATML_TEMPLATE, DEFAULT_CHAT_TEMPLATE
-from tests.engine.test_export_support import make_run, quantized_copy
+from tests.helpers import make_export_run, quantized_copy
 
 
 @pytest.fixture(scope="module")
 def stories_run(tmp_path_factory, stories_path):
-    return make_run(
+    return make_export_run(
         stories_path,
         tmp_path_factory.mktemp("runs"),
         "stories",
@@ -26,7 +26,7 @@ def stories_run(tmp_path_factory, stories_path):
 def quantized_chat_run(tmp_path_factory, tiny_chat_model):
     root = tmp_path_factory.mktemp("q")
     base = quantized_copy(tiny_chat_model, root / "tiny-chat-4bit", bits=4, group_size=32)
-    return make_run(
+    return make_export_run(
         base, root / "runs", "tiny-q", template=CHATML_TEMPLATE, num_layers=2, scale=10.0
     )
 
@@ -142,7 +142,7 @@ def test_cli_fuse_json_and_errors(stories_run, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def stories_4bit(tmp_path_factory, stories_path):
-    from tests.engine.test_export_support import quantized_copy
+    from tests.helpers import quantized_copy
 
     return quantized_copy(stories_path, tmp_path_factory.mktemp("s4") / "stories-4bit")
 
@@ -153,9 +153,11 @@ def test_qlora_fuse_defaults_to_the_variant_that_answers_like_base_plus_adapter(
     """issue 22 item 7: fusing a QLoRA adapter whose re-quantized fuse answers differently from
     base + adapter writes the dequantized fuse by default, says why, and the written model agrees
     token for token; an adapter whose re-quantized fuse agrees keeps the base's 4-bit."""
-    from tests.engine.test_export_support import make_run
+    from tests.helpers import make_export_run
 
-    strong = make_run(stories_4bit, tmp_path / "runs", "strong", num_layers=5, std=0.5, scale=20.0)
+    strong = make_export_run(
+        stories_4bit, tmp_path / "runs", "strong", num_layers=5, std=0.5, scale=20.0
+    )
     result = fuse(str(strong), tmp_path / "strong-fused")
     assert result.probe is not None and not result.probe.all_agree, result.probe.summary()
     assert result.dequantized and "quantization" not in json.loads(
@@ -164,7 +166,7 @@ def test_qlora_fuse_defaults_to_the_variant_that_answers_like_base_plus_adapter(
     assert "Wrote the dequantized fuse" in result.choice and "--keep-quantized" in result.choice
     assert result.round_trip.required and result.round_trip.all_agree
 
-    quiet = make_run(stories_4bit, tmp_path / "runs", "quiet", num_layers=5, std=0.0)
+    quiet = make_export_run(stories_4bit, tmp_path / "runs", "quiet", num_layers=5, std=0.0)
     kept = fuse(str(quiet), tmp_path / "quiet-fused", check=False)
     assert kept.probe.all_agree and not kept.dequantized
     assert json.loads((kept.path / "config.json").read_text())["quantization"]["bits"] == 4

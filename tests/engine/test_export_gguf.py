@@ -8,12 +8,12 @@ import pytest
 from engine.export import ExportError, export_gguf
 from engine.models.gguf_reader import GgufFormatError, read_gguf
 from engine.templates import DEFAULT_CHAT_TEMPLATE
-from tests.engine.test_export_support import make_run
+from tests.helpers import make_export_run
 
 
 @pytest.fixture(scope="module")
 def stories_run(tmp_path_factory, stories_path):
-    return make_run(
+    return make_export_run(
         stories_path, tmp_path_factory.mktemp("runs"), "stories-g", template=DEFAULT_CHAT_TEMPLATE
     )
 

@@ -6,7 +6,7 @@ import pytest
 
 from engine.export import detect_style, export_ollama, modelfile
 from engine.templates import CHATML_TEMPLATE, DEFAULT_CHAT_TEMPLATE
-from tests.engine.test_export_support import make_run
+from tests.helpers import make_export_run
 
 LLAMA3_TEMPLATE = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}"
@@ -100,7 +100,7 @@ def test_unknown_template_leaves_the_gguf_template_in_charge():
 
 
 def test_ollama_folder_for_a_stories_run(stories_path, tmp_path):
-    run = make_run(stories_path, tmp_path / "runs", "story", template=DEFAULT_CHAT_TEMPLATE)
+    run = make_export_run(stories_path, tmp_path / "runs", "story", template=DEFAULT_CHAT_TEMPLATE)
     result = export_ollama(str(run), system="You tell short stories.")
     assert result.path == run / "exports" / "story-ollama"
     assert sorted(p.name for p in result.path.iterdir()) == [

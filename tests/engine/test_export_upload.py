@@ -6,14 +6,16 @@ import pytest
 
 from engine.export import ExportError, model_card, resolve_adapter, run_facts, upload
 from engine.export.card import hub_repo_id
-from tests.engine.test_export_support import make_run
+from tests.helpers import make_export_run
 
 
 @pytest.fixture
 def run(stories_path, tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text('{"text": "a"}\n{"text": "b"}\n\n{"text": "c"}\n')
-    return make_run(stories_path, tmp_path / "runs", "cardrun", template="{{ x }}", dataset=data)
+    return make_export_run(
+        stories_path, tmp_path / "runs", "cardrun", template="{{ x }}", dataset=data
+    )
 
 
 @pytest.fixture

@@ -19,32 +19,7 @@ import pytest
 from engine import events
 from engine.checkpoint import is_temp_name
 from engine.runs import create_run, load_run
-from tests.engine.test_train import make_config, variable_chat_data
-
-
-def config_for(model: Path, tmp_path: Path, **training):
-    data = variable_chat_data(tmp_path / "chat.jsonl", n=24)
-    cfg = make_config(
-        model,
-        data,
-        **{"iters": 20, "save_every": 5, "steps_per_report": 1, "steps_per_eval": 1000, **training},
-    )
-    cfg.data.max_seq_length = 64
-    return cfg
-
-
-def run_logged(cfg, run_dir: Path | None = None, resume: bool = False):
-    """Train as the worker does: events.jsonl plus a recorder for the test."""
-    from engine.train import run
-
-    run_dir = run_dir or create_run(cfg)
-    recorder = events.Recorder()
-    log = events.EventLog(run_dir / "events.jsonl")
-    try:
-        status = run(cfg, run_dir, events.Fanout([log, recorder]), resume=resume)
-    finally:
-        log.close()
-    return status, run_dir, recorder
+from tests.helpers import config_for, run_logged
 
 
 def assert_nothing_half_written(run_dir: Path) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from engine.checkpoint import is_temp_name
 from engine.runs import _pid_alive, load_run
-from tests.engine.test_train import variable_chat_data
+from tests.helpers import variable_chat_data
 
 pytestmark = pytest.mark.slow  # minutes of real training on the 2-core machine
 

@@ -11,7 +11,7 @@ import yaml
 
 from engine import cli
 from engine.config import ConfigError, RunConfig
-from tests.engine.test_train import make_config, train_run, variable_chat_data
+from tests.helpers import make_config, train_run, variable_chat_data
 
 ROOT = Path(__file__).resolve().parents[2]
 

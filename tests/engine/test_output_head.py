@@ -7,7 +7,7 @@ import pytest
 
 from engine.batching import collate, collate_packed
 from engine.trainer import masked_loss, output_head_supported, select_positions
-from tests.engine.test_packing import _examples
+from tests.helpers import mixed_examples
 
 
 def test_selected_positions_are_the_trained_ones_padded_with_an_untrained_one():
@@ -39,7 +39,7 @@ def test_loss_and_gradients_with_selected_outputs_equal_the_full_ones(which, req
     model, tok = mlx_lm.load(str(path))
     model.freeze()
     linear_to_lora_layers(model, len(model.layers), {"rank": 4, "dropout": 0.0, "scale": 10.0})
-    ex = _examples(tok)
+    ex = mixed_examples(tok)
     batch = collate_packed([ex[:3], ex[3:6], ex[6:]]) if which == "packed" else collate(ex)
     assert output_head_supported(model, ex[0].tokens)
     sel = select_positions(batch.weights)
@@ -93,7 +93,7 @@ def test_fused_output_layer_gives_the_full_loss_and_gradients_in_chunks(
     # Non-zero B matrices, so that every adapter matrix gets a gradient.
     model.update(_lora_b_random(model))
     assert trainer.head_frozen(model)
-    ex = _examples(tok)
+    ex = mixed_examples(tok)
     batch = collate_packed([ex[:3], ex[3:6], ex[6:]]) if which == "packed" else collate(ex)
     rows = batch.weights[:, 1:].size
     assert (
@@ -180,7 +180,7 @@ def test_a_run_uses_selected_outputs_and_compiles_large_batches_at_once(
     """Training with prompt masking takes the selected-output path and gives the same losses."""
     import engine.trainer as trainer
     from engine.train import compile_min_tokens
-    from tests.engine.test_faults import config_for, run_logged
+    from tests.helpers import config_for, run_logged
 
     assert compile_min_tokens() == 1024  # the CPU backend in tests
     seen = []

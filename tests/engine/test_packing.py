@@ -14,33 +14,7 @@ from engine.batching import (
     plan_epoch_budget,
     plan_epoch_packed,
 )
-from tests.engine.test_train import make_config, train_run, write_jsonl
-
-
-def _examples(tokenizer):
-    from engine.encode import Encoder
-
-    enc = Encoder(tokenizer, mask_prompt=True)
-    ex = [
-        enc.encode(
-            {"prompt": f"Question {i} about the fee{'!' * i}?", "completion": "Answer " * (i + 1)}
-        )
-        for i in range(6)
-    ]
-    ex.append(enc.encode({"text": "Once upon a time there was a cat."}))
-    ex.append(
-        enc.encode(
-            {
-                "messages": [
-                    {"role": "user", "content": "Hi"},
-                    {"role": "assistant", "content": "Hello."},
-                    {"role": "user", "content": "Bye"},
-                    {"role": "assistant", "content": "Bye!"},
-                ]
-            }
-        )
-    )
-    return ex
+from tests.helpers import make_config, mixed_examples, train_run, write_jsonl
 
 
 @pytest.mark.parametrize("which", ["stories", "qwen2"])
@@ -52,7 +26,7 @@ def test_packed_batch_loss_equals_the_loss_of_the_same_examples_unpacked(which, 
 
     path = request.getfixturevalue("stories_path" if which == "stories" else "tiny_qwen_model")
     model, tok = mlx_lm.load(str(path))
-    ex = _examples(tok)
+    ex = mixed_examples(tok)
     unpacked = collate(ex)
     packed = collate_packed([ex[:3], ex[3:6], ex[6:]])
     assert packed.tokens.shape[0] == 3 and packed.examples == len(ex)

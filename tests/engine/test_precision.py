@@ -132,7 +132,7 @@ def test_a_cpu_run_on_a_4bit_model_trains_in_float32_says_so_and_its_adapter_loa
     from engine.config import RunConfig
     from engine.runs import create_run
     from engine.train import run
-    from tests.engine.test_train import completion_data
+    from tests.helpers import completion_data
 
     if mx.default_device().type == mx.DeviceType.gpu:
         pytest.skip("checks the CPU backend's choice")

@@ -19,7 +19,7 @@ import pytest
 
 from engine import events
 from engine.runs import create_run, load_run
-from tests.engine.test_train import make_config, variable_chat_data
+from tests.helpers import make_config, variable_chat_data
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,12 +11,12 @@ import pytest
 
 from engine.export import ExportError, export_gguf, fuse
 from engine.templates import DEFAULT_CHAT_TEMPLATE
-from tests.engine.test_export_support import make_run
+from tests.helpers import make_export_run
 
 
 @pytest.fixture(scope="module")
 def stories_run(tmp_path_factory, stories_path):
-    return make_run(
+    return make_export_run(
         stories_path, tmp_path_factory.mktemp("runs"), "stories", template=DEFAULT_CHAT_TEMPLATE
     )
 
@@ -189,7 +189,7 @@ def test_a_second_worker_on_the_same_run_is_refused(stories_path, tmp_path, lath
 
     from engine.config import RunConfig
     from engine.runs import create_run, load_run
-    from tests.engine.test_train import variable_chat_data
+    from tests.helpers import variable_chat_data
 
     cfg = RunConfig()
     cfg.model.path = str(stories_path)
@@ -336,7 +336,7 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_loads(stories_path, tmp
     error. Resume now passes over it, says so in a warning event, continues from the newest
     checkpoint that reads back whole, and writes the damaged step again."""
     from engine.models.info import check_safetensors
-    from tests.engine.test_faults import config_for, run_logged
+    from tests.helpers import config_for, run_logged
 
     cfg = config_for(stories_path, tmp_path, iters=4, save_every=2)
     status, run_dir, _ = run_logged(cfg)
@@ -402,7 +402,7 @@ def test_a_torn_multibyte_character_in_events_does_not_break_eval(stories_path, 
     from engine.cli import main
     from engine.events import read_log
 
-    run = make_run(stories_path, tmp_path / "runs", "torn", checkpoint_steps=(10, 20))
+    run = make_export_run(stories_path, tmp_path / "runs", "torn", checkpoint_steps=(10, 20))
     log = run / "events.jsonl"
     evals = [
         {"event": "eval", "time": 2.5, "step": s, "val_loss": v} for s, v in ((10, 1.4), (20, 1.6))

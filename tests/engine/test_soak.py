@@ -11,7 +11,7 @@ import pytest
 
 from engine import events
 from engine.runs import create_run, load_run
-from tests.engine.test_train import make_config, variable_chat_data
+from tests.helpers import make_config, variable_chat_data
 
 pytestmark = pytest.mark.slow  # minutes of real training on the 2-core machine
 

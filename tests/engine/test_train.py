@@ -3,83 +3,21 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from engine import events
 from engine.config import RunConfig
-from engine.runs import create_run, load_run
-
-FACTS = [
-    ("What color is the sky?", "The sky is blue."),
-    ("What do cats say?", "Cats say meow."),
-    ("Where do fish live?", "Fish live in water."),
-    ("What is the fee?", "The fee is five euros."),
-]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def completion_data(folder: Path, copies: int = 6) -> Path:
-    rows = [{"prompt": q, "completion": a} for q, a in FACTS] * copies
-    write_jsonl(folder / "train.jsonl", rows)
-    write_jsonl(folder / "valid.jsonl", [{"prompt": q, "completion": a} for q, a in FACTS])
-    return folder
-
-
-def variable_chat_data(path: Path, n: int = 160, seed: int = 0) -> Path:
-    """Chat examples whose lengths vary widely (3 to ~120 words), like real support data."""
-    rng = random.Random(seed)
-    words = "account fee transfer card bank money day euro branch limit app help".split()
-    rows = []
-    for _ in range(n):
-        q = " ".join(rng.choice(words) for _ in range(rng.randint(3, 20))) + "?"
-        a = " ".join(rng.choice(words) for _ in range(int(rng.expovariate(1 / 30)) + 3)) + "."
-        rows.append(
-            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-        )
-    return write_jsonl(path, rows)
-
-
-def make_config(model: Path, data: Path, **training) -> RunConfig:
-    cfg = RunConfig()
-    cfg.model.path = str(model)
-    cfg.data.path = str(data)
-    cfg.data.max_seq_length = 256
-    cfg.lora.num_layers = -1
-    cfg.training.batch_size = 4
-    cfg.training.learning_rate = 1e-3
-    cfg.training.steps_per_report = 5
-    cfg.training.steps_per_eval = 10
-    cfg.training.save_every = 10
-    cfg.training.report_utilisation = False  # ~0.5 s per run; tested once below
-    cfg.training.general_check = False  # ~1 s per run on the tiny chat model; see test_eval.py
-    for key, value in training.items():
-        setattr(cfg.training, key, value)
-    return cfg
-
-
-def train_run(cfg: RunConfig, resume_dir: Path | None = None, stop_after: int | None = None):
-    from engine.train import run
-
-    recorder = events.Recorder()
-    run_dir = resume_dir or create_run(cfg)
-    calls = {"n": 0}
-
-    def should_stop():
-        calls["n"] += 1
-        return stop_after is not None and calls["n"] > stop_after
-
-    status = run(cfg, run_dir, recorder, should_stop=should_stop, resume=resume_dir is not None)
-    return status, run_dir, recorder
-
+from engine.runs import load_run
+from tests.helpers import (
+    FACTS,
+    completion_data,
+    make_config,
+    train_run,
+    variable_chat_data,
+    write_jsonl,
+)
 
 # ---------------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine import events
-from tests.engine.test_train import variable_chat_data
+from tests.helpers import variable_chat_data
 
 ROOT = Path(__file__).resolve().parents[2]
 
