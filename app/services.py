@@ -280,16 +280,23 @@ def run_rows() -> list[RunRow]:
     return rows
 
 
-def run_details(path: Path) -> tuple[str, list[dict]]:
-    """(config YAML, events) of one run."""
-    from engine.events import read_log
-
+def run_details(path: Path, smoothing: float = 0.0):
+    """(config YAML, loss curves) of one run: app.chart.curves_of of its events.jsonl, built here
+    on a worker thread (a long run's log is large) so the window only swaps them in."""
     path = Path(path)
     try:
         text = (path / "config.yaml").read_text(encoding="utf-8")
     except OSError as exc:
         text = f"# config.yaml cannot be read: {exc}"
-    return text, read_log(path / "events.jsonl")
+    return text, run_curves(path, smoothing)
+
+
+def run_curves(path: Path, smoothing: float):
+    """A run's loss curves so far (app.chart.curves_of of its events.jsonl)."""
+    from app.chart import curves_of
+    from engine.events import read_log
+
+    return curves_of(read_log(Path(path) / "events.jsonl"), smoothing)
 
 
 def delete_run(path: Path) -> None:

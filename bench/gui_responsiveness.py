@@ -100,6 +100,7 @@ class StallProbe:
         self.cpu: list[float] = []  # GUI-thread CPU time used within each gap
         self.label = ""  # what the app is doing now (a journey step); stalls are kept per label
         self.worst: dict[str, float] = {}  # label -> longest gap (s)
+        self.worst_cpu: dict[str, float] = {}  # label -> GUI-thread CPU time within that gap (s)
 
     def start(self) -> None:
         self.last = time.perf_counter()
@@ -113,7 +114,9 @@ class StallProbe:
         now, cpu = time.perf_counter(), time.thread_time()
         self.gaps.append(now - self.last)
         self.cpu.append(cpu - self.last_cpu)
-        self.worst[self.label] = max(self.worst.get(self.label, 0.0), now - self.last)
+        if now - self.last > self.worst.get(self.label, 0.0):
+            self.worst[self.label] = now - self.last
+            self.worst_cpu[self.label] = cpu - self.last_cpu
         self.last, self.last_cpu = now, cpu
 
     @property
@@ -331,6 +334,7 @@ def print_journey(j: dict) -> bool:
         return True
     st = j["stall"]
     worst = sorted(st["worst_by_step_ms"].items(), key=lambda kv: -kv[1])[:3]
+    cpu = st.get("worst_gap_cpu_by_step_ms") or {}
     load = j["load_before"] or [float("nan")]
     print(
         f"journey in a real window (Xvfb + openbox, {len(j['steps_done'])} steps, "
@@ -338,7 +342,10 @@ def print_journey(j: dict) -> bool:
         f"window's first paint {j['window_appeared_s']:.2f} s after launch (target < 1.5 s); "
         f"max GUI stall {st['max_ms']:.0f} ms, p99 {st['p99_ms']:.0f} ms, longest GUI-thread work "
         f"in one gap {st['max_busy_ms']:.0f} ms (target < 100 ms); worst steps "
-        + ", ".join(f"{k} {v:.0f} ms" for k, v in worst)
+        + ", ".join(
+            f"{k} {v:.0f} ms" + (f" ({cpu[k]:.0f} ms of it GUI-thread work)" if k in cpu else "")
+            for k, v in worst
+        )
         + f"; {j['page_violations']} moments with other than one page visible; "
         f"load average {load[0]:.1f} before, {(j['load_after'] or [float('nan')])[0]:.1f} after, "
         f"on {j['cpu_count']} cores"

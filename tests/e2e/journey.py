@@ -258,6 +258,11 @@ class Journey:
                 k: round(max(0.0, v - self.probe.interval) * 1000, 1)
                 for k, v in self.probe.worst.items()
             },
+            # The GUI thread's own CPU time within each step's longest gap: near the gap, the
+            # app's work; far below it, the OS ran other processes (a loaded machine).
+            "worst_gap_cpu_by_step_ms": {
+                k: round(v * 1000, 1) for k, v in self.probe.worst_cpu.items()
+            },
         }
         if self.sampler is not None:
             self.obs["stall_stacks"] = self.sampler.report()
