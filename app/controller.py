@@ -24,6 +24,7 @@ COMPLETED, STOPPED, FAILED, INTERRUPTED = "completed", "stopped", "failed", "int
 STOP_WAIT_MS = 60_000  # how long a requested stop may take (a checkpoint of a big adapter)
 TERMINATE_WAIT_MS = 5_000  # after SIGTERM (the worker checkpoints on it too), before SIGKILL
 LOG_TAIL = 200
+WORKER_NICE = 5  # workers' CPU priority below the window's (nice increment)
 READ_CHUNK = 64 * 1024
 
 
@@ -47,12 +48,16 @@ def engine_command(*args: str, python: str | None = None) -> tuple[str, list[str
 
 def worker_env(base: dict[str, str]) -> dict[str, str]:
     """The environment of an engine worker process, from `base` (the app's): unbuffered UTF-8
-    output, and OpenBLAS preloaded for MLX's CPU backend on Linux."""
+    output, a lower CPU priority than the window, and OpenBLAS preloaded for MLX's CPU backend on
+    Linux."""
     from engine.platform import should_reexec_with_openblas
 
     env = dict(base)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
+    # Below the window's CPU priority (engine.cli.lower_priority): the window stays responsive
+    # while a worker keeps the cores busy.
+    env.setdefault("LATHE_WORKER_NICE", str(WORKER_NICE))
     blas = should_reexec_with_openblas(env)
     if blas is not None:
         env["LD_PRELOAD"] = f"{blas} {env.get('LD_PRELOAD', '')}".strip()
