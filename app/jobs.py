@@ -1,13 +1,16 @@
-"""JobController: one engine command (evaluation, export, quantization) in a worker process.
+"""JobController: one engine command (evaluation, export, quantization, dataset import, token
+view) in a worker process.
 
 MLX never runs in the window's process (DESIGN.md): a Metal abort while fusing a big model ends
-the worker, not the window. A job starts `lathe-engine COMMAND ... --json` with QProcess, the way
-the training controller starts its worker (app.controller.engine_command, prepare_worker), reads
-stdout in one place and re-emits it as signals:
+the worker, not the window; nor does the tokenizer, whose first loading holds Python's GIL (a
+window stall). A job starts `lathe-engine COMMAND ... --json` with the QProcess the training
+controller's worker gets too (app.controller.engine_command, worker_process), reads stdout in one
+place and re-emits it as signals:
 
 - `{"progress": {...}}` lines (commands with `--progress`) -> sig_progress(dict)
 - the final JSON document                                   -> sig_finished(result)
-- `{"error": {kind, message, hint}}` (engine/cli.py)        -> sig_failed(message, hint)
+- `{"error": {kind, message, hint}}` (engine/cli.py)        -> sig_failed(message, hint), in
+                                                              the window's words (app.wording)
 - an exit without either (killed, crashed)                  -> sig_failed naming the exit
 - an exit after cancel()                                    -> sig_cancelled
 

@@ -77,6 +77,7 @@ def fit_estimate(model_ref: str, cfg: RunConfig, budget_bytes: int | None = None
 
 
 _LENGTHS: dict = {}
+LENGTHS_KEPT = 4  # a few settings of one dataset (max length tried back and forth) stay cheap
 _LENGTHS_LOCK = threading.Lock()
 
 
@@ -110,7 +111,8 @@ def data_lengths(model_dir: Path, cfg: RunConfig) -> list[int] | None:
             lengths = worker_lengths(cfg, model_dir)
             if lengths is None:
                 return None
-            _LENGTHS.clear()  # one dataset at a time is enough
+            while len(_LENGTHS) >= LENGTHS_KEPT:  # the oldest goes first (dicts keep order)
+                del _LENGTHS[next(iter(_LENGTHS))]
             _LENGTHS[key] = lengths
         return _LENGTHS[key]
 

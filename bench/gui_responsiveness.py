@@ -10,9 +10,9 @@ and how fast does it appear?
 3. Stall under a firehose: a small script replays that run's real events.jsonl to stdout as fast
    as it can, parsed by the same TrainingController and drawn by the same Train page.
 
-4. A large import: a generated JSONL of --import-mb MB is imported on the Data page (a worker
-   thread) for --import-seconds, then cancelled; the same probe measures the stall, and the time
-   Cancel takes is reported.
+4. A large import: a generated JSONL of --import-mb MB is imported on the Data page (in a worker
+   process, `lathe-engine data import --progress`) for --import-seconds, then cancelled; the same
+   probe measures the stall, and the time Cancel takes is reported.
 5. The first-hour journey (--journey, or --journey-only): tests/e2e/journey.py drives a new
    user's journey (Welcome, demo, drop the sample, train, stop, resume, Runs, Chat compare,
    export twice) in a real window on a private Xvfb + openbox; reported: launch to the window's
@@ -241,7 +241,7 @@ def run_window(args) -> dict:
         "gc_pause_ms": gcw.longest * 1000,
         "paints": page.chart.paints - paints_before,
     }
-    # 4. a large dataset import on the Data page (worker thread), cancelled after a while
+    # 4. a large dataset import on the Data page (worker process), cancelled after a while
     if args.import_mb > 0:
         big = Path(os.environ["LATHE_HOME"]) / "big.jsonl"
         line = {
