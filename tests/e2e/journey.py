@@ -263,6 +263,13 @@ class Journey:
             "worst_gap_cpu_by_step_ms": {
                 k: round(v * 1000, 1) for k, v in self.probe.worst_cpu.items()
             },
+            # Linux: each gap without the time the ready GUI thread waited for a core (the OS ran
+            # other processes): the stall the app itself caused, whatever the machine's load.
+            "max_own_ms": self.probe.max_own_stall_ms,
+            "worst_own_by_step_ms": {
+                k: round(max(0.0, v - self.probe.interval) * 1000, 1)
+                for k, v in self.probe.worst_own.items()
+            },
         }
         if self.sampler is not None:
             self.obs["stall_stacks"] = self.sampler.report()
