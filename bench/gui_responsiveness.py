@@ -371,6 +371,7 @@ def print_journey(j: dict) -> bool:
     worst = sorted(st["worst_by_step_ms"].items(), key=lambda kv: -kv[1])[:3]
     cpu = st.get("worst_gap_cpu_by_step_ms") or {}
     own = st.get("max_own_ms")
+    own_by = st.get("worst_own_by_step_ms") or {}
     load = j["load_before"] or [float("nan")]
     print(
         f"journey in a real window (Xvfb + openbox, {len(j['steps_done'])} steps, "
@@ -388,7 +389,9 @@ def print_journey(j: dict) -> bool:
         )
         + " (target < 100 ms); worst steps "
         + ", ".join(
-            f"{k} {v:.0f} ms" + (f" ({cpu[k]:.0f} ms of it GUI-thread work)" if k in cpu else "")
+            f"{k} {v:.0f} ms"
+            + (f" ({cpu[k]:.0f} ms of it GUI-thread work" if k in cpu else " (")
+            + (f", {own_by[k]:.0f} ms without core waits)" if k in own_by else ")")
             for k, v in worst
         )
         + f"; {j['page_violations']} moments with other than one page visible; "
