@@ -115,6 +115,35 @@ def downsample(xs: list[float], ys: list[float], buckets: int, mode: str = "enve
     return out_x, out_y
 
 
+def curves_of(events: list[dict], smoothing: float) -> tuple[Series, Series, int]:
+    """(train, validation, total steps) of a run's events, as the chart draws them: later values of
+    a repeated step (a resume) replace the earlier ones. Plain Python, no Qt: a worker thread
+    builds them for a long run's events.jsonl."""
+    train, valid, total = Series(smoothing), Series(0.0), 0
+    for e in events:
+        kind = e.get("event")
+        if kind == "progress":
+            _add_point(train, e.get("step", 0), e.get("train_loss"))
+            total = int(e.get("total") or total)
+        elif kind == "eval":
+            _add_point(valid, e.get("step", 0), e.get("val_loss"))
+        elif kind == "started":
+            total = int(e.get("total_steps") or 0)
+    return train, valid, total
+
+
+def _add_point(series: Series, step: float, loss: float | None) -> bool:
+    """Append (step, loss) when loss is a finite number; True when it was added."""
+    if loss is None or not math.isfinite(loss):
+        return False
+    if len(series) and float(step) <= series.xs[-1]:
+        # A resumed run goes back to its checkpoint (or to step 0): the later values of those
+        # steps replace the earlier ones, so the line never zig-zags back in time.
+        series.drop_from(float(step))
+    series.append(float(step), float(loss))
+    return True
+
+
 class LossChartWidget(QWidget):
     """Loss curves with smoothing, a log-scale option and a hover read-out."""
 
@@ -154,28 +183,28 @@ class LossChartWidget(QWidget):
         self._add(self.valid, step, loss)
 
     def _add(self, series: Series, step: float, loss: float | None) -> None:
-        if loss is None or not math.isfinite(loss):
-            return
-        if len(series) and float(step) <= series.xs[-1]:
-            # A resumed run goes back to its checkpoint (or to step 0): the later values of those
-            # steps replace the earlier ones, so the line never zig-zags back in time.
-            series.drop_from(float(step))
-        series.append(float(step), float(loss))
-        self._dirty = True
+        if _add_point(series, step, loss):
+            self._dirty = True
 
     def load_events(self, events: list[dict]) -> None:
         """Replace the curves with those of a run's events.jsonl."""
         self.clear()
-        for e in events:
-            kind = e.get("event")
-            if kind == "progress":
-                self.add_train(e.get("step", 0), e.get("train_loss"))
-                self.total_steps = int(e.get("total") or self.total_steps)
-            elif kind == "eval":
-                self.add_valid(e.get("step", 0), e.get("val_loss"))
-            elif kind == "started":
-                self.total_steps = int(e.get("total_steps") or 0)
+        self.train, self.valid, self.total_steps = curves_of(events, self.smoothing)
         self.update()
+
+    def merge_history(self, history: tuple[Series, Series, int]) -> None:
+        """Put a run's earlier curve (`curves_of`, built off the GUI thread) before the points
+        that arrived since: a resumed run's worker may already be reporting when it is ready.
+        The newer points win where the two overlap (a resume repeats steps after its checkpoint)."""
+        train, valid, total = history
+        for old, new in ((train, self.train), (valid, self.valid)):
+            if len(new):
+                old.drop_from(new.xs[0])
+                for x, y in zip(new.xs, new.ys):
+                    old.append(x, y)
+        self.train, self.valid = train, valid
+        self.total_steps = self.total_steps or total
+        self._dirty = True
 
     def set_smoothing(self, weight: float) -> None:
         self.smoothing = max(0.0, min(0.99, weight))

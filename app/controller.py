@@ -24,6 +24,7 @@ COMPLETED, STOPPED, FAILED, INTERRUPTED = "completed", "stopped", "failed", "int
 STOP_WAIT_MS = 60_000  # how long a requested stop may take (a checkpoint of a big adapter)
 TERMINATE_WAIT_MS = 5_000  # after SIGTERM (the worker checkpoints on it too), before SIGKILL
 LOG_TAIL = 200
+WORKER_NICE = 5  # workers' CPU priority below the window's (nice increment)
 READ_CHUNK = 64 * 1024
 
 
@@ -45,25 +46,55 @@ def engine_command(*args: str, python: str | None = None) -> tuple[str, list[str
     return python, [*engine, *args]
 
 
-def prepare_worker(proc: QProcess) -> None:
-    """Environment and working folder of an engine worker process (training and every job):
-    unbuffered UTF-8 output, and OpenBLAS preloaded for MLX's CPU backend on Linux."""
+def worker_env(base: dict[str, str]) -> dict[str, str]:
+    """The environment of an engine worker process, from `base` (the app's): unbuffered UTF-8
+    output, a lower CPU priority than the window, and OpenBLAS preloaded for MLX's CPU backend on
+    Linux."""
     from engine.platform import should_reexec_with_openblas
 
-    env = QProcessEnvironment.systemEnvironment()
-    env.insert("PYTHONUNBUFFERED", "1")
-    env.insert("PYTHONIOENCODING", "utf-8")
-    current = {k: env.value(k) for k in env.keys()}
-    blas = should_reexec_with_openblas(current)
+    env = dict(base)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    # Below the window's CPU priority (engine.cli.lower_priority): the window stays responsive
+    # while a worker keeps the cores busy.
+    env.setdefault("LATHE_WORKER_NICE", str(WORKER_NICE))
+    blas = should_reexec_with_openblas(env)
     if blas is not None:
-        preload = current.get("LD_PRELOAD", "")
-        env.insert("LD_PRELOAD", f"{blas} {preload}".strip())
-        env.insert("LATHE_OPENBLAS_TRIED", "1")
-    proc.setProcessEnvironment(env)
+        env["LD_PRELOAD"] = f"{blas} {env.get('LD_PRELOAD', '')}".strip()
+        env["LATHE_OPENBLAS_TRIED"] = "1"
+    return env
+
+
+def worker_cwd() -> str | None:
+    """The working folder of a worker run from source (the repository root), else None."""
     root = Path(__file__).resolve().parents[1]
-    if (root / "engine").is_dir():
-        proc.setWorkingDirectory(str(root))
+    return str(root) if (root / "engine").is_dir() else None
+
+
+def prepare_worker(proc: QProcess) -> None:
+    """Environment and working folder of an engine worker process (training and every job)."""
+    system = QProcessEnvironment.systemEnvironment()
+    env = QProcessEnvironment()
+    for key, value in worker_env({k: system.value(k) for k in system.keys()}).items():
+        env.insert(key, value)
+    proc.setProcessEnvironment(env)
+    if worker_cwd():
+        proc.setWorkingDirectory(worker_cwd())
     proc.setProcessChannelMode(QProcess.ProcessChannelMode.SeparateChannels)
+
+
+def worker_process(owner: QObject, *, stdout, stderr, finished, error, started) -> QProcess:
+    """A QProcess for an engine worker (prepare_worker's environment) with its signals connected:
+    the one place the training controller and every job (app.jobs) make their processes. The
+    caller keeps it, then calls start(program, args)."""
+    proc = QProcess(owner)
+    prepare_worker(proc)
+    proc.readyReadStandardOutput.connect(stdout)
+    proc.readyReadStandardError.connect(stderr)
+    proc.finished.connect(finished)
+    proc.errorOccurred.connect(error)
+    proc.started.connect(started)
+    return proc
 
 
 HOSTS_FILE = "hosts.yaml"  # in a run folder: the Macs a multi-Mac run trains across
@@ -210,17 +241,17 @@ class TrainingController(QObject):
         self.tail.clear()
         self.events_seen = 0
         self._buffer = b""
-        proc = QProcess(self)
-        prepare_worker(proc)
-        proc.readyReadStandardOutput.connect(self._on_process_stdout)
-        proc.readyReadStandardError.connect(self._on_process_stderr)
-        proc.finished.connect(self._on_process_finished)
-        proc.errorOccurred.connect(self._on_process_error)
-        proc.started.connect(self._on_process_started)
-        self.process = proc
         self.command = [program, *args]
         self._set_state(STARTING)
-        proc.start(program, args)
+        self.process = worker_process(
+            self,
+            stdout=self._on_process_stdout,
+            stderr=self._on_process_stderr,
+            finished=self._on_process_finished,
+            error=self._on_process_error,
+            started=self._on_process_started,
+        )
+        self.process.start(program, args)
 
     def _on_process_started(self) -> None:
         if self.state == STARTING:

@@ -1,8 +1,11 @@
-"""Dataset import for the Data page, on a worker thread: progress, cancel, the record of a problem.
+"""Dataset import for the Data page: the engine's command line, run in a worker process.
 
-Builds on engine.data (import_dataset, token_view). Progress and cancellation come from wrapping
-the engine's token counter: every example passes through it, so the wrapper can count examples
-and stop the pass (TaskCancelled) without any change to the engine's streaming code.
+The import (`lathe-engine data import ... --json --progress`) and the token view (`data show ...
+--json`) load the tokenizer (transformers, tokenizers, jinja2): native modules whose first import
+holds Python's GIL for long stretches, so they run in a process of their own through
+app.jobs.JobController, never in the window's process (issue 17: a 309 ms stall at the drop).
+This module builds their command lines, turns their JSON back into the engine's objects, and reads
+the record behind a problem (plain file reading, fast enough for the GUI thread).
 """
 
 from __future__ import annotations
@@ -10,145 +13,63 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
 import re
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
-
-from app.tasks import TaskCancelled
-
-TEXT_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt", ".md")
+from types import SimpleNamespace
 
 
-@dataclass
-class ImportProgress:
-    examples: int
-    estimate: int  # estimated records (lines), 0 when unknown
-    stage: str
-
-    @property
-    def fraction(self) -> float | None:
-        if not self.estimate:
-            return None
-        return min(0.99, self.examples / self.estimate)
-
-
-def estimate_records(path: Path, cancel: threading.Event | None = None) -> int:
-    """Newlines in the dataset's text files: about one record per line for JSONL/CSV."""
-    files = (
-        [path]
-        if path.is_file()
-        else [p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES]
-    )
-    total = 0
-    for f in files:
-        if f.suffix.lower() not in TEXT_SUFFIXES:
-            continue
-        try:
-            with open(f, "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    total += chunk.count(b"\n")
-                    if cancel is not None and cancel.is_set():
-                        raise TaskCancelled()
-        except OSError:
-            continue
-    return total
-
-
-class WatchedCounter:
-    """A TokenCounter stand-in that reports each example read and stops when cancelled."""
-
-    def __init__(self, inner, on_example, cancel: threading.Event):
-        self.inner = inner
-        self.on_example = on_example
-        self.cancel = cancel
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def measure(self, examples, log, *args, **kwargs):
-        return self.inner.measure(self._watch(examples), log, *args, **kwargs)
-
-    def _watch(self, examples):
-        last = 0.0
-        for n, ex in enumerate(examples, 1):
-            if self.cancel.is_set():
-                raise TaskCancelled()
-            now = time.monotonic()
-            if now - last > 0.1:
-                last = now
-                self.on_example(n)
-            yield ex
-
-
-def reference_model(preferred: str | None) -> Path:
-    """The model whose tokenizer measures token lengths: the Train page's model when it is a
-    local folder, else the demo model (built on first use, as the engine's demo does)."""
-    if preferred and Path(preferred).expanduser().is_dir():
-        return Path(preferred).expanduser()
-    if preferred:
-        try:
-            from engine.models import resolve
-
-            return resolve(preferred)
-        except Exception:  # noqa: BLE001 - not available offline: fall back to the demo model
-            pass
-    from app.services import demo_config, demo_model_path
-
-    path = demo_model_path()
-    if path is None:
-        cfg, _ = demo_config()
-        path = Path(cfg.model.path)
-    return path
-
-
-def run_import(
-    path: str,
+def import_args(
+    path: str | Path,
     fmt: str | None = None,
     mapping: dict | None = None,
     model: str | None = None,
     max_seq_length: int = 2048,
-    batch_size: int = 4,
-    mask_prompt: bool = True,
-    progress=None,
-    cancel: threading.Event | None = None,
     fill: dict | None = None,
-):
-    """Import `path` into the workspace with a token report; returns (Report, model path).
-    `fill` gives values for `{{word}}` placeholders (as `data import --set word=value`)."""
-    from engine.data import Options, TokenSettings, import_dataset
-    from engine.data.pipeline import IMPORT_TEST_FRACTION, IMPORT_TEST_MIN_EXAMPLES
-    from engine.data.tokens import TokenCounter
+) -> list[str]:
+    """`data import` arguments for the Data page: the dataset, measured with `model` (the Train
+    page's) or the demo model when that is not on this Mac, with progress lines on stdout."""
+    args = ["data", "import", str(path), "--or-demo-model", "--progress"]
+    args += ["--max-seq-length", str(int(max_seq_length))]
+    if model:
+        args += ["--model", str(model)]
+    if fmt:
+        args += ["--format", fmt]
+    if mapping:
+        # JSON, so that column names with commas or "=" survive (engine parse_mapping reads it).
+        args += ["--map", json.dumps(mapping, ensure_ascii=False)]
+    for word, value in (fill or {}).items():
+        args += ["--set", f"{word}={value}"]
+    return args
 
-    cancel = cancel or threading.Event()
-    source = Path(path).expanduser()
-    emit = progress or (lambda _p: None)
-    emit(ImportProgress(0, 0, "Counting records…"))
-    estimate = estimate_records(source, cancel) if source.exists() else 0
-    emit(ImportProgress(0, estimate, "Loading the tokenizer…"))
-    model_dir = reference_model(model)
-    if cancel.is_set():
-        raise TaskCancelled()
-    options = Options(
-        format=fmt or None,
-        mapping=mapping or {},
-        fill=fill or {},
-        test_fraction=IMPORT_TEST_FRACTION,  # held out, so evaluation scores unseen examples
-        test_min_examples=IMPORT_TEST_MIN_EXAMPLES,
-    )
-    tokens = TokenSettings(
-        str(model_dir),
-        max_seq_length=max_seq_length,
-        batch_size=batch_size,
-        mask_prompt=mask_prompt,
-    )
-    counter = TokenCounter(str(model_dir), max_seq_length=max_seq_length, mask_prompt=mask_prompt)
-    watched = WatchedCounter(
-        counter, lambda n: emit(ImportProgress(n, estimate, "Reading examples…")), cancel
-    )
-    report = import_dataset(source, options, tokens=tokens, counter=watched)
-    return report, model_dir
+
+def report_from_json(data: dict):
+    """The engine's Report from `data import --json` output."""
+    from engine.data.report import Report
+
+    return Report.from_dict(data)
+
+
+def token_view_args(dataset: str | Path, model: str | Path, index: int, max_seq_length: int):
+    """`data show` arguments: one example of an imported dataset, token by token."""
+    return [
+        "data",
+        "show",
+        str(dataset),
+        "--model",
+        str(model),
+        "--index",
+        str(int(index)),
+        "--max-seq-length",
+        str(int(max_seq_length)),
+    ]
+
+
+def token_view_from_json(data: dict):
+    """`data show --json` output as an object with the TokenView's attributes (pieces too)."""
+    view = SimpleNamespace(**data)
+    view.pieces = [SimpleNamespace(**p) for p in data.get("pieces") or []]
+    return view
 
 
 _WHERE = re.compile(r"^(?P<file>.+?), line (?P<line>\d+)")
@@ -201,11 +122,3 @@ def csv_columns(path: str | Path) -> list[str]:
         ]
     except StopIteration:
         return []
-
-
-def token_view_of(
-    dataset: str, model: str, index: int, max_seq_length: int = 2048, mask_prompt: bool = True
-):
-    from engine.data import token_view
-
-    return token_view(dataset, model, index, max_seq_length=max_seq_length, mask_prompt=mask_prompt)

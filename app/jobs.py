@@ -1,13 +1,16 @@
-"""JobController: one engine command (evaluation, export, quantization) in a worker process.
+"""JobController: one engine command (evaluation, export, quantization, dataset import, token
+view) in a worker process.
 
 MLX never runs in the window's process (DESIGN.md): a Metal abort while fusing a big model ends
-the worker, not the window. A job starts `lathe-engine COMMAND ... --json` with QProcess, the way
-the training controller starts its worker (app.controller.engine_command, prepare_worker), reads
-stdout in one place and re-emits it as signals:
+the worker, not the window; nor does the tokenizer, whose first loading holds Python's GIL (a
+window stall). A job starts `lathe-engine COMMAND ... --json` with the QProcess the training
+controller's worker gets too (app.controller.engine_command, worker_process), reads stdout in one
+place and re-emits it as signals:
 
 - `{"progress": {...}}` lines (commands with `--progress`) -> sig_progress(dict)
 - the final JSON document                                   -> sig_finished(result)
-- `{"error": {kind, message, hint}}` (engine/cli.py)        -> sig_failed(message, hint)
+- `{"error": {kind, message, hint}}` (engine/cli.py)        -> sig_failed(message, hint), in
+                                                              the window's words (app.wording)
 - an exit without either (killed, crashed)                  -> sig_failed naming the exit
 - an exit after cancel()                                    -> sig_cancelled
 
@@ -25,7 +28,7 @@ from collections import deque
 
 from PySide6.QtCore import QObject, QProcess, QTimer, Signal
 
-from app.controller import READ_CHUNK, engine_command, prepare_worker
+from app.controller import READ_CHUNK, engine_command, worker_process
 
 CANCEL_WAIT_MS = 10_000  # how long a cancelled job may take to stop on its own
 TERMINATE_WAIT_MS = 3_000  # after SIGTERM, before SIGKILL
@@ -53,6 +56,18 @@ def describe_exit(what: str, exit_code: int, crashed: bool, stderr: list[str]) -
     if lines:
         text += "\nLast output:\n" + "\n".join(lines)
     return text
+
+
+def engine_error_words(err: dict) -> tuple[str, str]:
+    """(message, hint) of an engine's `{"error": ...}` in the window's words (app.wording), as a
+    failed Task says it; an unexpected error (kind "internal") says it is a bug."""
+    from app.wording import in_window_words
+
+    message, hint = str(err.get("message", "")), str(err.get("hint", ""))
+    if err.get("kind") == "internal":
+        message = message.replace("; set LATHE_DEBUG=1 for the full traceback", "")
+        hint = hint or "This is a bug in Lathe; please report it with the steps that led here."
+    return in_window_words(message, hint)
 
 
 class JobController(QObject):
@@ -101,16 +116,16 @@ class JobController(QObject):
         self.stderr.clear()
         self._cancelling = False
         self._escalation = 0
-        proc = QProcess(self)
-        prepare_worker(proc)
-        proc.readyReadStandardOutput.connect(self._on_stdout)
-        proc.readyReadStandardError.connect(self._on_stderr)
-        proc.finished.connect(self._on_finished)
-        proc.errorOccurred.connect(self._on_error)
-        proc.started.connect(self._on_started)
-        self.process = proc
         self.command = [program, *args]
-        proc.start(program, args)
+        self.process = worker_process(
+            self,
+            stdout=self._on_stdout,
+            stderr=self._on_stderr,
+            finished=self._on_finished,
+            error=self._on_error,
+            started=self._on_started,
+        )
+        self.process.start(program, args)
 
     def cancel(self) -> None:
         """Ask the worker to stop (SIGINT); terminate, then kill, if it does not in time."""
@@ -188,8 +203,7 @@ class JobController(QObject):
         if self._cancelling:
             self._end(self.sig_cancelled)
         elif isinstance(result, dict) and isinstance(result.get("error"), dict):
-            err = result["error"]
-            self._end(self.sig_failed, str(err.get("message", "")), str(err.get("hint", "")))
+            self._end(self.sig_failed, *engine_error_words(result["error"]))
         elif result is not None and exit_code == 0 and not crashed:
             self._end(self.sig_finished, result)
         else:

@@ -77,14 +77,13 @@ def fit_estimate(model_ref: str, cfg: RunConfig, budget_bytes: int | None = None
 
 
 _LENGTHS: dict = {}
+LENGTHS_KEPT = 4  # a few settings of one dataset (max length tried back and forth) stay cheap
+_LENGTHS_LOCK = threading.Lock()
 
 
 def data_lengths(model_dir: Path, cfg: RunConfig) -> list[int] | None:
     """The training examples' token lengths for the estimate (None when the data can't be read);
     remembered per dataset, model and encoding settings, so settings changes stay cheap."""
-    from engine.errors import LatheError
-    from engine.memory import train_lengths
-
     d = cfg.data
     if not d.path:
         return None
@@ -107,13 +106,55 @@ def data_lengths(model_dir: Path, cfg: RunConfig) -> list[int] | None:
         d.valid_fraction,
         cfg.training.seed,
     )
-    if key not in _LENGTHS:
+    with _LENGTHS_LOCK:  # one worker at a time: estimates for the same data wait and reuse it
+        if key not in _LENGTHS:
+            lengths = worker_lengths(cfg, model_dir)
+            if lengths is None:
+                return None
+            while len(_LENGTHS) >= LENGTHS_KEPT:  # the oldest goes first (dicts keep order)
+                del _LENGTHS[next(iter(_LENGTHS))]
+            _LENGTHS[key] = lengths
+        return _LENGTHS[key]
+
+
+LENGTHS_TIMEOUT_S = 600
+
+
+def worker_lengths(cfg: RunConfig, model_dir: Path) -> list[int] | None:
+    """engine.memory.train_lengths in a worker process (`lathe-engine data lengths --json`): it
+    loads the tokenizer and renders every example, native and Python work that would hold the
+    window process's GIL (issue 17). None when the data cannot be read."""
+    import json
+    import os
+    import subprocess
+    import tempfile
+
+    from app.controller import engine_command, worker_cwd, worker_env
+
+    with tempfile.TemporaryDirectory(prefix="lathe-lengths-") as tmp:
+        config = Path(tmp) / "config.yaml"
+        config.write_text(cfg.to_yaml(), encoding="utf-8")
+        program, args = engine_command(
+            "data", "lengths", "--config", str(config), "--model", str(model_dir), "--json"
+        )
         try:
-            _LENGTHS.clear()  # one dataset at a time is enough
-            _LENGTHS[key] = train_lengths(cfg, model_dir)
-        except (LatheError, OSError, ValueError):
+            out = subprocess.run(
+                [program, *args],
+                capture_output=True,
+                text=True,
+                env=worker_env(dict(os.environ)),
+                cwd=worker_cwd(),
+                timeout=LENGTHS_TIMEOUT_S,
+            )
+        except (OSError, subprocess.TimeoutExpired):
             return None
-    return _LENGTHS[key]
+    if out.returncode != 0:
+        return None
+    try:
+        lengths = json.loads(out.stdout).get("lengths")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return [int(n) for n in lengths] if isinstance(lengths, list) else None
 
 
 def _same_folder_key(path: str) -> str:
@@ -241,16 +282,23 @@ def run_rows() -> list[RunRow]:
     return rows
 
 
-def run_details(path: Path) -> tuple[str, list[dict]]:
-    """(config YAML, events) of one run."""
-    from engine.events import read_log
-
+def run_details(path: Path, smoothing: float = 0.0):
+    """(config YAML, loss curves) of one run: app.chart.curves_of of its events.jsonl, built here
+    on a worker thread (a long run's log is large) so the window only swaps them in."""
     path = Path(path)
     try:
         text = (path / "config.yaml").read_text(encoding="utf-8")
     except OSError as exc:
         text = f"# config.yaml cannot be read: {exc}"
-    return text, read_log(path / "events.jsonl")
+    return text, run_curves(path, smoothing)
+
+
+def run_curves(path: Path, smoothing: float):
+    """A run's loss curves so far (app.chart.curves_of of its events.jsonl)."""
+    from app.chart import curves_of
+    from engine.events import read_log
+
+    return curves_of(read_log(Path(path) / "events.jsonl"), smoothing)
 
 
 def delete_run(path: Path) -> None:

@@ -499,6 +499,7 @@ class MainWindow(QMainWindow):
         if self.tray is not None:
             self.tray.hide()
         self.chat.controller.shutdown()  # frees the chat model and ends its thread before exit
+        self.data.shutdown()  # an import still running in its worker process ends with the window
         event.accept()
 
 

@@ -3,6 +3,9 @@
 `checkpoints/<step:07d>/` holds `adapters.safetensors` and `adapter_config.json` (so the folder is
 itself an mlx-lm adapter path), `optimizer.safetensors` and `state.json`. The folder is written
 under a temporary name and renamed, so a checkpoint is either complete or absent.
+
+MLX is imported by the functions that read or write arrays, not by the module: listing runs and
+their checkpoints (the window's Runs and Train pages) loads no native MLX code.
 """
 
 from __future__ import annotations
@@ -15,9 +18,6 @@ import struct
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import mlx.core as mx
-from mlx.utils import tree_flatten, tree_unflatten
 
 from engine.workspace import commit_temp, ensure_dir, temp_path_for, write_json_atomic
 
@@ -59,6 +59,8 @@ def adapter_config(lora_cfg, num_layers: int) -> dict:
 
 def save_adapters(folder: Path, model, config: dict) -> None:
     """Write the trainable weights and their adapter_config.json into `folder`, atomically each."""
+    from mlx.utils import tree_flatten
+
     ensure_dir(folder)
     weights = dict(tree_flatten(model.trainable_parameters()))
     tmp = temp_path_for(folder / ADAPTER_FILE)
@@ -75,6 +77,8 @@ def write_safetensors(path: Path, arrays: dict) -> None:
     """`mx.save_safetensors`, with a failed or short write raised as an OSError (ENOSPC when the disk
     is full). MLX reports a failed write as a RuntimeError without an errno, and a file cut short
     must never be renamed into place as if it were complete."""
+    import mlx.core as mx
+
     path = Path(path)
     try:
         mx.save_safetensors(str(path), arrays)
@@ -125,6 +129,8 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: TrainState, config: 
         ensure_dir(tmp)
         save_adapters(tmp, model, config)
         _test_pause()
+        from mlx.utils import tree_flatten
+
         opt_state = {k: v for k, v in tree_flatten(optimizer.state)}
         write_safetensors(tmp / OPTIMIZER_FILE, opt_state)
         _test_pause()
@@ -238,6 +244,8 @@ class CheckpointUnreadable(Exception):
 def read_checkpoint(folder: Path) -> tuple[dict, dict, TrainState]:
     """Every file of a checkpoint, read and checked, nothing applied yet: (adapter weights,
     optimizer state, train state). Raises CheckpointUnreadable naming the damaged file."""
+    import mlx.core as mx
+
     from engine.errors import ModelError
     from engine.models.info import check_safetensors
 
@@ -264,6 +272,9 @@ def load_checkpoint(folder: Path, model, optimizer) -> TrainState:
 
     The RNG needs no restoring: the trainer reseeds it from (seed, step) before every step.
     """
+    import mlx.core as mx
+    from mlx.utils import tree_unflatten
+
     weights, opt, state = read_checkpoint(folder)
     model.load_weights(list(weights.items()), strict=False)
     optimizer.state = tree_unflatten(list(opt.items()))

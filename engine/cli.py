@@ -101,6 +101,8 @@ def print_json(obj) -> None:
 def main(argv: list[str] | None = None) -> int:
     global FROM_COMMAND_LINE
     FROM_COMMAND_LINE = argv is None
+    if FROM_COMMAND_LINE:
+        lower_priority()
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
@@ -124,6 +126,23 @@ def main(argv: list[str] | None = None) -> int:
             # --json callers read stdout only: the error comes there too, as one object.
             print(json.dumps({"error": _error_dict(exc, message)}, ensure_ascii=False), flush=True)
         return 1
+
+
+NICE_ENV = "LATHE_WORKER_NICE"
+
+
+def lower_priority() -> None:
+    """A worker the app started (training, import, export...) runs at a lower CPU priority than
+    the window (`LATHE_WORKER_NICE`, set by the app): when the cores are busy the OS runs the
+    window first, so it keeps responding while the worker computes. Once per process tree: the
+    variable is removed, and child processes inherit the priority."""
+    value = os.environ.pop(NICE_ENV, "")
+    if not value or not hasattr(os, "nice"):
+        return
+    try:
+        os.nice(max(0, min(19, int(value))))
+    except (ValueError, OSError):
+        pass
 
 
 def _error_dict(exc: Exception, message: str) -> dict:

@@ -93,6 +93,27 @@ def choose_demo_model() -> DemoModel:
     )
 
 
+def reference_model(preferred: str | Path | None = None) -> Path:
+    """The model whose tokenizer measures a dataset's token lengths: `preferred` when it is a
+    folder or a model Lathe knows by name, else the demo model (the tiny one is built on first
+    use, as the demo run does)."""
+    if preferred and Path(preferred).expanduser().is_dir():
+        return Path(preferred).expanduser()
+    if preferred:
+        try:
+            from engine.models import resolve
+
+            return resolve(str(preferred))
+        except Exception:  # noqa: BLE001 - not on this Mac (offline): measure with the demo model
+            pass
+    choice = choose_demo_model()
+    if choice.path is not None:
+        return choice.path
+    cfg = RunConfig()
+    demo_defaults(cfg, [])
+    return Path(cfg.model.path)
+
+
 def demo_defaults(cfg: RunConfig, notes: list[str]) -> DemoModel:
     """Fill `cfg` with the demo run's settings (building the tiny model if it is the choice)."""
     from engine.workspace import models_dir, resources_dir

@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.jobs import JobController
 from app.names import id_name, id_time
 from app.tasks import Task
 from app.theme import fit_popup
@@ -250,8 +251,10 @@ class DataPage(QWidget):
         self.fill: dict = {}  # {{word}} placeholder -> value, filled at import
         self.preferred_model: str | None = None  # the Train page's model (set by the window)
         self.max_seq_length = 2048
-        self.task: Task | None = None
-        self._view_task: Task | None = None
+        # The import and the token view run in worker processes (app.data_import): one job each;
+        # a newer import replaces the running one, whose late signals are then ignored.
+        self.job: JobController | None = None
+        self.view_job: JobController | None = None
         self.last_error = ""
 
         title = QLabel("Data")
@@ -455,11 +458,11 @@ class DataPage(QWidget):
     def open_path(
         self, path: str | Path, fmt: str | None = None, mapping: dict | None = None
     ) -> None:
-        """Import a dataset on a worker thread (a running import is cancelled first)."""
-        from app.data_import import csv_columns, run_import
+        """Import a dataset in a worker process (a running import is cancelled first)."""
+        from app.data_import import csv_columns, import_args
 
-        if self.task is not None and self.task.running:
-            self.task.cancel()
+        if self.busy:
+            self.job.cancel()
         new_file = self.path is None or Path(path) != self.path
         self.path = Path(path)
         if new_file:
@@ -473,46 +476,73 @@ class DataPage(QWidget):
         self.progress_row.setVisible(True)
         self.progress.setRange(0, 0)
         self.progress_label.setText(f"Reading {self.path.name}…")
-        task = Task(
-            run_import,
-            str(self.path),
-            fmt or self.format.currentData(),
-            self.mapping or None,
-            self.preferred_model,
-            self.max_seq_length,
-            fill=dict(self.fill),
+        job = JobController("import", self)
+        job.sig_progress.connect(lambda p, j=job: self._on_import_progress(j, p))
+        job.sig_finished.connect(lambda res, j=job: self._on_import_done(j, res))
+        job.sig_failed.connect(lambda m, h, j=job: self._on_import_failed(j, m, h))
+        job.sig_cancelled.connect(lambda j=job: self._on_import_cancelled(j))
+        job.sig_ended.connect(lambda j=job: self._retire(j))
+        self._retire(self.job, replaced=True)
+        self.job = job
+        job.start(
+            *import_args(
+                self.path,
+                fmt or self.format.currentData(),
+                self.mapping or None,
+                self.preferred_model,
+                self.max_seq_length,
+                fill=dict(self.fill),
+            )
         )
-        task.sig_progress.connect(self._on_import_progress)
-        task.sig_done.connect(lambda res, t=task: self._on_import_done(t, res))
-        task.sig_failed.connect(lambda m, h, t=task: self._on_import_failed(t, m, h))
-        task.sig_cancelled.connect(lambda t=task: self._on_import_cancelled(t))
-        self.task = task.start(self)
 
     def cancel(self) -> None:
-        if self.task is not None and self.task.running:
-            self.task.cancel()
+        if self.busy:
+            self.job.cancel()
             self.progress_label.setText("Cancelling…")
+
+    def shutdown(self) -> None:
+        """End the import and token-view workers now (the window is closing)."""
+        for job in (self.job, self.view_job):
+            if job is not None and job.running:
+                job.kill()
 
     @property
     def busy(self) -> bool:
-        return self.task is not None and self.task.running
+        return self.job is not None and self.job.running
 
-    def _on_import_progress(self, p) -> None:
-        fraction = getattr(p, "fraction", None)
+    def _retire(self, job: JobController | None, replaced: bool = False) -> None:
+        """Free a job that has ended and is no longer the page's current one."""
+        if job is None or job.running:
+            return
+        if replaced or job not in (self.job, self.view_job):
+            job.deleteLater()
+
+    def _on_import_progress(self, job: JobController, p: dict) -> None:
+        if job is not self.job:
+            return
+        fraction = p.get("fraction")
         if fraction is None:
             self.progress.setRange(0, 0)
         else:
             self.progress.setRange(0, 1000)
-            self.progress.setValue(int(fraction * 1000))
-        n = getattr(p, "examples", 0)
-        self.progress_label.setText(f"{p.stage} {n:,} examples" if n else p.stage)
+            self.progress.setValue(int(float(fraction) * 1000))
+        n = int(p.get("examples") or 0)
+        stage = str(p.get("stage") or "")
+        self.progress_label.setText(f"{stage} {n:,} examples" if n else stage)
 
-    def _on_import_done(self, task: Task, result) -> None:
-        if task is not self.task:
+    def _on_import_done(self, job: JobController, result) -> None:
+        from app.data_import import report_from_json
+
+        if job is not self.job:
             return
         self.progress_row.setVisible(False)
-        report, model_dir = result
-        self.model_dir = model_dir
+        try:
+            report = report_from_json(result)
+        except (TypeError, ValueError, AttributeError) as exc:
+            self._on_import_failed(job, f"The import's report could not be read ({exc}).", "")
+            return
+        tokens = report.tokens
+        self.model_dir = Path(tokens.model) if tokens is not None else None
         self.show_report(report)
         self.refresh_datasets()
 
@@ -545,8 +575,8 @@ class DataPage(QWidget):
         if path:
             self.open_path(path)
 
-    def _on_import_failed(self, task: Task, message: str, hint: str) -> None:
-        if task is not self.task:
+    def _on_import_failed(self, job: JobController, message: str, hint: str) -> None:
+        if job is not self.job:
             return
         self.progress_row.setVisible(False)
         self.clear_report()
@@ -559,8 +589,8 @@ class DataPage(QWidget):
         self.error.setVisible(True)
         self.sig_import_failed.emit(message)
 
-    def _on_import_cancelled(self, task: Task) -> None:
-        if task is not self.task:
+    def _on_import_cancelled(self, job: JobController) -> None:
+        if job is not self.job:
             return
         self.progress_row.setVisible(False)
         self.clear_report()
@@ -681,23 +711,37 @@ class DataPage(QWidget):
         )
 
     def load_token_view(self) -> None:
-        from app.data_import import token_view_of
+        """One example token by token (`data show`, in a worker process: it loads the tokenizer)."""
+        from app.data_import import token_view_args
 
         if self.report is None or not self.report.dataset_path or self.model_dir is None:
             return
+        if self.view_job is not None and self.view_job.running:
+            self.view_job.cancel()
         self.token_info.setText("Tokenizing…")
-        task = Task(
-            token_view_of,
-            self.report.dataset_path,
-            str(self.model_dir),
-            self.example_index.value(),
-            self.max_seq_length,
+        job = JobController("token view", self)
+        job.sig_finished.connect(lambda res, j=job: self._on_token_view_done(j, res))
+        job.sig_failed.connect(
+            lambda m, h, j=job: j is self.view_job and self.token_info.setText(f"{m} {h}".strip())
         )
-        task.sig_done.connect(self._on_token_view_done)
-        task.sig_failed.connect(lambda m, h: self.token_info.setText(f"{m} {h}".strip()))
-        self._view_task = task.start(self)
+        job.sig_ended.connect(lambda j=job: self._retire(j))
+        self._retire(self.view_job, replaced=True)
+        self.view_job = job
+        job.start(
+            *token_view_args(
+                self.report.dataset_path,
+                self.model_dir,
+                self.example_index.value(),
+                self.max_seq_length,
+            )
+        )
 
-    def _on_token_view_done(self, view) -> None:
+    def _on_token_view_done(self, job: JobController, result) -> None:
+        from app.data_import import token_view_from_json
+
+        if job is not self.view_job:
+            return
+        view = token_view_from_json(result)
         self.tokens.setHtml(token_html(view))
         self.token_info.setText(
             f"{view.where}: {view.length} tokens, {view.trained_tokens} trained"

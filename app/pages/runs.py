@@ -235,7 +235,7 @@ class RunsPage(QWidget):
         if row.reason and row.state in ("failed", "interrupted", "stopped"):
             title += f" · {row.reason}"
         self.detail_title.setText(title)
-        self._detail_task = Task(run_details, row.path)
+        self._detail_task = Task(run_details, row.path, self.chart.smoothing)
         self._detail_task.sig_done.connect(lambda res, p=row.path: self._on_details_loaded(p, res))
         self._detail_task.start(self)
         if self.eval_view.busy:
@@ -254,10 +254,12 @@ class RunsPage(QWidget):
         row = self.selected_row()
         if row is None or row.path != path:
             return
-        text, events = result
+        text, curves = result
         self.config_view.setPlainText(text)
-        self.chart.load_events(events)
-        if not events:
+        self.chart.clear()
+        self.chart.merge_history(curves)  # built on the worker thread from events.jsonl
+        self.chart.update()
+        if not self.chart.point_count:
             self.chart.placeholder = "This run has no recorded steps."
 
     def _update_buttons(self) -> None:

@@ -374,15 +374,23 @@ class TrainPage(QWidget):
         if self.controller.active:
             return
         self._reset_view(f"Resuming {id_name(run_dir.name)}")
-        # Keep the curve so far: the resumed run continues it.
-        from app.services import run_details
-
-        _, events = run_details(run_dir)
-        self.chart.load_events(events)
         try:
             self.controller.resume(run_dir, force=force)
         except RuntimeError as exc:
             self._show_result("problem", _esc(str(exc)), buttons=())
+            return
+        # Keep the curve so far: the resumed run continues it. Its events.jsonl (a long run's
+        # is large) is read and turned into curves on a worker thread, never on this one.
+        from app.services import run_curves
+
+        task = Task(run_curves, run_dir, self.chart.smoothing)
+        task.sig_done.connect(lambda history, d=run_dir: self._on_history_loaded(d, history))
+        self._history_task = task.start(self)
+
+    def _on_history_loaded(self, run_dir: Path, history) -> None:
+        if self.controller.run_dir is None or Path(self.controller.run_dir) != Path(run_dir):
+            return  # another run is on the page by now
+        self.chart.merge_history(history)
 
     def _reset_view(self, title: str) -> None:
         self.start_problem = False

@@ -1,4 +1,4 @@
-"""`python -m engine data inspect|import|show|list`: datasets from the command line."""
+"""`python -m engine data inspect|import|show|lengths|list`: datasets from the command line."""
 
 from __future__ import annotations
 
@@ -32,7 +32,13 @@ def register(subparsers) -> None:
     _source_args(p)
     _token_args(p)
     p.add_argument("--name", help="A name for the dataset (default: the file's name).")
-    add_json_flag(p)
+    p.add_argument(
+        "--or-demo-model",
+        action="store_true",
+        help="When --model is not given or not on this Mac, measure tokens with the demo model "
+        "(built on first use), as the app does.",
+    )
+    add_json_flag(p, progress=True)
     p.set_defaults(handler=_import)
 
     p = sub.add_parser("show", help="Show one example token by token: trained or masked.")
@@ -68,6 +74,16 @@ def register(subparsers) -> None:
     add_json_flag(p)
     p.set_defaults(handler=_show)
 
+    p = sub.add_parser(
+        "lengths",
+        help="Token lengths of a run's training examples, as training encodes them (what the "
+        "memory estimate's largest batch is made of).",
+    )
+    p.add_argument("--config", "-c", required=True, help="The run's config (YAML).")
+    p.add_argument("--model", "-m", help="Model folder (default: the config's model.path).")
+    add_json_flag(p)
+    p.set_defaults(handler=_lengths)
+
     p = sub.add_parser("list", help="List imported datasets.")
     add_json_flag(p)
     p.set_defaults(handler=_list)
@@ -87,7 +103,7 @@ def _source_args(p: argparse.ArgumentParser) -> None:
         dest="mapping",
         metavar="TARGET=COLUMN,...",
         help="Which columns or fields hold what, e.g. prompt=question,completion=answer "
-        "(targets: system, prompt, completion, text).",
+        "(targets: system, prompt, completion, text); or a JSON object for names with commas.",
     )
     p.add_argument(
         "--strict",
@@ -188,10 +204,15 @@ def _options(args):
 def _tokens(args):
     from engine.data import TokenSettings
 
-    if not args.model:
+    model = args.model
+    if getattr(args, "or_demo_model", False):
+        from engine.demo import reference_model
+
+        model = str(reference_model(model))
+    if not model:
         return None
     return TokenSettings(
-        args.model,
+        model,
         max_seq_length=args.max_seq_length,
         batch_size=args.batch_size,
         mask_prompt=not args.no_mask_prompt,
@@ -222,12 +243,37 @@ def _inspect(args) -> int:
 
 
 def _import(args) -> int:
+    from engine.cli import print_progress
     from engine.data import import_dataset
 
     report = import_dataset(
-        _source(args.file), _options(args), name=args.name, tokens=_tokens(args)
+        _source(args.file),
+        _options(args),
+        name=args.name,
+        tokens=_tokens(args),
+        progress=print_progress if args.progress else None,
     )
     print_json(report.to_dict()) if args.json else print(report.to_text())
+    return 0
+
+
+def _lengths(args) -> int:
+    from engine.config import RunConfig
+    from engine.memory import train_lengths
+    from engine.models import resolve
+
+    cfg = RunConfig.load(args.config)
+    lengths = train_lengths(cfg, resolve(args.model or cfg.model.path))
+    if args.json:
+        print_json({"examples": len(lengths), "lengths": lengths})
+    elif lengths:
+        ordered = sorted(lengths)
+        print(
+            f"{len(lengths)} training examples: {ordered[0]} to {ordered[-1]} tokens, median "
+            f"{ordered[len(ordered) // 2]}."
+        )
+    else:
+        print("No training example trains a token.")
     return 0
 
 

@@ -116,9 +116,17 @@ def canonical_format(name: str) -> str:
 
 
 def parse_mapping(spec: str | dict | None) -> dict[str, str]:
-    """`"prompt=question,completion=answer"` -> {"prompt": "question", "completion": "answer"}."""
+    """`"prompt=question,completion=answer"` -> {"prompt": "question", "completion": "answer"}.
+    A JSON object (`{"prompt": "question, asked"}`) says the same for names with commas."""
     if not spec:
         return {}
+    if isinstance(spec, str) and spec.lstrip().startswith("{"):
+        try:
+            decoded = json.loads(spec)
+        except json.JSONDecodeError:
+            decoded = None
+        if isinstance(decoded, dict):
+            spec = {str(k): str(v) for k, v in decoded.items()}
     items = (
         spec.items()
         if isinstance(spec, dict)

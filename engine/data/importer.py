@@ -26,6 +26,8 @@ from engine.data.report import Report, TokenReport, TokenStats, format_label, hi
 from engine.errors import disk_full, is_disk_full
 
 META = "dataset.json"
+PROGRESS_INTERVAL_S = 0.1  # at most ten "Reading examples" reports a second
+TEXT_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt", ".md")
 BIG_SOURCE_BYTES = (
     8 * 1024**2
 )  # from this size on, token counting starts its worker processes at once
@@ -53,6 +55,47 @@ class TokenSettings:
                 raise DataError(str(exc.args[0]), exc.hint) from None
 
 
+@dataclass
+class ImportProgress:
+    """Where an import is: `examples` read so far of about `estimate` (0: unknown), and the stage
+    in words. `--progress` prints it; the app's Data page shows it."""
+
+    examples: int
+    estimate: int
+    stage: str
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.estimate:
+            return None
+        return min(0.99, self.examples / self.estimate)
+
+    def to_dict(self) -> dict:
+        return {
+            "examples": self.examples,
+            "estimate": self.estimate,
+            "stage": self.stage,
+            "fraction": self.fraction,
+        }
+
+
+def estimate_records(path: Path) -> int:
+    """Newlines in a dataset's text files: about one record per line for JSONL and CSV (a quick
+    pass that only counts, so progress can say how far the real pass is)."""
+    files = [path] if path.is_file() else [p for p in sorted(path.rglob("*")) if p.is_file()]
+    total = 0
+    for f in files:
+        if f.suffix.lower() not in TEXT_SUFFIXES:
+            continue
+        try:
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    total += chunk.count(b"\n")
+        except OSError:
+            continue
+    return total
+
+
 def inspect_dataset(
     path: str | Path,
     options: Options | None = None,
@@ -76,14 +119,18 @@ def import_dataset(
     name: str | None = None,
     tokens: TokenSettings | None = None,
     counter=None,
+    progress: Callable[[ImportProgress], None] | None = None,
 ) -> Report:
     """Copy a dataset, normalised, into `workspace/datasets/<id>/`; returns the report with
     `dataset_id` and `dataset_path` set. Importing the same file with the same options again returns
-    the existing dataset (`reused` is True). The original is only read."""
+    the existing dataset (`reused` is True). The original is only read. `progress` is called with
+    an ImportProgress at each stage and, while examples are read, up to ten times a second."""
     options = options or Options()
     source = Path(path).expanduser()
     if not source.exists():
         raise DataError(f"{source} does not exist.", "Check the path, or drop the file again.")
+    if progress is not None:
+        progress(ImportProgress(0, 0, "Counting records…"))
     sha = sources.sha256_of(source)
     signature = _signature(options, tokens)
     existing = _find_existing(sha, signature)
@@ -105,7 +152,9 @@ def import_dataset(
                 def sink(ex: Example) -> None:
                     pool.write(json.dumps(ex.record, ensure_ascii=False, default=str) + "\n")
 
-                report, final = _run(source, options, tokens, sink, counter, sha=sha)
+                report, final = _run(
+                    source, options, tokens, sink, counter, sha=sha, progress=progress
+                )
             _distribute(pool_path, final, tmp)
             pool_path.unlink()
             report.dataset_id = ds_id
@@ -181,10 +230,16 @@ def _run(
     sink: Callable[[Example], None] | None,
     counter=None,
     sha: str | None = None,
+    progress: Callable[[ImportProgress], None] | None = None,
 ) -> tuple[Report, np.ndarray]:
     """The single streaming pass shared by inspect, import and load_splits."""
     source = Path(path).expanduser()
     log = ProblemLog(strict=options.strict)
+    estimate = 0
+    if progress is not None:
+        estimate = estimate_records(source)
+        if tokens is not None and counter is None:
+            progress(ImportProgress(0, estimate, "Loading the tokenizer…"))
     if tokens is not None and counter is None:
         from engine.data.tokens import TokenCounter
 
@@ -200,6 +255,8 @@ def _run(
     trained = array("l")
     with Scan(source, options, log) as scan:
         stream = scan.examples()
+        if progress is not None:
+            stream = _reported(stream, estimate, progress)
         if counter is not None:
             big = sources.size_of(source) > BIG_SOURCE_BYTES
             for ex, length, n_trained in counter.measure(stream, log, big=big):
@@ -240,6 +297,19 @@ def _run(
         report.tokens.template_drops = dict(counter.drops)
         report.tokens.hollow = counter.hollow
     return report, final
+
+
+def _reported(stream, estimate: int, progress: Callable[[ImportProgress], None]):
+    """The examples of `stream`, reporting how many were read at most every PROGRESS_INTERVAL_S."""
+    last = 0.0
+    n = 0
+    for n, ex in enumerate(stream, 1):
+        now = time.monotonic()
+        if now - last > PROGRESS_INTERVAL_S:
+            last = now
+            progress(ImportProgress(n, estimate, "Reading examples…"))
+        yield ex
+    progress(ImportProgress(n, estimate, "Writing the dataset…"))
 
 
 def _report(

@@ -4,6 +4,8 @@ the window with it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
 
@@ -110,3 +112,23 @@ def test_quantize_on_the_models_page_runs_in_a_worker_process(window, qtbot, sto
     qtbot.waitUntil(lambda: any(r.name == "stories260K-4bit" for r in page.library), timeout=30_000)
     row = next(r for r in page.library if r.name == "stories260K-4bit")
     assert "4" in row.quantization and not page.busy.isVisibleTo(page)
+
+
+def test_workers_run_below_the_windows_cpu_priority():
+    """Issue 17: a worker the app starts lowers its own CPU priority (LATHE_WORKER_NICE from
+    app.controller.worker_env, applied once by engine.cli.main), so the OS runs the window first
+    when the cores are busy."""
+    from app.controller import WORKER_NICE, worker_env
+
+    env = worker_env({k: v for k, v in os.environ.items() if k != "LATHE_WORKER_NICE"})
+    assert env["LATHE_WORKER_NICE"] == str(WORKER_NICE)
+    code = (
+        "import os; from engine.cli import lower_priority; lower_priority(); "
+        "print(os.nice(0), os.environ.get('LATHE_WORKER_NICE'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    nice, left = out.stdout.split()
+    assert int(nice) == min(19, os.nice(0) + WORKER_NICE), out.stderr
+    assert left == "None"  # applied once: a re-exec or a child does not lower it again

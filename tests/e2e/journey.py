@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 
 STARTED_AT = time.time()  # before Qt and the app are imported: the launch starts here
@@ -29,6 +31,9 @@ STARTED_AT = time.time()  # before Qt and the app are imported: the launch start
 ROOT = Path(__file__).resolve().parents[2]
 STORIES = ROOT.parent / "shared" / "models" / "stories260K"
 DEADLINE_S = float(os.environ.get("LATHE_JOURNEY_DEADLINE", "300"))
+# Native-code packages whose first import in the window's process holds the GIL (issue 17: the
+# import runs in a worker process, so the drop must not load any of these here).
+HEAVY_MODULES = ("tokenizers", "transformers", "mlx", "mlx_lm", "numpy", "jinja2", "safetensors")
 
 # The journey's own training run: few steps, an evaluation and a checkpoint every 20 steps.
 TRAIN_VALUES = {
@@ -41,6 +46,68 @@ TRAIN_VALUES = {
     "lora.rank": 4,
 }
 STOP_AFTER_STEP = 26
+
+
+class StallSampler(threading.Thread):
+    """LATHE_TRACE_STALLS=1: while the GUI thread has not run its loop for over `threshold_s`, take
+    its Python stack every few ms; the stacks seen most often, per step, say what the stall was.
+    (Native code that holds the GIL shows as the Python line that called it.)"""
+
+    def __init__(self, probe, threshold_s: float = 0.03):
+        super().__init__(daemon=True, name="stall-sampler")
+        self.probe = probe
+        self.threshold = threshold_s
+        self.main = threading.main_thread().ident
+        self.samples: Counter = Counter()
+        self.stopped = False
+
+    def run(self) -> None:
+        while not self.stopped:
+            time.sleep(0.004)
+            last = self.probe.last
+            if last is None or time.perf_counter() - last < self.threshold:
+                continue
+            frames = sys._current_frames()
+            frame = frames.get(self.main)
+            if frame is None:
+                continue
+            where = self._where(frame, 8)
+            others = tuple(
+                sorted(
+                    self._where(f, 5)
+                    for ident, f in frames.items()
+                    if ident not in (self.main, threading.get_ident())
+                )
+            )
+            self.samples[(self.probe.label, where, others)] += 1
+
+    @staticmethod
+    def _where(frame, depth: int) -> tuple[str, ...]:
+        stack = traceback.extract_stack(frame)[-depth:]
+        return tuple(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in stack)
+
+    def report(self, top: int = 15) -> list[dict]:
+        return [
+            {"step": step, "samples": n, "stack": list(where), "other_threads": list(others)}
+            for (step, where, others), n in self.samples.most_common(top)
+        ]
+
+
+def trace_heavy_imports(record: dict) -> None:
+    """LATHE_TRACE_STALLS=1: the thread and stack that first imported each heavy package."""
+
+    def hook(event, args):
+        if event != "import":
+            return
+        top = str(args[0]).split(".")[0]
+        if top in HEAVY_MODULES and top not in record:
+            stack = traceback.extract_stack()[-12:-1]
+            record[top] = {
+                "thread": threading.current_thread().name,
+                "stack": [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in stack],
+            }
+
+    sys.addaudithook(hook)
 
 
 class Journey:
@@ -92,6 +159,10 @@ class Journey:
         from bench.gui_responsiveness import StallProbe
 
         self.probe = StallProbe(5)
+        self.sampler = None
+        if os.environ.get("LATHE_TRACE_STALLS"):
+            self.sampler = StallSampler(self.probe)
+            trace_heavy_imports(self.obs.setdefault("first_heavy_imports", {}))
 
     # -- probes -------------------------------------------------------------------------------
     def visible_pages(self) -> list[str]:
@@ -103,6 +174,8 @@ class Journey:
         self.watching = True
         self.page_timer.start()
         self.probe.start()
+        if self.sampler is not None:
+            self.sampler.start()
 
     def check_pages(self) -> None:
         if not self.watching or not self.window.isVisible():
@@ -161,12 +234,18 @@ class Journey:
         self.step = name
         self.probe.label = name
         t = time.monotonic()
+        before = set(sys.modules)
         try:
             fn()
             self.obs["steps_done"].append(name)
         except Exception:  # noqa: BLE001 - recorded; the journey goes on
             self.obs["errors"][name] = traceback.format_exc()[-3000:]
         self.obs.setdefault("step_seconds", {})[name] = round(time.monotonic() - t, 2)
+        # Which heavy native packages this step loaded into the window's process.
+        new = {m.split(".")[0] for m in set(sys.modules) - before}
+        self.obs.setdefault("heavy_imports_by_step", {})[name] = sorted(
+            m for m in new if m in HEAVY_MODULES
+        )
         self.save()
 
     def save(self) -> None:
@@ -179,7 +258,21 @@ class Journey:
                 k: round(max(0.0, v - self.probe.interval) * 1000, 1)
                 for k, v in self.probe.worst.items()
             },
+            # The GUI thread's own CPU time within each step's longest gap: near the gap, the
+            # app's work; far below it, the OS ran other processes (a loaded machine).
+            "worst_gap_cpu_by_step_ms": {
+                k: round(v * 1000, 1) for k, v in self.probe.worst_cpu.items()
+            },
+            # Linux: each gap without the time the ready GUI thread waited for a core (the OS ran
+            # other processes): the stall the app itself caused, whatever the machine's load.
+            "max_own_ms": self.probe.max_own_stall_ms,
+            "worst_own_by_step_ms": {
+                k: round(max(0.0, v - self.probe.interval) * 1000, 1)
+                for k, v in self.probe.worst_own.items()
+            },
         }
+        if self.sampler is not None:
+            self.obs["stall_stacks"] = self.sampler.report()
         self.obs["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
         self.obs["cpu_count"] = os.cpu_count()
         tmp = self.out.with_suffix(".tmp")
@@ -531,6 +624,8 @@ class Journey:
         self.watching = False
         self.page_timer.stop()
         self.probe.stop()
+        if self.sampler is not None:
+            self.sampler.stopped = True
         self.obs["finished"] = True
         self.save()
         w = self.window

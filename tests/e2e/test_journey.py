@@ -173,3 +173,18 @@ def test_the_window_appears_and_the_gui_thread_never_works_long(journey):
     appeared = journey["first_paint_at"] - journey["spawned_at"]
     assert appeared < 20, appeared
     assert journey["stall"]["max_busy_ms"] < 250, journey["stall"]
+
+
+def test_the_window_never_loads_the_tokenizer_or_mlx_before_chat(journey):
+    """Issue 17 (the GUI thread never stalls): the first loading of native modules holds Python's
+    GIL, so it stalls the window when it happens in the window's process. Before, the demo's
+    memory estimate loaded mlx_lm and the tokenizer on a thread (its token lengths), the drop's
+    import loaded tokenizers, transformers and jinja2 (a 309 ms stall on a quiet machine), and
+    listing runs at launch loaded MLX (engine.checkpoint). Now the import, the token view and the
+    lengths run in worker processes and listing runs loads no MLX; only Chat, which runs the model
+    in the window's process by design, loads them."""
+    heavy = seen(journey, "heavy_imports_by_step")
+    native = {"tokenizers", "transformers", "jinja2", "mlx", "mlx_lm"}
+    for step in ("first_launch", "demo", "drop_sample", "use_for_training", "train_stop_resume"):
+        assert step in heavy, heavy
+        assert not native & set(heavy[step]), (step, heavy)

@@ -168,3 +168,68 @@ def test_import_holds_out_a_test_split_when_the_data_has_none(tmp_path, capsys):
     small = json.loads(capsys.readouterr().out)
     assert small["splits"]["test"] == 0
     assert any("too few to hold one out" in n for n in small["split_notes"])
+
+
+def _progress_and_result(out: str) -> tuple[list[dict], dict]:
+    lines = out.splitlines()
+    progress = [json.loads(x)["progress"] for x in lines if x.startswith('{"progress"')]
+    rest = "\n".join(x for x in lines if not x.startswith('{"progress"'))
+    return progress, json.loads(rest)
+
+
+def test_import_progress_lines_come_before_the_report(tmp_path, capsys, stories_path):
+    """Issue 17: the Data page runs `data import --progress --json` in a worker process and shows
+    its progress lines (stage, examples read of about how many) while the import runs."""
+    path = data_file(tmp_path)
+    args = ["data", "import", str(path), "--model", str(stories_path), "--progress", "--json"]
+    assert main(args) == 0
+    progress, report = _progress_and_result(capsys.readouterr().out)
+    stages = [p["stage"] for p in progress]
+    assert stages[0] == "Counting records…" and "Loading the tokenizer…" in stages, stages
+    assert stages[-1] == "Writing the dataset…", stages
+    # 11 lines in the file (the estimate); 10 examples read, the broken line is a problem.
+    assert progress[-1]["estimate"] == 11 and progress[-1]["examples"] == 10, progress
+    assert 0 < progress[-1]["fraction"] < 1
+    assert report["dataset_id"] and report["tokens"]["model"] == str(stories_path)
+
+
+def test_import_or_demo_model_uses_the_demo_model_when_the_model_is_not_here(tmp_path, capsys):
+    """Issue 17: the app measures tokens with the Train page's model, or the demo model when that
+    is not on this Mac (engine.demo.reference_model), now inside the import's worker process."""
+    from engine.demo import reference_model
+
+    path = data_file(tmp_path)
+    args = ["data", "import", str(path), "--model", "no/such-model", "--or-demo-model", "--json"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tokens"]["model"] == str(reference_model(None))
+    assert reference_model(str(tmp_path)) == tmp_path  # a folder is taken as it is
+
+
+def test_lengths_are_the_training_examples_token_lengths(tmp_path, capsys, stories_path):
+    """Issue 17: the Train page's memory estimate gets its data's token lengths from `data
+    lengths` in a worker process: the same numbers engine.memory.train_lengths computes."""
+    from engine.config import RunConfig
+    from engine.memory import train_lengths
+
+    cfg = RunConfig()
+    cfg.model.path = str(stories_path)
+    cfg.data.path = str(data_file(tmp_path))
+    cfg.data.max_seq_length = 256
+    config = tmp_path / "config.yaml"
+    config.write_text(cfg.to_yaml(), encoding="utf-8")
+    assert main(["data", "lengths", "--config", str(config), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["lengths"] == train_lengths(cfg, stories_path)
+    assert out["examples"] == len(out["lengths"]) == 9 and max(out["lengths"]) <= 256
+
+
+def test_map_takes_a_json_object_for_column_names_with_commas(tmp_path, capsys):
+    """The Data page passes its column mapping as JSON, so that names with commas survive."""
+    csv = tmp_path / "x.csv"
+    csv.write_text('"question, asked",b\nhello,world\nhi,there\n', encoding="utf-8")
+    mapping = json.dumps({"prompt": "question, asked", "completion": "b"})
+    assert main(["data", "inspect", str(csv), "--map", mapping, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["mapping"] == {"prompt": "question, asked", "completion": "b"}
+    assert report["kept"] == 2
