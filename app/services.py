@@ -83,7 +83,7 @@ def data_lengths(model_dir: Path, cfg: RunConfig) -> list[int] | None:
     """The training examples' token lengths for the estimate (None when the data can't be read);
     remembered per dataset, model and encoding settings, so settings changes stay cheap."""
     from engine.errors import LatheError
-    from engine.memory import train_lengths
+    from engine.training.memory import train_lengths
 
     d = cfg.data
     if not d.path:

@@ -18,11 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import events, memory
+from engine import events
 from engine.config import RunConfig
 from engine.errors import LatheError, TrainingError
 from engine.models.loading import load_model, resolve_model  # noqa: F401 - the run's API
 from engine.runs import claim, release, write_status
+from engine.training import memory
 from engine.workspace import read_json, write_text_atomic
 
 
@@ -490,7 +491,7 @@ def _run_guarded(config, run_dir, sink, should_stop, resume, log, started) -> st
                 f"{_checkpoint_note(run_dir)}",
                 memory.MEMORY_HINT,
             )
-        from engine.distributed import describe_lost_peer, is_peer_lost, world
+        from engine.training.distributed import describe_lost_peer, is_peer_lost, world
 
         if is_peer_lost(exc):
             w = world()
@@ -524,7 +525,7 @@ def _run_guarded(config, run_dir, sink, should_stop, resume, log, started) -> st
 
 def _start_watchdog(run_dir: Path, sink: events.Sink):
     """With several ranks, end the run with an error (not a hang) when a peer stops answering."""
-    from engine.distributed import Watchdog, describe_lost_peer, world
+    from engine.training.distributed import Watchdog, describe_lost_peer, world
 
     ranks = world()
     if ranks.size == 1:
@@ -548,9 +549,9 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from engine import checkpoint as ckpt
     from engine.batching import fixed_eval_batches, padding_fraction
     from engine.trainer import evaluate, train, training_head
+    from engine.training import checkpoint as ckpt
 
     t, d = config.training, config.data
     mx.random.seed(t.seed)
@@ -595,7 +596,7 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
                 + (", the newest one that reads back whole." if damaged else "."),
             )
 
-    from engine.distributed import world
+    from engine.training.distributed import world
 
     ranks = world()
     batching, batch_tokens, batches_per_epoch = decide_batching(config, model, prep.train, log)
@@ -819,7 +820,7 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
 
 
 def _utilisation(model, num_layers: int, config: RunConfig, state, train_set) -> dict:
-    from engine.perf import utilisation
+    from engine.training.utilisation import utilisation
 
     mean_length = sum(len(e) for e in train_set) / max(1, len(train_set))
     return utilisation(
@@ -835,7 +836,7 @@ def _utilisation(model, num_layers: int, config: RunConfig, state, train_set) ->
 
 def _publish_adapters(checkpoint: Path, adapters: Path) -> None:
     """Copy a checkpoint's adapter files to `adapters/` (the run's current adapter), atomically each."""
-    from engine.checkpoint import ADAPTER_CONFIG, ADAPTER_FILE
+    from engine.training.checkpoint import ADAPTER_CONFIG, ADAPTER_FILE
     from engine.workspace import commit_temp, ensure_dir, temp_path_for
 
     ensure_dir(adapters)
@@ -851,7 +852,7 @@ def _publish_adapters(checkpoint: Path, adapters: Path) -> None:
 
 def _fail(run_dir: Path, sink: events.Sink, kind: str, message: str, hint: str, **details) -> str:
     """Report a failed run: error event, status.json, finished event, each even if another fails."""
-    from engine.checkpoint import ADAPTER_FILE
+    from engine.training.checkpoint import ADAPTER_FILE
 
     _emit(sink, events.make("error", kind=kind, message=message, hint=hint, **details))
     adapters = run_dir / "adapters"
@@ -889,7 +890,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _checkpoint_note(run_dir: Path) -> str:
-    from engine.checkpoint import latest_checkpoint
+    from engine.training.checkpoint import latest_checkpoint
 
     latest = latest_checkpoint(run_dir)
     if latest is None:

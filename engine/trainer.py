@@ -28,10 +28,10 @@ from engine.batching import (
     plan_epoch_budget,
     plan_epoch_packed,
 )
-from engine.checkpoint import TrainState
-from engine.distributed import beat
 from engine.encode import Encoded
 from engine.head import HEAD_CHUNK_VALUES, HEAD_MODEL_TYPES, head_chunk_rows
+from engine.training.checkpoint import TrainState
+from engine.training.distributed import beat
 
 
 class PackedMask:

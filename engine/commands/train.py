@@ -146,9 +146,9 @@ def mlx_lm_job(config: RunConfig) -> tuple[dict, list[str]]:
     from engine.data import dataset_dir, load_splits
     from engine.data.pipeline import record_kind
     from engine.errors import LatheError
-    from engine.memory import train_lengths
     from engine.models.info import read_config
     from engine.train import eval_interval, resolve_model, total_steps
+    from engine.training.memory import train_lengths
 
     config.validate()
     t, d = config.training, config.data
@@ -269,9 +269,10 @@ def handle(args: argparse.Namespace) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         reexec_with_openblas(sys.argv[1:])
 
-    from engine import distributed, events
+    from engine import events
     from engine.cli import UserError
     from engine.runs import LOCK_FILE, claim, create_run, find_run, load_run, release
+    from engine.training import distributed
     from engine.workspace import FileLock, write_yaml_atomic
 
     if args.hosts and not distributed.launched():
@@ -366,9 +367,9 @@ def _secondary_rank(args: argparse.Namespace, ranks) -> int:
     only rank 0 writes the run folder and events."""
     import shutil
 
-    from engine import checkpoint as ckpt
     from engine.runs import find_run, load_run
     from engine.train import run
+    from engine.training import checkpoint as ckpt
     from engine.workspace import scratch as scratch_dir
 
     with scratch_dir(f"rank{ranks.rank}") as scratch:
@@ -390,7 +391,7 @@ def _secondary_rank(args: argparse.Namespace, ranks) -> int:
 
 def _launch_on_hosts(args: argparse.Namespace) -> int:
     """Start this same command on every listed Mac with mlx.launch and relay rank 0's events."""
-    from engine import distributed
+    from engine.training import distributed
     from engine.workspace import scratch
 
     hosts = distributed.read_hosts(args.hosts)
@@ -404,7 +405,8 @@ def _relay_launch(args: argparse.Namespace, hostfile: Path, n_hosts: int) -> int
     import signal as sig
     import subprocess
 
-    from engine import distributed, events
+    from engine import events
+    from engine.training import distributed
 
     argv = list(sys.argv[1:])
     i = argv.index("--hosts")

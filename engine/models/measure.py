@@ -171,8 +171,8 @@ def measure_training(
     weights_bytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
     vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size"))
 
-    from engine import memory
     from engine.trainer import masked_loss, training_head
+    from engine.training import memory
 
     mx.random.seed(seed)
     tokens = mx.random.randint(0, vocab, (batch_size, seq_length + 1))

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from engine import events
-from engine.checkpoint import is_temp_name
 from engine.runs import create_run, load_run
+from engine.training.checkpoint import is_temp_name
 from tests.engine.test_train import make_config, variable_chat_data
 
 
@@ -280,8 +280,8 @@ def test_a_tight_run_turns_on_gradient_checkpointing_and_says_so(
     tiny_chat_model, tmp_path, monkeypatch
 ):
     import engine.models.fit as fit
-    from engine.memory import train_lengths
     from engine.models.info import inspect_model
+    from engine.training.memory import train_lengths
 
     cfg = config_for(tiny_chat_model, tmp_path, iters=2)
     # The run estimates the largest batch its data forms (issue 22 item 1), so this test does too.
@@ -341,7 +341,7 @@ def test_train_cli_force_and_nan_retry_flags_set_the_config():
 
 
 def test_memory_limits_come_from_the_machine():
-    from engine import memory
+    from engine.training import memory
 
     gb = memory.GB
     # macOS: the GPU's recommended working set is the limit.
@@ -354,7 +354,8 @@ def test_memory_limits_come_from_the_machine():
 
 
 def test_macos_budget_reads_the_working_set_and_falls_back_to_physical_memory(monkeypatch):
-    from engine import memory, platform
+    from engine import platform
+    from engine.training import memory
 
     monkeypatch.setattr(
         memory, "_device_info", lambda: {"max_recommended_working_set_size": 11 * memory.GB}
@@ -369,7 +370,7 @@ def test_macos_budget_reads_the_working_set_and_falls_back_to_physical_memory(mo
 def test_training_sets_mlx_memory_limits_and_restores_them(tiny_chat_model, tmp_path):
     import mlx.core as mx
 
-    from engine import memory
+    from engine.training import memory
 
     before_limit = mx.get_memory_limit()
     before_cache = mx.set_cache_limit(123_456_789)
@@ -399,7 +400,7 @@ def test_the_cache_is_freed_after_every_step_on_the_cpu_unless_configured():
     asserted that it ran on the CPU, so it failed on a Mac)."""
     import mlx.core as mx
 
-    from engine import memory
+    from engine.training import memory
 
     assert memory.clear_cache_threshold(0, gpu=False) == 1  # every step: faster, smaller on CPU
     assert memory.clear_cache_threshold(0, gpu=True) == 0  # kept (capped) on a GPU
@@ -426,7 +427,7 @@ def test_the_cache_is_freed_after_every_step_on_the_cpu_unless_configured():
 def test_memory_running_short_frees_the_cache_then_checkpoints_and_stops(
     tiny_chat_model, tmp_path, monkeypatch
 ):
-    from engine import memory
+    from engine.training import memory
 
     plan = memory.machine_plan()
     pressure = {"on": False, "clears": 0}
@@ -507,7 +508,7 @@ def test_checkpoint_folders_are_complete_or_absent_and_resume_tidies_up(tmp_path
     import mlx.nn as nn
     import mlx.optimizers as optim
 
-    from engine import checkpoint as ckpt
+    from engine.training import checkpoint as ckpt
 
     model = nn.Linear(4, 4)
     optimizer = optim.Adam(learning_rate=1e-3)
@@ -541,7 +542,7 @@ def test_checkpoint_folders_are_complete_or_absent_and_resume_tidies_up(tmp_path
 def test_a_short_safetensors_write_is_an_error_not_a_checkpoint(tmp_path, monkeypatch):
     import mlx.core as mx
 
-    from engine.checkpoint import write_safetensors
+    from engine.training.checkpoint import write_safetensors
 
     real = mx.save_safetensors
 

@@ -35,7 +35,7 @@ def _config_file(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
 def test_yaml_alias_bombs_are_refused_in_every_yaml_lathe_reads(tmp_path, capsys):
     """issue 16 item 6: configs, run config.yaml, hosts, presets and settings refuse aliases."""
     from app.settings_form import load_presets
-    from engine.distributed import DistributedError, read_hosts
+    from engine.training.distributed import DistributedError, read_hosts
     from engine.workspace import load_settings, settings_path
 
     bomb = _config_file(
@@ -184,7 +184,7 @@ def test_stop_is_honoured_between_micro_batches_and_resume_stays_exact(tiny_chat
     assert first.of("progress") == []
     import json
 
-    from engine.checkpoint import STATE_FILE, latest_checkpoint
+    from engine.training.checkpoint import STATE_FILE, latest_checkpoint
 
     state = json.loads((latest_checkpoint(run_dir) / STATE_FILE).read_text())
     assert (state["step"], state["position"], state["epoch"]) == (0, 0, 0)

@@ -50,7 +50,6 @@ ENGINE_LAYERS = [
             "engine.config",
             "engine.events",
             "engine.templates",
-            "engine.perf",
             "engine.head",
         ],
     ),
@@ -59,17 +58,13 @@ ENGINE_LAYERS = [
     ("encoding", ["engine.encode", "engine.batching"]),
     ("models", ["engine.models"]),
     ("data", ["engine.data", "engine.tinymodel"]),
-    (
-        "training core",
-        ["engine.memory", "engine.trainer", "engine.distributed", "engine.checkpoint"],
-    ),
+    # The training package (one job per module) and the run folders its checkpoints live in.
+    ("training core", ["engine.training", "engine.trainer", "engine.runs"]),
     (
         "jobs",
         [
             "engine.train",
-            "engine.training",
             "engine.models.measure",
-            "engine.runs",
             "engine.runspec",
             "engine.chat",
             "engine.evaluate",

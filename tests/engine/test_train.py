@@ -331,7 +331,7 @@ def test_run_reports_utilisation_against_a_plain_matmul(tiny_chat_model, tmp_pat
 def test_flop_count_matches_the_textbook_formula_for_a_dense_llama(tiny_chat_model):
     import mlx_lm
 
-    from engine.perf import flop_model
+    from engine.training.utilisation import flop_model
 
     model, _ = mlx_lm.load(str(tiny_chat_model))
     fm = flop_model(model)
@@ -435,7 +435,7 @@ def test_utilisation_of_a_quantized_model_is_against_quantized_matmul(tiny_chat_
     import mlx.nn as nn
     import mlx_lm
 
-    from engine.perf import flop_model, utilisation
+    from engine.training.utilisation import flop_model, utilisation
 
     model, _ = mlx_lm.load(str(tiny_chat_model))
     assert flop_model(model).quantized == {}
