@@ -324,7 +324,7 @@ def run_lathe(
 
     import mlx.core as mx
 
-    import engine.trainer as trainer
+    import engine.training.loop as trainer
     from engine import events
     from engine.config import RunConfig
     from engine.runs import create_run

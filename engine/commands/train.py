@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import stat
 import sys
 import threading
 from pathlib import Path
 
 from engine.config import RunConfig, cli_options, field_help
+from engine.training.stop import StopSignal
 
 
 def register(sub) -> None:
@@ -147,8 +146,9 @@ def mlx_lm_job(config: RunConfig) -> tuple[dict, list[str]]:
     from engine.data.pipeline import record_kind
     from engine.errors import LatheError
     from engine.models.info import read_config
-    from engine.train import eval_interval, resolve_model, total_steps
+    from engine.models.loading import resolve_model
     from engine.training.memory import train_lengths
+    from engine.training.schedule import eval_interval, total_steps
 
     config.validate()
     t, d = config.training, config.data
@@ -216,47 +216,6 @@ def mlx_lm_job(config: RunConfig) -> tuple[dict, list[str]]:
     if d.mask_prompt and sample and all(record_kind(r) == "text" for r in sample):
         job["mask_prompt"] = False  # plain text has no prompt to mask (mlx_lm.lora refuses it)
     return job, notes
-
-
-class StopSignal:
-    """Set by `stop` on stdin, stdin closing (when it is a pipe), SIGINT or SIGTERM."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.reason = ""
-
-    def __call__(self) -> bool:
-        return self.event.is_set()
-
-    def set(self, reason: str) -> None:
-        if not self.event.is_set():
-            self.reason = reason
-            self.event.set()
-
-    def install(self, watch_stdin: bool) -> None:
-        def on_signal(signum, _frame):
-            self.set(signal.Signals(signum).name)
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        if watch_stdin:
-            threading.Thread(target=self._read_stdin, name="stdin-stop", daemon=True).start()
-
-    def _read_stdin(self) -> None:
-        try:
-            is_pipe = stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode)
-        except (OSError, ValueError):
-            return
-        try:
-            for line in sys.stdin:
-                if line.strip().lower() in ("stop", "quit"):
-                    self.set("stop requested")
-                    return
-        except (OSError, ValueError):
-            pass
-        if is_pipe:
-            # The app that started us is gone: stop cleanly with a checkpoint instead of orphaning.
-            self.set("the app closed")
 
 
 def handle(args: argparse.Namespace) -> int:

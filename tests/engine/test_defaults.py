@@ -178,7 +178,7 @@ def test_measure_runs_the_datas_largest_batch_not_the_longest_possible(stories_p
 def test_evaluation_interval_follows_the_runs_length():
     """issue 22 item 5: left to Lathe, a run gets about 10-20 validation points, preferably on
     checkpoint steps; a value the user set is kept."""
-    from engine.train import eval_interval
+    from engine.training.schedule import eval_interval
 
     cfg = RunConfig()
     assert cfg.training.steps_per_eval is None
@@ -200,8 +200,8 @@ def test_batch_size_means_examples_per_step_by_default(stories_path):
     examples per step: 72 steps per epoch, 144 for 2 epochs (budget batching had made it ~6 per
     step and fewer steps). Budget batching, when asked for, says what it does to the steps."""
     from engine.batching import choose_batching
-    from engine.train import batch_note, total_steps
     from engine.training.memory import train_lengths
+    from engine.training.schedule import batch_note, total_steps
 
     cfg = _bank_config(stories_path)
     lengths = train_lengths(cfg, stories_path)
@@ -338,7 +338,7 @@ def test_smollm2_mixed_quantization_and_real_parameter_count(smollm2_path):
     from mlx_lm.utils import load_model
 
     from engine.models.info import inspect_model
-    from engine.train import parameter_count
+    from engine.training.method import parameter_count
 
     label = inspect_model(smollm2_path).quantization_label
     assert label.startswith("mixed: 4-bit (group size 32)")

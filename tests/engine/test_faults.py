@@ -192,7 +192,7 @@ def poisoned_optimizers(monkeypatch, poison_attempts: int, from_step: int = 6):
     import mlx.core as mx
     import mlx.optimizers as optim
 
-    import engine.train as train_mod
+    import engine.training.method as train_mod
 
     real = train_mod.build_optimizer
     built = []
@@ -471,7 +471,7 @@ def test_an_mlx_allocation_failure_ends_the_run_with_a_memory_error(
     it intact, instead of a traceback."""
     import mlx.core as mx
 
-    import engine.trainer as trainer
+    import engine.training.loop as trainer
 
     class FailingMx:
         """mlx.core as the trainer sees it, except that evaluation fails once memory is 'gone'."""

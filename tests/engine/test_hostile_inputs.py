@@ -405,7 +405,7 @@ def test_a_model_path_that_is_a_file_is_called_a_file(tiny_chat_model, capsys):
     """issue 16 item 14: a file was taken for a hub id ("not on this Mac, and training never downloads")."""
     from engine.errors import ModelError
     from engine.models import resolve
-    from engine.train import resolve_model
+    from engine.models.loading import resolve_model
 
     weights = tiny_chat_model / "model.safetensors"
     for lookup in (resolve_model, resolve):
@@ -530,14 +530,16 @@ def test_a_run_whose_checkpoints_would_fill_the_disk_is_refused_with_the_numbers
     """issue 16 item 13: rank 100,000 wrote 6.5 GB per checkpoint with no disk-space check."""
     import shutil
 
-    import engine.train
+    import engine.training.checkpoint
 
     data = variable_chat_data(tmp_path / "chat.jsonl", n=8)
     cfg = make_config(tiny_chat_model, data, iters=6, save_every=2)
     cfg.lora.rank = 64
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(
-        engine.train.shutil, "disk_usage", lambda path: usage._replace(free=200 * 1024)
+        engine.training.checkpoint.shutil,
+        "disk_usage",
+        lambda path: usage._replace(free=200 * 1024),
     )
     status, run_dir, rec = train_run(cfg)
     assert status == "failed"

@@ -266,7 +266,7 @@ def test_validation_uses_the_same_examples_every_time(tiny_chat_model, tmp_path)
     import mlx_lm
 
     from engine.batching import fixed_eval_batches
-    from engine.trainer import evaluate
+    from engine.training.loop import evaluate
 
     model, tok = mlx_lm.load(str(tiny_chat_model))
     ours = _encoded(tok, variable_chat_data(tmp_path / "v.jsonl", n=60))
@@ -292,7 +292,7 @@ def test_nan_loss_stops_with_an_error_and_keeps_the_last_good_checkpoint(
     import mlx.core as mx
     import mlx.optimizers as optim
 
-    import engine.train as train_mod
+    import engine.training.method as train_mod
 
     data = variable_chat_data(tmp_path / "chat.jsonl", n=24)
     cfg = make_config(tiny_chat_model, data, iters=30, save_every=5)
