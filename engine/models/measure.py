@@ -148,25 +148,18 @@ def measure_training(
     import mlx.nn as nn
     import mlx.optimizers as optim
     from mlx.utils import tree_flatten
-    from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx_lm.utils import load_model
 
     from engine.models.precision import prepare_for_backend
+    from engine.training.method import add_adapters
 
     model, config = load_model(Path(model_path), lazy=False)
     # As a run computes on this backend (e.g. a 4-bit base in float32 on MLX's CPU backend).
     model, _ = prepare_for_backend(model, fine_tune_type)
-    n_layers = len(model.layers)
-    trained = n_layers if num_layers < 0 else min(num_layers, n_layers)
-    model.freeze()
-    if fine_tune_type == "full":
-        for layer in model.layers[n_layers - trained :]:
-            layer.unfreeze()
-    else:
-        lora_cfg = {"rank": rank, "scale": 20.0, "dropout": 0.0}
-        if keys:
-            lora_cfg["keys"] = list(keys)
-        linear_to_lora_layers(model, trained, lora_cfg, use_dora=fine_tune_type == "dora")
+    lora_cfg = {"rank": rank, "scale": 20.0, "dropout": 0.0}
+    if keys:
+        lora_cfg["keys"] = list(keys)
+    add_adapters(model, fine_tune_type, num_layers, lora_cfg)  # as training sets a model up
     model.train()
     weights_bytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
     vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size"))

@@ -36,29 +36,35 @@ def parameter_count(model) -> int:
     return int(total)
 
 
-def is_quantized(model) -> bool:
-    import mlx.nn as nn
-
-    return any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
-
-
 def apply_method(model, config: RunConfig) -> int:
     """Freeze the base and add trainable LoRA/DoRA layers (or unfreeze for full); returns layers trained."""
+    lo = config.lora
+    params = {"rank": lo.rank, "scale": lo.scale, "dropout": lo.dropout}
+    if lo.fine_tune_type != "full" and lo.keys:
+        _check_lora_keys(model, lo.keys, layers_to_train(model, lo.num_layers))
+        params["keys"] = list(lo.keys)
+    return add_adapters(model, lo.fine_tune_type, lo.num_layers, params)
+
+
+def layers_to_train(model, num_layers: int) -> int:
+    """How many of the last blocks `num_layers` means: all of them for -1 or more than there are."""
+    n_model = len(model.layers)
+    return n_model if num_layers < 0 or num_layers > n_model else num_layers
+
+
+def add_adapters(model, fine_tune_type: str, num_layers: int, params: dict) -> int:
+    """Freeze the base, then add LoRA/DoRA layers with `params` (rank, scale, dropout, keys) to
+    the last `num_layers` blocks, or unfreeze those blocks for full fine-tuning; returns how many.
+    Training (`apply_method`) and `models fit --measure` set up a model with this."""
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    lo = config.lora
-    n_model = len(model.layers)
-    num_layers = n_model if lo.num_layers < 0 or lo.num_layers > n_model else lo.num_layers
+    num_layers = layers_to_train(model, num_layers)
     model.freeze()
-    if lo.fine_tune_type == "full":
-        for layer in model.layers[-num_layers:]:
+    if fine_tune_type == "full":
+        for layer in model.layers[len(model.layers) - num_layers :]:
             layer.unfreeze()
     else:
-        params = {"rank": lo.rank, "scale": lo.scale, "dropout": lo.dropout}
-        if lo.keys:
-            _check_lora_keys(model, lo.keys, num_layers)
-            params["keys"] = list(lo.keys)
-        linear_to_lora_layers(model, num_layers, params, use_dora=lo.fine_tune_type == "dora")
+        linear_to_lora_layers(model, num_layers, params, use_dora=fine_tune_type == "dora")
     return num_layers
 
 

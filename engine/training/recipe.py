@@ -1,5 +1,5 @@
-"""One training run in its folder, as a recipe: setup, resume, schedule, announce, train (saving
-at every checkpoint), finish.
+"""One training run in its folder, as a recipe: setup, resume, plan the steps, announce, train
+(saving at every checkpoint), finish.
 
 Model loading and LoRA layers come from mlx-lm (`mlx_lm.utils.load`,
 `mlx_lm.tuner.utils.linear_to_lora_layers`, `build_schedule`); batching, the loss mask, the fixed
@@ -58,8 +58,9 @@ def run(
         started = time.time()
         watchdog = recovery.start_watchdog(run_dir, sink)
         try:
-            recipe = TrainingRun(config, run_dir, sink, should_stop, resume, checkpoint_hooks)
-            recipe.started = started
+            recipe = TrainingRun(
+                config, run_dir, sink, should_stop, resume, checkpoint_hooks, started=started
+            )
             return _guarded(recipe)
         finally:
             if watchdog is not None:
@@ -99,13 +100,15 @@ def _guarded(recipe: TrainingRun) -> str:
 class TrainingRun:
     """The steps of one run; `run()` takes them in order and returns the final status."""
 
-    def __init__(self, config, run_dir, sink, should_stop, resume, checkpoint_hooks=()):
+    def __init__(
+        self, config, run_dir, sink, should_stop, resume, checkpoint_hooks=(), started=None
+    ):
         self.config, self.run_dir, self.sink = config, Path(run_dir), sink
         self.should_stop, self.resuming = should_stop, resume
         self.hook_factories = list(checkpoint_hooks)
         self.hooks: list[Callable[[int], None]] = []
         self.log = logger(sink)
-        self.started = time.time()
+        self.started = started or time.time()
         self.memory_plan: memory.MemoryPlan | None = None
         self.state = None  # the TrainState to continue from (None: step 0)
         self.resumed_from: int | None = None
@@ -114,7 +117,7 @@ class TrainingRun:
         self.setup()
         if self.resuming:
             self.resume()
-        self.schedule()
+        self.plan_steps()
         self.announce()
         return self.finish(self.train())
 
@@ -161,7 +164,7 @@ class TrainingRun:
             + (", the newest one that reads back whole." if damaged else "."),
         )
 
-    def schedule(self) -> None:
+    def plan_steps(self) -> None:
         """Batches, steps, the output layer's path, the loop's settings; refuse a full disk."""
         from mlx.utils import tree_flatten
 
