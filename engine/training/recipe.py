@@ -112,6 +112,7 @@ class TrainingRun:
         self.memory_plan: memory.MemoryPlan | None = None
         self.state = None  # the TrainState to continue from (None: step 0)
         self.resumed_from: int | None = None
+        self.nan_error: dict | None = None  # a non-finite loss's error, held back (recovery)
 
     def run(self) -> str:
         self.setup()
@@ -282,9 +283,9 @@ class TrainingRun:
     def train(self) -> loop.LoopResult:
         """The loop, and after a non-finite loss the one retry at half the learning rate."""
         self.guard = memory.MemoryGuard(self.memory_plan or memory.machine_plan())
-        self.reporter = reporter = EventReporter(
-            self.sink, self.save, lambda: self.should_stop() or self.guard.check()
-        )
+        # Kept local: the reporter refers to this run, and a run referring back to it would keep
+        # the model and optimizer alive after the run (until a garbage collection) in a cycle.
+        reporter = EventReporter(self.sink, self.save, self.stop_requested)
         self.nan = nan = recovery.NanRetry(self.run_dir, self.model)
         while True:
             result = loop.train(
@@ -297,15 +298,20 @@ class TrainingRun:
                 self.state,
             )
             result.reason = end_reason(result, self.config.training.early_stopping_patience)
+            self.nan_error = reporter.nan_error
             if not nan.wanted(reporter.nan_error, self.config):
                 return result
             nan.roll_back(self, reporter.nan_error)
             reporter.nan_error = None
 
+    def stop_requested(self) -> bool:
+        """A stop asked for (`should_stop`), or memory running short (the guard)."""
+        return self.should_stop() or self.guard.check()
+
     def finish(self, result: loop.LoopResult) -> str:
         """Say how the run ended: errors held back, the summary, the test loss, the final status."""
-        if self.reporter.nan_error is not None:
-            self.nan.report(self.sink, self.reporter.nan_error, self.config)
+        if self.nan_error is not None:
+            self.nan.report(self.sink, self.nan_error, self.config)
         should_stop = self.should_stop
         if result.status == "stopped" and getattr(should_stop, "reason", ""):
             result.reason = f"Stopped ({should_stop.reason})."
