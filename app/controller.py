@@ -126,7 +126,7 @@ def worker_command(
 
 
 def hosts_yaml(hosts: list) -> str:
-    """hosts.yaml (engine.distributed.read_hosts reads it) for a list of Host entries."""
+    """hosts.yaml (engine.training.distributed.read_hosts reads it) for a list of Host entries."""
     import yaml
 
     return yaml.safe_dump([{"ssh": h.ssh, "ips": list(h.ips)} for h in hosts], sort_keys=False)
@@ -182,7 +182,7 @@ class TrainingController(QObject):
     def start_config(self, config, hosts: list | None = None) -> Path:
         """Create the run folder for `config` (engine.runs.create_run) and start training in it.
 
-        With `hosts` (engine.distributed.Host entries) the run trains across those Macs: their list
+        With `hosts` (engine.training.distributed.Host entries) the run trains across those Macs: their list
         is written to RUN/hosts.yaml and passed to the worker as `--hosts`."""
         from engine.runs import create_run
 

@@ -121,7 +121,7 @@ LENGTHS_TIMEOUT_S = 600
 
 
 def worker_lengths(cfg: RunConfig, model_dir: Path) -> list[int] | None:
-    """engine.memory.train_lengths in a worker process (`lathe-engine data lengths --json`): it
+    """engine.training.memory.train_lengths in a worker process (`lathe-engine data lengths --json`): it
     loads the tokenizer and renders every example, native and Python work that would hold the
     window process's GIL (issue 17). None when the data cannot be read."""
     import json

@@ -502,12 +502,12 @@ class TrainSettingsWidget(QWidget):
 
 
 def parse_hosts(text: str) -> list:
-    """The host list editor's text as engine.distributed.Host entries.
+    """The host list editor's text as engine.training.distributed.Host entries.
 
     One Mac per line: what `ssh` connects to, then optionally the addresses the ring backend uses
     between the Macs (spaces or commas between them). Blank lines and `# comments` are skipped.
     """
-    from engine.distributed import Host
+    from engine.training.distributed import Host
 
     hosts = []
     for line in text.splitlines():
@@ -519,8 +519,8 @@ def parse_hosts(text: str) -> list:
 
 
 def check_hosts(hosts: list) -> list[tuple[str, bool, str]]:
-    """engine.distributed.check_hosts, looked up when called (worker thread)."""
-    from engine import distributed
+    """engine.training.distributed.check_hosts, looked up when called (worker thread)."""
+    from engine.training import distributed
 
     return distributed.check_hosts(hosts)
 
@@ -598,7 +598,7 @@ class HostsWidget(QWidget):
         return self.hosts() if self.enabled_box.isChecked() else None
 
     def check(self) -> None:
-        """Run engine.distributed.check_hosts on a worker thread; ✓/✗ per host when it returns."""
+        """Run engine.training.distributed.check_hosts on a worker thread; ✓/✗ per host when it returns."""
         from app.tasks import Task
 
         hosts = self.hosts()

@@ -41,13 +41,8 @@ def measure(model_path: str, data: Path, batch_size: int, max_seq: int) -> dict:
 
     from engine.batching import collate, fixed_eval_batches, plan_epoch
     from engine.encode import Encoder
-    from engine.trainer import (
-        compiled_loss,
-        evaluate,
-        masked_loss,
-        output_head_supported,
-        select_positions,
-    )
+    from engine.training.loop import compiled_loss, evaluate
+    from engine.training.loss import masked_loss, output_head_supported, select_positions
 
     records = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
     chat = "messages" in records[0]

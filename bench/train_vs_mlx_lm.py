@@ -10,7 +10,7 @@ training, one epoch over the same examples (Lathe with its defaults unless --pac
 otherwise). Only the training call is timed (model and data loading excluded). Prints wall time,
 trained tokens per second, padding fraction, peak memory, utilisation (training FLOP/s over this
 machine's FLOP/s on the model's own matmul shapes: plain matmul for float layers, quantized matmul
-for quantized ones, engine.perf) and the validation loss of each trainer's final adapter. The
+for quantized ones, engine.training.utilisation) and the validation loss of each trainer's final adapter. The
 validation loss is computed afterwards in one separate process, the same way for all three (mlx-lm's
 `evaluate` on held-out examples, scoring the real tokens only, the base in float32), so it
 compares what the same work learnt.
@@ -191,7 +191,7 @@ def _counting(original_iterate, stats: dict):
 def _finish_peer(stats: dict, model, tic: float, iters: int, batch_size: int) -> None:
     import mlx.core as mx
 
-    from engine.perf import utilisation
+    from engine.training.utilisation import utilisation
 
     stats["seconds"] = time.perf_counter() - tic
     stats["peak_gb"] = mx.get_peak_memory() / 1e9
@@ -324,12 +324,12 @@ def run_lathe(
 
     import mlx.core as mx
 
-    import engine.trainer as trainer
-    from engine import checkpoint as ckpt
+    import engine.training.loop as trainer
     from engine import events
     from engine.config import RunConfig
     from engine.runs import create_run
     from engine.train import run
+    from engine.training import checkpoint as ckpt
 
     stats: dict = {}
     original_train = trainer.train

@@ -141,7 +141,7 @@ def collate(
 
 # Architectures whose mlx-lm attention takes its mask from the cache object and whose positions are
 # rotary (relative), so a block-diagonal mask makes a packed row compute exactly what separate rows
-# would (see engine.trainer.PackedMask).
+# would (see engine.training.loss.PackedMask).
 PACKABLE_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma"}
 
 

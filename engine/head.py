@@ -1,7 +1,7 @@
 """Which models can run their output layer apart from the rest, and in chunks of what size.
 
 Kept free of MLX so that the memory estimate (`engine.models.fit`), which the GUI calls on every
-settings change, can use it. The layer itself runs in `engine.trainer.masked_loss`.
+settings change, can use it. The layer itself runs in `engine.training.loss.masked_loss`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemm
 # The output layer runs on chunks of rows whose logits hold at most this many values (256 MB in
 # float32): with a 152k vocabulary, 8 x 1024 tokens would need 5 GB for the logits and as much again
 # for their gradient. Nothing logits-sized is kept for the backward pass; how many chunks exist at
-# once depends on how far MLX queues work ahead (see engine.trainer.fused_head_cross_entropy).
+# once depends on how far MLX queues work ahead (see engine.training.loss.fused_head_cross_entropy).
 HEAD_CHUNK_VALUES = 1 << 26
 
 

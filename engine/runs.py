@@ -9,10 +9,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine import checkpoint as ckpt
 from engine.config import RunConfig
 from engine.errors import LatheError, disk_full, is_disk_full
 from engine.events import read_log
+from engine.training import checkpoint as ckpt
 from engine.workspace import (
     FileLock,
     ensure_dir,

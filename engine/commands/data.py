@@ -259,8 +259,8 @@ def _import(args) -> int:
 
 def _lengths(args) -> int:
     from engine.config import RunConfig
-    from engine.memory import train_lengths
     from engine.models import resolve
+    from engine.training.memory import train_lengths
 
     cfg = RunConfig.load(args.config)
     lengths = train_lengths(cfg, resolve(args.model or cfg.model.path))

@@ -269,7 +269,7 @@ def _fit(args: argparse.Namespace) -> int:
         cfg.data.path = _dataset_path(args.data)
     lengths = None
     if cfg.data.path:
-        from engine.memory import train_lengths
+        from engine.training.memory import train_lengths
 
         lengths = train_lengths(cfg, path)
     budget = int(args.budget_gb * GB) if args.budget_gb else None

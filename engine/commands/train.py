@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import stat
 import sys
 import threading
 from pathlib import Path
 
 from engine.config import RunConfig, cli_options, field_help
+from engine.training.stop import StopSignal
 
 
 def register(sub) -> None:
@@ -146,9 +145,10 @@ def mlx_lm_job(config: RunConfig) -> tuple[dict, list[str]]:
     from engine.data import dataset_dir, load_splits
     from engine.data.pipeline import record_kind
     from engine.errors import LatheError
-    from engine.memory import train_lengths
     from engine.models.info import read_config
-    from engine.train import eval_interval, resolve_model, total_steps
+    from engine.models.loading import resolve_model
+    from engine.training.memory import train_lengths
+    from engine.training.schedule import eval_interval, total_steps
 
     config.validate()
     t, d = config.training, config.data
@@ -218,47 +218,6 @@ def mlx_lm_job(config: RunConfig) -> tuple[dict, list[str]]:
     return job, notes
 
 
-class StopSignal:
-    """Set by `stop` on stdin, stdin closing (when it is a pipe), SIGINT or SIGTERM."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.reason = ""
-
-    def __call__(self) -> bool:
-        return self.event.is_set()
-
-    def set(self, reason: str) -> None:
-        if not self.event.is_set():
-            self.reason = reason
-            self.event.set()
-
-    def install(self, watch_stdin: bool) -> None:
-        def on_signal(signum, _frame):
-            self.set(signal.Signals(signum).name)
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        if watch_stdin:
-            threading.Thread(target=self._read_stdin, name="stdin-stop", daemon=True).start()
-
-    def _read_stdin(self) -> None:
-        try:
-            is_pipe = stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode)
-        except (OSError, ValueError):
-            return
-        try:
-            for line in sys.stdin:
-                if line.strip().lower() in ("stop", "quit"):
-                    self.set("stop requested")
-                    return
-        except (OSError, ValueError):
-            pass
-        if is_pipe:
-            # The app that started us is gone: stop cleanly with a checkpoint instead of orphaning.
-            self.set("the app closed")
-
-
 def handle(args: argparse.Namespace) -> int:
     from engine import cli
     from engine.platform import reexec_with_openblas
@@ -269,9 +228,10 @@ def handle(args: argparse.Namespace) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         reexec_with_openblas(sys.argv[1:])
 
-    from engine import distributed, events
+    from engine import events
     from engine.cli import UserError
     from engine.runs import LOCK_FILE, claim, create_run, find_run, load_run, release
+    from engine.training import distributed
     from engine.workspace import FileLock, write_yaml_atomic
 
     if args.hosts and not distributed.launched():
@@ -366,9 +326,9 @@ def _secondary_rank(args: argparse.Namespace, ranks) -> int:
     only rank 0 writes the run folder and events."""
     import shutil
 
-    from engine import checkpoint as ckpt
     from engine.runs import find_run, load_run
     from engine.train import run
+    from engine.training import checkpoint as ckpt
     from engine.workspace import scratch as scratch_dir
 
     with scratch_dir(f"rank{ranks.rank}") as scratch:
@@ -390,7 +350,7 @@ def _secondary_rank(args: argparse.Namespace, ranks) -> int:
 
 def _launch_on_hosts(args: argparse.Namespace) -> int:
     """Start this same command on every listed Mac with mlx.launch and relay rank 0's events."""
-    from engine import distributed
+    from engine.training import distributed
     from engine.workspace import scratch
 
     hosts = distributed.read_hosts(args.hosts)
@@ -404,7 +364,8 @@ def _relay_launch(args: argparse.Namespace, hostfile: Path, n_hosts: int) -> int
     import signal as sig
     import subprocess
 
-    from engine import distributed, events
+    from engine import events
+    from engine.training import distributed
 
     argv = list(sys.argv[1:])
     i = argv.index("--hosts")

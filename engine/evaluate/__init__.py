@@ -7,7 +7,7 @@
 
 Base and tuned share one loaded model (engine.chat's ChatModel with its adapter switched off and
 on) and are scored on the same tokens and prompts; answers are greedy. Golden prompts are answered
-during training by `golden.golden_hook` (see engine/train.py). MLX loads only when a model does.
+during training by `golden.golden_hook` (engine/train.py passes it to the run). MLX loads only when a model does.
 """
 
 from engine.evaluate.best import best_by_metric, best_by_val_loss, best_checkpoint

@@ -112,7 +112,8 @@ def loss_comparison(
     from engine.batching import fixed_eval_batches
     from engine.data import load_splits
     from engine.encode import Encoder
-    from engine.trainer import evaluate, output_head_supported
+    from engine.training.loop import evaluate
+    from engine.training.loss import output_head_supported
 
     d, t = config.data, config.training
     splits = load_splits(d.path, valid_fraction=d.valid_fraction, seed=t.seed)

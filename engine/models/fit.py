@@ -318,7 +318,7 @@ def training_breakdown(info: ModelInfo, cfg: RunConfig, batch: dict | None = Non
         tokens * a * (TRANSIENT_HIDDEN * d + TRANSIENT_MLP * i + TRANSIENT_ATTENTION * heads * s)
     )
     if info.model_type in HEAD_MODEL_TYPES and cfg.lora.fine_tune_type != "full":
-        # The trainer's chunked output layer (engine.trainer.fused_head_cross_entropy): logits and
+        # The trainer's chunked output layer (engine.training.loss.fused_head_cross_entropy): logits and
         # their gradient, plus the gradient rows for the hidden states it keeps (float32).
         logits = tokens * LOGIT_BYTES * (v * FUSED_LOGIT_COPIES + d * HIDDEN_GRADIENT_COPIES)
     else:

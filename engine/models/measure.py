@@ -1,7 +1,7 @@
 """Measure the real peak memory of LoRA training steps (`models fit --measure`).
 
 `measure_run` measures what a run will really do: it loads the model and encodes the data as
-training does (`engine.train.prepare`, memory decision included), forms the run's largest batch
+training does (`engine.training.prepare`, memory decision included), forms the run's largest batch
 from the real examples (`engine.batching.largest_batch`: the batch-size longest examples, padded as
 the trainer pads) and runs a few real steps of Lathe's training loop on it, then reads MLX's
 peak-memory counter. Its time and memory are those of loading plus a few steps of one batch.
@@ -75,20 +75,20 @@ def measure_run(config, steps: int = 2, sink=None) -> Measurement:
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from engine import train as training
     from engine.batching import collate, largest_batch
-    from engine.trainer import checkpoint_layers, train, training_head
+    from engine.training import loop, method, plans, prepare, schedule
+    from engine.training.loss import training_head
 
     started = time.perf_counter()
     cfg = copy.deepcopy(config)
     cfg.training.ignore_fit_check = True
     quiet = sink or (lambda event: None)
-    prep = training.prepare(cfg, quiet)
+    prep = prepare.prepare(cfg, quiet)
     model = prep.model
-    training.apply_method(model, cfg)
+    method.apply_method(model, cfg)
     if cfg.training.grad_checkpoint:
-        checkpoint_layers(model)
-    optimizer = training.build_optimizer(cfg)
+        method.checkpoint_layers(model)
+    optimizer = method.build_optimizer(cfg)
     t, d = cfg.training, cfg.data
     lengths = [len(e) for e in prep.train]
     model_type = getattr(getattr(model, "args", None), "model_type", None)
@@ -108,12 +108,12 @@ def measure_run(config, steps: int = 2, sink=None) -> Measurement:
     head = training_head(model, prep.train[0].tokens)
     cfg.training.grad_accumulation_steps = 1
     cfg.training.steps_per_eval = cfg.training.save_every = 1 << 30
-    args = training.loop_args(cfg, steps, "fixed", 0, head)
-    args.batch_size = rows
+    args = schedule.loop_args(cfg, steps, head)
+    batches = plans.FixedBatches(longest, rows, t.seed, t.pad_multiple, d.max_seq_length)
     weights_bytes = sum(int(v.nbytes) for _, v in tree_flatten(model.parameters()))
     mx.clear_cache()
     mx.reset_peak_memory()
-    result = train(model, optimizer, longest, [], args, quiet, lambda state: None)
+    result = loop.train(model, optimizer, batches, [], args)
     peak = int(mx.get_peak_memory())
     return Measurement(
         peak_bytes=peak,
@@ -148,31 +148,24 @@ def measure_training(
     import mlx.nn as nn
     import mlx.optimizers as optim
     from mlx.utils import tree_flatten
-    from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx_lm.utils import load_model
 
     from engine.models.precision import prepare_for_backend
+    from engine.training.method import add_adapters
 
     model, config = load_model(Path(model_path), lazy=False)
     # As a run computes on this backend (e.g. a 4-bit base in float32 on MLX's CPU backend).
     model, _ = prepare_for_backend(model, fine_tune_type)
-    n_layers = len(model.layers)
-    trained = n_layers if num_layers < 0 else min(num_layers, n_layers)
-    model.freeze()
-    if fine_tune_type == "full":
-        for layer in model.layers[n_layers - trained :]:
-            layer.unfreeze()
-    else:
-        lora_cfg = {"rank": rank, "scale": 20.0, "dropout": 0.0}
-        if keys:
-            lora_cfg["keys"] = list(keys)
-        linear_to_lora_layers(model, trained, lora_cfg, use_dora=fine_tune_type == "dora")
+    lora_cfg = {"rank": rank, "scale": 20.0, "dropout": 0.0}
+    if keys:
+        lora_cfg["keys"] = list(keys)
+    add_adapters(model, fine_tune_type, num_layers, lora_cfg)  # as training sets a model up
     model.train()
     weights_bytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
     vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size"))
 
-    from engine import memory
-    from engine.trainer import masked_loss, training_head
+    from engine.training import memory
+    from engine.training.loss import masked_loss, training_head
 
     mx.random.seed(seed)
     tokens = mx.random.randint(0, vocab, (batch_size, seq_length + 1))
@@ -189,7 +182,7 @@ def measure_training(
     mx.eval(model.parameters(), tokens, weights)
 
     if grad_checkpoint:
-        from engine.trainer import checkpoint_layers
+        from engine.training.method import checkpoint_layers
 
         checkpoint_layers(model)  # this model's blocks only, as training does
 
@@ -198,7 +191,7 @@ def measure_training(
         optimizer.update(model, grads)
         return loss
 
-    from engine.train import compile_min_tokens
+    from engine.training.schedule import compile_min_tokens
 
     if tokens.size >= compile_min_tokens():  # as the trainer runs a batch of this size
         state = [model.state, optimizer.state, mx.random.state]

@@ -11,7 +11,7 @@ LoRA adapter is the same adapter, and it loads on the stored model with
 (their trained weights must stay loadable on the stored model); only the scales go to float32.
 
 `choose_compute` is the decision (pure, tested on every platform); `prepare_for_backend` applies it
-to a loaded model. Training (engine.train.load_model), chat and evaluation
+to a loaded model. Training (engine.training.prepare), chat and evaluation
 (engine.chat.generation.ChatModel.load) and the fused export's check all go through it.
 """
 

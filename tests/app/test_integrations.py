@@ -1,6 +1,6 @@
 """Engine features wired into the pages: the Evaluate tab on the Runs page, nan_retry, starting a run
 that will not fit, memory and disk-full summaries, and training on several Macs (no ssh: the worker
-command line and engine.distributed.check_hosts are intercepted)."""
+command line and engine.training.distributed.check_hosts are intercepted)."""
 
 from __future__ import annotations
 
@@ -238,7 +238,7 @@ def test_memory_and_disk_full_errors_get_their_own_summary(train_page, controlle
 
 
 def test_several_macs_writes_hosts_yaml_and_passes_hosts(qtbot, train_page, controller, launched):
-    from engine.distributed import read_hosts
+    from engine.training.distributed import read_hosts
 
     hosts = train_page.settings.hosts
     assert not hosts.body.isVisible() and not hosts.enabled_box.isChecked()  # collapsed, off
@@ -267,7 +267,7 @@ def test_several_macs_writes_hosts_yaml_and_passes_hosts(qtbot, train_page, cont
 def test_check_connection_shows_each_host(qtbot, train_page, monkeypatch):
     import threading
 
-    from engine import distributed
+    from engine.training import distributed
 
     seen = []
 

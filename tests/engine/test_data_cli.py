@@ -208,9 +208,9 @@ def test_import_or_demo_model_uses_the_demo_model_when_the_model_is_not_here(tmp
 
 def test_lengths_are_the_training_examples_token_lengths(tmp_path, capsys, stories_path):
     """Issue 17: the Train page's memory estimate gets its data's token lengths from `data
-    lengths` in a worker process: the same numbers engine.memory.train_lengths computes."""
+    lengths` in a worker process: the same numbers engine.training.memory.train_lengths computes."""
     from engine.config import RunConfig
-    from engine.memory import train_lengths
+    from engine.training.memory import train_lengths
 
     cfg = RunConfig()
     cfg.model.path = str(stories_path)

@@ -157,7 +157,7 @@ def test_a_template_that_cannot_render_tool_calls_is_reported(tmp_path, tiny_cha
 def test_training_refuses_when_the_template_empties_the_training_signal(tok):
     """Issue 20 item 1: when every training example's answer is a tool call the template drops,
     the run refuses to start (unless forced); with a few such examples it warns with counts."""
-    from engine.train import check_template_drops
+    from engine.training.prepare import check_template_drops
 
     encoder = Encoder(tok)  # the model's own template, without tools
     record = load_record(tool_record())

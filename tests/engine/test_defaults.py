@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import memory
 from engine.config import RunConfig
 from engine.models.fit import GB, estimate
 from engine.models.recommended import info_from_arch
+from engine.training import memory
 
 ROOT = Path(__file__).resolve().parents[2]
 BANK = ROOT / "resources" / "samples" / "bank-support"
@@ -31,7 +31,7 @@ def _bank_config(model: Path) -> RunConfig:
 def test_estimate_is_for_the_largest_batch_the_bank_data_forms_on_smollm2(smollm2_path):
     """issue 22 item 1: on SmolLM2 the bank sample's longest example is 126 tokens, so the estimate
     is for 4 x 128 tokens (not 4 x 2048), fits an 8 GB Mac's budget and turns nothing on."""
-    from engine.memory import train_lengths
+    from engine.training.memory import train_lengths
 
     cfg = _bank_config(smollm2_path)
     lengths = train_lengths(cfg, smollm2_path)
@@ -124,7 +124,7 @@ def test_estimate_is_within_25_percent_of_real_smollm2_training_steps(smollm2_pa
     m = measure_run(cfg)
     assert (m.batch_size, m.seq_length, m.source) == (4, 128, "the data's largest batch")
     assert "4 x 128 tokens" in m.describe()
-    from engine.memory import train_lengths
+    from engine.training.memory import train_lengths
 
     report = estimate(model, cfg, lengths=train_lengths(cfg, model))
     assert report.automatic == {} and report.verdict == "fits"
@@ -161,8 +161,8 @@ def test_measure_runs_the_datas_largest_batch_not_the_longest_possible(stories_p
     """issue 18 item 3: `measure_run` measures the run's real largest batch (batch size x the
     longest example, padded as the trainer pads) with Lathe's training loop, says so, and the
     estimate for the same batch is within 25% of it."""
-    from engine.memory import train_lengths
     from engine.models.measure import measure_run
+    from engine.training.memory import train_lengths
 
     cfg = _bank_config(stories_path)
     m = measure_run(cfg)
@@ -178,7 +178,7 @@ def test_measure_runs_the_datas_largest_batch_not_the_longest_possible(stories_p
 def test_evaluation_interval_follows_the_runs_length():
     """issue 22 item 5: left to Lathe, a run gets about 10-20 validation points, preferably on
     checkpoint steps; a value the user set is kept."""
-    from engine.train import eval_interval
+    from engine.training.schedule import eval_interval
 
     cfg = RunConfig()
     assert cfg.training.steps_per_eval is None
@@ -200,8 +200,8 @@ def test_batch_size_means_examples_per_step_by_default(stories_path):
     examples per step: 72 steps per epoch, 144 for 2 epochs (budget batching had made it ~6 per
     step and fewer steps). Budget batching, when asked for, says what it does to the steps."""
     from engine.batching import choose_batching
-    from engine.memory import train_lengths
-    from engine.train import batch_note, total_steps
+    from engine.training.memory import train_lengths
+    from engine.training.schedule import batch_note, total_steps
 
     cfg = _bank_config(stories_path)
     lengths = train_lengths(cfg, stories_path)
@@ -338,7 +338,7 @@ def test_smollm2_mixed_quantization_and_real_parameter_count(smollm2_path):
     from mlx_lm.utils import load_model
 
     from engine.models.info import inspect_model
-    from engine.train import parameter_count
+    from engine.training.method import parameter_count
 
     label = inspect_model(smollm2_path).quantization_label
     assert label.startswith("mixed: 4-bit (group size 32)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.distributed import Host, describe_lost_peer, read_hosts, write_hostfile
+from engine.training.distributed import Host, describe_lost_peer, read_hosts, write_hostfile
 from tests.helpers import variable_chat_data
 
 ROOT = Path(__file__).resolve().parents[2]

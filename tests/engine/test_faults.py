@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from engine import events
-from engine.checkpoint import is_temp_name
 from engine.runs import create_run, load_run
+from engine.training.checkpoint import is_temp_name
 from tests.helpers import config_for, run_logged
 
 
@@ -167,7 +167,7 @@ def poisoned_optimizers(monkeypatch, poison_attempts: int, from_step: int = 6):
     import mlx.core as mx
     import mlx.optimizers as optim
 
-    import engine.train as train_mod
+    import engine.training.method as train_mod
 
     real = train_mod.build_optimizer
     built = []
@@ -255,8 +255,8 @@ def test_a_tight_run_turns_on_gradient_checkpointing_and_says_so(
     tiny_chat_model, tmp_path, monkeypatch
 ):
     import engine.models.fit as fit
-    from engine.memory import train_lengths
     from engine.models.info import inspect_model
+    from engine.training.memory import train_lengths
 
     cfg = config_for(tiny_chat_model, tmp_path, iters=2)
     # The run estimates the largest batch its data forms (issue 22 item 1), so this test does too.
@@ -316,7 +316,7 @@ def test_train_cli_force_and_nan_retry_flags_set_the_config():
 
 
 def test_memory_limits_come_from_the_machine():
-    from engine import memory
+    from engine.training import memory
 
     gb = memory.GB
     # macOS: the GPU's recommended working set is the limit.
@@ -329,7 +329,8 @@ def test_memory_limits_come_from_the_machine():
 
 
 def test_macos_budget_reads_the_working_set_and_falls_back_to_physical_memory(monkeypatch):
-    from engine import memory, platform
+    from engine import platform
+    from engine.training import memory
 
     monkeypatch.setattr(
         memory, "_device_info", lambda: {"max_recommended_working_set_size": 11 * memory.GB}
@@ -344,7 +345,7 @@ def test_macos_budget_reads_the_working_set_and_falls_back_to_physical_memory(mo
 def test_training_sets_mlx_memory_limits_and_restores_them(tiny_chat_model, tmp_path):
     import mlx.core as mx
 
-    from engine import memory
+    from engine.training import memory
 
     before_limit = mx.get_memory_limit()
     before_cache = mx.set_cache_limit(123_456_789)
@@ -374,7 +375,7 @@ def test_the_cache_is_freed_after_every_step_on_the_cpu_unless_configured():
     asserted that it ran on the CPU, so it failed on a Mac)."""
     import mlx.core as mx
 
-    from engine import memory
+    from engine.training import memory
 
     assert memory.clear_cache_threshold(0, gpu=False) == 1  # every step: faster, smaller on CPU
     assert memory.clear_cache_threshold(0, gpu=True) == 0  # kept (capped) on a GPU
@@ -401,7 +402,7 @@ def test_the_cache_is_freed_after_every_step_on_the_cpu_unless_configured():
 def test_memory_running_short_frees_the_cache_then_checkpoints_and_stops(
     tiny_chat_model, tmp_path, monkeypatch
 ):
-    from engine import memory
+    from engine.training import memory
 
     plan = memory.machine_plan()
     pressure = {"on": False, "clears": 0}
@@ -445,7 +446,7 @@ def test_an_mlx_allocation_failure_ends_the_run_with_a_memory_error(
     it intact, instead of a traceback."""
     import mlx.core as mx
 
-    import engine.trainer as trainer
+    import engine.training.loop as trainer
 
     class FailingMx:
         """mlx.core as the trainer sees it, except that evaluation fails once memory is 'gone'."""
@@ -482,7 +483,7 @@ def test_checkpoint_folders_are_complete_or_absent_and_resume_tidies_up(tmp_path
     import mlx.nn as nn
     import mlx.optimizers as optim
 
-    from engine import checkpoint as ckpt
+    from engine.training import checkpoint as ckpt
 
     model = nn.Linear(4, 4)
     optimizer = optim.Adam(learning_rate=1e-3)
@@ -516,7 +517,7 @@ def test_checkpoint_folders_are_complete_or_absent_and_resume_tidies_up(tmp_path
 def test_a_short_safetensors_write_is_an_error_not_a_checkpoint(tmp_path, monkeypatch):
     import mlx.core as mx
 
-    from engine.checkpoint import write_safetensors
+    from engine.training.checkpoint import write_safetensors
 
     real = mx.save_safetensors
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.checkpoint import is_temp_name
 from engine.runs import _pid_alive, load_run
+from engine.training.checkpoint import is_temp_name
 from tests.helpers import variable_chat_data
 
 pytestmark = pytest.mark.slow  # minutes of real training on the 2-core machine

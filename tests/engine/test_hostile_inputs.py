@@ -35,7 +35,7 @@ def _config_file(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
 def test_yaml_alias_bombs_are_refused_in_every_yaml_lathe_reads(tmp_path, capsys):
     """issue 16 item 6: configs, run config.yaml, hosts, presets and settings refuse aliases."""
     from app.settings_form import load_presets
-    from engine.distributed import DistributedError, read_hosts
+    from engine.training.distributed import DistributedError, read_hosts
     from engine.workspace import load_settings, settings_path
 
     bomb = _config_file(
@@ -184,7 +184,7 @@ def test_stop_is_honoured_between_micro_batches_and_resume_stays_exact(tiny_chat
     assert first.of("progress") == []
     import json
 
-    from engine.checkpoint import STATE_FILE, latest_checkpoint
+    from engine.training.checkpoint import STATE_FILE, latest_checkpoint
 
     state = json.loads((latest_checkpoint(run_dir) / STATE_FILE).read_text())
     assert (state["step"], state["position"], state["epoch"]) == (0, 0, 0)
@@ -405,7 +405,7 @@ def test_a_model_path_that_is_a_file_is_called_a_file(tiny_chat_model, capsys):
     """issue 16 item 14: a file was taken for a hub id ("not on this Mac, and training never downloads")."""
     from engine.errors import ModelError
     from engine.models import resolve
-    from engine.train import resolve_model
+    from engine.models.loading import resolve_model
 
     weights = tiny_chat_model / "model.safetensors"
     for lookup in (resolve_model, resolve):
@@ -530,14 +530,16 @@ def test_a_run_whose_checkpoints_would_fill_the_disk_is_refused_with_the_numbers
     """issue 16 item 13: rank 100,000 wrote 6.5 GB per checkpoint with no disk-space check."""
     import shutil
 
-    import engine.train
+    import engine.training.checkpoint
 
     data = variable_chat_data(tmp_path / "chat.jsonl", n=8)
     cfg = make_config(tiny_chat_model, data, iters=6, save_every=2)
     cfg.lora.rank = 64
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(
-        engine.train.shutil, "disk_usage", lambda path: usage._replace(free=200 * 1024)
+        engine.training.checkpoint.shutil,
+        "disk_usage",
+        lambda path: usage._replace(free=200 * 1024),
     )
     status, run_dir, rec = train_run(cfg)
     assert status == "failed"

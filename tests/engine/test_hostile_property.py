@@ -148,7 +148,7 @@ def _inspect_and_import(path: Path) -> None:
 
 
 def _load_config(path: Path) -> None:
-    from engine.distributed import read_hosts
+    from engine.training.distributed import read_hosts
 
     try:
         config = RunConfig.load(path)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.batching import collate, collate_packed
-from engine.trainer import masked_loss, output_head_supported, select_positions
+from engine.training.loss import masked_loss, output_head_supported, select_positions
 from tests.helpers import mixed_examples
 
 
@@ -70,7 +70,7 @@ def test_fused_output_layer_gives_the_full_loss_and_gradients_in_chunks(
     from mlx.utils import tree_flatten
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    import engine.trainer as trainer
+    import engine.training.loss as trainer
 
     monkeypatch.setattr(
         trainer, "HEAD_CHUNK_VALUES", 1
@@ -151,7 +151,7 @@ def _lora_b_random(model) -> dict:
 def test_full_fine_tuning_keeps_the_output_layer_in_the_model(stories_path):
     import mlx_lm
 
-    from engine.trainer import head_frozen
+    from engine.training.loss import head_frozen
 
     model, _ = mlx_lm.load(str(stories_path))
     assert not head_frozen(model)  # nothing frozen: the output layer trains, so no fused path
@@ -178,8 +178,8 @@ def test_a_run_uses_selected_outputs_and_compiles_large_batches_at_once(
     tiny_chat_model, tmp_path, monkeypatch
 ):
     """Training with prompt masking takes the selected-output path and gives the same losses."""
-    import engine.trainer as trainer
-    from engine.train import compile_min_tokens
+    import engine.training.loss as trainer
+    from engine.training.schedule import compile_min_tokens
     from tests.helpers import config_for, run_logged
 
     assert compile_min_tokens() == 1024  # the CPU backend in tests
@@ -190,10 +190,10 @@ def test_a_run_uses_selected_outputs_and_compiles_large_batches_at_once(
     status, _, with_select = run_logged(cfg)
     assert status == "completed" and any(s is not None for s in seen)
     monkeypatch.setattr(trainer, "output_head_supported", lambda *a: False)
-    import engine.train
+    import engine.training.schedule
 
     monkeypatch.setattr(
-        engine.train, "compile_min_tokens", lambda: 0
+        engine.training.schedule, "compile_min_tokens", lambda: 0
     )  # every shape compiled at once
     status, _, without = run_logged(cfg)
     assert status == "completed"

@@ -22,7 +22,7 @@ def test_packed_batch_loss_equals_the_loss_of_the_same_examples_unpacked(which, 
     import mlx.core as mx
     import mlx_lm
 
-    from engine.trainer import masked_loss
+    from engine.training.loss import masked_loss
 
     path = request.getfixturevalue("stories_path" if which == "stories" else "tiny_qwen_model")
     model, tok = mlx_lm.load(str(path))

@@ -204,7 +204,7 @@ def test_validation_uses_the_same_examples_every_time(tiny_chat_model, tmp_path)
     import mlx_lm
 
     from engine.batching import fixed_eval_batches
-    from engine.trainer import evaluate
+    from engine.training.loop import evaluate
 
     model, tok = mlx_lm.load(str(tiny_chat_model))
     ours = _encoded(tok, variable_chat_data(tmp_path / "v.jsonl", n=60))
@@ -230,7 +230,7 @@ def test_nan_loss_stops_with_an_error_and_keeps_the_last_good_checkpoint(
     import mlx.core as mx
     import mlx.optimizers as optim
 
-    import engine.train as train_mod
+    import engine.training.method as train_mod
 
     data = variable_chat_data(tmp_path / "chat.jsonl", n=24)
     cfg = make_config(tiny_chat_model, data, iters=30, save_every=5)
@@ -269,7 +269,7 @@ def test_run_reports_utilisation_against_a_plain_matmul(tiny_chat_model, tmp_pat
 def test_flop_count_matches_the_textbook_formula_for_a_dense_llama(tiny_chat_model):
     import mlx_lm
 
-    from engine.perf import flop_model
+    from engine.training.utilisation import flop_model
 
     model, _ = mlx_lm.load(str(tiny_chat_model))
     fm = flop_model(model)
@@ -373,7 +373,7 @@ def test_utilisation_of_a_quantized_model_is_against_quantized_matmul(tiny_chat_
     import mlx.nn as nn
     import mlx_lm
 
-    from engine.perf import flop_model, utilisation
+    from engine.training.utilisation import flop_model, utilisation
 
     model, _ = mlx_lm.load(str(tiny_chat_model))
     assert flop_model(model).quantized == {}

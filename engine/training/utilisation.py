@@ -203,3 +203,28 @@ def utilisation(
         "flops_per_token": per_token,
         "reference": "quantized matmul" if fm.quantized else "matmul",
     }
+
+
+def run_utilisation(model, num_layers: int, config, state, train_set) -> dict:
+    """`utilisation` of a finished run: its model, trained layers, tokens and seconds."""
+    mean_length = sum(len(e) for e in train_set) / max(1, len(train_set))
+    return utilisation(
+        model,
+        num_layers,
+        config.lora.fine_tune_type == "full",
+        state.processed_tokens,
+        state.elapsed_seconds,
+        mean_length,
+        state.processed_tokens // max(1, state.step),
+    )
+
+
+def backend() -> str:
+    """The MLX backend and device, e.g. "gpu (Metal)", "gpu (CUDA)" or "cpu"."""
+    import mlx.core as mx
+
+    device = mx.default_device()
+    if device.type == mx.DeviceType.gpu:
+        kind = "Metal" if mx.metal.is_available() else "CUDA"
+        return f"gpu ({kind})"
+    return "cpu"

@@ -314,3 +314,55 @@ def _fsync_dir_files(folder: Path) -> None:
                 os.fsync(fh.fileno())
             os.chmod(p, 0o600)
     _fsync(folder)
+
+
+def publish_adapters(checkpoint: Path, adapters: Path) -> None:
+    """Copy a checkpoint's adapter files to `adapters/` (the run's current adapter), atomically each."""
+    ensure_dir(adapters)
+    for name in (ADAPTER_FILE, ADAPTER_CONFIG):
+        tmp = temp_path_for(adapters / name)
+        try:
+            shutil.copyfile(checkpoint / name, tmp)
+            commit_temp(tmp, adapters / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+# Optimizer state saved per checkpoint, in copies of the trained parameters (Adam's two moments;
+# SGD's and Muon's momentum; Adafactor's factored moments are far smaller, counted as one).
+OPTIMIZER_STATE_COPIES = {"adam": 2, "adamw": 2, "sgd": 1, "muon": 1, "adafactor": 1}
+
+
+def check_disk_space(config, run_dir: Path, adapter_bytes: int, steps: int, done: int, log) -> None:
+    """Refuse a run whose checkpoints would not fit on the disk (with the numbers), before step 1.
+
+    Every checkpoint is kept: adapter + optimizer state, one every `save_every` steps and one at the
+    end, plus the run's current adapter. `training.ignore_fit_check` (`--force`) makes it a warning.
+    """
+    t = config.training
+    per_checkpoint = adapter_bytes * (1 + OPTIMIZER_STATE_COPIES.get(t.optimizer, 2))
+    saves = steps // t.save_every - done // t.save_every + (1 if steps % t.save_every else 0)
+    needed = per_checkpoint * max(saves, 0) + adapter_bytes
+    free = shutil.disk_usage(run_dir).free
+    if needed <= free:
+        return
+    message = (
+        f"This run would write {saves} checkpoints of {_size(per_checkpoint)} each "
+        f"({_size(needed)} with the adapter; one every {t.save_every} steps of {steps}), but the disk "
+        f"has {_size(free)} free, so it was not started."
+    )
+    if t.ignore_fit_check:
+        log("warning", message.replace("so it was not started", "and it was started anyway"))
+        return
+    from engine.errors import DiskFullError
+
+    raise DiskFullError(
+        message,
+        "Save less often (a larger training.save_every), use a smaller lora.rank, or free disk "
+        "space; `train --force` starts it anyway (it stops cleanly when the disk is full).",
+    )
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024**3:.1f} GB" if n >= 1024**3 / 10 else f"{n / 1024**2:.1f} MB"

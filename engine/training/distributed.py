@@ -2,7 +2,7 @@
 
 Lathe does not run its own cluster: `python -m engine train` started by `mlx.launch` (ring backend
 over Ethernet or Thunderbolt, MPI where installed) finds its rank here. Every rank takes its rows
-of every batch and gradients are summed across ranks (engine.trainer); only rank 0 writes the run
+of every batch and gradients are summed across ranks (engine.training.loop); only rank 0 writes the run
 folder and prints events. `--hosts hosts.yaml` builds the launcher's host file and starts the run
 across the listed Macs over ssh.
 """
