@@ -558,6 +558,10 @@ def _run(config, run_dir, sink, should_stop, resume, log, started, plan=None) ->
     model = prep.model
     if plan is not None and prep.fit_peak_bytes:
         memory.fit_cache_to(plan, prep.fit_peak_bytes)
+    # Seeded again right before the adapter is drawn, as mlx_lm.lora does: loading the model draws
+    # from MLX's random state too (each layer's placeholder init), so without this the LoRA init
+    # depended on the model's loading path and differed from mlx-lm's for the same seed.
+    mx.random.seed(t.seed)
     num_layers = apply_method(model, config)
     if t.resume_adapter_file and not resume:
         model.load_weights(t.resume_adapter_file, strict=False)
