@@ -99,7 +99,11 @@ def main() -> None:
         "--shapes", default="short,mixed,long,qlora", help="Comma-separated dataset shapes to run."
     )
     p.add_argument(
-        "--packing", default="auto", help="Lathe's data.packing (auto, budget, pack, off)."
+        "--packing",
+        default="off",
+        help="Lathe's data.packing (off, auto, budget, pack). Default off, Lathe's own default: "
+        "batch_size examples per step, so every trainer takes the same steps and the validation "
+        "losses compare at the same step; auto/budget put more short examples into fewer steps.",
     )
     p.add_argument(
         "--trainers", default=",".join(TRAINERS), help="Comma-separated: mlx_lm,mlx_lm_lora,lathe"
@@ -138,6 +142,9 @@ def main() -> None:
     model = build_model(work, a.size) if set(shapes) - {"qlora"} else ""
     trainers, notes = available_trainers(a.trainers.split(","))
     load_before = load_average()
+    import time
+
+    started = time.perf_counter()
     rows = []
     for shape in shapes:
         bases = a.qlora_base.split(",") if shape == "qlora" else ["as-is"]
@@ -165,7 +172,8 @@ def main() -> None:
     print(
         f"Machine: {platform.platform()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
         f"{', ' + device if device else ''}, MLX {mx.__version__} ({mx.default_device()}); "
-        f"{load_before} at the start, {load_average()} at the end"
+        f"{load_before} at the start, {load_average()} at the end; the whole run took "
+        f"{(time.perf_counter() - started) / 60:.1f} min"
     )
     if model:
         print(f"Model: {describe_size(a.size)}, LoRA rank 8 on all layers, batch 8, one epoch.")

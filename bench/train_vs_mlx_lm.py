@@ -323,7 +323,7 @@ def run_lathe(
     iters: int,
     batch_size: int,
     max_seq: int,
-    packing: str = "auto",
+    packing: str = "off",
     adapter_out: str = "",
     seed: int = 0,
 ) -> dict:
@@ -606,7 +606,7 @@ def compare(
     examples: int | None = None,
     batch_size: int = 8,
     work: Path | None = None,
-    packing: str = "auto",
+    packing: str = "off",
     trainers: list[str] | None = None,
     base: str = "as-is",
     timeout: float | None = None,
@@ -725,7 +725,11 @@ def main() -> None:
         "--size", choices=sorted(SIZES), default="tiny", help="Shape of the model built here."
     )
     p.add_argument(
-        "--packing", default="auto", help="Lathe's data.packing (auto, budget, pack, off)."
+        "--packing",
+        default="off",
+        help="Lathe's data.packing (off, auto, budget, pack). Default off, Lathe's own default: "
+        "batch_size examples per step, so every trainer takes the same steps and the validation "
+        "losses compare at the same step; auto/budget put more short examples into fewer steps.",
     )
     p.add_argument("--shape", choices=sorted(SHAPES), default="mixed")
     p.add_argument("--examples", type=int)
