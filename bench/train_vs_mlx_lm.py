@@ -388,6 +388,8 @@ def run_lathe(
     stats.update({k: summary[k] for k in ("utilisation", "achieved_gflops", "reference_gflops")})
     started = rec.of("started")[0]["config"]
     stats["packing"] = started["batching"]
+    # Gradient checkpointing turned on by Lathe's memory check (slower steps): shown in the table
+    stats["grad_checkpoint"] = bool(started.get("grad_checkpoint"))
     if "compute_dtype" in started:
         stats["compute_dtype"] = started["compute_dtype"]
     stats["steps"] = summary["steps"]
@@ -692,7 +694,7 @@ def print_table(rows: list[dict], with_examples: bool = False, file=None) -> Non
             x = r[which]
             name = TRAINERS[which]
             if which == "lathe":
-                name += f"/{x.get('packing', '?')}"
+                name += f"/{x.get('packing', '?')}" + ("+ckpt" if x.get("grad_checkpoint") else "")
             n = f"{r['examples']:>9}  " if with_examples else ""
             if x.get("stopped"):
                 print(
