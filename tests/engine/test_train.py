@@ -349,6 +349,29 @@ def test_flop_count_matches_the_textbook_formula_for_a_dense_llama(tiny_chat_mod
     ) == 4 * n + 2 * sum(fm.per_layer_linear)
 
 
+def test_reference_matmul_weighs_each_shape_as_often_as_the_model_multiplies_it(
+    tiny_chat_model, monkeypatch
+):
+    """Issue 21 (utilisation): the reference pass multiplies every layer's projections, not each
+    distinct shape once (which let the output layer's one large matmul stand for most of it)."""
+    import mlx_lm
+
+    import engine.perf as perf
+
+    model, _ = mlx_lm.load(str(tiny_chat_model))
+    fm = perf.flop_model(model)
+    a = model.args
+    # q and o are hidden x hidden in every layer: 2 per layer
+    assert fm.counts[(a.hidden_size, a.hidden_size)] == 2 * a.num_hidden_layers
+    assert sum(i * o * c for (i, o), c in fm.counts.items()) == sum(fm.per_layer_linear) + fm.head
+    # With every call taking the same time, the reference is the FLOP-weighted pass over them all.
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(perf.time, "perf_counter", lambda: float(next(ticks)))
+    ref = perf.reference_flops_per_second(fm.shapes, 8, seconds=0, counts=fm.counts)
+    calls = sum(fm.counts.values())
+    assert ref == pytest.approx(2 * 8 * (sum(fm.per_layer_linear) + fm.head) / calls)
+
+
 def test_config_reads_mlx_lm_yaml_and_parses_numbers_deliberately(tmp_path):
     from engine.config import ConfigError
 
