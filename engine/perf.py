@@ -133,7 +133,7 @@ def reference_flops_per_second(
     A shape in `quantized` ((in, out) -> (bits, group_size, mode)) is multiplied with
     `mx.quantized_matmul` on a weight quantized that way, its scales in `dtype`; the others with a
     plain matmul in `dtype`. Each shape gets an equal share of `seconds` (at least one timed call
-    each, so a very slow kernel, e.g. 4-bit with float16 scales on a CPU, costs a few calls, not a
+    each, the fastest call counting, so a very slow kernel, e.g. 4-bit with float16 scales on a CPU, costs a few calls, not a
     loop). The result is the FLOPs of one pass over the shapes over its time, each shape counted as
     often as `counts` says the model multiplies it (default once): a model's many small
     projections weigh as much in the reference as in its step, not as much as one output layer.
@@ -166,14 +166,19 @@ def reference_flops_per_second(
         mx.eval(call())  # warm-up; also the timing when one call already takes the whole share
         first = time.perf_counter() - start
         share = seconds / max(1, len(shapes))
-        n, spent = 0, 0.0
+        # The fastest of the timed calls: other processes only ever slow a call down, so the
+        # best one is the closest to what the machine can do (an average moved by +-30% between
+        # runs on a shared machine, and with it every utilisation figure).
+        per_call = first
         if first < share:
-            start = time.perf_counter()
-            while spent < share or n == 0:
+            end = time.perf_counter() + share
+            while True:
+                start = time.perf_counter()
                 mx.eval(call())
-                n += 1
-                spent = time.perf_counter() - start
-        per_call = spent / n if n else first
+                stop = time.perf_counter()
+                per_call = min(per_call, stop - start)
+                if stop >= end:
+                    break
         times = (counts or {}).get((i, o), 1)
         flops += 2.0 * tokens * i * o * times
         seconds_per_pass += per_call * times
