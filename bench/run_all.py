@@ -3,6 +3,8 @@
     python -m bench            (or: python bench/run_all.py)
     python -m bench --scale 0.125 --shapes mixed,qlora      (a quick, small run)
     python -m bench --size 0.5b --scale 4      (a Qwen2.5-0.5B-shaped model, for a GPU)
+    python -m bench --quick      (every shape and trainer, 1/8 of the examples, the qlora row on
+                                  the float32 base only: ~15 minutes on a quiet 2-core CPU)
 
 Shapes: short chat turns, long documents near the context limit, a realistic mixed length spread
 (all on a random-weight model built here, see --size), and qlora: the real
@@ -97,7 +99,11 @@ def main() -> None:
         "--shapes", default="short,mixed,long,qlora", help="Comma-separated dataset shapes to run."
     )
     p.add_argument(
-        "--packing", default="auto", help="Lathe's data.packing (auto, budget, pack, off)."
+        "--packing",
+        default="off",
+        help="Lathe's data.packing (off, auto, budget, pack). Default off, Lathe's own default: "
+        "batch_size examples per step, so every trainer takes the same steps and the validation "
+        "losses compare at the same step; auto/budget put more short examples into fewer steps.",
     )
     p.add_argument(
         "--trainers", default=",".join(TRAINERS), help="Comma-separated: mlx_lm,mlx_lm_lora,lathe"
@@ -113,18 +119,42 @@ def main() -> None:
         default=300,
         help="Seconds after which a trainer on the qlora shape with the base as-is is stopped.",
     )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="--scale 0.125 --qlora-base float32 (unless given), at least 24 long documents "
+        "(3 steps): every shape and trainer in about 15 minutes on a 2-core CPU. The as-stored 4-bit row is left out: on MLX's CPU "
+        "backend no trainer finishes a step of it within minutes (see the README).",
+    )
+    p.add_argument(
+        "--fixed-order",
+        action="store_true",
+        help="Run the trainers in the same order on every shape (default: the order rotates "
+        "from shape to shape, so no trainer always runs first or last while the load changes).",
+    )
     a = p.parse_args()
+    if a.quick:
+        given = " ".join(sys.argv[1:])
+        a.scale = a.scale if "--scale" in given else 0.125
+        a.qlora_base = a.qlora_base if "--qlora-base" in given else "float32"
     work = Path(tempfile.mkdtemp(prefix="lathe-bench-"))
     shapes = a.shapes.split(",")
     model = build_model(work, a.size) if set(shapes) - {"qlora"} else ""
     trainers, notes = available_trainers(a.trainers.split(","))
     load_before = load_average()
+    import time
+
+    started = time.perf_counter()
     rows = []
     for shape in shapes:
         bases = a.qlora_base.split(",") if shape == "qlora" else ["as-is"]
         for base in bases:
+            turn = len(rows) % max(1, len(trainers)) if not a.fixed_order else 0
+            order = trainers[turn:] + trainers[:turn]
             print(f"running {shape} ({base}): {SHAPES[shape][2]} ...", file=sys.stderr, flush=True)
             n = max(8, int(SHAPES[shape][0] * a.scale))
+            if a.quick and shape == "long":
+                n = max(n, 24)  # 3 steps: one step would be mostly the first step's tracing
             rows.append(
                 compare(
                     str(REAL_MODEL) if shape == "qlora" else model,
@@ -132,7 +162,7 @@ def main() -> None:
                     n,
                     work=work,
                     packing=a.packing,
-                    trainers=trainers,
+                    trainers=order,
                     base=base,
                     timeout=a.timeout if (shape == "qlora" and base == "as-is") else None,
                 )
@@ -144,12 +174,17 @@ def main() -> None:
     print(
         f"Machine: {platform.platform()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
         f"{', ' + device if device else ''}, MLX {mx.__version__} ({mx.default_device()}); "
-        f"{load_before} at the start, {load_average()} at the end"
+        f"{load_before} at the start, {load_average()} at the end; the whole run took "
+        f"{(time.perf_counter() - started) / 60:.1f} min"
     )
     if model:
         print(f"Model: {describe_size(a.size)}, LoRA rank 8 on all layers, batch 8, one epoch.")
     if "qlora" in shapes:
         print(f"qlora: {REAL_MODEL.name} (4-bit, float16 scales), bank-support sample, batch 8.")
+    print(
+        "Trainers run one after another per shape, in the order listed (rotated from shape to "
+        "shape); 'load' is the 1-minute load average before-after each trainer's process."
+    )
     print()
     print_table(rows, with_examples=True)
     for note in notes:

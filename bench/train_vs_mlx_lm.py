@@ -210,7 +210,9 @@ def _finish_peer(stats: dict, model, tic: float, iters: int, batch_size: int) ->
     )
 
 
-def _peer_args(defaults: dict, model, data, iters, batch_size, max_seq, adapter_out) -> dict:
+def _peer_args(
+    defaults: dict, model, data, iters, batch_size, max_seq, adapter_out, seed=0
+) -> dict:
     args = dict(defaults)
     args.update(
         model=model,
@@ -225,7 +227,7 @@ def _peer_args(defaults: dict, model, data, iters, batch_size, max_seq, adapter_
         steps_per_report=10_000,
         steps_per_eval=10_000_000,
         save_every=10_000_000,
-        seed=0,
+        seed=seed,
         val_batches=0,
         adapter_path=adapter_out,
         lora_parameters={"rank": 8, "dropout": 0.0, "scale": 20.0},
@@ -244,7 +246,7 @@ def _quiet(fn, *args) -> None:
 
 
 def run_mlx_lm(
-    model: str, data: str, iters: int, batch_size: int, max_seq: int, adapter_out: str
+    model: str, data: str, iters: int, batch_size: int, max_seq: int, adapter_out: str, seed=0
 ) -> dict:
     import types
 
@@ -265,13 +267,15 @@ def run_mlx_lm(
         _finish_peer(stats, kwargs.get("model", args[0] if args else None), tic, iters, batch_size)
 
     lora.train = timed_train
-    args = _peer_args(lora.CONFIG_DEFAULTS, model, data, iters, batch_size, max_seq, adapter_out)
+    args = _peer_args(
+        lora.CONFIG_DEFAULTS, model, data, iters, batch_size, max_seq, adapter_out, seed
+    )
     _quiet(lora.run, types.SimpleNamespace(**args))
     return stats
 
 
 def run_mlx_lm_lora(
-    model: str, data: str, iters: int, batch_size: int, max_seq: int, adapter_out: str
+    model: str, data: str, iters: int, batch_size: int, max_seq: int, adapter_out: str, seed=0
 ) -> dict:
     """`mlx_lm_lora.train` in SFT mode, as its command line runs it (`run(args)`), not fused."""
     import types
@@ -300,7 +304,9 @@ def run_mlx_lm_lora(
     if "max_recommended_working_set_size" not in info:
         info = dict(info, max_recommended_working_set_size=info.get("memory_size", 0))
         sft.mx.device_info = lambda: info
-    args = _peer_args(peer.CONFIG_DEFAULTS, model, data, iters, batch_size, max_seq, adapter_out)
+    args = _peer_args(
+        peer.CONFIG_DEFAULTS, model, data, iters, batch_size, max_seq, adapter_out, seed
+    )
     # steps_per_eval None: no validation inside the timed loop (it would run at step 1 and the end).
     args.update(fuse=False, wandb=None, val_batches=1, steps_per_eval=None)
     # Its dataset loader wants a validation split; an unused copy of one training example.
@@ -317,8 +323,9 @@ def run_lathe(
     iters: int,
     batch_size: int,
     max_seq: int,
-    packing: str = "auto",
+    packing: str = "off",
     adapter_out: str = "",
+    seed: int = 0,
 ) -> dict:
     import shutil
 
@@ -356,6 +363,10 @@ def run_lathe(
     t = cfg.training
     t.iters, t.epochs, t.batch_size, t.learning_rate = None, 1.0, batch_size, 1e-4
     t.steps_per_report, t.steps_per_eval, t.save_every = 1, 10_000_000, 10_000_000
+    t.seed = seed
+    # The forgetting check answers general prompts at the last checkpoint, inside the timed
+    # loop (on the qlora model, whose base passes some); the peers evaluate nothing.
+    t.general_check = False
 
     class Progress(events.Recorder):
         def __call__(self, event):  # one line per finished step, for a run stopped early
@@ -377,6 +388,8 @@ def run_lathe(
     stats.update({k: summary[k] for k in ("utilisation", "achieved_gflops", "reference_gflops")})
     started = rec.of("started")[0]["config"]
     stats["packing"] = started["batching"]
+    # Gradient checkpointing turned on by Lathe's memory check (slower steps): shown in the table
+    stats["grad_checkpoint"] = bool(started.get("grad_checkpoint"))
     if "compute_dtype" in started:
         stats["compute_dtype"] = started["compute_dtype"]
     stats["steps"] = summary["steps"]
@@ -463,14 +476,23 @@ def child(a) -> None:
         )
         return
     if a.child == "mlx_lm":
-        stats = run_mlx_lm(a.model, a.data, a.iters, a.batch_size, a.max_seq_length, a.adapter_out)
+        stats = run_mlx_lm(
+            a.model, a.data, a.iters, a.batch_size, a.max_seq_length, a.adapter_out, a.seed
+        )
     elif a.child == "mlx_lm_lora":
         stats = run_mlx_lm_lora(
-            a.model, a.data, a.iters, a.batch_size, a.max_seq_length, a.adapter_out
+            a.model, a.data, a.iters, a.batch_size, a.max_seq_length, a.adapter_out, a.seed
         )
     else:
         stats = run_lathe(
-            a.model, a.data, a.iters, a.batch_size, a.max_seq_length, a.packing, a.adapter_out
+            a.model,
+            a.data,
+            a.iters,
+            a.batch_size,
+            a.max_seq_length,
+            a.packing,
+            a.adapter_out,
+            a.seed,
         )
     import resource
 
@@ -586,10 +608,11 @@ def compare(
     examples: int | None = None,
     batch_size: int = 8,
     work: Path | None = None,
-    packing: str = "auto",
+    packing: str = "off",
     trainers: list[str] | None = None,
     base: str = "as-is",
     timeout: float | None = None,
+    seed: int = 0,
 ) -> dict:
     """Run the trainers on one dataset shape; returns {"mlx_lm": stats, "lathe": stats, ...}.
 
@@ -605,6 +628,7 @@ def compare(
     if sys.platform.startswith("linux") and Path(blas).exists() and "LD_PRELOAD" not in env:
         env["LD_PRELOAD"] = blas  # every trainer gets the same BLAS
     common = ["--model", model, "--max-seq-length", str(max_seq), "--base", base]
+    common += ["--seed", str(seed)]
     results: dict = {"order": []}
     adapters = {}
     for which in trainers or list(TRAINERS):
@@ -615,7 +639,11 @@ def compare(
         cmd = [sys.executable, __file__, "--child", which, *common, "--data", str(run_data)]
         cmd += ["--iters", str(iters), "--batch-size", str(batch_size), "--packing", packing]
         cmd += ["--adapter-out", str(adapter)]
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
         stats, err = _run_child(cmd, env, timeout)
+        if stats is not None:
+            # 1-minute load average before and after: on a shared machine, read ratios with it
+            stats["load"] = [round(load, 1), round(os.getloadavg()[0], 1) if load else 0.0]
         if stats is None:
             raise SystemExit(f"{which} failed:\n{err}")
         if "real" in stats:
@@ -633,7 +661,12 @@ def compare(
         for which, loss in losses.items():
             results[which]["val_loss"] = loss
     results.update(
-        shape=shape, examples=n, batch_size=batch_size, max_seq_length=max_seq, base=base
+        shape=shape,
+        examples=n,
+        batch_size=batch_size,
+        max_seq_length=max_seq,
+        base=base,
+        seed=seed,
     )
     return results
 
@@ -651,7 +684,7 @@ def print_table(rows: list[dict], with_examples: bool = False, file=None) -> Non
     print(
         f"{'shape':8}{ex}{'trainer':20}{'wall s':>8}{'steps':>6}{'trained tok/s':>14}{'padding':>9}"
         f"{'peak GB':>9}{'RSS GB':>8}{'util':>7}{'ref GF/s':>9}{'val loss':>9}{'vs mlx_lm':>10}"
-        f"{'vs peer2':>9}"
+        f"{'vs peer2':>9}{'load':>10}"
     )
     for r in rows:
         ref = {
@@ -661,7 +694,7 @@ def print_table(rows: list[dict], with_examples: bool = False, file=None) -> Non
             x = r[which]
             name = TRAINERS[which]
             if which == "lathe":
-                name += f"/{x.get('packing', '?')}"
+                name += f"/{x.get('packing', '?')}" + ("+ckpt" if x.get("grad_checkpoint") else "")
             n = f"{r['examples']:>9}  " if with_examples else ""
             if x.get("stopped"):
                 print(
@@ -681,6 +714,7 @@ def print_table(rows: list[dict], with_examples: bool = False, file=None) -> Non
                 f"{x['trained'] / x['seconds']:>14.0f}{x['padding_fraction']:>9.1%}"
                 f"{x['peak_gb']:>9.3f}{x.get('rss_gb', 0):>8.2f}{x['utilisation']:>7.1%}"
                 f"{x['reference_gflops']:>9.1f}{loss:>9}{vs[0]:>10}{vs[1]:>9}"
+                f"{'-'.join(format(v, '.1f') for v in x.get('load', [])):>10}"
             )
 
 
@@ -693,7 +727,11 @@ def main() -> None:
         "--size", choices=sorted(SIZES), default="tiny", help="Shape of the model built here."
     )
     p.add_argument(
-        "--packing", default="auto", help="Lathe's data.packing (auto, budget, pack, off)."
+        "--packing",
+        default="off",
+        help="Lathe's data.packing (off, auto, budget, pack). Default off, Lathe's own default: "
+        "batch_size examples per step, so every trainer takes the same steps and the validation "
+        "losses compare at the same step; auto/budget put more short examples into fewer steps.",
     )
     p.add_argument("--shape", choices=sorted(SHAPES), default="mixed")
     p.add_argument("--examples", type=int)
@@ -710,6 +748,12 @@ def main() -> None:
     p.add_argument(
         "--timeout", type=float, help="Stop a trainer after this many seconds (report its steps)."
     )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="Every trainer's seed (LoRA init, data order); the data itself stays the same.",
+    )
     p.add_argument("--max-seq-length", type=int, default=1024, help=argparse.SUPPRESS)
     p.add_argument("--child", choices=[*TRAINERS, "eval"], help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -725,7 +769,16 @@ def main() -> None:
     trainers, notes = available_trainers(a.trainers.split(","))
     load_before = load_average()
     r = compare(
-        model, a.shape, a.examples, a.batch_size, work, a.packing, trainers, a.base, a.timeout
+        model,
+        a.shape,
+        a.examples,
+        a.batch_size,
+        work,
+        a.packing,
+        trainers,
+        a.base,
+        a.timeout,
+        a.seed,
     )
     import platform
 

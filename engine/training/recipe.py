@@ -132,6 +132,10 @@ class TrainingRun:
         self.model = model = prep.model
         if self.memory_plan is not None and prep.fit_peak_bytes:
             memory.fit_cache_to(self.memory_plan, prep.fit_peak_bytes)
+        # Seeded again right before the adapter is drawn, as mlx_lm.lora does: loading the model
+        # draws from MLX's random state too (each layer's placeholder init), so without this the
+        # LoRA init depended on the model's loading path and differed from mlx-lm's for one seed.
+        mx.random.seed(t.seed)
         self.num_layers = method.apply_method(model, config)
         if t.resume_adapter_file and not self.resuming:
             model.load_weights(t.resume_adapter_file, strict=False)

@@ -287,6 +287,29 @@ def test_flop_count_matches_the_textbook_formula_for_a_dense_llama(tiny_chat_mod
     ) == 4 * n + 2 * sum(fm.per_layer_linear)
 
 
+def test_reference_matmul_weighs_each_shape_as_often_as_the_model_multiplies_it(
+    tiny_chat_model, monkeypatch
+):
+    """Issue 21 (utilisation): the reference pass multiplies every layer's projections, not each
+    distinct shape once (which let the output layer's one large matmul stand for most of it)."""
+    import mlx_lm
+
+    import engine.training.utilisation as perf
+
+    model, _ = mlx_lm.load(str(tiny_chat_model))
+    fm = perf.flop_model(model)
+    a = model.args
+    # q and o are hidden x hidden in every layer: 2 per layer
+    assert fm.counts[(a.hidden_size, a.hidden_size)] == 2 * a.num_hidden_layers
+    assert sum(i * o * c for (i, o), c in fm.counts.items()) == sum(fm.per_layer_linear) + fm.head
+    # With every call taking the same time, the reference is the FLOP-weighted pass over them all.
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(perf.time, "perf_counter", lambda: float(next(ticks)))
+    ref = perf.reference_flops_per_second(fm.shapes, 8, seconds=0, counts=fm.counts)
+    calls = sum(fm.counts.values())
+    assert ref == pytest.approx(2 * 8 * (sum(fm.per_layer_linear) + fm.head) / calls)
+
+
 def test_config_reads_mlx_lm_yaml_and_parses_numbers_deliberately(tmp_path):
     from engine.config import ConfigError
 
@@ -383,3 +406,29 @@ def test_utilisation_of_a_quantized_model_is_against_quantized_matmul(tiny_chat_
     assert set(fm.quantized.values()) == {(4, 32, "affine")}
     u = utilisation(model, len(model.layers), False, 4096, 1.0, 64, 256)
     assert u["reference"] == "quantized matmul" and u["reference_gflops"] > 0
+
+
+def test_lora_init_is_the_draw_mlx_lm_lora_makes_for_the_same_seed(tiny_chat_model, tmp_path):
+    """Issue 21 (validation-loss parity): for the same seed Lathe starts from the adapter
+    mlx_lm.lora starts from (mlx-lm seeds MLX right before drawing it; Lathe seeded before loading
+    the model, whose construction draws too, so its adapter was another draw)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+    from mlx_lm.utils import load
+
+    data = variable_chat_data(tmp_path / "chat.jsonl", n=16)
+    cfg = make_config(tiny_chat_model, data, iters=1, learning_rate=1e-12, seed=3)
+    status, run_dir, _ = train_run(cfg)
+    assert status == "completed"
+    lathe = mx.load(str(run_dir / "adapters" / "adapters.safetensors"))
+
+    model, _ = load(str(tiny_chat_model))
+    mx.random.seed(3)  # what mlx_lm.lora's train_model does before linear_to_lora_layers
+    model.freeze()
+    linear_to_lora_layers(model, len(model.layers), {"rank": 8, "scale": 20.0, "dropout": 0.0})
+    peer = dict(tree_flatten(model.trainable_parameters()))
+    a_keys = [k for k in peer if k.endswith("lora_a")]
+    assert a_keys and set(a_keys) <= set(lathe)
+    for k in a_keys:  # one Adam step of 1e-12 moves the init by ~1e-12
+        assert mx.allclose(lathe[k], peer[k], atol=1e-8).item(), k
