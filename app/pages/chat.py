@@ -102,6 +102,13 @@ class ChatPage(QWidget):
         self._wire()
         self._update_buttons()
 
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        """Arriving on Chat puts the cursor in the message box, as Messages does: otherwise the
+        first field in the focus chain (the model's path) took focus and showed the raw path."""
+        super().showEvent(event)
+        if self.input.isEnabled() and self.window().isActiveWindow():
+            self.input.setFocus(Qt.FocusReason.OtherFocusReason)
+
     # -- layout -------------------------------------------------------------------------------
     def _build(self) -> None:
         title = QLabel("Chat")

@@ -313,3 +313,17 @@ def test_sampling_labels_carry_their_fields_tooltips(page):
     labels = {lab.text(): lab for lab in page.findChildren(QLabel)}
     for text, field in (("Temperature", page.temperature), ("Seed", page.seed)):
         assert field.toolTip() and labels[text].toolTip() == field.toolTip()
+
+
+def test_showing_the_chat_page_puts_the_cursor_in_the_message_box(qtbot, window):
+    """Issue 17 (item 8, found in the real window's screenshots): arriving on Chat gave keyboard
+    focus to the model field, the first in the focus chain, which then showed a left-cut raw path
+    ("dels/stories260K") instead of the model's name."""
+    from PySide6.QtWidgets import QApplication
+
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=5000)
+    window.show_page("train")
+    window.show_page("chat")
+    qtbot.waitUntil(lambda: QApplication.focusWidget() is window.chat.input, timeout=5000)
+    assert not window.chat.model.lineEdit().hasFocus()
