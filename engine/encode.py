@@ -57,6 +57,21 @@ class Encoded:
 class Encoder:
     """Encodes records for one tokenizer and chat template."""
 
+    @classmethod
+    def for_data(cls, tokenizer, data, chat_template: str | None) -> Encoder:
+        """The encoder a run's `data` settings (engine.config.DataConfig) describe: training, the
+        memory estimate and evaluation all encode with this one."""
+        return cls(
+            tokenizer,
+            chat_template=chat_template,
+            mask_prompt=data.mask_prompt,
+            max_seq_length=data.max_seq_length,
+            prompt_feature=data.prompt_feature,
+            completion_feature=data.completion_feature,
+            chat_feature=data.chat_feature,
+            text_feature=data.text_feature,
+        )
+
     def __init__(
         self,
         tokenizer,

@@ -120,15 +120,8 @@ def loss_comparison(
     name, records = ("test", splits.test) if splits.test else ("valid", splits.valid)
     if not records:
         return None
-    encoder = Encoder(
-        chat_model.tokenizer,
-        chat_template=info.chat_template or config.model.chat_template,
-        mask_prompt=d.mask_prompt,
-        max_seq_length=d.max_seq_length,
-        prompt_feature=d.prompt_feature,
-        completion_feature=d.completion_feature,
-        chat_feature=d.chat_feature,
-        text_feature=d.text_feature,
+    encoder = Encoder.for_data(
+        chat_model.tokenizer, d, info.chat_template or config.model.chat_template
     )
     encoded = [e for e in (encoder.encode(r) for r in records) if e.trained_tokens > 0]
     if not encoded:

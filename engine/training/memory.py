@@ -369,15 +369,10 @@ def train_lengths(config, model_dir: str | Path, tokenizer=None) -> list[int]:
     from engine.encode import Encoder
 
     d = config.data
-    encoder = Encoder(
+    encoder = Encoder.for_data(
         tokenizer if tokenizer is not None else load_tokenizer(model_dir),
-        chat_template=config.model.chat_template,
-        mask_prompt=d.mask_prompt,
-        max_seq_length=d.max_seq_length,
-        prompt_feature=d.prompt_feature,
-        completion_feature=d.completion_feature,
-        chat_feature=d.chat_feature,
-        text_feature=d.text_feature,
+        d,
+        config.model.chat_template,
     )
     splits = load_splits(d.path, valid_fraction=d.valid_fraction, seed=config.training.seed)
     lengths = []

@@ -48,16 +48,7 @@ def prepare(config: RunConfig, sink: events.Sink) -> Prepared:
     if compute.note:
         log("warning" if compute.action == "none" else "info", compute.note)
     d = config.data
-    encoder = Encoder(
-        tokenizer,
-        chat_template=config.model.chat_template,
-        mask_prompt=d.mask_prompt,
-        max_seq_length=d.max_seq_length,
-        prompt_feature=d.prompt_feature,
-        completion_feature=d.completion_feature,
-        chat_feature=d.chat_feature,
-        text_feature=d.text_feature,
-    )
+    encoder = Encoder.for_data(tokenizer, d, config.model.chat_template)
     splits = load_splits(d.path, valid_fraction=d.valid_fraction, seed=config.training.seed)
     for note in splits.notes:
         log("info", note)
