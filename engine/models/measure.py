@@ -196,16 +196,19 @@ def measure_training(
     if tokens.size >= compile_min_tokens():  # as the trainer runs a batch of this size
         state = [model.state, optimizer.state, mx.random.state]
         step = mx.compile(step, inputs=state, outputs=state)
+    from engine.training.attention import blocked
+
     mx.clear_cache()
     mx.reset_peak_memory()
-    for _ in range(steps):
-        loss = step(tokens, weights)
-        mx.eval(loss, model.parameters(), optimizer.state)
-        del loss
-        if memory.clear_cache_threshold(
-            0
-        ):  # as the trainer does (after every step on the CPU backend)
-            mx.clear_cache()
+    with blocked(model):  # attention as the trainer computes it
+        for _ in range(steps):
+            loss = step(tokens, weights)
+            mx.eval(loss, model.parameters(), optimizer.state)
+            del loss
+            if memory.clear_cache_threshold(
+                0
+            ):  # as the trainer does (after every step on the CPU backend)
+                mx.clear_cache()
     peak = int(mx.get_peak_memory())
     return Measurement(
         peak_bytes=peak,

@@ -22,6 +22,7 @@ import numpy as np
 from mlx.utils import tree_map
 
 from engine.batching import Batch
+from engine.training import attention
 from engine.training import loss as numerics
 from engine.training.checkpoint import TrainState
 from engine.training.distributed import beat
@@ -208,7 +209,8 @@ def train(
     A step is one optimizer update (over `grad_accumulation_steps` batches of `batches`).
     """
     loop = _Loop(model, optimizer, batches, val_batches, args, callbacks or LoopCallbacks(), state)
-    return loop.run(loss)
+    with attention.blocked(model):  # MLX's CPU backend: causal attention without the upper half
+        return loop.run(loss)
 
 
 class _Window:
