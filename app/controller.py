@@ -48,9 +48,9 @@ def engine_command(*args: str, python: str | None = None) -> tuple[str, list[str
 
 def worker_env(base: dict[str, str]) -> dict[str, str]:
     """The environment of an engine worker process, from `base` (the app's): unbuffered UTF-8
-    output, a lower CPU priority than the window, and OpenBLAS preloaded for MLX's CPU backend on
-    Linux."""
-    from engine.platform import should_reexec_with_openblas
+    output, a lower CPU priority than the window, and on Linux OpenBLAS preloaded and glibc's
+    malloc set up for MLX's CPU backend (engine.platform.cpu_worker_env)."""
+    from engine.platform import cpu_worker_env
 
     env = dict(base)
     env["PYTHONUNBUFFERED"] = "1"
@@ -58,10 +58,7 @@ def worker_env(base: dict[str, str]) -> dict[str, str]:
     # Below the window's CPU priority (engine.cli.lower_priority): the window stays responsive
     # while a worker keeps the cores busy.
     env.setdefault("LATHE_WORKER_NICE", str(WORKER_NICE))
-    blas = should_reexec_with_openblas(env)
-    if blas is not None:
-        env["LD_PRELOAD"] = f"{blas} {env.get('LD_PRELOAD', '')}".strip()
-        env["LATHE_OPENBLAS_TRIED"] = "1"
+    env.update(cpu_worker_env(env))
     return env
 
 

@@ -624,9 +624,12 @@ def compare(
     data = make_data(work / f"data-{shape}", n, shape=shape)
     iters = n // batch_size  # one epoch for mlx-lm (it drops a last partial batch)
     env = dict(os.environ, LATHE_HOME=str(work / "home"))
-    blas = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
-    if sys.platform.startswith("linux") and Path(blas).exists() and "LD_PRELOAD" not in env:
-        env["LD_PRELOAD"] = blas  # every trainer gets the same BLAS
+    # Every trainer gets the environment Lathe's worker runs in on Linux: OpenBLAS preloaded and
+    # glibc's malloc keeping freed arrays (engine.platform.cpu_worker_env). A user running a peer
+    # from a shell has neither unless they set them up.
+    from engine.platform import cpu_worker_env
+
+    env.update(cpu_worker_env(env))
     common = ["--model", model, "--max-seq-length", str(max_seq), "--base", base]
     common += ["--seed", str(seed)]
     results: dict = {"order": []}
