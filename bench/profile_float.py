@@ -8,7 +8,7 @@ each chat row a masked prompt, as prompt masking makes it) times, per step:
 
   - fwd: the loss alone (Lathe's masked_loss: output layer on trained positions, in chunks);
   - fwd+bwd: loss and LoRA gradients, eager;
-  - step eager / step compiled: gradients and the Adam update (engine.trainer's step, compiled
+  - step eager / step compiled: gradients and the Adam update (engine.training.loop step, compiled
     with the model, optimizer and random state as in `train`);
   - the same compiled step with the output layer on every position ("full" head, as mlx-lm runs it);
   - the reference: engine.training.utilisation's plain matmul of the model's shapes at the batch's token count.
@@ -63,10 +63,10 @@ def profile(model_path: str, shape: str, seconds: float) -> dict:
     import mlx.nn as nn
     import mlx.optimizers as optim
     import numpy as np
-    from engine.trainer import masked_loss, select_positions, training_head
     from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx_lm.utils import load
 
+    from engine.training.loss import masked_loss, select_positions, training_head
     from engine.training.utilisation import flop_model, reference_flops_per_second
 
     model, _ = load(model_path)
