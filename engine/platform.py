@@ -19,15 +19,14 @@ def openblas_path() -> Path | None:
     return next((p for p in OPENBLAS_CANDIDATES if p.exists()), None)
 
 
-def should_reexec_with_openblas(environ: dict | None = None) -> Path | None:
-    """OpenBLAS to preload for MLX's CPU backend, if this process should restart with it.
+def openblas_to_preload(env: dict) -> Path | None:
+    """OpenBLAS for a process of MLX's CPU backend to preload, if it does not have it yet.
 
     MLX's CPU wheel ships a reference BLAS; with OpenBLAS preloaded its matmuls run ~30x faster with
-    the same results. Never on macOS (MLX uses Metal and Accelerate there), never twice, and never
-    when the user opted out with LATHE_NO_OPENBLAS=1.
+    the same results. Never on macOS (MLX uses Metal and Accelerate there), and never when the user
+    opted out with LATHE_NO_OPENBLAS=1.
     """
-    env = os.environ if environ is None else environ
-    if env.get("LATHE_NO_OPENBLAS") or env.get("LATHE_CPU_ENV_APPLIED"):
+    if env.get("LATHE_NO_OPENBLAS"):
         return None
     if "libblas" in env.get("LD_PRELOAD", "") or "openblas" in env.get("LD_PRELOAD", ""):
         return None
@@ -52,14 +51,14 @@ MALLOC_SETTINGS = {
 
 def cpu_worker_env(environ: dict | None = None) -> dict[str, str]:
     """The environment changes that make a Linux engine worker faster on MLX's CPU backend:
-    OpenBLAS preloaded (`should_reexec_with_openblas`) and glibc's malloc kept from returning
+    OpenBLAS preloaded (`openblas_to_preload`) and glibc's malloc kept from returning
     large arrays to the OS (MALLOC_SETTINGS). Empty elsewhere, when already applied, and with
     LATHE_NO_OPENBLAS=1 / LATHE_NO_MALLOC_SETTINGS=1 for each part. Settings the user made win."""
     env = os.environ if environ is None else environ
     if not sys.platform.startswith("linux") or env.get("LATHE_CPU_ENV_APPLIED"):
         return {}
     changes: dict[str, str] = {}
-    lib = should_reexec_with_openblas(env)
+    lib = openblas_to_preload(env)
     if lib is not None:
         preload = env.get("LD_PRELOAD", "")
         changes["LD_PRELOAD"] = f"{lib} {preload}".strip()
@@ -70,7 +69,7 @@ def cpu_worker_env(environ: dict | None = None) -> dict[str, str]:
     return changes
 
 
-def reexec_with_openblas(argv: list[str]) -> None:
+def reexec_with_cpu_env(argv: list[str]) -> None:
     """Replace this process by itself with `cpu_worker_env` applied (same pid), when worthwhile:
     both take effect only when a process starts."""
     changes = cpu_worker_env()

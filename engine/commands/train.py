@@ -220,13 +220,13 @@ def mlx_lm_job(config: RunConfig) -> tuple[dict, list[str]]:
 
 def handle(args: argparse.Namespace) -> int:
     from engine import cli
-    from engine.platform import reexec_with_openblas
+    from engine.platform import reexec_with_cpu_env
 
     if cli.FROM_COMMAND_LINE and not (args.write_mlx_lm_config or args.print_config):
         # Training never downloads (models come from the library or the HF cache), so this process
         # tells huggingface_hub to stay offline; set before the re-exec so the new process has it.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        reexec_with_openblas(sys.argv[1:])
+        reexec_with_cpu_env(sys.argv[1:])
 
     from engine import events
     from engine.cli import UserError
