@@ -61,12 +61,12 @@ def measure(model_path: str, data: Path, batch_size: int, max_seq: int) -> dict:
     select = output_head_supported(model, encoded[0].tokens)
     batches = fixed_eval_batches(encoded, batch_size, -1, 0, 8, max_seq)
     fn = compiled_loss(model, masked_loss, "split" if select else "full")
-    selected: dict = {}
+    prepared: dict = {}
 
     def lathe_eval():
         model.eval()
         out["lathe_eval_loss"] = evaluate(
-            model, batches, fn=fn, select_outputs=select, selected=selected
+            model, batches, fn=fn, select_outputs=select, prepared=prepared
         )
 
     # The forward pass of Lathe's training steps over the same examples (loss only, no gradient).

@@ -466,6 +466,13 @@ def evaluate_adapters(model: str, data: str, adapters: dict, max_seq: int) -> di
 
 
 def child(a) -> None:
+    if a.child == "lathe":
+        # What Lathe's training worker does before its first MLX evaluation (engine.commands.train):
+        # the evaluation order under which its two groups of rows run side by side on the CPU.
+        # Lathe's own setting, not the peers': mlx_lm.lora measured the same either way.
+        from engine.training.parts import set_eval_order
+
+        set_eval_order()
     patch_load(a.base)
     if a.child == "eval":
         print(

@@ -87,3 +87,31 @@ def total_memory_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 0
+
+
+def _openblas():
+    """This process's OpenBLAS (its C functions), when it has one loaded, else None."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL(None)
+        lib.openblas_get_num_threads.restype = ctypes.c_int
+        lib.openblas_set_num_threads.argtypes = [ctypes.c_int]
+        return lib
+    except (AttributeError, OSError):
+        return None
+
+
+def blas_threads() -> int | None:
+    """How many threads this process's OpenBLAS uses for a call; None without OpenBLAS."""
+    lib = _openblas()
+    return None if lib is None else int(lib.openblas_get_num_threads())
+
+
+def set_blas_threads(n: int) -> bool:
+    """Make this process's OpenBLAS use `n` threads per call; False without OpenBLAS."""
+    lib = _openblas()
+    if lib is None:
+        return False
+    lib.openblas_set_num_threads(int(n))
+    return True

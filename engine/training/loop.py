@@ -22,7 +22,7 @@ import numpy as np
 from mlx.utils import tree_map
 
 from engine.batching import Batch
-from engine.training import attention
+from engine.training import attention, parts
 from engine.training import loss as numerics
 from engine.training.checkpoint import TrainState
 from engine.training.distributed import beat
@@ -110,35 +110,37 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     select_outputs: bool = False,
-    selected: dict | None = None,
+    prepared: dict | None = None,
 ) -> float:
     """Token-weighted mean loss over fixed batches (`fn`: a `compiled_loss` to reuse its traces).
 
-    With several ranks each evaluates its rows of every batch and the sums are combined.
-    `select_outputs`: the model passed `output_head_supported`, so the output layer runs in chunks
-    (`head_cross_entropy`) and on trained positions only (`select_positions`). `selected`: a dict
-    kept between calls on the same batches, to work out their positions once.
+    With several ranks each evaluates its rows of every batch and the sums are combined. On MLX's
+    CPU backend each batch runs as two groups of rows on two threads, as in training
+    (`engine.training.parts`). `select_outputs`: the model passed `output_head_supported`, so the
+    output layer runs in chunks (`head_cross_entropy`) and on trained positions only
+    (`select_positions`). `prepared`: a dict kept between calls on the same batches, to split them
+    and work out their positions once.
     """
     head = "split" if select_outputs else "full"
     fn = fn or (lambda t, w, s, sel: loss(model, t, w, s, None, sel, head))
     total = mx.array(0.0)
     ntoks = mx.array(0.0)
-    selected = {} if selected is None else selected
-    for i, full in enumerate(batches):
-        b = shard(full, rank, world_size)
-        if select_outputs and i not in selected:
-            selected[i] = numerics.select_positions(b.weights)
-        sel = selected.get(i)
-        value, n = fn(
-            mx.array(b.tokens),
-            mx.array(b.weights),
-            None if b.segments is None else mx.array(b.segments),
-            None if sel is None else mx.array(sel),
-        )
-        total = total + value * n
-        ntoks = ntoks + n
-        mx.eval(total, ntoks)
-        beat()
+    prepared = {} if prepared is None else prepared
+    groups = parts.count() if world_size == 1 else 1
+    streams = parts.streams()
+    with parts.parallel():
+        for i, full in enumerate(batches):
+            if i not in prepared:
+                prepared[i] = parts.split_rows(
+                    shard(full, rank, world_size), groups, select_outputs
+                )
+            for stream, group in zip(streams, parts.arrays(prepared[i])):
+                with mx.stream(stream):
+                    value, n = fn(*group)
+                total = total + value * n
+                ntoks = ntoks + n
+            mx.eval(total, ntoks)
+            beat()
     total, ntoks = all_sum(total, world_size), all_sum(ntoks, world_size)
     return (total / mx.maximum(ntoks, 1)).item()
 
@@ -146,17 +148,29 @@ def evaluate(
 def step_function(model, optimizer, loss: Callable, args: LoopArgs):
     """(step, compiled_state): one micro-batch's forward and backward pass, summed into the
     gradient of the earlier ones, and on the last of them the optimizer's update; compiled over
-    the model, optimizer and RNG state."""
+    the model, optimizer and RNG state.
+
+    A micro-batch arrives as groups of its rows (`engine.training.parts.split_rows`): each group's
+    forward and backward pass is queued on its own stream, so on MLX's CPU backend they run on
+    separate threads."""
     world, accum = args.world_size, args.grad_accumulation_steps
-    loss_value_and_grad = nn.value_and_grad(model, loss)
     compiled_state = [model.state, optimizer.state, mx.random.state]
-
     head = "fused" if args.fused_head else "auto"
+    streams = parts.streams()
 
-    def eager_step(tokens, weights, segments, denom, select, prev_grad, do_update):
-        (value, ntoks), grad = loss_value_and_grad(
-            model, tokens, weights, segments, denom, select, head
-        )
+    def groups_loss(groups, denom):
+        total = ntoks = None
+        for stream, (tokens, weights, segments, select) in zip(streams, groups):
+            with mx.stream(stream):
+                value, n = loss(model, tokens, weights, segments, denom, select, head)
+            total = value if total is None else total + value
+            ntoks = n if ntoks is None else ntoks + n
+        return total, ntoks
+
+    loss_value_and_grad = nn.value_and_grad(model, groups_loss)
+
+    def eager_step(groups, denom, prev_grad, do_update):
+        (value, ntoks), grad = loss_value_and_grad(groups, denom)
         if prev_grad is not None:
             grad = tree_map(lambda a, b: a + b, grad, prev_grad)
         if do_update:
@@ -173,23 +187,22 @@ def step_function(model, optimizer, loss: Callable, args: LoopArgs):
     compiled_step = partial(mx.compile, inputs=compiled_state, outputs=compiled_state)(eager_step)
     seen_shapes: set = set()
 
-    def step(tokens, weights, segments, denom, select, prev_grad, do_update):
+    def step(groups, denom, prev_grad, do_update):
         # Compiled steps fuse work and run faster (on a GPU by far), but each new batch shape is
         # traced again. Where tracing costs about as much as a step (small batches on a CPU), a
         # shape runs eagerly the first time it appears and compiled once it comes back (later
         # epochs); batches of at least `compile_min_tokens` tokens are compiled at once.
         key = (
-            tokens.shape,
-            segments is None,
-            None if select is None else select.shape,
+            tuple(
+                (t.shape, s is None, None if sel is None else sel.shape) for t, _, s, sel in groups
+            ),
             prev_grad is None,
             do_update,
         )
-        compiled = key in seen_shapes or tokens.size >= args.compile_min_tokens
+        size = sum(t.size for t, *_ in groups)
+        compiled = key in seen_shapes or size >= args.compile_min_tokens
         seen_shapes.add(key)
-        return (compiled_step if compiled else eager_step)(
-            tokens, weights, segments, denom, select, prev_grad, do_update
-        )
+        return (compiled_step if compiled else eager_step)(groups, denom, prev_grad, do_update)
 
     return step, compiled_state
 
@@ -209,7 +222,9 @@ def train(
     A step is one optimizer update (over `grad_accumulation_steps` batches of `batches`).
     """
     loop = _Loop(model, optimizer, batches, val_batches, args, callbacks or LoopCallbacks(), state)
-    with attention.blocked(model):  # MLX's CPU backend: causal attention without the upper half
+    # MLX's CPU backend: causal attention without the upper half, and batches in two parts on two
+    # threads
+    with attention.blocked(model), parts.parallel():
         return loop.run(loss)
 
 
@@ -237,7 +252,8 @@ class _Loop:
         self.last_loss: float | None = None
         self.last_val: float | None = None
         self.evals_done = 0
-        self.val_selected: dict = {}  # the validation batches' trained positions, worked out once
+        self.val_prepared: dict = {}  # the validation batches' groups of rows, split once
+        self.parts = parts.count()
 
     def run(self, loss: Callable) -> LoopResult:
         self.loss = loss
@@ -305,27 +321,23 @@ class _Loop:
                 s.processed_tokens = processed_at_start
                 return self.stop()
             batch = self.next_batch()
-            w.real += batch.real_tokens
-            s.processed_tokens += batch.real_tokens
-            w.padded += batch.tokens.size
-            n_batch = batch.trained_tokens
-            n_trained += n_batch
             mine = shard(batch, self.rank, world)
-            segments = None if mine.segments is None else mx.array(mine.segments)
             # Not with several ranks: a compiled step that both gathers the selected positions and
             # sums gradients across ranks diverged from one process in tests (eager steps agreed),
             # so data-parallel runs keep the full output layer.
-            select = (
-                numerics.select_positions(mine.weights)
-                if args.select_outputs and world == 1
-                else None
+            groups = parts.split_rows(
+                mine, self.parts if world == 1 else 1, args.select_outputs and world == 1
             )
+            w.real += batch.real_tokens
+            s.processed_tokens += batch.real_tokens
+            # Padding as computed: each group is cut to its longest row (this rank's rows when
+            # several ranks share the batch, scaled to the whole batch).
+            w.padded += sum(t.size for t, *_ in groups) * (batch.tokens.size / mine.tokens.size)
+            n_batch = batch.trained_tokens
+            n_trained += n_batch
             value, _, grad = self.step_fn(
-                mx.array(mine.tokens),
-                mx.array(mine.weights),
-                segments,
+                parts.arrays(groups),
                 mx.array(float(max(n_batch, 1))),
-                None if select is None else mx.array(select),
                 grad,
                 micro == accum - 1,
             )
@@ -413,7 +425,7 @@ class _Loop:
             self.rank,
             self.world,
             self.args.select_outputs,
-            self.val_selected,
+            self.val_prepared,
         )
         self.evals_done += 1
         model.train()

@@ -157,14 +157,19 @@ def _float32_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_measure_runs_the_datas_largest_batch_not_the_longest_possible(stories_path):
+def test_measure_runs_the_datas_largest_batch_not_the_longest_possible(stories_path, monkeypatch):
     """issue 18 item 3: `measure_run` measures the run's real largest batch (batch size x the
     longest example, padded as the trainer pads) with Lathe's training loop, says so, and the
-    estimate for the same batch is within 25% of it."""
+    estimate for the same batch is within 25% of it. The estimate is for the batch in one piece
+    (a GPU's step); on MLX's CPU backend the batch runs in two groups of rows
+    (engine.training.parts), which peaked lower (66 against 77 MB here): the estimate stays above
+    that."""
     from engine.models.measure import measure_run
     from engine.training.memory import train_lengths
 
     cfg = _bank_config(stories_path)
+    two_groups = measure_run(cfg)
+    monkeypatch.setenv("LATHE_CPU_STREAMS", "0")
     m = measure_run(cfg)
     report = estimate(
         stories_path, cfg, budget_bytes=8 * GB, lengths=train_lengths(cfg, stories_path)
@@ -173,6 +178,7 @@ def test_measure_runs_the_datas_largest_batch_not_the_longest_possible(stories_p
     assert m.seq_length < cfg.data.max_seq_length and m.steps == 2
     assert m.to_dict()["described"].startswith("2 training steps of the data's largest batch")
     assert abs(report.training_peak_bytes - m.peak_bytes) / m.peak_bytes <= 0.25
+    assert two_groups.peak_bytes <= 1.05 * m.peak_bytes <= 1.05 * 1.25 * report.training_peak_bytes
 
 
 def test_evaluation_interval_follows_the_runs_length():
