@@ -99,9 +99,10 @@ def profile(trainer: str, model: str, data: Path, iters: int, max_seq: int, work
     cmd += ["--max-seq-length", str(max_seq), "--data", str(run_data), "--iters", str(iters)]
     cmd += ["--batch-size", "8", "--adapter-out", str(work / f"adapter-{trainer}")]
     env = dict(os.environ, LATHE_HOME=str(work / "home"))
-    blas = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
-    if Path(blas).exists() and "LD_PRELOAD" not in env:
-        env["LD_PRELOAD"] = blas
+    # The environment the bench gives every trainer: OpenBLAS and glibc's malloc settings.
+    from engine.platform import cpu_worker_env
+
+    env.update(cpu_worker_env(env))
     out = work / f"perf-{trainer}.data"
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     perf = None

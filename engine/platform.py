@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -89,6 +90,7 @@ def total_memory_bytes() -> int:
         return 0
 
 
+@functools.cache
 def _openblas():
     """This process's OpenBLAS (its C functions), when it has one loaded, else None."""
     import ctypes

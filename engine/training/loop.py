@@ -222,9 +222,7 @@ def train(
     A step is one optimizer update (over `grad_accumulation_steps` batches of `batches`).
     """
     loop = _Loop(model, optimizer, batches, val_batches, args, callbacks or LoopCallbacks(), state)
-    # MLX's CPU backend: causal attention without the upper half, and batches in two parts on two
-    # threads
-    with attention.blocked(model), parts.parallel():
+    with attention.blocked(model):  # MLX's CPU backend: causal attention without the upper half
         return loop.run(loss)
 
 
@@ -302,6 +300,12 @@ class _Loop:
 
     def update(self):
         """One optimizer update: (loss, trained tokens, seconds), or the result of a stop."""
+        # On MLX's CPU backend each batch runs in two groups of rows on two threads, OpenBLAS at
+        # one thread per call meanwhile (and only meanwhile: checkpoint hooks generate text).
+        with parts.parallel():
+            return self._update()
+
+    def _update(self):
         s, args, w, world = self.state, self.args, self.window, self.world
         accum = args.grad_accumulation_steps
         tic = time.perf_counter()
