@@ -397,3 +397,32 @@ def drop(window, path) -> None:
         Qt.KeyboardModifier.NoModifier,
     )
     window.dropEvent(event)
+
+
+class Plan:
+    """A training loop's batch plan over 4 `examples` (as engine.training.plans makes them): two
+    batches of two examples per epoch; remembers which epochs the loop asked for."""
+
+    def __init__(self, examples):
+        self.examples, self.epochs = examples, []
+
+    def epoch(self, epoch: int) -> list:
+        self.epochs.append(epoch)
+        return [[0, 1], [2, 3]]
+
+    def batch(self, item):
+        from engine.batching import collate
+
+        return collate([self.examples[i] for i in item], 8, None, 2)
+
+
+def fresh_model(path):
+    """(model, optimizer): the model at `path` with fresh LoRA layers (rank 4), and Adam."""
+    import mlx.optimizers as optim
+    import mlx_lm
+
+    from engine.training.method import add_adapters
+
+    model, _ = mlx_lm.load(str(path))
+    add_adapters(model, "lora", -1, {"rank": 4, "dropout": 0.0, "scale": 10.0})
+    return model, optim.Adam(learning_rate=1e-3)

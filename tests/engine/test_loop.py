@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import Plan, fresh_model
+
 
 @pytest.fixture(scope="module")
 def tiny(tiny_chat_model):
@@ -20,22 +22,6 @@ def tiny(tiny_chat_model):
         for i in range(4)
     ]
     return tiny_chat_model, examples
-
-
-class Plan:
-    """Two batches of two examples per epoch; remembers which epochs the loop asked for."""
-
-    def __init__(self, examples):
-        self.examples, self.epochs = examples, []
-
-    def epoch(self, epoch: int) -> list:
-        self.epochs.append(epoch)
-        return [[0, 1], [2, 3]]
-
-    def batch(self, item):
-        from engine.batching import collate
-
-        return collate([self.examples[i] for i in item], 8, None, 2)
 
 
 def recorder(stop_after_progress: int | None = None):
@@ -64,17 +50,6 @@ def recorder(stop_after_progress: int | None = None):
             self.nan.append((step, where))
 
     return Recorder()
-
-
-def fresh_model(path):
-    import mlx.optimizers as optim
-    import mlx_lm
-
-    from engine.training.method import add_adapters
-
-    model, _ = mlx_lm.load(str(path))
-    add_adapters(model, "lora", -1, {"rank": 4, "dropout": 0.0, "scale": 10.0})
-    return model, optim.Adam(learning_rate=1e-3)
 
 
 def test_the_loop_takes_its_batches_from_the_plan_and_reports_through_callbacks(tiny):

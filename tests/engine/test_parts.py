@@ -135,20 +135,24 @@ def _train(path, examples, steps, monkeypatch, streams: str, val, compiled):
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from engine.training.loop import train
+    from engine.training.loop import LoopCallbacks, train
     from engine.training.schedule import LoopArgs
-    from tests.engine.test_loop import Plan, fresh_model, recorder
+    from tests.helpers import Plan, fresh_model
 
     monkeypatch.setenv("LATHE_CPU_STREAMS", streams)
     mx.random.seed(0)
     model, optimizer = fresh_model(path)
     args = LoopArgs(total_steps=steps, steps_per_report=1, steps_per_eval=steps, save_every=100)
     args.compile_min_tokens = 0 if compiled else 1 << 30
-    calls = recorder()
-    calls.progress = lambda **numbers: calls.progress_steps.append(numbers["train_loss"])
-    result = train(model, optimizer, Plan(examples), val, args, calls)
+    losses = []
+
+    class Losses(LoopCallbacks):
+        def progress(self, **numbers):
+            losses.append(numbers["train_loss"])
+
+    result = train(model, optimizer, Plan(examples), val, args, Losses())
     weights = dict(tree_flatten(model.trainable_parameters()))
-    return result, calls.progress_steps, weights
+    return result, losses, weights
 
 
 @pytest.mark.parametrize("compiled", [False, True])
@@ -162,7 +166,7 @@ def test_training_in_two_groups_reaches_the_numbers_of_one(tiny_chat_model, monk
 
     from engine.batching import collate
     from engine.encode import Encoder
-    from tests.engine.test_loop import fresh_model
+    from tests.helpers import fresh_model
 
     _, tokenizer = mlx_lm.load(str(tiny_chat_model))
     encoder = Encoder(tokenizer, mask_prompt=True)
