@@ -12,7 +12,7 @@ batch's trained-token count, so the two gradients add up to the batch's, to floa
 BLAS then runs one thread per call (`parallel`): two streams each with a one-thread matrix
 multiply keep both cores busy, where one stream with a two-thread multiply leaves one idle between
 multiplies. Rows are sorted by length before the split and each group is cut to its own longest
-row, so the groups carry less padding than the batch did.
+row (rounded up to the batcher's widths), so the groups carry less padding than the batch did.
 
 The two streams only run side by side when MLX interleaves their work: it orders each
 evaluation's operations breadth-first up to a width of MLX_BFS_MAX_WIDTH (default 20) and
@@ -33,7 +33,7 @@ import mlx.core as mx
 import numpy as np
 
 from engine import platform
-from engine.batching import Batch
+from engine.batching import Batch, bucket_width
 from engine.training import loss as numerics
 
 _STREAMS: dict = {}
@@ -102,18 +102,21 @@ def split_rows(batch: Batch, groups: int, select_outputs: bool) -> list[tuple]:
     (`loss.select_positions`) when `select_outputs`, else None.
 
     With two groups the rows are sorted by length, cut by `cut`, and each group is trimmed to its
-    own longest row (the columns after it are padding in every row of the group)."""
-    rows = batch.tokens.shape[0]
+    own longest row, rounded up as the batcher rounds a batch's width (`bucket_width`: compiled
+    steps are traced once per shape, so the widths stay a bounded set); the columns cut off are
+    padding in every row of the group."""
+    rows, full_width = batch.tokens.shape
     if groups < 2 or rows < 2:
-        parts = [(np.arange(rows), batch.tokens.shape[1])]
+        chosen = [(np.arange(rows), full_width)]
     else:
         order = np.argsort(batch.lengths, kind="stable")
         k = cut(batch.lengths[order])
-        parts = []
+        chosen = []
         for idx in (np.sort(order[:k]), np.sort(order[k:])):
-            parts.append((idx, max(2, int(batch.lengths[idx].max()))))
+            longest = max(2, int(batch.lengths[idx].max()))
+            chosen.append((idx, min(full_width, bucket_width(longest))))
     out = []
-    for idx, width in parts:
+    for idx, width in chosen:
         tokens = batch.tokens[idx, :width]
         weights = batch.weights[idx, :width]
         segments = None if batch.segments is None else batch.segments[idx, :width]
