@@ -330,7 +330,10 @@ class _Loop:
             # sums gradients across ranks diverged from one process in tests (eager steps agreed),
             # so data-parallel runs keep the full output layer.
             groups = parts.split_rows(
-                mine, self.parts if world == 1 else 1, args.select_outputs and world == 1
+                mine,
+                self.parts if world == 1 else 1,
+                args.select_outputs and world == 1,
+                bucketed=mine.tokens.size >= args.compile_min_tokens,
             )
             w.real += batch.real_tokens
             s.processed_tokens += batch.real_tokens
