@@ -228,12 +228,6 @@ def handle(args: argparse.Namespace) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         reexec_with_cpu_env(sys.argv[1:])
 
-    # On MLX's CPU backend, batches run in two groups on two streams; MLX interleaves them only
-    # with this evaluation order, which it reads at its first evaluation (engine.training.parts).
-    from engine.training.parts import set_eval_order
-
-    set_eval_order()
-
     from engine import events
     from engine.cli import UserError
     from engine.runs import LOCK_FILE, claim, create_run, find_run, load_run, release
@@ -295,8 +289,13 @@ def handle(args: argparse.Namespace) -> int:
             )
         )
 
+    # On MLX's CPU backend, batches run in two groups on two streams; MLX interleaves them only
+    # with this evaluation order, which it reads at its first evaluation (engine.training.parts):
+    # set before the run loads the model.
     from engine.train import run
+    from engine.training.parts import set_eval_order
 
+    set_eval_order()
     try:
         status = run(config, run_dir, sink, should_stop=stop, resume=resume)
     finally:

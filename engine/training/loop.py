@@ -251,7 +251,7 @@ class _Loop:
         self.last_val: float | None = None
         self.evals_done = 0
         self.val_prepared: dict = {}  # the validation batches' groups of rows, split once
-        self.parts = parts.count()
+        self.parts = parts.count() if self.world == 1 else 1  # groups of rows per batch
 
     def run(self, loss: Callable) -> LoopResult:
         self.loss = loss
@@ -331,7 +331,7 @@ class _Loop:
             # so data-parallel runs keep the full output layer.
             groups = parts.split_rows(
                 mine,
-                self.parts if world == 1 else 1,
+                self.parts,
                 args.select_outputs and world == 1,
                 bucketed=mine.tokens.size >= args.compile_min_tokens,
             )

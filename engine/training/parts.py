@@ -26,6 +26,7 @@ same numbers, at about the speed of one stream.
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 
@@ -35,8 +36,6 @@ import numpy as np
 from engine import platform
 from engine.batching import Batch, bucket_width
 from engine.training import loss as numerics
-
-_STREAMS: dict = {}
 
 # MLX_BFS_MAX_WIDTH for the training worker: wider than any evaluation's graph, so breadth-first.
 EVAL_WIDTH = "1000000"
@@ -52,13 +51,13 @@ def count() -> int:
 def streams() -> list:
     """The streams the groups run on: the default device's default stream, and on the CPU (when
     `count()` is 2) a second CPU stream, created once per process."""
-    device = mx.default_device()
-    out = [mx.default_stream(device)]
-    if count() > 1:
-        if "cpu" not in _STREAMS:
-            _STREAMS["cpu"] = mx.new_stream(mx.cpu)
-        out.append(_STREAMS["cpu"])
-    return out
+    first = mx.default_stream(mx.default_device())
+    return [first, _second_cpu_stream()] if count() > 1 else [first]
+
+
+@functools.cache
+def _second_cpu_stream():
+    return mx.new_stream(mx.cpu)
 
 
 def set_eval_order(environ: dict | None = None) -> bool:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engine import platform
+
 
 def _batch(lengths, width=None, segments=False):
     from engine.batching import Batch
@@ -105,7 +107,6 @@ def test_the_worker_sets_mlx_to_order_its_work_breadth_first_unless_the_user_did
 
 
 def test_openblas_runs_one_thread_per_call_while_the_groups_run(monkeypatch):
-    from engine import platform
     from engine.training import parts
 
     threads = {"n": 2}
@@ -123,12 +124,8 @@ def test_openblas_runs_one_thread_per_call_while_the_groups_run(monkeypatch):
         assert n == 1 and threads["n"] == 2
 
 
-@pytest.mark.skipif(
-    __import__("engine.platform", fromlist=["x"]).blas_threads() is None,
-    reason="OpenBLAS is not loaded in this process",
-)
+@pytest.mark.skipif(platform.blas_threads() is None, reason="OpenBLAS is not loaded here")
 def test_the_real_openblas_thread_count_is_set_and_restored():
-    from engine import platform
     from engine.training import parts
 
     before = platform.blas_threads()
