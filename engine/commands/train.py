@@ -227,6 +227,14 @@ def handle(args: argparse.Namespace) -> int:
         # tells huggingface_hub to stay offline; set before the re-exec so the new process has it.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         reexec_with_cpu_env(sys.argv[1:])
+    if not (args.write_mlx_lm_config or args.print_config):
+        # On MLX's CPU backend, batches run in two groups on two streams; MLX interleaves them
+        # only with this evaluation order, which it reads at its first evaluation
+        # (engine.training.parts). Set here, before the ranks split: every rank of a distributed
+        # run must order its work, and so its gradient sums across ranks, the same way.
+        from engine.training.parts import set_eval_order
+
+        set_eval_order()
 
     from engine import events
     from engine.cli import UserError
@@ -289,13 +297,8 @@ def handle(args: argparse.Namespace) -> int:
             )
         )
 
-    # On MLX's CPU backend, batches run in two groups on two streams; MLX interleaves them only
-    # with this evaluation order, which it reads at its first evaluation (engine.training.parts):
-    # set before the run loads the model.
     from engine.train import run
-    from engine.training.parts import set_eval_order
 
-    set_eval_order()
     try:
         status = run(config, run_dir, sink, should_stop=stop, resume=resume)
     finally:
